@@ -1,0 +1,4 @@
+//! Maildir archive + redb index
+
+/// The Maildir archive and its redb index.
+pub struct Archive {}

@@ -1,0 +1,454 @@
+//! Configuration: one TOML file, read once at start.
+//!
+//! Every key has a default except the collectors' credentials, so an empty file is a valid
+//! configuration. Unknown keys and bad values are errors that name the key and the line (serde's
+//! `deny_unknown_fields` and toml's spans do the work; checks across keys add the line themselves).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The configuration used when `serve` is started without `--config`.
+pub const EMBEDDED_DEFAULT: &str = r#"
+data_dir = "./data"
+
+[smtp]
+listen = ["127.0.0.1:2525"]
+hostname = "journal.localhost"
+accept = ["journal@journal.localhost"]
+
+[http]
+listen = "127.0.0.1:9898"
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the Maildir archive, the index and generated files live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default, rename = "collector")]
+    pub collectors: Vec<CollectorConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Plain listeners (STARTTLS offered on them when a certificate is available).
+    #[serde(default = "default_smtp_listen", deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (SMTPS, e.g. port 465).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Name announced in the greeting and EHLO, and put in a generated certificate.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Journal addresses (`journal@journal.example.com`) or whole domains (`@journal.example.com`).
+    #[serde(default = "default_accept", deserialize_with = "accept_list")]
+    pub accept: Vec<String>,
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Concurrent sessions; one more is answered `421 4.7.0`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Refuse MAIL before STARTTLS with `530 5.7.0`.
+    #[serde(default)]
+    pub require_starttls: bool,
+    /// PEM certificate chain and key. Both unset: a self-signed pair is generated in `certs/`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Peers allowed to connect (CIDRs). Empty: everyone.
+    #[serde(default)]
+    pub allowed_clients: Vec<IpNet>,
+    /// Idle time allowed between commands.
+    #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// Time allowed for a whole DATA or BDAT transfer.
+    #[serde(default = "default_data_timeout", deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// Errors and unknown commands allowed in one session before it is closed with 421.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// File holding the admin bearer token. Unset: one is generated in `<data_dir>/admin.token`.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (POP3S, port 995).
+    Implicit,
+    /// Plain connection upgraded with STLS (port 110).
+    Starttls,
+    /// No TLS at all; needs `allow_insecure = true`.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub name: toml::Spanned<String>,
+    pub host: String,
+    /// Default: 995 for implicit TLS, 110 otherwise.
+    pub port: Option<u16>,
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsMode,
+    #[serde(default)]
+    pub allow_insecure: bool,
+    pub username: String,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// PEM file of the CA(s) to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex, colons allowed) of the server certificate to accept.
+    pub pin_sha256: Option<String>,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Inactive collectors do not poll; a test collection still works.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    /// Delete each message from the server once it is archived.
+    #[serde(default = "default_true")]
+    pub delete: bool,
+    /// QUIT (committing deletions) and reconnect after this many messages.
+    #[serde(default = "default_reconnect_every")]
+    pub reconnect_every: u32,
+    /// RETR commands kept in flight when the server offers PIPELINING.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: u32,
+    /// Messages fetched by a test collection.
+    #[serde(default = "default_test_limit")]
+    pub test_limit: u32,
+    /// Network timeout for one server response.
+    #[serde(default = "default_pop3_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl CollectorConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::Implicit => 995,
+            _ => 110,
+        })
+    }
+
+    /// Resolves the password from whichever of the three sources is configured.
+    pub fn resolve_password(&self) -> anyhow::Result<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read_to_string(f)
+                .with_context(|| format!("collector {}: reading password_file {}", self.name(), f.display()))?;
+            return Ok(s.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if let Some(v) = &self.password_env {
+            return std::env::var(v)
+                .with_context(|| format!("collector {}: password_env {v} is not set", self.name()));
+        }
+        bail!("collector {}: no password, password_file or password_env", self.name())
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// The embedded default (used when `serve` gets no `--config`).
+    pub fn embedded_default() -> Config {
+        Self::parse(EMBEDDED_DEFAULT).expect("embedded default configuration is valid")
+    }
+
+    pub fn collector(&self, name: &str) -> Option<&CollectorConfig> {
+        self.collectors.iter().find(|c| c.name() == name)
+    }
+
+    /// Checks across keys, each error naming the key and the line of its table.
+    fn validate(&self, text: &str) -> anyhow::Result<()> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
+        if self.smtp.accept.is_empty() {
+            bail!("smtp.accept: at least one journal address or @domain is needed");
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            bail!("smtp.tls_cert and smtp.tls_key: set both or neither");
+        }
+        if self.smtp.max_connections == 0 {
+            bail!("smtp.max_connections: must be at least 1");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.collectors {
+            let at = format!("collector {:?} (line {})", c.name(), line_of(c.name.span().start));
+            if c.name().is_empty() || !c.name().chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                bail!("{at}: name must be non-empty and use only letters, digits, '-', '_' and '.'");
+            }
+            if !seen.insert(c.name()) {
+                bail!("{at}: name is used by another collector");
+            }
+            let sources = [c.password.is_some(), c.password_file.is_some(), c.password_env.is_some()];
+            match sources.iter().filter(|s| **s).count() {
+                1 => {}
+                0 => bail!("{at}: one of password, password_file or password_env is needed"),
+                _ => bail!("{at}: password, password_file and password_env are exclusive; set one"),
+            }
+            if c.tls == TlsMode::None && !c.allow_insecure {
+                bail!("{at}: tls = \"none\" sends the password in clear; it needs allow_insecure = true");
+            }
+            if let Some(pin) = &c.pin_sha256 {
+                if parse_fingerprint(pin).is_none() {
+                    bail!("{at}: pin_sha256 must be 64 hex digits (colons allowed), got {pin:?}");
+                }
+            }
+            if c.reconnect_every == 0 || c.pipeline_depth == 0 {
+                bail!("{at}: reconnect_every and pipeline_depth must be at least 1");
+            }
+            if c.interval < Duration::from_secs(1) {
+                bail!("{at}: interval must be at least 1s");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("archive")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.data_dir.join("index.redb")
+    }
+}
+
+/// Parses a SHA-256 fingerprint written as hex, with or without colons.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(hex).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Parses `30s`, `5m`, `2h`, `1d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 5m, 2h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" | "min" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| s.parse().map_err(|_| serde::de::Error::custom(format!("invalid socket address {s:?} (use e.g. 127.0.0.1:2525 or [::]:25)"))))
+        .collect()
+}
+
+fn accept_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.into_iter()
+        .map(|a| {
+            let a = a.trim().to_string();
+            let ok = match a.split_once('@') {
+                Some(("", domain)) => !domain.is_empty() && !domain.contains('@'),
+                Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !domain.contains('@'),
+                None => false,
+            };
+            if ok {
+                Ok(a)
+            } else {
+                Err(serde::de::Error::custom(format!("invalid journal address {a:?} (use local@domain or @domain)")))
+            }
+        })
+        .collect()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_smtp_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:2525".parse().unwrap()]
+}
+fn default_hostname() -> String {
+    "journal.localhost".into()
+}
+fn default_accept() -> Vec<String> {
+    vec!["journal@journal.localhost".into()]
+}
+fn default_max_message_size() -> u64 {
+    150 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    100
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_errors() -> u32 {
+    10
+}
+fn default_http_listen() -> SocketAddr {
+    "127.0.0.1:9898".parse().unwrap()
+}
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Implicit
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reconnect_every() -> u32 {
+    1000
+}
+fn default_pipeline_depth() -> u32 {
+    8
+}
+fn default_test_limit() -> u32 {
+    200
+}
+fn default_pop3_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_valid_with_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.smtp.max_message_size, 150 * 1024 * 1024);
+        assert_eq!(c.http.listen.port(), 9898);
+        assert!(c.collectors.is_empty());
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded_default();
+        assert_eq!(c.smtp.accept, vec!["journal@journal.localhost"]);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::parse("data_dir = \"x\"\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_conections = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let err = Config::parse("[smtp]\n\ncommand_timeout = \"5 fortnights\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("fortnights"), "{err}");
+        let err = Config::parse("[smtp]\naccept = [\"nobody\"]\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("nobody"), "{err}");
+    }
+
+    #[test]
+    fn collector_checks_name_the_collector_and_line() {
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("\"exch\"") && err.contains("line 2") && err.contains("password"), "{err}");
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\ntls = \"none\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("allow_insecure"), "{err}");
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\npin_sha256 = \"abc\"\n";
+        assert!(Config::parse(text).unwrap_err().to_string().contains("pin_sha256"));
+    }
+
+    #[test]
+    fn collector_defaults() {
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"P\"\ninterval = \"90s\"\n";
+        let c = Config::parse(text).unwrap();
+        let col = &c.collectors[0];
+        assert_eq!(col.port(), 995);
+        assert_eq!(col.interval, Duration::from_secs(90));
+        assert!(col.active && col.delete);
+        assert_eq!(col.test_limit, 200);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("m5").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}
