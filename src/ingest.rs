@@ -54,11 +54,23 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn smtp(mail_from: String, rcpt_to: Vec<String>) -> Delivery {
-        Delivery { source: Source::Smtp, mail_from: Some(mail_from), rcpt_to, uidl: None }
+        Delivery {
+            source: Source::Smtp,
+            mail_from: Some(mail_from),
+            rcpt_to,
+            uidl: None,
+        }
     }
 
     pub fn pop3(collector: &str, uidl: Option<String>) -> Delivery {
-        Delivery { source: Source::Pop3 { collector: collector.to_string() }, mail_from: None, rcpt_to: Vec::new(), uidl }
+        Delivery {
+            source: Source::Pop3 {
+                collector: collector.to_string(),
+            },
+            mail_from: None,
+            rcpt_to: Vec::new(),
+            uidl,
+        }
     }
 }
 
@@ -112,13 +124,21 @@ impl Ingest {
 
     /// Archives one complete message. Returns only when the file and the index entry are durable
     /// (or the entry recording the duplicate is).
-    pub async fn ingest(&self, delivery: Delivery, message: MessageWriter) -> Result<Outcome, IngestError> {
+    pub async fn ingest(
+        &self,
+        delivery: Delivery,
+        message: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
         let _ = (delivery, message, &self.archive, &self.metrics);
         todo!()
     }
 
     /// [`Ingest::ingest`] for a message already in memory.
-    pub async fn ingest_bytes(&self, delivery: Delivery, bytes: &[u8]) -> Result<Outcome, IngestError> {
+    pub async fn ingest_bytes(
+        &self,
+        delivery: Delivery,
+        bytes: &[u8],
+    ) -> Result<Outcome, IngestError> {
         let mut w = self.writer();
         w.write(bytes).await?;
         self.ingest(delivery, w).await
