@@ -185,7 +185,7 @@ fn parse_unguarded(raw: &[u8]) -> Report {
     let mut warnings = Vec::new();
     let (envelope_part, original_part) = find_parts(&msg);
     let parsed_envelope = match envelope_part {
-        Some(part) => envelope::parse(&envelope_text(part)),
+        Some(part) => envelope::parse(&envelope_text(raw, part)),
         None => {
             warnings.push("journal report has no envelope text part".to_string());
             envelope::ParsedEnvelope::default()
@@ -278,10 +278,18 @@ struct Headers {
 
 impl Headers {
     fn of(msg: &Message<'_>) -> Headers {
+        // Only a complete header line counts: in a truncated head the last line may be cut
+        // short, and a cut Message-ID would be a wrong key.
         let message_id = msg
-            .header_raw(HeaderName::MessageId)
-            .and_then(envelope::normalise_message_id)
-            .or_else(|| msg.message_id().and_then(envelope::normalise_message_id));
+            .headers()
+            .iter()
+            .find(|h| h.name == HeaderName::MessageId)
+            .and_then(|h| {
+                msg.raw_message
+                    .get(h.offset_start as usize..h.offset_end as usize)
+            })
+            .filter(|value| value.ends_with(b"\n"))
+            .and_then(|value| envelope::normalise_message_id(&String::from_utf8_lossy(value)));
         let from = msg
             .from()
             .and_then(|a| a.first())
@@ -390,12 +398,31 @@ fn find_parts<'m, 'x>(
 }
 
 /// The envelope part as lines of text (HTML turned into lines).
-fn envelope_text(part: &MessagePart<'_>) -> String {
-    match &part.body {
-        PartType::Text(text) => text.to_string(),
-        PartType::Html(html) => envelope::html_to_lines(html),
-        other => String::from_utf8_lossy(other_contents(other)).into_owned(),
+/// When the part runs to the end of a truncated input, its last line may be cut short (a
+/// partial address or Message-ID): that line is dropped.
+fn envelope_text(raw: &[u8], part: &MessagePart<'_>) -> String {
+    // By the declared type: mail-parser reports a cut-off HTML part as plain text.
+    let is_html = part.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("text")
+            && c.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
+    });
+    let text = match &part.body {
+        PartType::Text(text) | PartType::Html(text) => Cow::Borrowed(text.as_ref()),
+        other => String::from_utf8_lossy(other_contents(other)),
+    };
+    let mut text = if is_html || matches!(part.body, PartType::Html(_)) {
+        envelope::html_to_lines(&text)
+    } else {
+        text.into_owned()
+    };
+    let soft_break = part.encoding == Encoding::QuotedPrintable
+        && (raw.ends_with(b"=\r\n") || raw.ends_with(b"=\n"));
+    let cut_off = part.offset_end as usize >= raw.len() && (!raw.ends_with(b"\n") || soft_break);
+    if cut_off {
+        let keep = text.rfind('\n').map_or(0, |nl| nl + 1);
+        text.truncate(keep);
     }
+    text
 }
 
 fn other_contents<'a>(body: &'a PartType<'_>) -> &'a [u8] {
