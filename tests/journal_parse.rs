@@ -262,7 +262,7 @@ fn base64_rfc822_part() {
         .unwrap();
     let boundary_at = rest.rfind("\r\n--").unwrap();
     let original = sample::journaled_original(&msg);
-    assert_eq!(rest[..boundary_at].as_bytes(), &original[..]);
+    assert_eq!(&rest.as_bytes()[..boundary_at], &original[..]);
     let encoded = format!(
         "{head}Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{}{}",
         base64(&original),
