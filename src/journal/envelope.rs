@@ -68,7 +68,7 @@ pub(super) fn parse(text: &str) -> ParsedEnvelope {
 const ADDRESS_PREFIXES: [&str; 6] = ["smtp", "x400", "x500", "ex", "sip", "mailto"];
 
 /// Splits text into `(lower-case name, value)` fields, joining continuation lines (indented
-/// lines, and un-indented lines that do not start a field, as in wrapped 2003 recipient lists).
+/// lines, and in a 2003 `Recipients:` list un-indented lines that do not start a field).
 fn logical_fields(text: &str) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
@@ -81,12 +81,15 @@ fn logical_fields(text: &str) -> Vec<(String, String)> {
             Some((name, value)) if !indented => {
                 fields.push((name.to_ascii_lowercase(), value.trim().to_string()))
             }
-            _ => {
-                if let Some((_, value)) = fields.last_mut() {
+            _ => match fields.last_mut() {
+                // Indented lines continue any field; un-indented ones only the 2003 list, so
+                // stray text after a `To:` line never turns into a recipient.
+                Some((name, value)) if indented || name == "recipients" => {
                     value.push(' ');
                     value.push_str(trimmed);
                 }
-            }
+                _ => {}
+            },
         }
     }
     fields
@@ -289,6 +292,18 @@ mod tests {
             .recipients
             .iter()
             .all(|r| r.kind == RecipientKind::Recipient));
+    }
+
+    #[test]
+    fn stray_text_is_not_a_recipient() {
+        let p = parse("To: a@x.com\r\nThis is a journal report.\r\nCc: b@x.com\r\n");
+        let got: Vec<_> = p
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(got, ["a@x.com", "b@x.com"]);
     }
 
     #[test]
