@@ -124,6 +124,11 @@ impl Ingest {
         self.ingest(delivery, w).await
     }
 
+    /// Waits for queued index commits and stops the committer (called at shutdown).
+    pub async fn close(&self) {
+        todo!()
+    }
+
     /// The archive key a POP3 UIDL of this collector was archived under, if any.
     pub fn known_uidl(&self, collector: &str, uidl: &str) -> Result<Option<String>, IngestError> {
         let _ = (collector, uidl);
