@@ -69,11 +69,23 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn smtp(mail_from: String, rcpt_to: Vec<String>) -> Delivery {
-        Delivery { source: Source::Smtp, mail_from: Some(mail_from), rcpt_to, uidl: None }
+        Delivery {
+            source: Source::Smtp,
+            mail_from: Some(mail_from),
+            rcpt_to,
+            uidl: None,
+        }
     }
 
     pub fn pop3(collector: &str, uidl: Option<String>) -> Delivery {
-        Delivery { source: Source::Pop3 { collector: collector.to_string() }, mail_from: None, rcpt_to: Vec::new(), uidl }
+        Delivery {
+            source: Source::Pop3 {
+                collector: collector.to_string(),
+            },
+            mail_from: None,
+            rcpt_to: Vec::new(),
+            uidl,
+        }
     }
 }
 
@@ -130,15 +142,25 @@ impl Ingest {
     /// Starts the committer thread and seeds the counters from the index.
     pub fn new(archive: Arc<Archive>, metrics: Metrics) -> Ingest {
         if let Ok(stats) = archive.stats() {
-            let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| c.with_label_values(&[label]).inc_by(v);
+            let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
+                c.with_label_values(&[label]).inc_by(v)
+            };
             seed(&metrics.archived, "smtp", stats.archived_smtp);
             seed(&metrics.archived, "pop3", stats.archived_pop3);
             seed(&metrics.duplicates, "smtp", stats.duplicates_smtp);
             seed(&metrics.duplicates, "pop3", stats.duplicates_pop3);
             seed(&metrics.archive_bytes, "smtp", stats.bytes_smtp);
             seed(&metrics.archive_bytes, "pop3", stats.bytes_pop3);
-            seed(&metrics.received, "smtp", stats.archived_smtp + stats.duplicates_smtp);
-            seed(&metrics.received, "pop3", stats.archived_pop3 + stats.duplicates_pop3);
+            seed(
+                &metrics.received,
+                "smtp",
+                stats.archived_smtp + stats.duplicates_smtp,
+            );
+            seed(
+                &metrics.received,
+                "pop3",
+                stats.archived_pop3 + stats.duplicates_pop3,
+            );
             metrics.conflicts.inc_by(stats.conflicts);
         }
         let (tx, rx) = mpsc::channel();
@@ -163,12 +185,22 @@ impl Ingest {
     /// A writer for one incoming message: write the bytes as they arrive, then pass it to
     /// [`Ingest::ingest`]. Dropping it unfinished removes any spool file.
     pub fn writer(&self) -> MessageWriter {
-        MessageWriter { archive: self.inner.archive.clone(), head: Vec::new(), spool: None, hasher: Sha256::new(), len: 0 }
+        MessageWriter {
+            archive: self.inner.archive.clone(),
+            head: Vec::new(),
+            spool: None,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     /// Archives one complete message. Returns only when the file and the index entry are durable
     /// (or the entry recording the duplicate is).
-    pub async fn ingest(&self, delivery: Delivery, message: MessageWriter) -> Result<Outcome, IngestError> {
+    pub async fn ingest(
+        &self,
+        delivery: Delivery,
+        message: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
         let started = Instant::now();
         let label = delivery.source.label();
         let m = &self.inner.metrics;
@@ -193,12 +225,22 @@ impl Ingest {
         result
     }
 
-    async fn ingest_inner(&self, delivery: Delivery, message: MessageWriter) -> Result<Outcome, IngestError> {
+    async fn ingest_inner(
+        &self,
+        delivery: Delivery,
+        message: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(IngestError::ShuttingDown);
         }
         let archive = &self.inner.archive;
-        let MessageWriter { head, spool, hasher, len, .. } = message;
+        let MessageWriter {
+            head,
+            spool,
+            hasher,
+            len,
+            ..
+        } = message;
         let sha256 = hex::encode(hasher.finalize());
         let report = journal::parse(&head);
         for w in &report.warnings {
@@ -210,7 +252,10 @@ impl Ingest {
             key = format!("sha256:{sha256}");
         }
         let identity = report.identity();
-        let variant_key = format!("{key}#{}", &hex::encode(Sha256::digest(identity.as_bytes()))[..12]);
+        let variant_key = format!(
+            "{key}#{}",
+            &hex::encode(Sha256::digest(identity.as_bytes()))[..12]
+        );
         let source_label = delivery.source.label();
         let uidl = match (&delivery.source, &delivery.uidl) {
             (Source::Pop3 { collector }, Some(u)) => Some((collector.clone(), u.clone())),
@@ -239,7 +284,14 @@ impl Ingest {
             sightings: vec![sighting],
             duplicates: 0,
         };
-        let mut arrival = Arrival { key, variant_key, record, tmp_file: None, source_label, uidl };
+        let mut arrival = Arrival {
+            key,
+            variant_key,
+            record,
+            tmp_file: None,
+            source_label,
+            uidl,
+        };
         let mut body = Some(Body { head, spool });
         // A known original needs no file: only its index entry changes.
         let known = archive.find(&arrival.key, &arrival.variant_key, &arrival.record.identity)?;
@@ -248,11 +300,17 @@ impl Ingest {
         }
         loop {
             match self.commit(arrival.clone()).await? {
-                Applied::Archived { key, variant } => return Ok(Outcome::Archived { key, variant }),
+                Applied::Archived { key, variant } => {
+                    return Ok(Outcome::Archived { key, variant })
+                }
                 Applied::Duplicate { key } => return Ok(Outcome::Duplicate { key }),
                 Applied::NeedsFile => match body.take() {
                     Some(b) => arrival.tmp_file = Some(self.store(b).await?),
-                    None => return Err(IngestError::Index("index lost track of a stored file".into())),
+                    None => {
+                        return Err(IngestError::Index(
+                            "index lost track of a stored file".into(),
+                        ))
+                    }
                 },
             }
         }
@@ -282,7 +340,12 @@ impl Ingest {
 
     async fn commit(&self, arrival: Arrival) -> Result<Applied, IngestError> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.inner.jobs.lock().map_err(|_| IngestError::ShuttingDown)?.send(Job::Apply(arrival, tx));
+        let sent = self
+            .inner
+            .jobs
+            .lock()
+            .map_err(|_| IngestError::ShuttingDown)?
+            .send(Job::Apply(arrival, tx));
         if sent.is_err() {
             return Err(IngestError::ShuttingDown);
         }
@@ -293,7 +356,11 @@ impl Ingest {
     }
 
     /// [`Ingest::ingest`] for a message already in memory.
-    pub async fn ingest_bytes(&self, delivery: Delivery, bytes: &[u8]) -> Result<Outcome, IngestError> {
+    pub async fn ingest_bytes(
+        &self,
+        delivery: Delivery,
+        bytes: &[u8],
+    ) -> Result<Outcome, IngestError> {
         let mut w = self.writer();
         w.write(bytes).await?;
         self.ingest(delivery, w).await
@@ -339,7 +406,11 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
                 }
                 Job::Stop => stop = true,
             }
-            next = if stop || batch.len() >= MAX_BATCH { None } else { jobs.try_recv().ok() };
+            next = if stop || batch.len() >= MAX_BATCH {
+                None
+            } else {
+                jobs.try_recv().ok()
+            };
         }
         if batch.is_empty() {
             continue;
@@ -404,7 +475,12 @@ impl MessageWriter {
             let name = self.archive.new_file_name();
             let path = self.archive.tmp_path(&name);
             let file = tokio::fs::File::create(&path).await?;
-            let mut spool = Spool { name, path, file: tokio::io::BufWriter::with_capacity(64 * 1024, file), keep: false };
+            let mut spool = Spool {
+                name,
+                path,
+                file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+                keep: false,
+            };
             spool.file.write_all(&self.head).await?;
             self.spool = Some(spool);
         }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use journal_gateway::config::Config;
 
 #[derive(Parser)]
-#[command(name = "journal-gateway", version, about = "Archives Exchange journal reports received over SMTP and POP3S")]
+#[command(
+    name = "journal-gateway",
+    version,
+    about = "Archives Exchange journal reports received over SMTP and POP3S"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,10 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

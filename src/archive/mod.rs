@@ -64,8 +64,13 @@ pub struct Arrival {
 /// What [`Archive::apply`] did with one arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Archived { key: String, variant: bool },
-    Duplicate { key: String },
+    Archived {
+        key: String,
+        variant: bool,
+    },
+    Duplicate {
+        key: String,
+    },
     /// The arrival carried no file but its original is not archived: write the file and retry.
     NeedsFile,
 }
@@ -105,7 +110,10 @@ pub struct Archive {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -122,10 +130,12 @@ impl Archive {
     pub fn open(data_dir: &Path) -> anyhow::Result<Archive> {
         let root = data_dir.join("archive");
         for sub in ["tmp", "new", "cur"] {
-            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating {}", root.join(sub).display()))?;
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
         }
         let index = data_dir.join("index.redb");
-        let db = Database::create(&index).with_context(|| format!("opening the index {}", index.display()))?;
+        let db = Database::create(&index)
+            .with_context(|| format!("opening the index {}", index.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(MESSAGES)?;
         txn.open_table(UIDLS)?;
@@ -134,8 +144,16 @@ impl Archive {
         txn.open_table(POP3_ONLY)?;
         txn.commit()?;
         let host = hostname();
-        let archive = Archive { tmp: root.join("tmp"), new: root.join("new"), db, host, seq: AtomicU64::new(0) };
-        archive.recover().context("recovering the archive after an interrupted run")?;
+        let archive = Archive {
+            tmp: root.join("tmp"),
+            new: root.join("new"),
+            db,
+            host,
+            seq: AtomicU64::new(0),
+        };
+        archive
+            .recover()
+            .context("recovering the archive after an interrupted run")?;
         Ok(archive)
     }
 
@@ -150,18 +168,26 @@ impl Archive {
         let pending: Vec<(String, String)> = {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(PENDING)?;
-            table.iter()?.map(|e| e.map(|(f, k)| (f.value().to_string(), k.value().to_string()))).collect::<Result<_, _>>()?
+            table
+                .iter()?
+                .map(|e| e.map(|(f, k)| (f.value().to_string(), k.value().to_string())))
+                .collect::<Result<_, _>>()?
         };
         let mut finished = 0;
         let mut orphans = Vec::new();
         for (file, key) in &pending {
             let (from, to) = (self.tmp.join(file), self.new.join(file));
             if from.exists() {
-                fs::rename(&from, &to).with_context(|| format!("finishing {} for {key}", from.display()))?;
+                fs::rename(&from, &to)
+                    .with_context(|| format!("finishing {} for {key}", from.display()))?;
                 finished += 1;
             } else if !to.exists() {
                 // Only after a commit that reported failure (its caller was told to retry).
-                tracing::warn!(key, file, "dropping an index entry whose commit failed and whose file is gone");
+                tracing::warn!(
+                    key,
+                    file,
+                    "dropping an index entry whose commit failed and whose file is gone"
+                );
                 orphans.push(key.as_str());
             }
         }
@@ -183,18 +209,25 @@ impl Archive {
         let mut discarded = 0;
         for entry in fs::read_dir(&self.tmp)? {
             let entry = entry?;
-            fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
             discarded += 1;
         }
         if finished > 0 || discarded > 0 {
-            tracing::info!(finished, discarded, "recovered the archive: finished committed files, discarded unacknowledged ones");
+            tracing::info!(
+                finished,
+                discarded,
+                "recovered the archive: finished committed files, discarded unacknowledged ones"
+            );
         }
         Ok(())
     }
 
     /// A fresh Maildir file name: `<secs>.M<micros>P<pid>Q<seq>.<host>.eml`.
     pub fn new_file_name(&self) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         format!(
             "{}.M{}P{}Q{}.{}.eml",
             now.as_secs(),
@@ -281,20 +314,29 @@ impl Archive {
             let mut smtp_started = stats.get("first_smtp_ms").map_err(index_err)?.is_some();
             let mut last_smtp = None;
             for a in batch {
-                let sighting = a.record.sightings.first().cloned().unwrap_or_else(|| Sighting {
-                    source: a.source_label.into(),
-                    at_ms: now,
-                    mail_from: None,
-                    rcpt_to: Vec::new(),
-                    uidl: None,
-                });
+                let sighting = a
+                    .record
+                    .sightings
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| Sighting {
+                        source: a.source_label.into(),
+                        at_ms: now,
+                        mail_from: None,
+                        rcpt_to: Vec::new(),
+                        uidl: None,
+                    });
                 let smtp = a.source_label == "smtp";
                 if smtp {
                     smtp_started = true;
                     last_smtp = Some(sighting.at_ms);
-                    set_once.entry("first_smtp_ms".into()).or_insert(sighting.at_ms);
+                    set_once
+                        .entry("first_smtp_ms".into())
+                        .or_insert(sighting.at_ms);
                     for rcpt in &sighting.rcpt_to {
-                        set_once.entry(format!("first_smtp/{}", rcpt.to_lowercase())).or_insert(sighting.at_ms);
+                        set_once
+                            .entry(format!("first_smtp/{}", rcpt.to_lowercase()))
+                            .or_insert(sighting.at_ms);
                     }
                 }
                 // Which key does this arrival belong under, and is its original already there?
@@ -304,7 +346,9 @@ impl Archive {
                 for (k, is_variant) in [(a.key.as_str(), false), (a.variant_key.as_str(), true)] {
                     target = k;
                     variant = is_variant;
-                    let Some(v) = messages.get(k).map_err(index_err)? else { break };
+                    let Some(v) = messages.get(k).map_err(index_err)? else {
+                        break;
+                    };
                     let rec = Record::decode(v.value()).map_err(index_err)?;
                     // The variant key is derived from the identity, so whatever is there is it.
                     if rec.identity == a.record.identity || is_variant {
@@ -318,9 +362,14 @@ impl Archive {
                             pop3_only.remove(target).map_err(index_err)?;
                         }
                         rec.merge(&a.record.recipients, sighting);
-                        messages.insert(target, rec.encode().as_slice()).map_err(index_err)?;
-                        *add.entry(format!("duplicates/{}", a.source_label)).or_default() += 1;
-                        Applied::Duplicate { key: target.to_string() }
+                        messages
+                            .insert(target, rec.encode().as_slice())
+                            .map_err(index_err)?;
+                        *add.entry(format!("duplicates/{}", a.source_label))
+                            .or_default() += 1;
+                        Applied::Duplicate {
+                            key: target.to_string(),
+                        }
                     }
                     None => {
                         let Some(tmp_file) = &a.tmp_file else {
@@ -330,28 +379,46 @@ impl Archive {
                         let mut rec = a.record.clone();
                         rec.file = tmp_file.clone();
                         rec.variant = variant;
-                        messages.insert(target, rec.encode().as_slice()).map_err(index_err)?;
-                        pending.insert(tmp_file.as_str(), target).map_err(index_err)?;
-                        *add.entry(format!("archived/{}", a.source_label)).or_default() += 1;
+                        messages
+                            .insert(target, rec.encode().as_slice())
+                            .map_err(index_err)?;
+                        pending
+                            .insert(tmp_file.as_str(), target)
+                            .map_err(index_err)?;
+                        *add.entry(format!("archived/{}", a.source_label))
+                            .or_default() += 1;
                         *add.entry(format!("bytes/{}", a.source_label)).or_default() += rec.size;
                         if variant {
                             *add.entry("conflicts".into()).or_default() += 1;
                         }
-                        set_once.entry("first_archive_ms".into()).or_insert(rec.first_seen_ms());
+                        set_once
+                            .entry("first_archive_ms".into())
+                            .or_insert(rec.first_seen_ms());
                         if !smtp && smtp_started {
-                            pop3_only.insert(target, rec.first_seen_ms()).map_err(index_err)?;
+                            pop3_only
+                                .insert(target, rec.first_seen_ms())
+                                .map_err(index_err)?;
                             *add.entry("pop3_after_smtp".into()).or_default() += 1;
                         }
-                        Applied::Archived { key: target.to_string(), variant }
+                        Applied::Archived {
+                            key: target.to_string(),
+                            variant,
+                        }
                     }
                 };
                 if let Some((collector, uidl)) = &a.uidl {
-                    uidls.insert(format!("{collector}\0{uidl}").as_str(), target).map_err(index_err)?;
+                    uidls
+                        .insert(format!("{collector}\0{uidl}").as_str(), target)
+                        .map_err(index_err)?;
                 }
                 results.push(result);
             }
             for (name, by) in add {
-                let old = stats.get(name.as_str()).map_err(index_err)?.map(|v| v.value()).unwrap_or(0);
+                let old = stats
+                    .get(name.as_str())
+                    .map_err(index_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 stats.insert(name.as_str(), old + by).map_err(index_err)?;
             }
             for (name, value) in set_once {
@@ -371,7 +438,9 @@ impl Archive {
     fn finish(&self, batch: &[Arrival], results: &[Applied]) -> io::Result<()> {
         let mut renamed = Vec::new();
         for (a, r) in batch.iter().zip(results) {
-            let Some(tmp_file) = &a.tmp_file else { continue };
+            let Some(tmp_file) = &a.tmp_file else {
+                continue;
+            };
             match r {
                 Applied::Archived { .. } => {
                     fs::rename(self.tmp.join(tmp_file), self.new.join(tmp_file))?;
@@ -386,7 +455,8 @@ impl Archive {
             fsync_dir(&self.new)?;
             // Not needed for safety (open() finishes or skips these), only to keep the table small.
             let mut txn = self.db.begin_write().map_err(index_err)?;
-            txn.set_durability(redb::Durability::None).map_err(index_err)?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(index_err)?;
             {
                 let mut pending = txn.open_table(PENDING).map_err(index_err)?;
                 for f in renamed {
@@ -403,12 +473,16 @@ impl Archive {
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(MESSAGES).map_err(index_err)?;
         let value = table.get(key).map_err(index_err)?;
-        value.map(|v| Record::decode(v.value()).map_err(index_err)).transpose()
+        value
+            .map(|v| Record::decode(v.value()).map_err(index_err))
+            .transpose()
     }
 
     /// The stored bytes of the message under `key`.
     pub fn read_raw(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
-        let Some(rec) = self.get(key)? else { return Ok(None) };
+        let Some(rec) = self.get(key)? else {
+            return Ok(None);
+        };
         self.read_file(&rec.file).map(Some)
     }
 
@@ -430,14 +504,19 @@ impl Archive {
     pub fn uidl_key(&self, collector: &str, uidl: &str) -> io::Result<Option<String>> {
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(UIDLS).map_err(index_err)?;
-        let v = table.get(format!("{collector}\0{uidl}").as_str()).map_err(index_err)?;
+        let v = table
+            .get(format!("{collector}\0{uidl}").as_str())
+            .map_err(index_err)?;
         Ok(v.map(|v| v.value().to_string()))
     }
 
     /// Number of archived originals.
     pub fn count(&self) -> io::Result<u64> {
         let txn = self.db.begin_read().map_err(index_err)?;
-        txn.open_table(MESSAGES).map_err(index_err)?.len().map_err(index_err)
+        txn.open_table(MESSAGES)
+            .map_err(index_err)?
+            .len()
+            .map_err(index_err)
     }
 
     /// Calls `f` for every record, in key order.
@@ -455,17 +534,30 @@ impl Archive {
     pub fn stats(&self) -> io::Result<Stats> {
         let txn = self.db.begin_read().map_err(index_err)?;
         let table = txn.open_table(STATS).map_err(index_err)?;
-        let get = |name: &str| -> io::Result<Option<u64>> { Ok(table.get(name).map_err(index_err)?.map(|v| v.value())) };
+        let get = |name: &str| -> io::Result<Option<u64>> {
+            Ok(table.get(name).map_err(index_err)?.map(|v| v.value()))
+        };
         let n = |name: &str| -> io::Result<u64> { Ok(get(name)?.unwrap_or(0)) };
         let mut by_address = Vec::new();
-        for entry in table.range("first_smtp/".."first_smtp0").map_err(index_err)? {
+        for entry in table
+            .range("first_smtp/".."first_smtp0")
+            .map_err(index_err)?
+        {
             let (k, v) = entry.map_err(index_err)?;
             by_address.push((k.value()["first_smtp/".len()..].to_string(), v.value()));
         }
         let pop3_after_smtp = n("pop3_after_smtp")?;
-        let pop3_only = txn.open_table(POP3_ONLY).map_err(index_err)?.len().map_err(index_err)?;
+        let pop3_only = txn
+            .open_table(POP3_ONLY)
+            .map_err(index_err)?
+            .len()
+            .map_err(index_err)?;
         Ok(Stats {
-            messages: txn.open_table(MESSAGES).map_err(index_err)?.len().map_err(index_err)?,
+            messages: txn
+                .open_table(MESSAGES)
+                .map_err(index_err)?
+                .len()
+                .map_err(index_err)?,
             archived_smtp: n("archived/smtp")?,
             archived_pop3: n("archived/pop3")?,
             duplicates_smtp: n("duplicates/smtp")?,
@@ -486,18 +578,27 @@ impl Archive {
     /// recipients, sources, first seen). Returns the count.
     pub fn export(&self, out: &Path) -> anyhow::Result<u64> {
         if out.exists() && fs::read_dir(out)?.next().is_some() {
-            anyhow::bail!("{} is not empty; export into a new or empty directory", out.display());
+            anyhow::bail!(
+                "{} is not empty; export into a new or empty directory",
+                out.display()
+            );
         }
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(out.join(sub))?;
         }
         let mut tsv = io::BufWriter::new(File::create(out.join("index.tsv"))?);
-        writeln!(tsv, "key\tfile\tmessage_id\trecipients\tsources\tfirst_seen_ms\tduplicates")?;
+        writeln!(
+            tsv,
+            "key\tfile\tmessage_id\trecipients\tsources\tfirst_seen_ms\tduplicates"
+        )?;
         let mut n = 0;
         self.for_each(|key, rec| {
             fs::copy(self.file_path(&rec.file), out.join("new").join(&rec.file))?;
-            let recipients: Vec<String> =
-                rec.recipients.iter().map(|r| format!("{:?}:{}", r.kind, r.address).to_lowercase()).collect();
+            let recipients: Vec<String> = rec
+                .recipients
+                .iter()
+                .map(|r| format!("{:?}:{}", r.kind, r.address).to_lowercase())
+                .collect();
             let mut sources: Vec<&str> = rec.sightings.iter().map(|s| s.source.as_str()).collect();
             sources.dedup();
             writeln!(
@@ -525,8 +626,19 @@ fn tsv_field(s: &str) -> String {
 
 /// The host name for Maildir file names ('/' and ':' are not allowed there).
 fn hostname() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
-    let h: String = raw.trim().chars().map(|c| if c == '/' || c == ':' || c == '.' { '_' } else { c }).collect();
+    let raw =
+        fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let h: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '/' || c == ':' || c == '.' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     if h.is_empty() {
         "localhost".into()
     } else {

@@ -49,7 +49,10 @@ pub struct Sighting {
 
 impl Record {
     pub fn first_source(&self) -> &str {
-        self.sightings.first().map(|s| s.source.as_str()).unwrap_or("")
+        self.sightings
+            .first()
+            .map(|s| s.source.as_str())
+            .unwrap_or("")
     }
 
     pub fn first_seen_ms(&self) -> u64 {
@@ -81,8 +84,12 @@ impl Record {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
         match bytes.split_first() {
-            Some((1, rest)) => postcard::from_bytes(rest).map_err(|e| format!("corrupt index record: {e}")),
-            Some((v, _)) => Err(format!("index record version {v} is newer than this gateway")),
+            Some((1, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| format!("corrupt index record: {e}"))
+            }
+            Some((v, _)) => Err(format!(
+                "index record version {v} is newer than this gateway"
+            )),
             None => Err("empty index record".into()),
         }
     }
@@ -94,7 +101,12 @@ mod tests {
     use crate::journal::RecipientKind;
 
     fn rcpt(a: &str, kind: RecipientKind) -> Recipient {
-        Recipient { address: a.into(), kind, expanded: None, forwarded: None }
+        Recipient {
+            address: a.into(),
+            kind,
+            expanded: None,
+            forwarded: None,
+        }
     }
 
     fn record() -> Record {
@@ -111,7 +123,13 @@ mod tests {
             variant: false,
             sender: Some("a@x".into()),
             recipients: vec![rcpt("b@x", RecipientKind::To)],
-            sightings: vec![Sighting { source: "smtp".into(), at_ms: 1, mail_from: Some(String::new()), rcpt_to: vec![], uidl: None }],
+            sightings: vec![Sighting {
+                source: "smtp".into(),
+                at_ms: 1,
+                mail_from: Some(String::new()),
+                rcpt_to: vec![],
+                uidl: None,
+            }],
             duplicates: 0,
         }
     }
@@ -128,8 +146,20 @@ mod tests {
     #[test]
     fn merge_unions_recipients_and_counts() {
         let mut r = record();
-        let s = Sighting { source: "pop3:x".into(), at_ms: 2, mail_from: None, rcpt_to: vec![], uidl: Some("u".into()) };
-        r.merge(&[rcpt("b@x", RecipientKind::To), rcpt("c@x", RecipientKind::Bcc)], s);
+        let s = Sighting {
+            source: "pop3:x".into(),
+            at_ms: 2,
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u".into()),
+        };
+        r.merge(
+            &[
+                rcpt("b@x", RecipientKind::To),
+                rcpt("c@x", RecipientKind::Bcc),
+            ],
+            s,
+        );
         assert_eq!(r.recipients.len(), 2);
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.sightings.len(), 2);
