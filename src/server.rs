@@ -48,6 +48,9 @@ impl Gateway {
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::open(config)?;
+    for line in describe(&gateway.config).lines() {
+        tracing::info!("{line}");
+    }
     let mut tasks = tokio::task::JoinSet::new();
 
     // Subsystems are bound here, before anything is announced.
