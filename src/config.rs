@@ -510,3 +510,30 @@ mod tests {
         assert!(parse_duration("5y").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_commented_example_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+                .unwrap();
+        super::Config::parse(&text).unwrap();
+        // With the collector table uncommented too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.starts_with('[') || r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = super::Config::parse(
+            &uncommented.replace("\"3a:7f:...\"", &format!("\"{}\"", "ab".repeat(32))),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
+        assert_eq!(c.collectors.len(), 1);
+        assert!(c.smtp.tls_cert.is_some());
+    }
+}

@@ -9,3 +9,4 @@ pub mod config;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod server;
