@@ -5,6 +5,18 @@
 //! envelope says sent and received it, and which key identifies the *original* message for
 //! deduplication. It never panics and never fails: anything it cannot understand is treated as a
 //! plain message, which is still archived.
+//!
+//! How the key is chosen:
+//! - Exchange 2007+ / 2003 report: the embedded original's `Message-ID` (from the
+//!   `message/rfc822` part), cross-checked with the envelope's `Message-Id:` line; when they
+//!   disagree the embedded one wins and a warning is recorded; when the embedded one is missing
+//!   the envelope's is used. Neither: `sha256:<hex>` of the original part's bytes.
+//! - Plain message: its own `Message-ID`, else `sha256:<hex>` of the whole input.
+//! - Never the report's own Message-ID (a fresh GUID per report): a report without an original
+//!   part falls back to plain with the envelope's Message-Id, and an ID ending in
+//!   `@journal.report.generator` is never a key.
+//! - Truncated input (a bounded head): a header or envelope line cut off by the end of the input
+//!   is ignored rather than used half.
 
 mod envelope;
 pub mod sample;
