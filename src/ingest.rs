@@ -134,7 +134,7 @@ struct Inner {
 }
 
 enum Job {
-    Apply(Arrival, oneshot::Sender<io::Result<Applied>>),
+    Apply(Box<Arrival>, oneshot::Sender<io::Result<Applied>>),
     Stop,
 }
 
@@ -345,7 +345,7 @@ impl Ingest {
             .jobs
             .lock()
             .map_err(|_| IngestError::ShuttingDown)?
-            .send(Job::Apply(arrival, tx));
+            .send(Job::Apply(Box::new(arrival), tx));
         if sent.is_err() {
             return Err(IngestError::ShuttingDown);
         }
@@ -401,7 +401,7 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
         while let Some(job) = next {
             match job {
                 Job::Apply(a, reply) => {
-                    batch.push(a);
+                    batch.push(*a);
                     replies.push(reply);
                 }
                 Job::Stop => stop = true,
