@@ -394,7 +394,7 @@ impl Ingest {
 fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
     let mut stop = false;
     while !stop {
-        let Ok(first) = jobs.recv() else { return };
+        let Ok(first) = jobs.recv() else { break };
         let mut batch = Vec::new();
         let mut replies = Vec::new();
         let mut next = Some(first);
@@ -428,6 +428,9 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+    if let Err(e) = archive.sync() {
+        tracing::warn!("final index sync failed ({e}); the next start finishes it");
     }
 }
 

@@ -106,6 +106,8 @@ pub struct Archive {
     db: Database,
     host: String,
     seq: AtomicU64,
+    /// Files renamed into `new/` since `new/` was last fsynced.
+    renamed: std::sync::Mutex<Vec<String>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -150,6 +152,7 @@ impl Archive {
             db,
             host,
             seq: AtomicU64::new(0),
+            renamed: Default::default(),
         };
         archive
             .recover()
@@ -296,9 +299,29 @@ impl Archive {
 
     /// Steps 1 and 2 of the protocol: the index transaction.
     fn record(&self, batch: &[Arrival]) -> io::Result<Vec<Applied>> {
-        if batch.iter().any(|a| a.tmp_file.is_some()) {
-            fsync_dir(&self.tmp)?;
-        }
+        // Files the previous batch renamed into new/: fsync new/ now (beside tmp/, in parallel),
+        // and drop their pending entries in this transaction.
+        let renamed = std::mem::take(&mut *self.renamed.lock().unwrap_or_else(|p| p.into_inner()));
+        let sync_tmp = batch.iter().any(|a| a.tmp_file.is_some());
+        std::thread::scope(|s| {
+            let new = (!renamed.is_empty()).then(|| s.spawn(|| fsync_dir(&self.new)));
+            let tmp = if sync_tmp {
+                fsync_dir(&self.tmp)
+            } else {
+                Ok(())
+            };
+            let new = new.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+            });
+            tmp.and(new.unwrap_or(Ok(())))
+        })
+        .inspect_err(|_| {
+            self.renamed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(renamed.iter().cloned())
+        })?;
         let now = now_ms();
         let mut results = Vec::with_capacity(batch.len());
         let txn = self.db.begin_write().map_err(index_err)?;
@@ -308,6 +331,9 @@ impl Archive {
             let mut pending = txn.open_table(PENDING).map_err(index_err)?;
             let mut stats = txn.open_table(STATS).map_err(index_err)?;
             let mut pop3_only = txn.open_table(POP3_ONLY).map_err(index_err)?;
+            for f in &renamed {
+                pending.remove(f.as_str()).map_err(index_err)?;
+            }
             // Counter changes are gathered here and written once, after the loop.
             let mut add: BTreeMap<String, u64> = BTreeMap::new();
             let mut set_once: BTreeMap<String, u64> = BTreeMap::new();
@@ -435,8 +461,9 @@ impl Archive {
     }
 
     /// Step 3: the index is durable; move the new files into place, drop the files of duplicates.
+    /// `new/` is fsynced with the next batch (or by [`Archive::sync`]); until then the `pending`
+    /// entries let `open` redo a rename a crash undid.
     fn finish(&self, batch: &[Arrival], results: &[Applied]) -> io::Result<()> {
-        let mut renamed = Vec::new();
         for (a, r) in batch.iter().zip(results) {
             let Some(tmp_file) = &a.tmp_file else {
                 continue;
@@ -444,28 +471,22 @@ impl Archive {
             match r {
                 Applied::Archived { .. } => {
                     fs::rename(self.tmp.join(tmp_file), self.new.join(tmp_file))?;
-                    renamed.push(tmp_file.as_str());
+                    self.renamed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(tmp_file.clone());
                 }
                 _ => {
                     let _ = fs::remove_file(self.tmp.join(tmp_file));
                 }
             }
         }
-        if !renamed.is_empty() {
-            fsync_dir(&self.new)?;
-            // Not needed for safety (open() finishes or skips these), only to keep the table small.
-            let mut txn = self.db.begin_write().map_err(index_err)?;
-            txn.set_durability(redb::Durability::None)
-                .map_err(index_err)?;
-            {
-                let mut pending = txn.open_table(PENDING).map_err(index_err)?;
-                for f in renamed {
-                    pending.remove(f).map_err(index_err)?;
-                }
-            }
-            txn.commit().map_err(index_err)?;
-        }
         Ok(())
+    }
+
+    /// Makes the last renames durable and forgets their pending entries (at shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.record(&[]).map(|_| ())
     }
 
     /// The record stored under `key`.
