@@ -130,7 +130,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration OK");
             Ok(())
         }
-        Command::Certs { command: CertsCommand::Generate { hostnames, out } } => {
+        Command::Certs {
+            command: CertsCommand::Generate { hostnames, out },
+        } => {
             let g = journal_gateway::tls::generate(&hostnames, &out)?;
             println!("certificate: {}", g.cert_path.display());
             println!("private key: {}", g.key_path.display());
