@@ -119,6 +119,13 @@ fn sigkill_while_sending_loses_no_acknowledged_message() {
         assert!(Instant::now() < deadline, "sender got too few 250s");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Then a little more, so the kill lands at an arbitrary point of a session or an ingest.
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 50;
+    std::thread::sleep(Duration::from_millis(jitter.into()));
     gateway.kill().unwrap(); // SIGKILL
     gateway.wait().unwrap();
     sender.wait().unwrap();
