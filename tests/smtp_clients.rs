@@ -357,3 +357,38 @@ fn swaks_8bit_body_and_refused_recipient() {
     assert!(t.contains("550 5.1.1"), "{t}");
     assert_eq!(gw.archived(), 1);
 }
+
+/// Stalwart's own Rust client (`mail-send`): STARTTLS, then the message in one `BDAT n LAST`.
+/// (swaks 20201014 cannot send BDAT; the raw-socket Python session above covers multi-chunk BDAT.)
+#[test]
+fn mail_send_bdat_over_starttls() {
+    let gw = TestGateway::start(LIMIT);
+    let message = b"From: rust@corp.test\r\nMessage-ID: <mail-send-bdat@corp.test>\r\n\r\nbare\nLF\r\n.\r\nend\r\n";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = runtime.block_on(async {
+        let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", gw.addr.port())
+            .unwrap()
+            .implicit_tls(false)
+            .allow_invalid_certs() // self-signed, generated on first start
+            .helo_host("client.test")
+            .connect()
+            .await
+            .expect("STARTTLS session");
+        let caps = client.ehlo("client.test").await.unwrap();
+        assert!(caps.has_capability(smtp_proto::EXT_CHUNKING));
+        let params = mail_send::smtp::message::Parameters::default();
+        client.mail_from("rust@corp.test", &params).await.unwrap();
+        client.rcpt_to(JOURNAL, &params).await.unwrap();
+        let reply = client.bdat(message).await.unwrap();
+        client.quit().await.unwrap();
+        reply
+    });
+    assert_eq!(reply.code(), 250, "{reply:?}");
+    assert_eq!(
+        gw.raw_by_message_id("mail-send-bdat@corp.test").as_deref(),
+        Some(&message[..])
+    );
+}
