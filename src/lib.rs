@@ -10,3 +10,5 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod server;
+pub mod smtp;
+pub mod tls;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage the SMTP TLS certificate.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Copy every archived message into a Maildir, with an index.tsv of keys, recipients and
     /// sources. Offline: stop the server first.
     Export {
@@ -63,6 +68,19 @@ enum Command {
         start: u64,
         #[arg(long, default_value_t = 8)]
         tasks: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Generate a self-signed certificate (cert.pem, key.pem) and print its SHA-256 fingerprint.
+    Generate {
+        /// DNS name or IP address to put in the certificate (repeat for more; the first is the CN).
+        #[arg(long = "hostname", required = true)]
+        hostnames: Vec<String>,
+        /// Directory for cert.pem and key.pem (created if needed).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
     },
 }
 
@@ -111,6 +129,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(config.as_ref())?;
             print!("{}", journal_gateway::server::describe(&config));
             println!("configuration OK");
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Generate { hostnames, out },
+        } => {
+            let g = journal_gateway::tls::generate(&hostnames, &out)?;
+            println!("certificate: {}", g.cert_path.display());
+            println!("private key: {}", g.key_path.display());
+            println!("SHA-256 fingerprint: {}", g.fingerprint);
             Ok(())
         }
         Command::Export { config, out } => {

@@ -54,6 +54,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     // Subsystems are bound here, before anything is announced.
+    let smtp = crate::smtp::SmtpServer::bind(&gateway).await?;
+    for addr in smtp.plain_addrs() {
+        tracing::info!("SMTP (STARTTLS) listening on {addr}");
+    }
+    for addr in smtp.tls_addrs() {
+        tracing::info!("SMTP (implicit TLS) listening on {addr}");
+    }
+    tasks.spawn(smtp.run());
 
     let shutdown = gateway.shutdown.clone();
     tasks.spawn(async move {

@@ -1,0 +1,243 @@
+//! The SMTP journal endpoint: what Exchange's journal rule delivers to.
+//!
+//! [`SmtpServer::bind`] binds every listener (plain with STARTTLS, and implicit TLS) and loads or
+//! generates the certificate; [`SmtpServer::run`] accepts connections until the gateway shuts
+//! down, then waits for open sessions to finish their in-flight ingest. Each connection is one
+//! [`session::Session`], which hands complete messages to the one ingest path.
+//!
+//! Connection admission happens here: `allowed_clients` (554 at connect) and `max_connections`
+//! (421 4.7.0 beyond it).
+
+pub mod session;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::server::Gateway;
+use crate::tls::TlsIdentity;
+use session::{Session, Settings};
+use stream::Conn;
+
+/// The bound SMTP listeners, ready to run.
+pub struct SmtpServer {
+    plain: Vec<TcpListener>,
+    implicit: Vec<TcpListener>,
+    tls: TlsIdentity,
+    shared: Arc<Shared>,
+}
+
+/// What the accept loops share.
+struct Shared {
+    gateway: Gateway,
+    settings: Arc<Settings>,
+    acceptor: TlsAcceptor,
+    allowed: Vec<IpNet>,
+    slots: Arc<Semaphore>,
+    sessions: TaskTracker,
+}
+
+/// Keeps `smtp_sessions_active` right however a session ends.
+struct ActiveGuard(prometheus::IntGauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl SmtpServer {
+    /// Loads (or generates) the TLS certificate and binds `smtp.listen` and `smtp.tls_listen`.
+    pub async fn bind(gw: &Gateway) -> anyhow::Result<SmtpServer> {
+        let config = &gw.config;
+        let tls = crate::tls::load_or_generate(config).context("setting up SMTP TLS")?;
+        tracing::info!(cert = %tls.cert_path.display(), sha256 = %tls.fingerprint, "SMTP TLS certificate");
+        let acceptor = TlsAcceptor::from(tls.config.clone());
+        let mut plain = Vec::new();
+        for addr in &config.smtp.listen {
+            plain.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding SMTP listener {addr}"))?,
+            );
+        }
+        let mut implicit = Vec::new();
+        for addr in &config.smtp.tls_listen {
+            implicit.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding SMTPS listener {addr}"))?,
+            );
+        }
+        let settings = Arc::new(Settings::from_config(&config.smtp, Some(acceptor.clone())));
+        let shared = Arc::new(Shared {
+            gateway: gw.clone(),
+            settings,
+            acceptor,
+            allowed: config.smtp.allowed_clients.clone(),
+            slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            sessions: TaskTracker::new(),
+        });
+        Ok(SmtpServer {
+            plain,
+            implicit,
+            tls,
+            shared,
+        })
+    }
+
+    /// Every bound address, plain listeners first (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.plain
+            .iter()
+            .chain(&self.implicit)
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound plain (STARTTLS) addresses.
+    pub fn plain_addrs(&self) -> Vec<SocketAddr> {
+        self.plain
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound implicit-TLS addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.implicit
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The certificate in use (its path and SHA-256 fingerprint).
+    pub fn tls_identity(&self) -> &TlsIdentity {
+        &self.tls
+    }
+
+    /// Accepts connections until the gateway's shutdown token is cancelled, then waits for the
+    /// open sessions (they stop reading, finish an in-flight ingest and say 421).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut loops = tokio::task::JoinSet::new();
+        for listener in self.plain {
+            loops.spawn(accept_loop(listener, false, self.shared.clone()));
+        }
+        for listener in self.implicit {
+            loops.spawn(accept_loop(listener, true, self.shared.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+        self.shared.sessions.close();
+        self.shared.sessions.wait().await;
+        tracing::info!("SMTP listeners stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shared>) {
+    let shutdown = shared.gateway.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(stream, peer, implicit_tls, &shared),
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!("SMTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Applies the connection rules, then starts a session.
+fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<Shared>) {
+    let metrics = &shared.gateway.metrics;
+    let host = &shared.settings.hostname;
+    let ip = peer.ip().to_canonical();
+    if !shared.allowed.is_empty() && !shared.allowed.iter().any(|net| net.contains(&ip)) {
+        tracing::info!(%peer, "SMTP client not in allowed_clients, refused");
+        metrics.smtp_rejected.with_label_values(&["client"]).inc();
+        refuse(
+            stream,
+            implicit_tls,
+            format!("554 5.7.1 {host} Access denied\r\n"),
+            shared,
+        );
+        return;
+    }
+    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "SMTP max_connections reached, refused");
+        metrics
+            .smtp_rejected
+            .with_label_values(&["connections"])
+            .inc();
+        refuse(
+            stream,
+            implicit_tls,
+            format!("421 4.7.0 {host} Too many connections, try again later\r\n"),
+            shared,
+        );
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let shared2 = shared.clone();
+    shared.sessions.spawn(async move {
+        let _slot = slot;
+        let gw = &shared2.gateway;
+        gw.metrics.smtp_sessions_active.inc();
+        let _active = ActiveGuard(gw.metrics.smtp_sessions_active.clone());
+        let conn = if implicit_tls {
+            let handshake = shared2.acceptor.accept(stream);
+            match tokio::time::timeout(shared2.settings.command_timeout, handshake).await {
+                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, "SMTPS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "SMTPS handshake timed out");
+                    return;
+                }
+            }
+        } else {
+            Conn::Plain(stream)
+        };
+        let session = Session::new(
+            conn,
+            peer,
+            shared2.settings.clone(),
+            gw.ingest.clone(),
+            gw.metrics.clone(),
+            gw.shutdown.clone(),
+        );
+        session.run().await;
+    });
+}
+
+/// Says why a connection is refused (in clear text, so not on implicit-TLS ports) and closes it.
+fn refuse(mut stream: TcpStream, implicit_tls: bool, reply: String, shared: &Arc<Shared>) {
+    shared.sessions.spawn(async move {
+        if !implicit_tls {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                stream.write_all(reply.as_bytes()).await?;
+                stream.shutdown().await
+            })
+            .await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! SIGKILL the real `journal-gateway serve` while smtp-source and a logging Python client send:
+//! after a restart, every message that got its 250 is in the archive.
+
+#[path = "smtp/common.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{require, JOURNAL};
+use journal_gateway::archive::Archive;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("JOURNAL_GATEWAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting journal-gateway serve")
+}
+
+/// Waits until the gateway greets on `port`.
+fn wait_ready(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut buf = [0u8; 3];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"220" {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("journal-gateway exited before listening: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "journal-gateway did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigkill_while_sending_loses_no_acknowledged_message() {
+    let python = require("python3", "python3");
+    let smtp_source = require("/usr/sbin/smtp-source", "postfix");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\"]\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            dir.path().join("data"),
+            free_port()
+        ),
+    )
+    .unwrap();
+
+    let mut gateway = serve(&config);
+    wait_ready(port, &mut gateway);
+
+    // Background load, plus a client that logs each acknowledged Message-ID.
+    let mut load = Command::new(smtp_source)
+        .args([
+            "-d",
+            "-s",
+            "10",
+            "-m",
+            "100000",
+            "-l",
+            "9000",
+            "-f",
+            "source@corp.test",
+            "-t",
+            JOURNAL,
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting smtp-source");
+    let mut sender = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/sender.py"))
+        .args(["127.0.0.1", &port.to_string(), "killtest", "100000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting sender.py");
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let acked = acked.clone();
+        let stdout = sender.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("ACK ") {
+                    acked.lock().unwrap().push(id.to_string());
+                }
+            }
+        })
+    };
+
+    // Kill in the middle of the stream: once a good number of messages were acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "sender got too few 250s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Then a little more, so the kill lands at an arbitrary point of a session or an ingest.
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 50;
+    std::thread::sleep(Duration::from_millis(jitter.into()));
+    gateway.kill().unwrap(); // SIGKILL
+    gateway.wait().unwrap();
+    sender.wait().unwrap();
+    reader.join().unwrap();
+    let _ = load.kill();
+    let _ = load.wait();
+    let acked = acked.lock().unwrap().clone();
+
+    // Restart on the same data: recovery runs, the endpoint serves again.
+    let mut gateway = serve(&config);
+    wait_ready(port, &mut gateway);
+    unsafe { libc::kill(gateway.id() as i32, libc::SIGTERM) };
+    let status = gateway.wait().unwrap();
+    assert!(status.success(), "graceful stop after restart: {status}");
+
+    let archive = Archive::open(&dir.path().join("data")).unwrap();
+    let mut ids = HashSet::new();
+    archive
+        .for_each(|_, rec| {
+            if let Some(id) = rec.message_id {
+                ids.insert(id);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let missing: Vec<_> = acked.iter().filter(|id| !ids.contains(*id)).collect();
+    println!(
+        "SIGKILL test: {} messages acknowledged to the logging client, {} archived in total (with smtp-source's)",
+        acked.len(),
+        ids.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not archived: {missing:?}"
+    );
+}

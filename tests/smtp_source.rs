@@ -1,0 +1,123 @@
+//! Load from Postfix's `smtp-source`: 2,000 messages of about 9 KB over 20 connections must give
+//! exactly 2,000 archive entries. Prints the rate next to Postfix's own `smtp-sink` on the same
+//! machine in the same run (a figure, never asserted).
+
+#[path = "smtp/common.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{require, run_ok, TestGateway, JOURNAL};
+
+const MESSAGES: usize = 2000;
+const SESSIONS: usize = 20;
+/// Body bytes per message (smtp-source adds about 150 bytes of headers).
+const BODY: usize = 9000;
+
+/// Runs smtp-source against `addr`; returns the elapsed time.
+fn smtp_source(addr: SocketAddr) -> Duration {
+    let bin = require("/usr/sbin/smtp-source", "postfix");
+    let start = Instant::now();
+    run_ok(Command::new(bin).args([
+        "-d", // several messages per connection, as Exchange does
+        "-s",
+        &SESSIONS.to_string(),
+        "-m",
+        &MESSAGES.to_string(),
+        "-l",
+        &BODY.to_string(),
+        "-f",
+        "source@corp.test",
+        "-t",
+        JOURNAL,
+        "-M",
+        "client.test",
+        &format!("{}:{}", addr.ip(), addr.port()),
+    ]));
+    start.elapsed()
+}
+
+fn rate(d: Duration) -> f64 {
+    MESSAGES as f64 / d.as_secs_f64()
+}
+
+#[test]
+fn smtp_source_2000_messages_over_20_connections_all_archived() {
+    let gw = TestGateway::start("max_connections = 100");
+    let gateway_time = smtp_source(gw.addr);
+
+    let records = gw.records();
+    let ids: HashSet<_> = records
+        .iter()
+        .filter_map(|(_, r)| r.message_id.clone())
+        .collect();
+    // smtp-source numbers its Message-Ids (<pid.xxxx.counter@host>), so all 2,000 are distinct.
+    assert_eq!(ids.len(), MESSAGES, "distinct Message-IDs archived");
+    assert_eq!(gw.archived(), MESSAGES as u64);
+    let received = gw
+        .gateway
+        .metrics
+        .received
+        .with_label_values(&["smtp"])
+        .get();
+    assert_eq!(received, MESSAGES as u64, "one ingest per message");
+    assert_eq!(
+        gw.gateway.metrics.smtp_sessions_active.get(),
+        0,
+        "every session ended"
+    );
+    for (_, r) in records.iter().take(5) {
+        assert_eq!(r.sightings[0].rcpt_to, vec![JOURNAL]);
+        assert!(
+            r.size as usize > BODY,
+            "whole message stored ({} bytes)",
+            r.size
+        );
+    }
+
+    // Postfix's smtp-sink (accepts and discards) with the same load, as the ceiling.
+    let sink_time = smtp_sink_time();
+    println!(
+        "smtp-source, {MESSAGES} messages of ~9 KB over {SESSIONS} connections: \
+         journal-gateway {:.0} msg/s ({:.2} s, fsynced archive) | Postfix smtp-sink {:.0} msg/s ({:.2} s, discards)",
+        rate(gateway_time),
+        gateway_time.as_secs_f64(),
+        rate(sink_time),
+        sink_time.as_secs_f64()
+    );
+}
+
+fn smtp_sink_time() -> Duration {
+    let bin = require("/usr/sbin/smtp-sink", "postfix");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(bin);
+    // smtp-sink refuses to run as root without a user to switch to.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "nobody"]);
+    }
+    let mut sink = cmd
+        .args([&format!("127.0.0.1:{port}"), "256"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting smtp-sink");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "smtp-sink did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = smtp_source(addr);
+    let _ = sink.kill();
+    let _ = sink.wait();
+    t
+}
