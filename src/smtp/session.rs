@@ -806,11 +806,15 @@ where
         match self.sink.ingest(delivery, writer).await {
             Ok(Outcome::Archived { key, .. }) => {
                 tracing::debug!(peer = %self.peer, %key, len, "message archived");
-                self.reply(250, [2, 0, 0], format!("Archived as {key}"));
+                self.reply(250, [2, 0, 0], format!("Archived as {}", printable(&key)));
             }
             Ok(Outcome::Duplicate { key }) => {
                 tracing::debug!(peer = %self.peer, %key, len, "duplicate of an archived message");
-                self.reply(250, [2, 0, 0], format!("Already archived as {key}"));
+                self.reply(
+                    250,
+                    [2, 0, 0],
+                    format!("Already archived as {}", printable(&key)),
+                );
             }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, len, "message not archived, answered 451: {e}");
@@ -823,4 +827,12 @@ where
         }
         Flow::Continue
     }
+}
+
+/// A key (from an untrusted Message-ID) made safe for a reply line: printable ASCII, bounded.
+fn printable(key: &str) -> String {
+    key.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(200)
+        .collect()
 }
