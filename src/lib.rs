@@ -10,3 +10,6 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod server;
+pub mod client;
+pub mod http;
+pub mod migration;
