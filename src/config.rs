@@ -159,15 +159,24 @@ impl CollectorConfig {
             return Ok(p.clone());
         }
         if let Some(f) = &self.password_file {
-            let s = std::fs::read_to_string(f)
-                .with_context(|| format!("collector {}: reading password_file {}", self.name(), f.display()))?;
+            let s = std::fs::read_to_string(f).with_context(|| {
+                format!(
+                    "collector {}: reading password_file {}",
+                    self.name(),
+                    f.display()
+                )
+            })?;
             return Ok(s.trim_end_matches(['\r', '\n']).to_string());
         }
         if let Some(v) = &self.password_env {
-            return std::env::var(v)
-                .with_context(|| format!("collector {}: password_env {v} is not set", self.name()));
+            return std::env::var(v).with_context(|| {
+                format!("collector {}: password_env {v} is not set", self.name())
+            });
         }
-        bail!("collector {}: no password, password_file or password_env", self.name())
+        bail!(
+            "collector {}: no password, password_file or password_env",
+            self.name()
+        )
     }
 }
 
@@ -221,14 +230,29 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.collectors {
-            let at = format!("collector {:?} (line {})", c.name(), line_of(c.name.span().start));
-            if c.name().is_empty() || !c.name().chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-                bail!("{at}: name must be non-empty and use only letters, digits, '-', '_' and '.'");
+            let at = format!(
+                "collector {:?} (line {})",
+                c.name(),
+                line_of(c.name.span().start)
+            );
+            if c.name().is_empty()
+                || !c
+                    .name()
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                bail!(
+                    "{at}: name must be non-empty and use only letters, digits, '-', '_' and '.'"
+                );
             }
             if !seen.insert(c.name()) {
                 bail!("{at}: name is used by another collector");
             }
-            let sources = [c.password.is_some(), c.password_file.is_some(), c.password_env.is_some()];
+            let sources = [
+                c.password.is_some(),
+                c.password_file.is_some(),
+                c.password_env.is_some(),
+            ];
             match sources.iter().filter(|s| **s).count() {
                 1 => {}
                 0 => bail!("{at}: one of password, password_file or password_env is needed"),
@@ -272,14 +296,20 @@ pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 5m, 2h)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 30s, 5m, 2h)"))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => return Ok(Duration::from_millis(n)),
         "m" | "min" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?} (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -309,7 +339,13 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Er
         Raw::Many(v) => v,
     };
     list.iter()
-        .map(|s| s.parse().map_err(|_| serde::de::Error::custom(format!("invalid socket address {s:?} (use e.g. 127.0.0.1:2525 or [::]:25)"))))
+        .map(|s| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid socket address {s:?} (use e.g. 127.0.0.1:2525 or [::]:25)"
+                ))
+            })
+        })
         .collect()
 }
 
@@ -320,13 +356,17 @@ fn accept_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             let a = a.trim().to_string();
             let ok = match a.split_once('@') {
                 Some(("", domain)) => !domain.is_empty() && !domain.contains('@'),
-                Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !domain.contains('@'),
+                Some((local, domain)) => {
+                    !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+                }
                 None => false,
             };
             if ok {
                 Ok(a)
             } else {
-                Err(serde::de::Error::custom(format!("invalid journal address {a:?} (use local@domain or @domain)")))
+                Err(serde::de::Error::custom(format!(
+                    "invalid journal address {a:?} (use local@domain or @domain)"
+                )))
             }
         })
         .collect()
@@ -391,7 +431,10 @@ mod tests {
     #[test]
     fn empty_file_is_valid_with_defaults() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.smtp.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.smtp.max_message_size, 150 * 1024 * 1024);
         assert_eq!(c.http.listen.port(), 9898);
         assert!(c.collectors.is_empty());
@@ -405,18 +448,27 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = Config::parse("data_dir = \"x\"\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_conections = 5\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "data_dir = \"x\"\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_conections = 5\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_conections"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }
 
     #[test]
     fn bad_value_names_key_and_line() {
-        let err = Config::parse("[smtp]\n\ncommand_timeout = \"5 fortnights\"\n").unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("fortnights"), "{err}");
-        let err = Config::parse("[smtp]\naccept = [\"nobody\"]\n").unwrap_err().to_string();
+        let err = Config::parse("[smtp]\n\ncommand_timeout = \"5 fortnights\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("fortnights"),
+            "{err}"
+        );
+        let err = Config::parse("[smtp]\naccept = [\"nobody\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("nobody"), "{err}");
     }
 
@@ -424,12 +476,18 @@ mod tests {
     fn collector_checks_name_the_collector_and_line() {
         let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\n";
         let err = Config::parse(text).unwrap_err().to_string();
-        assert!(err.contains("\"exch\"") && err.contains("line 2") && err.contains("password"), "{err}");
+        assert!(
+            err.contains("\"exch\"") && err.contains("line 2") && err.contains("password"),
+            "{err}"
+        );
         let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\ntls = \"none\"\n";
         let err = Config::parse(text).unwrap_err().to_string();
         assert!(err.contains("allow_insecure"), "{err}");
         let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\npin_sha256 = \"abc\"\n";
-        assert!(Config::parse(text).unwrap_err().to_string().contains("pin_sha256"));
+        assert!(Config::parse(text)
+            .unwrap_err()
+            .to_string()
+            .contains("pin_sha256"));
     }
 
     #[test]
@@ -450,5 +508,32 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("m5").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_commented_example_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml"))
+                .unwrap();
+        super::Config::parse(&text).unwrap();
+        // With the collector table uncommented too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.starts_with('[') || r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = super::Config::parse(
+            &uncommented.replace("\"3a:7f:...\"", &format!("\"{}\"", "ab".repeat(32))),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
+        assert_eq!(c.collectors.len(), 1);
+        assert!(c.smtp.tls_cert.is_some());
     }
 }

@@ -9,10 +9,25 @@
 //! ones to a file in the archive's `tmp/`, so a 150 MB message never sits in memory.
 
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
-use crate::archive::Archive;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use crate::archive::{now_ms, Applied, Archive, Arrival, Record, Sighting};
+use crate::journal;
 use crate::metrics::Metrics;
+
+/// Messages up to this size stay in memory; larger ones are spooled to `tmp/`. It is also how
+/// much of a message is parsed: the envelope and the original's headers come first.
+pub const MEMORY_LIMIT: usize = 256 * 1024;
+
+/// Most arrivals recorded in one index transaction.
+const MAX_BATCH: usize = 1024;
 
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +69,23 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn smtp(mail_from: String, rcpt_to: Vec<String>) -> Delivery {
-        Delivery { source: Source::Smtp, mail_from: Some(mail_from), rcpt_to, uidl: None }
+        Delivery {
+            source: Source::Smtp,
+            mail_from: Some(mail_from),
+            rcpt_to,
+            uidl: None,
+        }
     }
 
     pub fn pop3(collector: &str, uidl: Option<String>) -> Delivery {
-        Delivery { source: Source::Pop3 { collector: collector.to_string() }, mail_from: None, rcpt_to: Vec::new(), uidl }
+        Delivery {
+            source: Source::Pop3 {
+                collector: collector.to_string(),
+            },
+            mail_from: None,
+            rcpt_to: Vec::new(),
+            uidl,
+        }
     }
 }
 
@@ -95,63 +122,382 @@ pub enum IngestError {
 /// Handle on the ingest path. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     archive: Arc<Archive>,
     metrics: Metrics,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    closed: AtomicBool,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum Job {
+    Apply(Arrival, oneshot::Sender<io::Result<Applied>>),
+    Stop,
 }
 
 impl Ingest {
+    /// Starts the committer thread and seeds the counters from the index.
     pub fn new(archive: Arc<Archive>, metrics: Metrics) -> Ingest {
-        Ingest { archive, metrics }
+        if let Ok(stats) = archive.stats() {
+            let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
+                c.with_label_values(&[label]).inc_by(v)
+            };
+            seed(&metrics.archived, "smtp", stats.archived_smtp);
+            seed(&metrics.archived, "pop3", stats.archived_pop3);
+            seed(&metrics.duplicates, "smtp", stats.duplicates_smtp);
+            seed(&metrics.duplicates, "pop3", stats.duplicates_pop3);
+            seed(&metrics.archive_bytes, "smtp", stats.bytes_smtp);
+            seed(&metrics.archive_bytes, "pop3", stats.bytes_pop3);
+            seed(
+                &metrics.received,
+                "smtp",
+                stats.archived_smtp + stats.duplicates_smtp,
+            );
+            seed(
+                &metrics.received,
+                "pop3",
+                stats.archived_pop3 + stats.duplicates_pop3,
+            );
+            metrics.conflicts.inc_by(stats.conflicts);
+        }
+        let (tx, rx) = mpsc::channel();
+        let committer = {
+            let archive = archive.clone();
+            std::thread::Builder::new()
+                .name("index-commit".into())
+                .spawn(move || commit_loop(&archive, rx))
+                .expect("spawning the index committer thread")
+        };
+        Ingest {
+            inner: Arc::new(Inner {
+                archive,
+                metrics,
+                jobs: Mutex::new(tx),
+                closed: AtomicBool::new(false),
+                committer: Mutex::new(Some(committer)),
+            }),
+        }
     }
 
     /// A writer for one incoming message: write the bytes as they arrive, then pass it to
     /// [`Ingest::ingest`]. Dropping it unfinished removes any spool file.
     pub fn writer(&self) -> MessageWriter {
-        todo!()
+        MessageWriter {
+            archive: self.inner.archive.clone(),
+            head: Vec::new(),
+            spool: None,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     /// Archives one complete message. Returns only when the file and the index entry are durable
     /// (or the entry recording the duplicate is).
-    pub async fn ingest(&self, delivery: Delivery, message: MessageWriter) -> Result<Outcome, IngestError> {
-        let _ = (delivery, message, &self.archive, &self.metrics);
-        todo!()
+    pub async fn ingest(
+        &self,
+        delivery: Delivery,
+        message: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
+        let started = Instant::now();
+        let label = delivery.source.label();
+        let m = &self.inner.metrics;
+        m.received.with_label_values(&[label]).inc();
+        let size = message.len();
+        let result = self.ingest_inner(delivery, message).await;
+        match &result {
+            Ok(Outcome::Archived { variant, .. }) => {
+                m.archived.with_label_values(&[label]).inc();
+                m.archive_bytes.with_label_values(&[label]).inc_by(size);
+                if *variant {
+                    m.conflicts.inc();
+                }
+            }
+            Ok(Outcome::Duplicate { .. }) => m.duplicates.with_label_values(&[label]).inc(),
+            Err(e) => {
+                m.ingest_errors.with_label_values(&[label]).inc();
+                tracing::warn!(source = label, "ingest failed: {e}");
+            }
+        }
+        m.ingest_duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn ingest_inner(
+        &self,
+        delivery: Delivery,
+        message: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(IngestError::ShuttingDown);
+        }
+        let archive = &self.inner.archive;
+        let MessageWriter {
+            head,
+            spool,
+            hasher,
+            len,
+            ..
+        } = message;
+        let sha256 = hex::encode(hasher.finalize());
+        let report = journal::parse(&head);
+        for w in &report.warnings {
+            tracing::debug!(key = %report.key, "journal report: {w}");
+        }
+        let mut key = report.key.clone();
+        if spool.is_some() && key.starts_with("sha256:") {
+            // Only the head was parsed: hash the whole message instead of part of it.
+            key = format!("sha256:{sha256}");
+        }
+        let identity = report.identity();
+        let variant_key = format!(
+            "{key}#{}",
+            &hex::encode(Sha256::digest(identity.as_bytes()))[..12]
+        );
+        let source_label = delivery.source.label();
+        let uidl = match (&delivery.source, &delivery.uidl) {
+            (Source::Pop3 { collector }, Some(u)) => Some((collector.clone(), u.clone())),
+            _ => None,
+        };
+        let sighting = Sighting {
+            source: delivery.source.to_string(),
+            at_ms: now_ms(),
+            mail_from: delivery.mail_from,
+            rcpt_to: delivery.rcpt_to,
+            uidl: delivery.uidl,
+        };
+        let record = Record {
+            file: String::new(),
+            size: len,
+            sha256,
+            format: report.format,
+            message_id: report.message_id,
+            subject: report.subject,
+            from: report.from,
+            date: report.date,
+            identity,
+            variant: false,
+            sender: report.envelope.sender,
+            recipients: report.envelope.recipients,
+            sightings: vec![sighting],
+            duplicates: 0,
+        };
+        let mut arrival = Arrival {
+            key,
+            variant_key,
+            record,
+            tmp_file: None,
+            source_label,
+            uidl,
+        };
+        let mut body = Some(Body { head, spool });
+        // A known original needs no file: only its index entry changes.
+        let known = archive.find(&arrival.key, &arrival.variant_key, &arrival.record.identity)?;
+        if known.is_none() {
+            arrival.tmp_file = Some(self.store(body.take().expect("body is present")).await?);
+        }
+        loop {
+            match self.commit(arrival.clone()).await? {
+                Applied::Archived { key, variant } => {
+                    return Ok(Outcome::Archived { key, variant })
+                }
+                Applied::Duplicate { key } => return Ok(Outcome::Duplicate { key }),
+                Applied::NeedsFile => match body.take() {
+                    Some(b) => arrival.tmp_file = Some(self.store(b).await?),
+                    None => {
+                        return Err(IngestError::Index(
+                            "index lost track of a stored file".into(),
+                        ))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Puts the message bytes in a fsynced file in `tmp/` and returns its name.
+    async fn store(&self, body: Body) -> Result<String, IngestError> {
+        match body.spool {
+            Some(mut spool) => {
+                spool.file.flush().await?;
+                spool.file.get_mut().sync_all().await?;
+                spool.keep = true; // From here the archive renames or removes it.
+                Ok(spool.name.clone())
+            }
+            None => {
+                let archive = self.inner.archive.clone();
+                let name = archive.new_file_name();
+                let head = body.head;
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || archive.write_tmp(&n, &head))
+                    .await
+                    .map_err(|e| IngestError::Index(format!("file writer failed: {e}")))??;
+                Ok(name)
+            }
+        }
+    }
+
+    async fn commit(&self, arrival: Arrival) -> Result<Applied, IngestError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .inner
+            .jobs
+            .lock()
+            .map_err(|_| IngestError::ShuttingDown)?
+            .send(Job::Apply(arrival, tx));
+        if sent.is_err() {
+            return Err(IngestError::ShuttingDown);
+        }
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(IngestError::ShuttingDown),
+        }
     }
 
     /// [`Ingest::ingest`] for a message already in memory.
-    pub async fn ingest_bytes(&self, delivery: Delivery, bytes: &[u8]) -> Result<Outcome, IngestError> {
+    pub async fn ingest_bytes(
+        &self,
+        delivery: Delivery,
+        bytes: &[u8],
+    ) -> Result<Outcome, IngestError> {
         let mut w = self.writer();
         w.write(bytes).await?;
         self.ingest(delivery, w).await
     }
 
-    /// Waits for queued index commits and stops the committer (called at shutdown).
+    /// Finishes the queued index commits and stops the committer (called at shutdown). Ingests
+    /// after this fail with [`IngestError::ShuttingDown`].
     pub async fn close(&self) {
-        todo!()
+        self.inner.closed.store(true, Ordering::Release);
+        if let Ok(jobs) = self.inner.jobs.lock() {
+            let _ = jobs.send(Job::Stop);
+        }
+        let handle = self.inner.committer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 
     /// The archive key a POP3 UIDL of this collector was archived under, if any.
     pub fn known_uidl(&self, collector: &str, uidl: &str) -> Result<Option<String>, IngestError> {
-        let _ = (collector, uidl);
-        todo!()
+        Ok(self.inner.archive.uidl_key(collector, uidl)?)
+    }
+
+    pub fn archive(&self) -> &Arc<Archive> {
+        &self.inner.archive
     }
 }
 
-/// Collects the bytes of one message: in memory up to a threshold, then in a spool file in the
-/// archive's `tmp/` directory (same file system, so archiving it is a rename).
-pub struct MessageWriter {}
+/// The committer thread: takes every arrival waiting, records them in one transaction (one fsync
+/// for all of them: group commit), answers each.
+fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = jobs.recv() else { return };
+        let mut batch = Vec::new();
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Apply(a, reply) => {
+                    batch.push(a);
+                    replies.push(reply);
+                }
+                Job::Stop => stop = true,
+            }
+            next = if stop || batch.len() >= MAX_BATCH {
+                None
+            } else {
+                jobs.try_recv().ok()
+            };
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match archive.apply(&batch) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!("index commit of {} arrivals failed: {e}", batch.len());
+                for reply in replies {
+                    let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Body {
+    head: Vec<u8>,
+    spool: Option<Spool>,
+}
+
+/// A spool file in the archive's `tmp/`; removed on drop unless handed to the archive.
+struct Spool {
+    name: String,
+    path: PathBuf,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    keep: bool,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Collects the bytes of one message: in memory up to [`MEMORY_LIMIT`], then in a spool file in
+/// the archive's `tmp/` directory (same file system, so archiving it is a rename).
+pub struct MessageWriter {
+    archive: Arc<Archive>,
+    /// The first [`MEMORY_LIMIT`] bytes (all of them unless spooled).
+    head: Vec<u8>,
+    spool: Option<Spool>,
+    hasher: Sha256,
+    len: u64,
+}
 
 impl MessageWriter {
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let _ = data;
-        todo!()
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        if self.spool.is_none() && self.head.len() + data.len() <= MEMORY_LIMIT {
+            self.head.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.spool.is_none() {
+            let name = self.archive.new_file_name();
+            let path = self.archive.tmp_path(&name);
+            let file = tokio::fs::File::create(&path).await?;
+            let mut spool = Spool {
+                name,
+                path,
+                file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+                keep: false,
+            };
+            spool.file.write_all(&self.head).await?;
+            self.spool = Some(spool);
+        }
+        let room = MEMORY_LIMIT.saturating_sub(self.head.len()).min(data.len());
+        self.head.extend_from_slice(&data[..room]);
+        if let Some(spool) = &mut self.spool {
+            spool.file.write_all(data).await?;
+        }
+        Ok(())
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        todo!()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 }

@@ -4,8 +4,8 @@
 //! from the index at start, so they survive restarts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -40,18 +40,35 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-            r.register(Box::new(m.clone())).expect("metric names are unique");
+            r.register(Box::new(m.clone()))
+                .expect("metric names are unique");
             m
         }
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntCounterVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric"))
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help).namespace(NS), labels)
+                    .expect("valid metric"),
+            )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels).expect("valid metric"))
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help).namespace(NS), labels)
+                    .expect("valid metric"),
+            )
         };
         let m = Metrics {
-            received: counter_vec("messages_received_total", "Messages received, before deduplication.", &["source"]),
-            archived: counter_vec("messages_archived_total", "Messages stored in the archive (new keys).", &["source"]),
+            received: counter_vec(
+                "messages_received_total",
+                "Messages received, before deduplication.",
+                &["source"],
+            ),
+            archived: counter_vec(
+                "messages_archived_total",
+                "Messages stored in the archive (new keys).",
+                &["source"],
+            ),
             duplicates: counter_vec(
                 "messages_duplicate_total",
                 "Messages whose original was already archived (recipients unioned).",
@@ -60,39 +77,77 @@ impl Metrics {
             conflicts: reg(
                 &registry,
                 IntCounter::with_opts(
-                    Opts::new("messageid_conflicts_total", "Message-IDs reused by a different message (stored as variants).")
-                        .namespace(NS),
+                    Opts::new(
+                        "messageid_conflicts_total",
+                        "Message-IDs reused by a different message (stored as variants).",
+                    )
+                    .namespace(NS),
                 )
                 .expect("valid metric"),
             ),
-            ingest_errors: counter_vec("ingest_errors_total", "Ingests that failed (answered with a temporary error).", &["source"]),
+            ingest_errors: counter_vec(
+                "ingest_errors_total",
+                "Ingests that failed (answered with a temporary error).",
+                &["source"],
+            ),
             ingest_duration: reg(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("ingest_duration_seconds", "Time from a complete message to a durable archive entry.")
-                        .namespace(NS)
-                        .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    HistogramOpts::new(
+                        "ingest_duration_seconds",
+                        "Time from a complete message to a durable archive entry.",
+                    )
+                    .namespace(NS)
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
                 )
                 .expect("valid metric"),
             ),
-            archive_bytes: counter_vec("archive_bytes_total", "Bytes written to the archive.", &["source"]),
+            archive_bytes: counter_vec(
+                "archive_bytes_total",
+                "Bytes written to the archive.",
+                &["source"],
+            ),
             smtp_sessions_active: reg(
                 &registry,
-                IntGauge::with_opts(Opts::new("smtp_sessions_active", "Open SMTP sessions.").namespace(NS)).expect("valid metric"),
+                IntGauge::with_opts(
+                    Opts::new("smtp_sessions_active", "Open SMTP sessions.").namespace(NS),
+                )
+                .expect("valid metric"),
             ),
-            smtp_rejected: counter_vec("smtp_rejected_total", "SMTP commands or connections refused, by reason.", &["reason"]),
-            pop3_queue: gauge_vec("pop3_queue_messages", "Messages in the POP3 journal mailbox at the last poll.", &["collector"]),
+            smtp_rejected: counter_vec(
+                "smtp_rejected_total",
+                "SMTP commands or connections refused, by reason.",
+                &["reason"],
+            ),
+            pop3_queue: gauge_vec(
+                "pop3_queue_messages",
+                "Messages in the POP3 journal mailbox at the last poll.",
+                &["collector"],
+            ),
             pop3_last_success: gauge_vec(
                 "pop3_last_success_timestamp_seconds",
                 "Unix time of the last collection run that ended without error.",
                 &["collector"],
             ),
-            pop3_errors: counter_vec("pop3_errors_total", "POP3 collection errors, by kind.", &["collector", "kind"]),
-            collector_active: gauge_vec("collector_active", "1 when the collector polls, 0 when inactive or retired.", &["collector"]),
+            pop3_errors: counter_vec(
+                "pop3_errors_total",
+                "POP3 collection errors, by kind.",
+                &["collector", "kind"],
+            ),
+            collector_active: gauge_vec(
+                "collector_active",
+                "1 when the collector polls, 0 when inactive or retired.",
+                &["collector"],
+            ),
             build_info: gauge_vec("build_info", "Build information (always 1).", &["version"]),
             registry,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for source in ["smtp", "pop3"] {
             m.received.with_label_values(&[source]);
             m.archived.with_label_values(&[source]);
@@ -106,7 +161,9 @@ impl Metrics {
     /// The text exposition format, for `GET /metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition format is UTF-8")
     }
 }

@@ -30,18 +30,27 @@ impl Gateway {
     /// Opens the archive (creating it if needed) and the ingest path.
     pub fn open(config: Config) -> anyhow::Result<Gateway> {
         let metrics = Metrics::new();
-        let archive = Arc::new(
-            Archive::open(&config.data_dir)
-                .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
-        );
+        let archive =
+            Arc::new(Archive::open(&config.data_dir).with_context(|| {
+                format!("opening the archive in {}", config.data_dir.display())
+            })?);
         let ingest = Ingest::new(archive.clone(), metrics.clone());
-        Ok(Gateway { config: Arc::new(config), archive, ingest, metrics, shutdown: CancellationToken::new() })
+        Ok(Gateway {
+            config: Arc::new(config),
+            archive,
+            ingest,
+            metrics,
+            shutdown: CancellationToken::new(),
+        })
     }
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::open(config)?;
+    for line in describe(&gateway.config).lines() {
+        tracing::info!("{line}");
+    }
     let mut tasks = tokio::task::JoinSet::new();
 
     // Subsystems are bound here, before anything is announced.
@@ -75,14 +84,15 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -105,7 +115,11 @@ pub fn describe(config: &Config) -> String {
         let _ = writeln!(s, "SMTP (implicit TLS): {a}");
     }
     let _ = writeln!(s, "SMTP accepts: {}", config.smtp.accept.join(", "));
-    let _ = writeln!(s, "HTTP (metrics, admin API): http://{}", config.http.listen);
+    let _ = writeln!(
+        s,
+        "HTTP (metrics, admin API): http://{}",
+        config.http.listen
+    );
     for c in &config.collectors {
         let _ = writeln!(
             s,
@@ -117,7 +131,11 @@ pub fn describe(config: &Config) -> String {
             c.tls,
             c.interval,
             if c.active { "active" } else { "inactive" },
-            if c.delete { "" } else { ", keeps mail on the server" }
+            if c.delete {
+                ""
+            } else {
+                ", keeps mail on the server"
+            }
         );
     }
     s

@@ -6,6 +6,8 @@
 //! deduplication. It never panics and never fails: anything it cannot understand is treated as a
 //! plain message, which is still archived.
 
+pub mod sample;
+
 use serde::{Deserialize, Serialize};
 
 /// Which kind of message [`parse`] found.

@@ -1,0 +1,168 @@
+//! What the index keeps about each archived message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Format, Recipient};
+
+/// One index entry: an archived original and everything learnt from every arrival of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// File name in the Maildir's `new/` directory.
+    pub file: String,
+    /// Size of the stored file in bytes.
+    pub size: u64,
+    /// SHA-256 of the stored file, hex.
+    pub sha256: String,
+    pub format: Format,
+    /// The original's normalised Message-ID (None when the key is a content hash).
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub date: Option<String>,
+    /// Normalised From/Date/Subject: a different identity under the same key is Message-ID reuse.
+    pub identity: String,
+    /// Stored under `<msgid>#<hash>` because another message already had this Message-ID.
+    pub variant: bool,
+    /// Envelope sender from the journal report.
+    pub sender: Option<String>,
+    /// Union of the envelope recipients of every arrival (Bcc evidence is never dropped).
+    pub recipients: Vec<Recipient>,
+    /// Every arrival, the first one first.
+    pub sightings: Vec<Sighting>,
+    /// Arrivals after the first.
+    pub duplicates: u64,
+}
+
+/// One arrival of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sighting {
+    /// `smtp` or `pop3:<collector>`.
+    pub source: String,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    /// SMTP envelope sender and recipients, when it came over SMTP.
+    pub mail_from: Option<String>,
+    pub rcpt_to: Vec<String>,
+    /// POP3 UIDL, when it was collected.
+    pub uidl: Option<String>,
+}
+
+impl Record {
+    pub fn first_source(&self) -> &str {
+        self.sightings
+            .first()
+            .map(|s| s.source.as_str())
+            .unwrap_or("")
+    }
+
+    pub fn first_seen_ms(&self) -> u64 {
+        self.sightings.first().map(|s| s.at_ms).unwrap_or(0)
+    }
+
+    /// True when any arrival came over SMTP.
+    pub fn seen_over_smtp(&self) -> bool {
+        self.sightings.iter().any(|s| s.source == "smtp")
+    }
+
+    /// Records another arrival of the same original: unions its recipients, keeps the sighting.
+    pub fn merge(&mut self, recipients: &[Recipient], sighting: Sighting) {
+        for r in recipients {
+            if !self.recipients.contains(r) {
+                self.recipients.push(r.clone());
+            }
+        }
+        self.sightings.push(sighting);
+        self.duplicates += 1;
+    }
+
+    /// Storage encoding: a version byte, then postcard.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend(postcard::to_stdvec(self).expect("records always serialise"));
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
+        match bytes.split_first() {
+            Some((1, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| format!("corrupt index record: {e}"))
+            }
+            Some((v, _)) => Err(format!(
+                "index record version {v} is newer than this gateway"
+            )),
+            None => Err("empty index record".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::RecipientKind;
+
+    fn rcpt(a: &str, kind: RecipientKind) -> Recipient {
+        Recipient {
+            address: a.into(),
+            kind,
+            expanded: None,
+            forwarded: None,
+        }
+    }
+
+    fn record() -> Record {
+        Record {
+            file: "f".into(),
+            size: 3,
+            sha256: "00".into(),
+            format: Format::Exchange2007,
+            message_id: Some("m@x".into()),
+            subject: Some("s".into()),
+            from: Some("a@x".into()),
+            date: None,
+            identity: "i".into(),
+            variant: false,
+            sender: Some("a@x".into()),
+            recipients: vec![rcpt("b@x", RecipientKind::To)],
+            sightings: vec![Sighting {
+                source: "smtp".into(),
+                at_ms: 1,
+                mail_from: Some(String::new()),
+                rcpt_to: vec![],
+                uidl: None,
+            }],
+            duplicates: 0,
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let r = record();
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert!(Record::decode(&[]).is_err());
+        assert!(Record::decode(&[9, 1, 2]).unwrap_err().contains("newer"));
+        assert!(Record::decode(&[1, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn merge_unions_recipients_and_counts() {
+        let mut r = record();
+        let s = Sighting {
+            source: "pop3:x".into(),
+            at_ms: 2,
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u".into()),
+        };
+        r.merge(
+            &[
+                rcpt("b@x", RecipientKind::To),
+                rcpt("c@x", RecipientKind::Bcc),
+            ],
+            s,
+        );
+        assert_eq!(r.recipients.len(), 2);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.sightings.len(), 2);
+        assert!(r.seen_over_smtp());
+    }
+}

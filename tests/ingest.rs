@@ -1,0 +1,336 @@
+//! The one ingest path against a real archive on disk: dedupe, Message-ID reuse, large messages,
+//! concurrency, storage failure, export.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use journal_gateway::archive::Archive;
+use journal_gateway::ingest::{Delivery, Ingest, IngestError, Outcome};
+use journal_gateway::journal::{sample, Recipient, RecipientKind};
+use journal_gateway::metrics::Metrics;
+
+fn open(dir: &Path) -> (Arc<Archive>, Ingest) {
+    let archive = Arc::new(Archive::open(dir).expect("archive opens"));
+    let ingest = Ingest::new(archive.clone(), Metrics::new());
+    (archive, ingest)
+}
+
+fn files_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+fn rcpt(address: &str, kind: RecipientKind) -> Recipient {
+    Recipient {
+        address: address.into(),
+        kind,
+        expanded: None,
+        forwarded: None,
+    }
+}
+
+fn smtp() -> Delivery {
+    Delivery::smtp(
+        "journal-ndr@example.com".into(),
+        vec!["journal@journal.example.com".into()],
+    )
+}
+
+#[tokio::test]
+async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    let msg = sample::numbered(1, 4000);
+    let first = sample::report_2007(&msg, &[rcpt("alice@example.com", RecipientKind::To)]);
+    let second = sample::report_2007(
+        &msg,
+        &[
+            rcpt("alice@example.com", RecipientKind::To),
+            rcpt("carol@example.net", RecipientKind::Bcc),
+        ],
+    );
+    assert_ne!(
+        first, second,
+        "two reports differ (fresh report Message-ID, recipients)"
+    );
+
+    let a = ingest.ingest_bytes(smtp(), &first).await.unwrap();
+    let b = ingest
+        .ingest_bytes(Delivery::pop3("exch", Some("UID-1".into())), &second)
+        .await
+        .unwrap();
+    assert_eq!(
+        a,
+        Outcome::Archived {
+            key: "sample-1@example.com".into(),
+            variant: false
+        }
+    );
+    assert_eq!(
+        b,
+        Outcome::Duplicate {
+            key: "sample-1@example.com".into()
+        }
+    );
+
+    assert_eq!(archive.count().unwrap(), 1);
+    assert_eq!(files_in(&dir.path().join("archive/new")).len(), 1);
+    let rec = archive.get("sample-1@example.com").unwrap().unwrap();
+    let addrs: BTreeSet<_> = rec
+        .recipients
+        .iter()
+        .map(|r| (r.address.as_str(), r.kind))
+        .collect();
+    assert!(addrs.contains(&("alice@example.com", RecipientKind::To)));
+    assert!(
+        addrs.contains(&("carol@example.net", RecipientKind::Bcc)),
+        "{addrs:?}"
+    );
+    assert_eq!(rec.duplicates, 1);
+    let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.as_str()).collect();
+    assert_eq!(sources, ["smtp", "pop3:exch"]);
+    assert_eq!(rec.sightings[0].rcpt_to, ["journal@journal.example.com"]);
+    // The first arrival's bytes are what is stored, byte for byte.
+    assert_eq!(
+        archive.read_raw("sample-1@example.com").unwrap().unwrap(),
+        first
+    );
+    // The POP3 UIDL is remembered so a later run can DELE without downloading.
+    assert_eq!(
+        ingest.known_uidl("exch", "UID-1").unwrap().as_deref(),
+        Some("sample-1@example.com")
+    );
+    assert_eq!(ingest.known_uidl("exch", "UID-2").unwrap(), None);
+    let stats = archive.stats().unwrap();
+    assert_eq!(
+        (stats.archived_smtp, stats.duplicates_pop3, stats.conflicts),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn reused_message_id_with_other_content_is_kept_as_a_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    let original = sample::numbered(2, 3000);
+    let mut other = sample::numbered(3, 3000);
+    other.message_id = original.message_id.clone();
+    assert_ne!(original.subject, other.subject);
+
+    let a = ingest
+        .ingest_bytes(smtp(), &sample::report_2007(&original, &[]))
+        .await
+        .unwrap();
+    let b = ingest
+        .ingest_bytes(smtp(), &sample::report_2007(&other, &[]))
+        .await
+        .unwrap();
+    let Outcome::Archived {
+        key: variant_key,
+        variant: true,
+    } = &b
+    else {
+        panic!("expected a variant, got {b:?}")
+    };
+    assert!(
+        variant_key.starts_with("sample-2@example.com#"),
+        "{variant_key}"
+    );
+    assert_eq!(a.key(), "sample-2@example.com");
+    // The same reused-ID message again is a duplicate of the variant, not a third entry.
+    let c = ingest
+        .ingest_bytes(smtp(), &sample::report_2007(&other, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c,
+        Outcome::Duplicate {
+            key: variant_key.clone()
+        }
+    );
+    assert_eq!(archive.count().unwrap(), 2);
+    assert_eq!(files_in(&dir.path().join("archive/new")).len(), 2);
+    assert!(archive.get(variant_key).unwrap().unwrap().variant);
+    assert_eq!(archive.stats().unwrap().conflicts, 1);
+}
+
+#[tokio::test]
+async fn large_message_is_spooled_and_stored_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    let report = sample::report_2007(&sample::numbered(4, 3 * 1024 * 1024), &[]);
+    let mut w = ingest.writer();
+    for chunk in report.chunks(7919) {
+        w.write(chunk).await.unwrap();
+    }
+    assert_eq!(w.len(), report.len() as u64);
+    // While it is being written, the spool lives in tmp/.
+    assert_eq!(files_in(&dir.path().join("archive/tmp")).len(), 1);
+    let out = ingest.ingest(smtp(), w).await.unwrap();
+    assert_eq!(out.key(), "sample-4@example.com");
+    assert_eq!(archive.read_raw(out.key()).unwrap().unwrap(), report);
+    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+
+    // An abandoned writer leaves nothing behind.
+    let mut w = ingest.writer();
+    w.write(&report).await.unwrap();
+    drop(w);
+    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn garbage_is_archived_as_plain_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    let inputs: [&[u8]; 4] = [
+        b"",
+        b"\0\0\0\xff\xfe",
+        b"Subject: no id\r\n\r\nbody\r\n",
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n",
+    ];
+    for input in inputs {
+        let out = ingest.ingest_bytes(smtp(), input).await.unwrap();
+        assert!(out.key().starts_with("sha256:"), "{out:?}");
+        assert_eq!(archive.read_raw(out.key()).unwrap().unwrap(), input);
+    }
+    assert_eq!(archive.count().unwrap(), 4);
+}
+
+#[tokio::test]
+async fn storage_failure_is_a_temporary_error_and_leaves_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    // tmp/ replaced by a plain file: every write fails (root ignores permissions, so no chmod).
+    let tmp = dir.path().join("archive/tmp");
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let err = ingest
+        .ingest_bytes(
+            smtp(),
+            &sample::report_2007(&sample::numbered(5, 2000), &[]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IngestError::Storage(_)), "{err:?}");
+    assert_eq!(archive.count().unwrap(), 0);
+    // Once the disk is back, the redelivery is archived.
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    let out = ingest
+        .ingest_bytes(
+            smtp(),
+            &sample::report_2007(&sample::numbered(5, 2000), &[]),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Archived { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
+    const TOTAL: u64 = 10_000;
+    const UNIQUE: u64 = 8_000; // 20% of arrivals are second reports of an earlier original
+    const TASKS: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let ingest = ingest.clone();
+        set.spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut n = t;
+            while n < TOTAL {
+                let report = if n < UNIQUE {
+                    sample::report_2007(&sample::numbered(n, 9000), &[])
+                } else {
+                    let extra = rcpt(&format!("auditor-{n}@example.com"), RecipientKind::Bcc);
+                    sample::report_2007(&sample::numbered(n - UNIQUE, 9000), &[extra])
+                };
+                outcomes.push(ingest.ingest_bytes(smtp(), &report).await.expect("ingest"));
+                n += TASKS;
+            }
+            outcomes
+        });
+    }
+    let mut archived = 0;
+    let mut duplicates = 0;
+    while let Some(r) = set.join_next().await {
+        for o in r.unwrap() {
+            match o {
+                Outcome::Archived { variant: false, .. } => archived += 1,
+                Outcome::Duplicate { .. } => duplicates += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "concurrency: {TOTAL} messages (9 KB, {UNIQUE} unique) from {TASKS} tasks, durably ingested in {:.2}s = {:.0} msg/s",
+        elapsed.as_secs_f64(),
+        TOTAL as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!((archived, duplicates), (UNIQUE, TOTAL - UNIQUE));
+    assert_eq!(archive.count().unwrap(), UNIQUE);
+    let on_disk = files_in(&dir.path().join("archive/new"));
+    assert_eq!(on_disk.len() as u64, UNIQUE);
+    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+    let mut indexed = BTreeSet::new();
+    archive
+        .for_each(|key, rec| {
+            indexed.insert(rec.file.clone());
+            let i: u64 = key
+                .trim_start_matches("sample-")
+                .trim_end_matches("@example.com")
+                .parse()
+                .unwrap();
+            let has_auditor = rec
+                .recipients
+                .iter()
+                .any(|r| r.address.starts_with("auditor-"));
+            assert_eq!(
+                has_auditor,
+                i + UNIQUE < TOTAL,
+                "{key}: recipients of both reports"
+            );
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(indexed, on_disk, "index and Maildir agree");
+}
+
+#[tokio::test]
+async fn export_writes_a_maildir_and_tsv() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, ingest) = open(dir.path());
+    for i in 0..3 {
+        ingest
+            .ingest_bytes(
+                smtp(),
+                &sample::report_2007(&sample::numbered(i, 2000), &[]),
+            )
+            .await
+            .unwrap();
+    }
+    ingest.close().await;
+    let out = dir.path().join("export");
+    assert_eq!(archive.export(&out).unwrap(), 3);
+    assert_eq!(files_in(&out.join("new")).len(), 3);
+    let tsv = std::fs::read_to_string(out.join("index.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 4);
+    assert!(tsv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .starts_with("sample-0@example.com\t"));
+    assert!(tsv.contains("bcc:carol@example.net"), "{tsv}");
+    // Refuses to export over something.
+    assert!(archive.export(&out).is_err());
+    // After close, ingests are refused as temporary errors.
+    let err = ingest.ingest_bytes(smtp(), b"x").await.unwrap_err();
+    assert!(matches!(err, IngestError::ShuttingDown));
+}
