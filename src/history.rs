@@ -88,14 +88,18 @@ impl State {
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
+    time::OffsetDateTime::now_utc()
+        .unix_timestamp_nanos()
+        .div_euclid(1_000_000) as i64
 }
 
 /// Creates the tables, so readers never meet a missing one.
 pub fn init(db: &Database) -> anyhow::Result<()> {
     let txn = db.begin_write().context("collector history: begin write")?;
-    txn.open_table(HISTORY).context("collector history: open table")?;
-    txn.open_table(STATE).context("collector state: open table")?;
+    txn.open_table(HISTORY)
+        .context("collector history: open table")?;
+    txn.open_table(STATE)
+        .context("collector state: open table")?;
     txn.commit().context("collector history: commit")?;
     Ok(())
 }
@@ -105,18 +109,30 @@ pub fn init(db: &Database) -> anyhow::Result<()> {
 pub fn record_run(db: &Database, run: &Run) -> anyhow::Result<()> {
     let txn = db.begin_write().context("collector history: begin write")?;
     {
-        let mut history = txn.open_table(HISTORY).context("collector history: open table")?;
+        let mut history = txn
+            .open_table(HISTORY)
+            .context("collector history: open table")?;
         let value = serde_json::to_vec(run).context("collector history: encode")?;
-        history.insert((run.collector.as_str(), run.id), value.as_slice()).context("collector history: insert")?;
-        let mut states = txn.open_table(STATE).context("collector state: open table")?;
-        let mut state = match states.get(run.collector.as_str()).context("collector state: read")? {
+        history
+            .insert((run.collector.as_str(), run.id), value.as_slice())
+            .context("collector history: insert")?;
+        let mut states = txn
+            .open_table(STATE)
+            .context("collector state: open table")?;
+        let mut state = match states
+            .get(run.collector.as_str())
+            .context("collector state: read")?
+        {
             Some(v) => decode_state(v.value())?,
             None => State::default(),
         };
         state.last_run_ms = Some(run.ended_ms);
         if let Some(depth) = run.on_server_at_end.or(run.on_server) {
             state.queue_depth = Some(depth);
-            state.polls.push(Poll { at_ms: run.ended_ms, queue_depth: depth });
+            state.polls.push(Poll {
+                at_ms: run.ended_ms,
+                queue_depth: depth,
+            });
             let excess = state.polls.len().saturating_sub(POLLS_KEPT);
             state.polls.drain(..excess);
         }
@@ -128,7 +144,9 @@ pub fn record_run(db: &Database, run: &Run) -> anyhow::Result<()> {
             Some(e) => state.last_error = Some(e.clone()),
         }
         let value = serde_json::to_vec(&state).context("collector state: encode")?;
-        states.insert(run.collector.as_str(), value.as_slice()).context("collector state: insert")?;
+        states
+            .insert(run.collector.as_str(), value.as_slice())
+            .context("collector state: insert")?;
     }
     txn.commit().context("collector history: commit")?;
     Ok(())
@@ -143,7 +161,11 @@ pub fn runs(db: &Database, collector: &str, limit: usize) -> anyhow::Result<Vec<
         Err(e) => return Err(e).context("collector history: open table"),
     };
     let mut out = Vec::new();
-    for row in table.range((collector, 0u64)..=(collector, u64::MAX)).context("collector history: range")?.rev() {
+    for row in table
+        .range((collector, 0u64)..=(collector, u64::MAX))
+        .context("collector history: range")?
+        .rev()
+    {
         if out.len() >= limit {
             break;
         }
@@ -182,17 +204,25 @@ pub fn retire(db: &Database, collector: &str) -> anyhow::Result<State> {
     })
 }
 
-fn update_state(db: &Database, collector: &str, change: impl FnOnce(&mut State)) -> anyhow::Result<State> {
+fn update_state(
+    db: &Database,
+    collector: &str,
+    change: impl FnOnce(&mut State),
+) -> anyhow::Result<State> {
     let txn = db.begin_write().context("collector state: begin write")?;
     let state = {
-        let mut states = txn.open_table(STATE).context("collector state: open table")?;
+        let mut states = txn
+            .open_table(STATE)
+            .context("collector state: open table")?;
         let mut state = match states.get(collector).context("collector state: read")? {
             Some(v) => decode_state(v.value())?,
             None => State::default(),
         };
         change(&mut state);
         let value = serde_json::to_vec(&state).context("collector state: encode")?;
-        states.insert(collector, value.as_slice()).context("collector state: insert")?;
+        states
+            .insert(collector, value.as_slice())
+            .context("collector state: insert")?;
         state
     };
     txn.commit().context("collector state: commit")?;

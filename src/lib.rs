@@ -6,7 +6,9 @@
 
 pub mod archive;
 pub mod config;
+pub mod history;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod pop3;
 pub mod server;

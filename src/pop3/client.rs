@@ -81,7 +81,10 @@ pub struct Capabilities {
 
 impl Capabilities {
     fn parse(lines: &[String]) -> Capabilities {
-        let mut c = Capabilities { known: true, ..Default::default() };
+        let mut c = Capabilities {
+            known: true,
+            ..Default::default()
+        };
         for line in lines {
             let mut words = line.split_ascii_whitespace();
             let Some(name) = words.next() else { continue };
@@ -112,7 +115,11 @@ fn detached() -> io::Error {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -122,7 +129,11 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -187,10 +198,21 @@ impl Client {
     /// the endpoint says so. Does not log in.
     pub async fn connect(endpoint: &Endpoint, trust: &Trust) -> Result<Client, Pop3Error> {
         let peer = format!("{}:{}", endpoint.host, endpoint.port);
-        let tcp = tokio::time::timeout(endpoint.timeout, TcpStream::connect((endpoint.host.as_str(), endpoint.port)))
-            .await
-            .map_err(|_| Pop3Error::new(ErrorKind::Timeout, format!("connecting to {peer}: no answer within {:?}", endpoint.timeout)))?
-            .map_err(|e| Pop3Error::new(ErrorKind::Connect, format!("connecting to {peer}: {e}")))?;
+        let tcp = tokio::time::timeout(
+            endpoint.timeout,
+            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+        )
+        .await
+        .map_err(|_| {
+            Pop3Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "connecting to {peer}: no answer within {:?}",
+                    endpoint.timeout
+                ),
+            )
+        })?
+        .map_err(|e| Pop3Error::new(ErrorKind::Connect, format!("connecting to {peer}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let transport = match endpoint.tls {
             TlsMode::Implicit => Transport::Tls(Box::new(handshake(tcp, endpoint, trust).await?)),
@@ -209,11 +231,19 @@ impl Client {
         client.apop_stamp = apop_stamp(&greeting);
         client.capabilities = client.capa().await?;
         if endpoint.tls == TlsMode::Starttls {
-            client.command("STLS").await.map_err(|e| Pop3Error::new(e.kind, format!("{e} (STLS refused; tls = \"starttls\" needs it)")))?;
+            client.command("STLS").await.map_err(|e| {
+                Pop3Error::new(
+                    e.kind,
+                    format!("{e} (STLS refused; tls = \"starttls\" needs it)"),
+                )
+            })?;
             if !client.io.buffer().is_empty() {
-                return Err(client.protocol("the server sent data after +OK to STLS (possible injection)"));
+                return Err(
+                    client.protocol("the server sent data after +OK to STLS (possible injection)")
+                );
             }
-            let Transport::Plain(tcp) = std::mem::replace(client.io.get_mut(), Transport::Detached) else {
+            let Transport::Plain(tcp) = std::mem::replace(client.io.get_mut(), Transport::Detached)
+            else {
                 return Err(client.protocol("STLS on a TLS connection"));
             };
             let tls = handshake(tcp, endpoint, trust).await?;
@@ -237,7 +267,11 @@ impl Client {
 
     /// Logs in: SASL PLAIN when offered, else APOP when the greeting offers it, else USER/PASS. On a
     /// connection without TLS, APOP is preferred because it does not send the password.
-    pub async fn login(&mut self, username: &str, password: &str) -> Result<&'static str, Pop3Error> {
+    pub async fn login(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<&'static str, Pop3Error> {
         let plain = self.capabilities.sasl.iter().any(|m| m == "PLAIN");
         let apop = self.apop_stamp.clone();
         let mechanism = match (&apop, plain) {
@@ -250,11 +284,15 @@ impl Client {
             "APOP" => {
                 let stamp = apop.unwrap_or_default();
                 let digest = hex::encode(Md5::digest(format!("{stamp}{password}").as_bytes()));
-                self.command_secret(&format!("APOP {username} {digest}"), "APOP").await
+                self.command_secret(&format!("APOP {username} {digest}"), "APOP")
+                    .await
             }
             "PLAIN" => self.auth_plain(username, password).await,
             _ => match self.command(&format!("USER {username}")).await {
-                Ok(_) => self.command_secret(&format!("PASS {password}"), "PASS").await,
+                Ok(_) => {
+                    self.command_secret(&format!("PASS {password}"), "PASS")
+                        .await
+                }
                 Err(e) => Err(e),
             },
         };
@@ -263,14 +301,24 @@ impl Client {
             Err(e) if e.kind == ErrorKind::Server => Err(Pop3Error::new(
                 // A refusal without a response code is a refused login.
                 ErrorKind::Auth,
-                format!("{}: login as {username} ({mechanism}) refused: {}", self.peer, e.message),
+                format!(
+                    "{}: login as {username} ({mechanism}) refused: {}",
+                    self.peer, e.message
+                ),
             )),
-            Err(e) => Err(Pop3Error::new(e.kind, format!("{}: login as {username} ({mechanism}) refused: {}", self.peer, e.message))),
+            Err(e) => Err(Pop3Error::new(
+                e.kind,
+                format!(
+                    "{}: login as {username} ({mechanism}) refused: {}",
+                    self.peer, e.message
+                ),
+            )),
         }
     }
 
     async fn auth_plain(&mut self, username: &str, password: &str) -> Result<String, Pop3Error> {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{username}\0{password}"));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{username}\0{password}"));
         self.send_raw(&format!("AUTH PLAIN {token}"));
         self.flush().await?;
         let line = self.read_line().await?;
@@ -295,7 +343,11 @@ impl Client {
                 .await?;
                 Ok(Capabilities::parse(&lines))
             }
-            Err(e) if e.kind == ErrorKind::Server => Ok(Capabilities { user: true, uidl: true, ..Default::default() }),
+            Err(e) if e.kind == ErrorKind::Server => Ok(Capabilities {
+                user: true,
+                uidl: true,
+                ..Default::default()
+            }),
             Err(e) => Err(e),
         }
     }
@@ -304,7 +356,10 @@ impl Client {
     pub async fn stat(&mut self) -> Result<(u64, u64), Pop3Error> {
         let text = self.command("STAT").await?;
         let mut words = text.split_ascii_whitespace();
-        match (words.next().and_then(|w| w.parse().ok()), words.next().and_then(|w| w.parse().ok())) {
+        match (
+            words.next().and_then(|w| w.parse().ok()),
+            words.next().and_then(|w| w.parse().ok()),
+        ) {
             (Some(count), Some(octets)) => Ok((count, octets)),
             _ => Err(self.protocol(&format!("bad STAT answer {text:?}"))),
         }
@@ -312,7 +367,10 @@ impl Client {
 
     /// `UIDL`: calls `each(number, uidl)` for every message, streaming (a 100,000-line listing is
     /// never held here).
-    pub async fn uidl_each(&mut self, mut each: impl FnMut(u32, &str) -> Result<(), Pop3Error>) -> Result<(), Pop3Error> {
+    pub async fn uidl_each(
+        &mut self,
+        mut each: impl FnMut(u32, &str) -> Result<(), Pop3Error>,
+    ) -> Result<(), Pop3Error> {
         self.command("UIDL").await?;
         let peer = self.peer.clone();
         self.read_listing(|line| {
@@ -327,13 +385,19 @@ impl Client {
     }
 
     /// `LIST`: calls `each(number, octets)` for every message.
-    pub async fn list_each(&mut self, mut each: impl FnMut(u32, u64) -> Result<(), Pop3Error>) -> Result<(), Pop3Error> {
+    pub async fn list_each(
+        &mut self,
+        mut each: impl FnMut(u32, u64) -> Result<(), Pop3Error>,
+    ) -> Result<(), Pop3Error> {
         self.command("LIST").await?;
         let peer = self.peer.clone();
         self.read_listing(|line| {
             let text = std::str::from_utf8(line).map_err(|_| bad_listing(&peer, "LIST", line))?;
             let mut words = text.split_ascii_whitespace();
-            match (words.next().and_then(|w| w.parse().ok()), words.next().and_then(|w| w.parse().ok())) {
+            match (
+                words.next().and_then(|w| w.parse().ok()),
+                words.next().and_then(|w| w.parse().ok()),
+            ) {
                 (Some(n), Some(size)) => each(n, size),
                 _ => Err(bad_listing(&peer, "LIST", line)),
             }
@@ -360,12 +424,25 @@ impl Client {
         loop {
             let timeout = self.timeout;
             let buf = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
-                Err(_) => return Err(Pop3Error::new(ErrorKind::Timeout, format!("{}: no data for {timeout:?} in message {n}", self.peer))),
-                Ok(Err(e)) => return Err(Pop3Error::new(ErrorKind::Connect, format!("{}: connection broke in message {n}: {e}", self.peer))),
+                Err(_) => {
+                    return Err(Pop3Error::new(
+                        ErrorKind::Timeout,
+                        format!("{}: no data for {timeout:?} in message {n}", self.peer),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return Err(Pop3Error::new(
+                        ErrorKind::Connect,
+                        format!("{}: connection broke in message {n}: {e}", self.peer),
+                    ))
+                }
                 Ok(Ok(buf)) => buf,
             };
             if buf.is_empty() {
-                return Err(Pop3Error::new(ErrorKind::Connect, format!("{}: connection closed in message {n}", self.peer)));
+                return Err(Pop3Error::new(
+                    ErrorKind::Connect,
+                    format!("{}: connection closed in message {n}", self.peer),
+                ));
             }
             let len = buf.len();
             let mut pos = 0;
@@ -394,7 +471,9 @@ impl Client {
                         done = true;
                     }
                     Body::DotCr => {
-                        sink.write_chunk(b"\r").await.map_err(|e| sink_error(n, e))?;
+                        sink.write_chunk(b"\r")
+                            .await
+                            .map_err(|e| sink_error(n, e))?;
                         total += 1;
                         state = Body::Mid;
                     }
@@ -411,7 +490,9 @@ impl Client {
                                 break;
                             }
                         }
-                        sink.write_chunk(&buf[pos..end]).await.map_err(|e| sink_error(n, e))?;
+                        sink.write_chunk(&buf[pos..end])
+                            .await
+                            .map_err(|e| sink_error(n, e))?;
                         total += (end - pos) as u64;
                         pos = end;
                         state = next;
@@ -449,8 +530,14 @@ impl Client {
             stream.flush().await
         };
         match tokio::time::timeout(timeout, write).await {
-            Err(_) => Err(Pop3Error::new(ErrorKind::Timeout, format!("{}: could not send for {timeout:?}", self.peer))),
-            Ok(Err(e)) => Err(Pop3Error::new(ErrorKind::Connect, format!("{}: connection broke while sending: {e}", self.peer))),
+            Err(_) => Err(Pop3Error::new(
+                ErrorKind::Timeout,
+                format!("{}: could not send for {timeout:?}", self.peer),
+            )),
+            Ok(Err(e)) => Err(Pop3Error::new(
+                ErrorKind::Connect,
+                format!("{}: connection broke while sending: {e}", self.peer),
+            )),
             Ok(Ok(())) => {
                 self.out.clear();
                 Ok(())
@@ -493,13 +580,22 @@ impl Client {
         if let Some(rest) = text.strip_prefix("-ERR") {
             let rest = rest.trim_start();
             let kind = response_kind(rest).unwrap_or(ErrorKind::Server);
-            return Err(Pop3Error::new(kind, format!("{}: {what}: -ERR {rest}", self.peer)));
+            return Err(Pop3Error::new(
+                kind,
+                format!("{}: {what}: -ERR {rest}", self.peer),
+            ));
         }
-        Err(self.protocol(&format!("{what}: unexpected answer {:?}", truncate(&text, 200))))
+        Err(self.protocol(&format!(
+            "{what}: unexpected answer {:?}",
+            truncate(&text, 200)
+        )))
     }
 
     /// Reads the lines of a multi-line answer up to the terminating `.`, dot-unstuffed.
-    async fn read_listing(&mut self, mut each: impl FnMut(&[u8]) -> Result<(), Pop3Error>) -> Result<(), Pop3Error> {
+    async fn read_listing(
+        &mut self,
+        mut each: impl FnMut(&[u8]) -> Result<(), Pop3Error>,
+    ) -> Result<(), Pop3Error> {
         loop {
             let line = self.read_line().await?;
             if line == b"." {
@@ -516,12 +612,25 @@ impl Client {
         loop {
             let timeout = self.timeout;
             let buf = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
-                Err(_) => return Err(Pop3Error::new(ErrorKind::Timeout, format!("{}: no answer within {timeout:?}", self.peer))),
-                Ok(Err(e)) => return Err(Pop3Error::new(ErrorKind::Connect, format!("{}: connection broke: {e}", self.peer))),
+                Err(_) => {
+                    return Err(Pop3Error::new(
+                        ErrorKind::Timeout,
+                        format!("{}: no answer within {timeout:?}", self.peer),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    return Err(Pop3Error::new(
+                        ErrorKind::Connect,
+                        format!("{}: connection broke: {e}", self.peer),
+                    ))
+                }
                 Ok(Ok(buf)) => buf,
             };
             if buf.is_empty() {
-                return Err(Pop3Error::new(ErrorKind::Connect, format!("{}: connection closed by the server", self.peer)));
+                return Err(Pop3Error::new(
+                    ErrorKind::Connect,
+                    format!("{}: connection closed by the server", self.peer),
+                ));
             }
             if let Some(i) = memchr::memchr(b'\n', buf) {
                 line.extend_from_slice(&buf[..i]);
@@ -548,15 +657,34 @@ impl Client {
 
 /// TLS handshake; a failure names the host and, when the server showed one, the certificate's
 /// SHA-256 fingerprint.
-async fn handshake(tcp: TcpStream, endpoint: &Endpoint, trust: &Trust) -> Result<TlsStream<TcpStream>, Pop3Error> {
+async fn handshake(
+    tcp: TcpStream,
+    endpoint: &Endpoint,
+    trust: &Trust,
+) -> Result<TlsStream<TcpStream>, Pop3Error> {
     let peer = format!("{}:{}", endpoint.host, endpoint.port);
     let (config, seen) = trust
         .client_config()
         .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("TLS set-up for {peer}: {e:#}")))?;
-    let name = ServerName::try_from(endpoint.host.clone())
-        .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("{:?} is not a valid TLS server name: {e}", endpoint.host)))?;
-    match tokio::time::timeout(endpoint.timeout, TlsConnector::from(config).connect(name, tcp)).await {
-        Err(_) => Err(Pop3Error::new(ErrorKind::Timeout, format!("TLS handshake with {peer}: no answer within {:?}", endpoint.timeout))),
+    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+        Pop3Error::new(
+            ErrorKind::Config,
+            format!("{:?} is not a valid TLS server name: {e}", endpoint.host),
+        )
+    })?;
+    match tokio::time::timeout(
+        endpoint.timeout,
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    {
+        Err(_) => Err(Pop3Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "TLS handshake with {peer}: no answer within {:?}",
+                endpoint.timeout
+            ),
+        )),
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => {
             let certificate = match seen.get() {
@@ -565,7 +693,10 @@ async fn handshake(tcp: TcpStream, endpoint: &Endpoint, trust: &Trust) -> Result
             };
             Err(Pop3Error::new(
                 ErrorKind::Tls,
-                format!("TLS handshake with {peer} failed ({} check): {e}{certificate}", trust.mode()),
+                format!(
+                    "TLS handshake with {peer} failed ({} check): {e}{certificate}",
+                    trust.mode()
+                ),
             ))
         }
     }
@@ -580,7 +711,13 @@ fn apop_stamp(greeting: &str) -> Option<String> {
 }
 
 fn bad_listing(peer: &str, what: &str, line: &[u8]) -> Pop3Error {
-    Pop3Error::new(ErrorKind::Protocol, format!("{peer}: bad {what} line {:?}", truncate(&String::from_utf8_lossy(line), 200)))
+    Pop3Error::new(
+        ErrorKind::Protocol,
+        format!(
+            "{peer}: bad {what} line {:?}",
+            truncate(&String::from_utf8_lossy(line), 200)
+        ),
+    )
 }
 
 fn sink_error(n: u32, e: io::Error) -> Pop3Error {
@@ -600,11 +737,20 @@ mod tests {
 
     #[test]
     fn capabilities_parse() {
-        let lines: Vec<String> =
-            ["CAPA", "TOP", "UIDL", "RESP-CODES", "PIPELINING", "STLS", "USER", "SASL PLAIN login", "LOGIN-DELAY 900"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let lines: Vec<String> = [
+            "CAPA",
+            "TOP",
+            "UIDL",
+            "RESP-CODES",
+            "PIPELINING",
+            "STLS",
+            "USER",
+            "SASL PLAIN login",
+            "LOGIN-DELAY 900",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let c = Capabilities::parse(&lines);
         assert!(c.user && c.uidl && c.pipelining && c.stls && c.known);
         assert_eq!(c.sasl, vec!["PLAIN", "LOGIN"]);
@@ -613,7 +759,10 @@ mod tests {
 
     #[test]
     fn apop_stamps() {
-        assert_eq!(apop_stamp("Dovecot ready. <1896.697170952@dbc.mtview.ca.us>").as_deref(), Some("<1896.697170952@dbc.mtview.ca.us>"));
+        assert_eq!(
+            apop_stamp("Dovecot ready. <1896.697170952@dbc.mtview.ca.us>").as_deref(),
+            Some("<1896.697170952@dbc.mtview.ca.us>")
+        );
         assert_eq!(apop_stamp("Dovecot (Debian) ready."), None);
         assert_eq!(apop_stamp("ready <no-at-sign>"), None);
     }

@@ -73,7 +73,10 @@ pub struct Pop3Error {
 
 impl Pop3Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Pop3Error {
-        Pop3Error { kind, message: message.into() }
+        Pop3Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -97,11 +100,26 @@ mod tests {
 
     #[test]
     fn response_codes() {
-        assert_eq!(response_kind("[IN-USE] mailbox locked"), Some(ErrorKind::InUse));
-        assert_eq!(response_kind(" [login-delay] wait"), Some(ErrorKind::LoginDelay));
-        assert_eq!(response_kind("[SYS/TEMP] try later"), Some(ErrorKind::SysTemp));
-        assert_eq!(response_kind("[AUTH] Authentication failed."), Some(ErrorKind::Auth));
-        assert_eq!(response_kind("[SYS/PERM] disabled"), Some(ErrorKind::Server));
+        assert_eq!(
+            response_kind("[IN-USE] mailbox locked"),
+            Some(ErrorKind::InUse)
+        );
+        assert_eq!(
+            response_kind(" [login-delay] wait"),
+            Some(ErrorKind::LoginDelay)
+        );
+        assert_eq!(
+            response_kind("[SYS/TEMP] try later"),
+            Some(ErrorKind::SysTemp)
+        );
+        assert_eq!(
+            response_kind("[AUTH] Authentication failed."),
+            Some(ErrorKind::Auth)
+        );
+        assert_eq!(
+            response_kind("[SYS/PERM] disabled"),
+            Some(ErrorKind::Server)
+        );
         assert_eq!(response_kind("no such message"), None);
         assert_eq!(response_kind("[UNCLOSED"), None);
     }

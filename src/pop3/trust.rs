@@ -18,11 +18,17 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
-use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme};
+use tokio_rustls::rustls::{
+    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+};
 
 use crate::config::{parse_fingerprint, CollectorConfig};
 
@@ -30,7 +36,11 @@ use crate::config::{parse_fingerprint, CollectorConfig};
 /// form `openssl x509 -fingerprint -sha256` prints; `pin_sha256` accepts it as written).
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
-    digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The trust decision of one collector, built once from its configuration.
@@ -54,40 +64,82 @@ impl Trust {
         let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
         if let Some(pin) = &cfg.pin_sha256 {
             let Some(pin) = parse_fingerprint(pin) else {
-                bail!("collector {}: pin_sha256 must be 64 hex digits (colons allowed)", cfg.name());
+                bail!(
+                    "collector {}: pin_sha256 must be 64 hex digits (colons allowed)",
+                    cfg.name()
+                );
             };
-            let verifier = Arc::new(PinnedVerifier { pin, algorithms: provider.signature_verification_algorithms });
-            return Ok(Trust { provider, verifier, mode: "pin_sha256" });
+            let verifier = Arc::new(PinnedVerifier {
+                pin,
+                algorithms: provider.signature_verification_algorithms,
+            });
+            return Ok(Trust {
+                provider,
+                verifier,
+                mode: "pin_sha256",
+            });
         }
         let (roots, mode) = match &cfg.ca_file {
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("collector {}: reading ca_file {}", cfg.name(), path.display()))?;
+                let pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "collector {}: reading ca_file {}",
+                        cfg.name(),
+                        path.display()
+                    )
+                })?;
                 let mut roots = RootCertStore::empty();
                 for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    let cert = cert.with_context(|| format!("collector {}: parsing ca_file {}", cfg.name(), path.display()))?;
-                    roots
-                        .add(cert)
-                        .with_context(|| format!("collector {}: a certificate in ca_file {} is unusable", cfg.name(), path.display()))?;
+                    let cert = cert.with_context(|| {
+                        format!(
+                            "collector {}: parsing ca_file {}",
+                            cfg.name(),
+                            path.display()
+                        )
+                    })?;
+                    roots.add(cert).with_context(|| {
+                        format!(
+                            "collector {}: a certificate in ca_file {} is unusable",
+                            cfg.name(),
+                            path.display()
+                        )
+                    })?;
                 }
                 if roots.is_empty() {
-                    bail!("collector {}: ca_file {} holds no PEM certificate", cfg.name(), path.display());
+                    bail!(
+                        "collector {}: ca_file {} holds no PEM certificate",
+                        cfg.name(),
+                        path.display()
+                    );
                 }
                 (roots, "ca_file")
             }
             None => (system_roots(), "system roots"),
         };
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .with_context(|| format!("collector {}: building the certificate verifier", cfg.name()))?;
-        Ok(Trust { provider, verifier, mode })
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .with_context(|| {
+                    format!(
+                        "collector {}: building the certificate verifier",
+                        cfg.name()
+                    )
+                })?;
+        Ok(Trust {
+            provider,
+            verifier,
+            mode,
+        })
     }
 
     /// A TLS client configuration for one connection, and the slot where the verifier records the
     /// fingerprint of the certificate the server presents.
     pub fn client_config(&self) -> anyhow::Result<(Arc<ClientConfig>, SeenCertificate)> {
         let seen = SeenCertificate::default();
-        let verifier = Arc::new(Recording { inner: self.verifier.clone(), seen: seen.clone() });
+        let verifier = Arc::new(Recording {
+            inner: self.verifier.clone(),
+            seen: seen.clone(),
+        });
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
@@ -151,7 +203,8 @@ impl ServerCertVerifier for Recording {
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
         self.seen.set(fingerprint(end_entity));
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -200,7 +253,11 @@ impl ServerCertVerifier for PinnedVerifier {
             Err(TlsError::General(format!(
                 "certificate SHA-256 {} does not match pin_sha256 {}",
                 fingerprint(end_entity),
-                self.pin.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+                self.pin
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
             )))
         }
     }
