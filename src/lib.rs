@@ -6,9 +6,11 @@
 
 pub mod archive;
 pub mod config;
+pub mod history;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod pop3;
 pub mod server;
 pub mod client;
 pub mod http;

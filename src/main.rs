@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// POP3 collectors.
+    Collector {
+        #[command(subcommand)]
+        action: CollectorCommand,
+    },
     /// Write sample Exchange 2007 journal reports into a Maildir (for trials and benchmarks).
     #[command(hide = true)]
     Sample {
@@ -63,6 +68,21 @@ enum Command {
         start: u64,
         #[arg(long, default_value_t = 8)]
         tasks: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectorCommand {
+    /// Test collection, run directly (offline: stop the server first): fetch and archive up to
+    /// N messages, delete nothing. Works on an inactive collector.
+    Test {
+        /// The collector's name (`[[collector]] name`).
+        name: String,
+        /// Messages to fetch (default: the collector's `test_limit`, 200).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -118,6 +138,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = archive.export(&out)?;
             println!("exported {n} messages to {}", out.display());
             Ok(())
+        }
+        Command::Collector {
+            action:
+                CollectorCommand::Test {
+                    name,
+                    limit,
+                    config,
+                },
+        } => {
+            let config = load(config.as_ref())?;
+            let Some(cfg) = config.collector(&name).cloned() else {
+                anyhow::bail!("no [[collector]] named {name:?} in the configuration");
+            };
+            let limit = limit.unwrap_or(cfg.test_limit);
+            let gateway = journal_gateway::server::Gateway::open(config)?;
+            runtime()?.block_on(async move {
+                let collector = journal_gateway::pop3::Collector::new(&cfg, gateway.clone())?;
+                let result = collector.collect(journal_gateway::pop3::RunKind::Test { limit }).await;
+                gateway.ingest.close().await;
+                let summary = match &result {
+                    Ok(s) => s,
+                    Err(f) => &f.summary,
+                };
+                println!(
+                    "test collection {name}: {} on server, {} retrieved, {} archived, {} duplicates, {} bytes, nothing deleted",
+                    summary.on_server.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                    summary.retrieved,
+                    summary.archived,
+                    summary.duplicates,
+                    summary.bytes
+                );
+                result.map(|_| ()).map_err(|f| anyhow::anyhow!(f.error))
+            })
         }
         Command::Sample {
             out,

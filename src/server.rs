@@ -54,6 +54,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     // Subsystems are bound here, before anything is announced.
+    for c in &gateway.config.collectors {
+        let collector = crate::pop3::Collector::new(c, gateway.clone())?;
+        tasks.spawn(async move {
+            collector.run_forever().await;
+            Ok(())
+        });
+    }
 
     let shutdown = gateway.shutdown.clone();
     tasks.spawn(async move {

@@ -6,9 +6,16 @@
 //! deduplication. It never panics and never fails: anything it cannot understand is treated as a
 //! plain message, which is still archived.
 
+mod envelope;
 pub mod sample;
 
+use std::borrow::Cow;
+
+use mail_parser::{
+    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Which kind of message [`parse`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,14 +96,352 @@ pub struct Report {
 impl Report {
     /// A normalised fingerprint of the original's From, Date and Subject. Two arrivals with the
     /// same key but a different identity are different messages (Message-ID reuse).
+    ///
+    /// Built to survive re-rendering (a POP3 copy is never byte-identical to the SMTP copy): the
+    /// From address lower-cased, the Date as Unix seconds when it parses (else its text with
+    /// white space collapsed), the decoded Subject with white space collapsed. The result is the
+    /// hex SHA-256 of those three fields.
     pub fn identity(&self) -> String {
-        todo!()
+        let from = self.from.as_deref().unwrap_or("").to_lowercase();
+        let date = match (self.date_unix, &self.date) {
+            (Some(unix), _) => unix.to_string(),
+            (None, Some(raw)) => collapse_whitespace(raw),
+            (None, None) => String::new(),
+        };
+        let subject = collapse_whitespace(self.subject.as_deref().unwrap_or(""));
+        let mut h = Sha256::new();
+        for field in [&from, &date, &subject] {
+            h.update(field.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(h.finalize())
     }
 }
 
 /// Parses raw message bytes. `raw` may be only the first part of a large message (the caller keeps
 /// a bounded head in memory); parsing a truncated message must still work on what is there.
+///
+/// Never panics: should the MIME parser itself panic on some input, the bytes are treated as a
+/// plain message keyed by their SHA-256.
 pub fn parse(raw: &[u8]) -> Report {
-    let _ = raw;
-    todo!()
+    match std::panic::catch_unwind(|| parse_unguarded(raw)) {
+        Ok(report) => report,
+        Err(_) => {
+            tracing::warn!(len = raw.len(), "mail parser panicked; archiving as plain");
+            Report {
+                format: Format::Plain,
+                key: sha256_key(raw),
+                message_id: None,
+                subject: None,
+                from: None,
+                date: None,
+                date_unix: None,
+                envelope: Envelope::default(),
+                warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
+            }
+        }
+    }
+}
+
+/// Whether `id` is the fresh per-report Message-ID Exchange 2007+ gives a journal report
+/// (`<GUID@journal.report.generator>`).
+fn is_report_generator_id(id: &str) -> bool {
+    id.rsplit_once('@')
+        .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case("journal.report.generator"))
+}
+
+/// `sha256:<hex>` of `bytes`: the key of a message without a usable Message-ID.
+pub fn sha256_key(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn collapse_whitespace(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn parse_unguarded(raw: &[u8]) -> Report {
+    let parser = MessageParser::new();
+    let Some(msg) = parser.parse(raw) else {
+        // Not even one header line: still archived, keyed by content.
+        return plain_report(raw, Headers::default(), Vec::new());
+    };
+    let format = detect_format(&msg);
+    if format == Format::Plain {
+        let mut headers = Headers::of(&msg);
+        let mut warnings = Vec::new();
+        if headers
+            .message_id
+            .as_deref()
+            .is_some_and(is_report_generator_id)
+        {
+            // A 2007+ report's own ID: the input is a report cut off before its
+            // `X-MS-Journal-Report` header. Its ID is fresh per report, so never a key.
+            warnings.push("message has a journal report's own Message-ID but no journal header; keyed by content".to_string());
+            headers.message_id = None;
+        }
+        return plain_report(raw, headers, warnings);
+    }
+
+    let mut warnings = Vec::new();
+    let (envelope_part, original_part) = find_parts(&msg);
+    let parsed_envelope = match envelope_part {
+        Some(part) => envelope::parse(&envelope_text(raw, part)),
+        None => {
+            warnings.push("journal report has no envelope text part".to_string());
+            envelope::ParsedEnvelope::default()
+        }
+    };
+    let envelope_id = match &parsed_envelope.message_id {
+        envelope::EnvelopeId::Id(id) => Some(id.clone()),
+        _ => None,
+    };
+
+    let Some(original_part) = original_part else {
+        // Broken or truncated report: archive it as a plain message, but never keyed by the
+        // report's own (fresh per report) Message-ID.
+        warnings.push(format!(
+            "{} journal report has no message/rfc822 part; archived as plain",
+            format.as_str()
+        ));
+        let mut top = Headers::of(&msg);
+        top.message_id = envelope_id;
+        top.subject = top.subject.or(parsed_envelope.subject);
+        let mut report = plain_report(raw, top, warnings);
+        report.envelope = parsed_envelope.envelope;
+        return report;
+    };
+
+    let original = original_bytes(raw, original_part);
+    let embedded = parser
+        .parse_headers(original.as_ref())
+        .map(|m| Headers::of(&m))
+        .unwrap_or_default();
+    let message_id = match (embedded.message_id, envelope_id) {
+        (Some(embedded), Some(env)) if embedded != env => {
+            warnings.push(format!(
+                "envelope Message-Id <{env}> differs from the original's <{embedded}>; using the original's"
+            ));
+            Some(embedded)
+        }
+        (Some(embedded), _) => Some(embedded),
+        (None, env) => env,
+    };
+    // An empty original (cut off right after its part header) would give every such report
+    // the same content key: fall back to the whole input then.
+    let content = if original.is_empty() {
+        raw
+    } else {
+        original.as_ref()
+    };
+    Report {
+        format,
+        key: message_id.clone().unwrap_or_else(|| sha256_key(content)),
+        message_id,
+        subject: embedded.subject.or(parsed_envelope.subject),
+        from: embedded
+            .from
+            .or_else(|| parsed_envelope.envelope.sender.as_deref().map(lower_domain)),
+        date: embedded.date,
+        date_unix: embedded.date_unix,
+        envelope: parsed_envelope.envelope,
+        warnings,
+    }
+}
+
+/// A report for a message that is its own original.
+fn plain_report(raw: &[u8], headers: Headers, warnings: Vec<String>) -> Report {
+    Report {
+        format: Format::Plain,
+        key: headers
+            .message_id
+            .clone()
+            .unwrap_or_else(|| sha256_key(raw)),
+        message_id: headers.message_id,
+        subject: headers.subject,
+        from: headers.from,
+        date: headers.date,
+        date_unix: headers.date_unix,
+        envelope: Envelope::default(),
+        warnings,
+    }
+}
+
+/// The header fields [`Report`] carries, read from one message's top-level headers.
+#[derive(Debug, Default)]
+struct Headers {
+    message_id: Option<String>,
+    subject: Option<String>,
+    from: Option<String>,
+    date: Option<String>,
+    date_unix: Option<i64>,
+}
+
+impl Headers {
+    fn of(msg: &Message<'_>) -> Headers {
+        // Only a complete header line counts: in a truncated head the last line may be cut
+        // short, and a cut Message-ID would be a wrong key.
+        let message_id = msg
+            .headers()
+            .iter()
+            .find(|h| h.name == HeaderName::MessageId)
+            .and_then(|h| {
+                msg.raw_message
+                    .get(h.offset_start as usize..h.offset_end as usize)
+            })
+            .filter(|value| value.ends_with(b"\n"))
+            .and_then(|value| envelope::normalise_message_id(&String::from_utf8_lossy(value)));
+        let from = msg
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(lower_domain)
+            .filter(|a| !a.is_empty());
+        let date = msg
+            .header_raw(HeaderName::Date)
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty());
+        let date_unix = msg
+            .date()
+            .filter(|d| d.is_valid())
+            .map(|d| d.to_timestamp());
+        Headers {
+            message_id,
+            subject: msg.subject().map(|s| s.trim().to_string()),
+            from,
+            date,
+            date_unix,
+        }
+    }
+}
+
+/// `Local@Example.COM` -> `Local@example.com` (the local part is case-sensitive in theory).
+fn lower_domain(address: &str) -> String {
+    let address = address.trim();
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
+/// Which format the top-level headers announce.
+fn detect_format(msg: &Message<'_>) -> Format {
+    let mut format = Format::Plain;
+    for header in msg.headers() {
+        let name = header.name.as_str();
+        if name.eq_ignore_ascii_case("X-MS-Journal-Report")
+            || name.eq_ignore_ascii_case("X-MS-Exchange-Organization-Journal-Report")
+        {
+            return Format::Exchange2007;
+        }
+        if (name.eq_ignore_ascii_case("Content-Identifier")
+            || name.eq_ignore_ascii_case("Content-Identifer"))
+            && header_text(msg, header)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("ExJournalReport"))
+        {
+            format = Format::Exchange2003;
+        }
+    }
+    format
+}
+
+/// A header's value as text, whichever way mail-parser stored it.
+fn header_text(msg: &Message<'_>, header: &mail_parser::Header<'_>) -> Option<String> {
+    match &header.value {
+        HeaderValue::Text(t) => Some(t.to_string()),
+        HeaderValue::TextList(list) => Some(list.join(" ")),
+        _ => msg
+            .raw_message
+            .get(header.offset_start as usize..header.offset_end as usize)
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+/// The first text part (the envelope) and the first `message/rfc822` part (the original) of a
+/// report, searching nested multiparts but not inside embedded messages.
+fn find_parts<'m, 'x>(
+    msg: &'m Message<'x>,
+) -> (Option<&'m MessagePart<'x>>, Option<&'m MessagePart<'x>>) {
+    let mut envelope = None;
+    let mut original = None;
+    let Some(PartType::Multipart(top)) = msg.parts.first().map(|p| &p.body) else {
+        return (None, None);
+    };
+    let mut stack: Vec<u32> = top.iter().rev().copied().collect();
+    while let Some(id) = stack.pop() {
+        let Some(part) = msg.parts.get(id as usize) else {
+            continue;
+        };
+        let ctype = part.content_type();
+        let is_rfc822 = ctype.is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case("message")
+                && c.subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("rfc822"))
+        });
+        match &part.body {
+            PartType::Multipart(children) => stack.extend(children.iter().rev().copied()),
+            PartType::Message(_) => {
+                original = original.or(Some(part));
+            }
+            _ if is_rfc822 => {
+                original = original.or(Some(part));
+            }
+            PartType::Text(_) | PartType::Html(_) => {
+                envelope = envelope.or(Some(part));
+            }
+            _ => {}
+        }
+        if envelope.is_some() && original.is_some() {
+            break;
+        }
+    }
+    (envelope, original)
+}
+
+/// The envelope part as lines of text (HTML turned into lines).
+/// When the part runs to the end of a truncated input, its last line may be cut short (a
+/// partial address or Message-ID): that line is dropped.
+fn envelope_text(raw: &[u8], part: &MessagePart<'_>) -> String {
+    // By the declared type: mail-parser reports a cut-off HTML part as plain text.
+    let is_html = part.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("text")
+            && c.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
+    });
+    let text = match &part.body {
+        PartType::Text(text) | PartType::Html(text) => Cow::Borrowed(text.as_ref()),
+        other => String::from_utf8_lossy(other_contents(other)),
+    };
+    let mut text = if is_html || matches!(part.body, PartType::Html(_)) {
+        envelope::html_to_lines(&text)
+    } else {
+        text.into_owned()
+    };
+    let soft_break = part.encoding == Encoding::QuotedPrintable
+        && (raw.ends_with(b"=\r\n") || raw.ends_with(b"=\n"));
+    let cut_off = part.offset_end as usize >= raw.len() && (!raw.ends_with(b"\n") || soft_break);
+    if cut_off {
+        let keep = text.rfind('\n').map_or(0, |nl| nl + 1);
+        text.truncate(keep);
+    }
+    text
+}
+
+fn other_contents<'a>(body: &'a PartType<'_>) -> &'a [u8] {
+    match body {
+        PartType::Text(t) | PartType::Html(t) => t.as_bytes(),
+        PartType::Binary(b) | PartType::InlineBinary(b) => b,
+        PartType::Message(m) => &m.raw_message,
+        PartType::Multipart(_) => &[],
+    }
+}
+
+/// The bytes of the embedded original: as they stand in the report when not transfer-encoded
+/// (7bit/8bit/binary), else the decoded bytes.
+fn original_bytes<'a>(raw: &'a [u8], part: &'a MessagePart<'_>) -> Cow<'a, [u8]> {
+    if part.encoding == Encoding::None {
+        let start = (part.offset_body as usize).min(raw.len());
+        let end = (part.offset_end as usize).clamp(start, raw.len());
+        Cow::Borrowed(&raw[start..end])
+    } else {
+        Cow::Borrowed(other_contents(&part.body))
+    }
 }
