@@ -19,7 +19,7 @@
 //! A collector is *safe to retire* only when all three hold. Everything here is a pure function
 //! over [`MigrationInput`], so every branch is unit-tested without a server.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One recent poll of a collector: when, and how many messages the mailbox held (STAT at the
 /// start of the run, i.e. what had accumulated since the previous poll).
@@ -76,10 +76,10 @@ pub struct MigrationInput {
 }
 
 /// One check of the verdict, with the figures behind it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     /// `smtp_traffic`, `queue_empty` or `overlap`.
-    pub name: &'static str,
+    pub name: String,
     pub ok: bool,
     /// One sentence an operator can act on.
     pub detail: String,
@@ -87,7 +87,7 @@ pub struct Check {
 }
 
 /// The verdict for one collector.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectorVerdict {
     pub name: String,
     pub active: bool,
@@ -98,7 +98,7 @@ pub struct CollectorVerdict {
 }
 
 /// The whole verdict: one entry per collector.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub now_ms: u64,
     /// Every collector that is not retired yet is safe to retire (true when none is left).
@@ -132,9 +132,7 @@ pub fn verdict(input: &MigrationInput) -> Verdict {
         .collect();
     Verdict {
         now_ms: input.now_ms,
-        cutover_complete_when_retired: collectors
-            .iter()
-            .all(|c| c.retired || c.safe_to_retire),
+        cutover_complete_when_retired: collectors.iter().all(|c| c.retired || c.safe_to_retire),
         collectors,
     }
 }
@@ -194,7 +192,7 @@ fn smtp_traffic(smtp: &SmtpView) -> Check {
     });
     match smtp.first_ms {
         None => Check {
-            name: "smtp_traffic",
+            name: "smtp_traffic".into(),
             ok: false,
             detail: "no journal report has arrived over SMTP yet: point the journal rule at the \
                      gateway's address and confirm it delivers"
@@ -202,7 +200,7 @@ fn smtp_traffic(smtp: &SmtpView) -> Check {
             figures,
         },
         Some(_) => Check {
-            name: "smtp_traffic",
+            name: "smtp_traffic".into(),
             ok: true,
             detail: if silent.is_empty() {
                 "journal reports arrive over SMTP".into()
@@ -235,7 +233,7 @@ fn queue_empty(now_ms: u64, first_smtp_ms: Option<u64>, c: &CollectorView) -> Ch
         "queue_depth": last.map(|p| p.queue_depth),
     });
     let fail = |detail: String| Check {
-        name: "queue_empty",
+        name: "queue_empty".into(),
         ok: false,
         detail,
         figures: figures.clone(),
@@ -275,7 +273,7 @@ fn queue_empty(now_ms: u64, first_smtp_ms: Option<u64>, c: &CollectorView) -> Ch
         ));
     }
     Check {
-        name: "queue_empty",
+        name: "queue_empty".into(),
         ok: true,
         detail: "the mailbox was empty at the last two polls after the first SMTP arrival".into(),
         figures,
@@ -303,7 +301,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
     });
     if !late.is_empty() {
         return Check {
-            name: "overlap",
+            name: "overlap".into(),
             ok: false,
             detail: format!(
                 "{} message(s) dated after the first SMTP arrival (or undated) were collected \
@@ -315,14 +313,16 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
     }
     let detail = match (input.pop3_after_smtp, backlog.len()) {
         (0, _) => "no message was collected over POP3 after the first SMTP arrival".to_string(),
-        (n, 0) => format!("all {n} message(s) collected after the first SMTP arrival also came over SMTP"),
+        (n, 0) => {
+            format!("all {n} message(s) collected after the first SMTP arrival also came over SMTP")
+        }
         (n, b) => format!(
             "of {n} message(s) collected after the first SMTP arrival, {b} are pre-cutover backlog \
              (dated before it) and the rest also came over SMTP"
         ),
     };
     Check {
-        name: "overlap",
+        name: "overlap".into(),
         ok: true,
         detail,
         figures,
@@ -450,14 +450,23 @@ mod tests {
     fn one_empty_poll_is_not_enough_and_non_empty_previous_fails() {
         let mut input = safe_input();
         input.collectors[0].polls = vec![
-            PollView { at_ms: T0 + 5 * MIN, queue_depth: 2 },
-            PollView { at_ms: T0 + 10 * MIN, queue_depth: 0 },
+            PollView {
+                at_ms: T0 + 5 * MIN,
+                queue_depth: 2,
+            },
+            PollView {
+                at_ms: T0 + 10 * MIN,
+                queue_depth: 0,
+            },
         ];
         let v = verdict(&input);
         assert!(check(&v, "queue_empty").detail.contains("recent poll"));
         assert!(!v.collectors[0].safe_to_retire);
 
-        input.collectors[0].polls = vec![PollView { at_ms: T0 + 10 * MIN, queue_depth: 0 }];
+        input.collectors[0].polls = vec![PollView {
+            at_ms: T0 + 10 * MIN,
+            queue_depth: 0,
+        }];
         let v = verdict(&input);
         let c = check(&v, "queue_empty");
         assert!(!c.ok && c.detail.contains("1 poll(s)"), "{}", c.detail);
@@ -467,13 +476,25 @@ mod tests {
     fn empty_polls_before_the_cutover_do_not_count() {
         let mut input = safe_input();
         input.collectors[0].polls = vec![
-            PollView { at_ms: T0 - 10 * MIN, queue_depth: 0 },
-            PollView { at_ms: T0 - 5 * MIN, queue_depth: 0 },
-            PollView { at_ms: T0 + 5 * MIN, queue_depth: 0 },
+            PollView {
+                at_ms: T0 - 10 * MIN,
+                queue_depth: 0,
+            },
+            PollView {
+                at_ms: T0 - 5 * MIN,
+                queue_depth: 0,
+            },
+            PollView {
+                at_ms: T0 + 5 * MIN,
+                queue_depth: 0,
+            },
         ];
         let v = verdict(&input);
         assert!(!check(&v, "queue_empty").ok);
-        assert_eq!(check(&v, "queue_empty").figures["polls_after_first_smtp"], 1);
+        assert_eq!(
+            check(&v, "queue_empty").figures["polls_after_first_smtp"],
+            1
+        );
     }
 
     #[test]
@@ -545,7 +566,11 @@ mod tests {
         }];
         let v = verdict(&input);
         let c = check(&v, "overlap");
-        assert!(c.ok && c.detail.contains("1 are pre-cutover backlog"), "{}", c.detail);
+        assert!(
+            c.ok && c.detail.contains("1 are pre-cutover backlog"),
+            "{}",
+            c.detail
+        );
         assert_eq!(c.figures["pop3_only_backlog"], 1);
     }
 

@@ -54,13 +54,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     // Subsystems are bound here, before anything is announced.
-    for c in &gateway.config.collectors {
-        let collector = crate::pop3::Collector::new(c, gateway.clone())?;
-        tasks.spawn(async move {
-            collector.run_forever().await;
-            Ok(())
-        });
-    }
+    let collectors = crate::http::collectors::Collectors::from_gateway(&gateway)?;
+    let http = crate::http::HttpServer::bind(&gateway, collectors.clone()).await?;
+    let readiness = http.readiness();
+    collectors.spawn_all(&mut tasks);
+    tasks.spawn(http.run());
+    // Every listener is bound: /readyz may answer 200.
+    readiness.set_listeners_bound();
 
     let shutdown = gateway.shutdown.clone();
     tasks.spawn(async move {

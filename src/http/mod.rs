@@ -62,7 +62,10 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `[http] listen` and loads (or generates) the admin token.
-    pub async fn bind(gateway: &Gateway, collectors: collectors::Collectors) -> anyhow::Result<HttpServer> {
+    pub async fn bind(
+        gateway: &Gateway,
+        collectors: collectors::Collectors,
+    ) -> anyhow::Result<HttpServer> {
         let addr = gateway.config.http.listen;
         let token = auth::Token::load_or_generate(&gateway.config)?;
         let listener = tokio::net::TcpListener::bind(addr)
