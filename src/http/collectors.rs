@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::history;
 use crate::pop3::Collector;
 use crate::server::Gateway;
 
@@ -18,7 +19,9 @@ impl Collectors {
     pub fn from_gateway(gateway: &Gateway) -> anyhow::Result<Collectors> {
         let mut by_name = BTreeMap::new();
         for c in &gateway.config.collectors {
-            by_name.insert(c.name().to_string(), Collector::new(c, gateway.clone())?);
+            let collector = Collector::new(c, gateway.clone())?;
+            seed_metrics(gateway, &collector);
+            by_name.insert(c.name().to_string(), collector);
         }
         Ok(Collectors {
             by_name: Arc::new(by_name),
@@ -44,4 +47,30 @@ impl Collectors {
             });
         }
     }
+}
+
+/// Exports every collector's series from the start, from its stored state: active, the queue
+/// depth and the last success (so they survive restarts), and the connect error counter at 0.
+fn seed_metrics(gateway: &Gateway, c: &Collector) {
+    let m = &gateway.metrics;
+    let name = c.name();
+    let state = match history::state(gateway.archive.db(), name) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(collector = name, "reading collector state: {e:#}");
+            history::State::default()
+        }
+    };
+    m.collector_active
+        .with_label_values(&[name])
+        .set(state.active(c.config().active) as i64);
+    if let Some(depth) = state.queue_depth {
+        m.pop3_queue.with_label_values(&[name]).set(depth as i64);
+    }
+    if let Some(ms) = state.last_success_ms {
+        m.pop3_last_success
+            .with_label_values(&[name])
+            .set(ms / 1000);
+    }
+    m.pop3_errors.with_label_values(&[name, "connect"]);
 }
