@@ -12,7 +12,8 @@
 //!   cutover prove nothing about it, so they do not count.
 //! - **(c) `overlap`**: every message the collectors archived after the first SMTP arrival was
 //!   also received over SMTP, or none arrived. Messages collected only over POP3 whose original
-//!   is dated before the first SMTP arrival are the pre-cutover backlog being drained: they are
+//!   is dated (by more than [`BACKLOG_MARGIN_MS`]) before the first SMTP arrival are the
+//!   pre-cutover backlog being drained: they are
 //!   archived, counted and shown, but do not fail the check. Anything else (dated later, or
 //!   without a usable date) means the journal rule may still deliver into the mailbox.
 //!
@@ -20,6 +21,11 @@
 //! over [`MigrationInput`], so every branch is unit-tested without a server.
 
 use serde::{Deserialize, Serialize};
+
+/// How long before the first SMTP arrival a POP3-only message must be dated to count as
+/// pre-cutover backlog. Dates have second resolution and clocks drift; a message dated near the
+/// cutover is treated as journaled after it (the safe side: the check fails).
+pub const BACKLOG_MARGIN_MS: u64 = 60_000;
 
 /// One recent poll of a collector: when, and how many messages the mailbox held (STAT at the
 /// start of the run, i.e. what had accumulated since the previous poll).
@@ -288,9 +294,10 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
         .filter(|u| u.collector.as_deref().is_none_or(|n| n == c.name))
         .collect();
     let first_smtp = input.smtp.first_ms.unwrap_or(u64::MAX);
-    let (backlog, late): (Vec<&UnmatchedView>, Vec<&UnmatchedView>) = mine
-        .iter()
-        .partition(|u| u.original_date_ms.is_some_and(|d| d < first_smtp));
+    let (backlog, late): (Vec<&UnmatchedView>, Vec<&UnmatchedView>) = mine.iter().partition(|u| {
+        u.original_date_ms
+            .is_some_and(|d| d.saturating_add(BACKLOG_MARGIN_MS) < first_smtp)
+    });
     let figures = serde_json::json!({
         "pop3_archived_after_first_smtp": input.pop3_after_smtp,
         "also_received_over_smtp": input.pop3_after_smtp.saturating_sub(input.unmatched.len() as u64),
@@ -572,6 +579,20 @@ mod tests {
             c.detail
         );
         assert_eq!(c.figures["pop3_only_backlog"], 1);
+    }
+
+    #[test]
+    fn dated_within_the_margin_of_the_cutover_is_not_backlog() {
+        let mut input = safe_input();
+        input.pop3_after_smtp = 1;
+        input.unmatched = vec![UnmatchedView {
+            key: "edge@x".into(),
+            collector: Some("exch".into()),
+            original_date_ms: Some(T0 - BACKLOG_MARGIN_MS),
+        }];
+        assert!(!check(&verdict(&input), "overlap").ok);
+        input.unmatched[0].original_date_ms = Some(T0 - BACKLOG_MARGIN_MS - 1);
+        assert!(check(&verdict(&input), "overlap").ok);
     }
 
     #[test]
