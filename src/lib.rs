@@ -5,10 +5,15 @@
 //! ([`archive`]) and only then lets the caller acknowledge.
 
 pub mod archive;
+pub mod client;
 pub mod config;
+pub mod history;
+pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod migration;
+pub mod pop3;
 pub mod server;
 pub mod smtp;
 pub mod tls;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use journal_gateway::client::{Remote, Verb};
 use journal_gateway::config::Config;
 
 #[derive(Parser)]
@@ -45,6 +46,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Totals per source, "collected since", collectors (asks the running server).
+    Status {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// POP3 collectors: list, history, test collection, activate, deactivate, retire.
+    Collector {
+        #[command(subcommand)]
+        action: CollectorCommand,
+    },
+    /// The POP3 -> SMTP cutover.
+    Migration {
+        #[command(subcommand)]
+        action: MigrationCommand,
+    },
     /// Write sample Exchange 2007 journal reports into a Maildir (for trials and benchmarks).
     #[command(hide = true)]
     Sample {
@@ -81,6 +97,87 @@ enum CertsCommand {
         /// Directory for cert.pem and key.pem (created if needed).
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+}
+
+/// How the CLI reaches the running server's admin API.
+#[derive(clap::Args, Debug, Clone)]
+struct RemoteArgs {
+    /// Admin API URL (default: http://<[http] listen of the configuration>).
+    #[arg(long)]
+    server: Option<String>,
+    /// Configuration file (for the default server URL and the admin token file).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CollectorCommand {
+    /// Collectors with their state, queue depth and last success.
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The last collection runs of a collector, newest first.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Test collection: fetch and archive up to N messages, delete nothing. Works on an inactive
+    /// collector.
+    Test {
+        /// The collector's name (`[[collector]] name`).
+        name: String,
+        /// Messages to fetch (default: the collector's `test_limit`, 200).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Run it in this process instead of asking the server (stop the server first).
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Collect now (a normal run, deleting what is archived when `delete = true`).
+    Collect {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make the collector poll (overrides the configuration's `active`).
+    Activate {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Stop the collector polling (test collections still work).
+    Deactivate {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Retire the collector for good once the cutover verdict says it is safe.
+    Retire {
+        name: String,
+        /// Retire even though the verdict says not safe (logged by the server).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrationCommand {
+    /// The cutover verdict per collector, each check with its figures.
+    Status {
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -147,6 +244,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("exported {n} messages to {}", out.display());
             Ok(())
         }
+        Command::Status { remote } => remote_verb(remote, Verb::Status),
+        Command::Migration {
+            action: MigrationCommand::Status { remote },
+        } => remote_verb(remote, Verb::MigrationStatus),
+        Command::Collector {
+            action:
+                CollectorCommand::Test {
+                    name,
+                    limit,
+                    offline: true,
+                    remote,
+                },
+        } => offline_test(remote.config.as_ref(), name, limit),
+        Command::Collector { action } => {
+            let (remote, verb) = match action {
+                CollectorCommand::List { remote } => (remote, Verb::CollectorList),
+                CollectorCommand::History {
+                    name,
+                    limit,
+                    remote,
+                } => (remote, Verb::CollectorHistory { name, limit }),
+                CollectorCommand::Test {
+                    name,
+                    limit,
+                    remote,
+                    ..
+                } => (remote, Verb::CollectorTest { name, limit }),
+                CollectorCommand::Collect { name, remote } => {
+                    (remote, Verb::CollectorCollect { name })
+                }
+                CollectorCommand::Activate { name, remote } => {
+                    (remote, Verb::CollectorActivate { name })
+                }
+                CollectorCommand::Deactivate { name, remote } => {
+                    (remote, Verb::CollectorDeactivate { name })
+                }
+                CollectorCommand::Retire {
+                    name,
+                    force,
+                    remote,
+                } => (remote, Verb::CollectorRetire { name, force }),
+            };
+            remote_verb(remote, verb)
+        }
         Command::Sample {
             out,
             count,
@@ -164,6 +305,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tasks,
         } => runtime()?.block_on(ingest_loop(data_dir, start, tasks)),
     }
+}
+
+/// Runs a verb against the running server's admin API and prints the answer.
+fn remote_verb(args: RemoteArgs, verb: Verb) -> anyhow::Result<()> {
+    let config = load(args.config.as_ref())?;
+    let remote = Remote::from_config(&config, args.server, args.json);
+    let out = runtime()?.block_on(journal_gateway::client::run(&remote, verb))?;
+    print!("{out}");
+    Ok(())
+}
+
+/// `collector test --offline`: a test collection in this process (the server must be stopped).
+fn offline_test(config: Option<&PathBuf>, name: String, limit: Option<u32>) -> anyhow::Result<()> {
+    let config = load(config)?;
+    let Some(cfg) = config.collector(&name).cloned() else {
+        anyhow::bail!("no [[collector]] named {name:?} in the configuration");
+    };
+    let limit = limit.unwrap_or(cfg.test_limit);
+    let gateway = journal_gateway::server::Gateway::open(config)?;
+    runtime()?.block_on(async move {
+        let collector = journal_gateway::pop3::Collector::new(&cfg, gateway.clone())?;
+        let result = collector
+            .collect(journal_gateway::pop3::RunKind::Test { limit })
+            .await;
+        gateway.ingest.close().await;
+        let summary = match &result {
+            Ok(s) => s,
+            Err(f) => &f.summary,
+        };
+        print!(
+            "{}",
+            journal_gateway::client::format_runs(std::slice::from_ref(summary))
+        );
+        result.map(|_| ()).map_err(|f| anyhow::anyhow!(f.error))
+    })
 }
 
 /// Ingests numbered sample reports from `tasks` concurrent tasks until killed; every fifth is a

@@ -55,6 +55,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Subsystems are bound here, before anything is announced.
     let smtp = crate::smtp::SmtpServer::bind(&gateway).await?;
+    let collectors = crate::http::collectors::Collectors::from_gateway(&gateway)?;
+    let http = crate::http::HttpServer::bind(&gateway, collectors.clone()).await?;
+    let readiness = http.readiness();
     for addr in smtp.plain_addrs() {
         tracing::info!("SMTP (STARTTLS) listening on {addr}");
     }
@@ -62,6 +65,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("SMTP (implicit TLS) listening on {addr}");
     }
     tasks.spawn(smtp.run());
+    collectors.spawn_all(&mut tasks);
+    tasks.spawn(http.run());
+    // Every listener is bound: /readyz may answer 200.
+    readiness.set_listeners_bound();
 
     let shutdown = gateway.shutdown.clone();
     tasks.spawn(async move {

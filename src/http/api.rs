@@ -1,0 +1,356 @@
+//! Routes and handlers.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::views::{self, MessageView, Status};
+use super::{auth, ApiError, AppState};
+use crate::history;
+use crate::migration;
+use crate::pop3::{Collector, RunKind};
+
+pub(crate) fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/collectors/{name}/test", post(test_collection))
+        .route("/api/v1/collectors/{name}/collect", post(collect_now))
+        .route("/api/v1/collectors/{name}/activate", post(activate))
+        .route("/api/v1/collectors/{name}/deactivate", post(deactivate))
+        .route("/api/v1/collectors/{name}/retire", post(retire))
+        .route("/api/v1/messages/{*id}", get(message))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/migration", get(migration_verdict))
+        .route("/api/v1/collectors", get(collectors))
+        .route("/api/v1/collectors/{name}", get(collector))
+        .route("/api/v1/collectors/{name}/history", get(collector_history))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Runs blocking index or file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn find_collector<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a Collector> {
+    state
+        .collectors
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no collector named {name:?}")))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.gateway.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the index answers a read, the archive's `tmp/` takes a file, every listener is
+/// bound and the gateway is not shutting down.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let archive = state.gateway.archive.clone();
+    let tmp = state.gateway.config.archive_dir().join("tmp");
+    let (index, writable) = tokio::task::spawn_blocking(move || {
+        let index = archive.count().map(|_| ()).map_err(|e| e.to_string());
+        let probe = tmp.join(format!("readyz.{}.probe", std::process::id()));
+        let writable = std::fs::write(&probe, b"ok")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| format!("{}: {e}", tmp.display()));
+        (index, writable)
+    })
+    .await
+    .unwrap_or_else(|e| (Err(e.to_string()), Err("probe task failed".into())));
+    let bound = state.readiness.listeners_bound();
+    let stopping = state.gateway.shutdown.is_cancelled();
+    let ready = index.is_ok() && writable.is_ok() && bound && !stopping;
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "index": show(&index),
+        "archive_writable": show(&writable),
+        "listeners_bound": bound,
+        "shutting_down": stopping,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
+    let uptime = state.started.elapsed().as_secs();
+    blocking(move || {
+        let stats = state.gateway.archive.stats()?;
+        let collectors = views::collector_infos(&state.gateway, &state.collectors)?;
+        Ok(Json(Status::new(&stats, uptime, collectors)))
+    })
+    .await
+}
+
+async fn migration_verdict(State(state): State<AppState>) -> ApiResult<Json<migration::Verdict>> {
+    blocking(move || {
+        let input = views::migration_input(&state.gateway, &state.collectors)?;
+        Ok(Json(migration::verdict(&input)))
+    })
+    .await
+}
+
+async fn collectors(State(state): State<AppState>) -> ApiResult<Json<Vec<views::CollectorInfo>>> {
+    blocking(move || {
+        Ok(Json(views::collector_infos(
+            &state.gateway,
+            &state.collectors,
+        )?))
+    })
+    .await
+}
+
+async fn collector_info(state: &AppState, name: &str) -> ApiResult<views::CollectorInfo> {
+    find_collector(state, name)?;
+    let (state, name) = (state.clone(), name.to_string());
+    blocking(move || {
+        views::collector_infos(&state.gateway, &state.collectors)?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("collector {name} vanished"))
+    })
+    .await
+}
+
+async fn collector(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<views::CollectorInfo>> {
+    Ok(Json(collector_info(&state, &name).await?))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn collector_history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<history::Run>>> {
+    let limit = query(q)?.limit.unwrap_or(50).clamp(1, 10_000);
+    find_collector(&state, &name)?;
+    blocking(move || {
+        Ok(Json(history::runs(
+            state.gateway.archive.db(),
+            &name,
+            limit,
+        )?))
+    })
+    .await
+}
+
+/// Refuses operations on a retired collector.
+fn not_retired(state: &AppState, name: &str, what: &str) -> ApiResult<()> {
+    if history::state(state.gateway.archive.db(), name)?.retired {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("collector {name:?} is retired: it cannot {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer to a run: the history row, or 502 with the error and what was done before it.
+fn run_response(result: Result<history::Run, crate::pop3::RunFailure>) -> Response {
+    match result {
+        Ok(run) => Json(run).into_response(),
+        Err(f) => ApiError::new(StatusCode::BAD_GATEWAY, f.error.to_string())
+            .with(serde_json::json!({ "kind": f.error.kind.label(), "run": f.summary }))
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TestQuery {
+    limit: Option<u32>,
+}
+
+async fn test_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<TestQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let c = find_collector(&state, &name)?.clone();
+    not_retired(&state, &name, "run a test collection")?;
+    let limit = q.limit.unwrap_or(c.config().test_limit);
+    if limit == 0 {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    tracing::info!(collector = %name, limit, "admin API: test collection");
+    Ok(run_response(c.collect(RunKind::Test { limit }).await))
+}
+
+async fn collect_now(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let c = find_collector(&state, &name)?.clone();
+    not_retired(&state, &name, "collect")?;
+    tracing::info!(collector = %name, "admin API: collect now");
+    Ok(run_response(c.collect(RunKind::Normal).await))
+}
+
+async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
+    let c = find_collector(&state, &name)?.clone();
+    not_retired(
+        &state,
+        &name,
+        if active {
+            "be activated"
+        } else {
+            "be deactivated"
+        },
+    )?;
+    history::set_active(state.gateway.archive.db(), &name, Some(active))?;
+    state
+        .gateway
+        .metrics
+        .collector_active
+        .with_label_values(&[&name])
+        .set(active as i64);
+    c.trigger();
+    tracing::info!(collector = %name, active, "admin API: collector {}", if active { "activated" } else { "deactivated" });
+    Ok(Json(collector_info(&state, &name).await?).into_response())
+}
+
+async fn activate(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    set_active(state, name, true).await
+}
+
+async fn deactivate(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    set_active(state, name, false).await
+}
+
+#[derive(Deserialize)]
+struct RetireQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Retires a collector when the cutover verdict says it is safe; `?force=true` overrides (logged).
+async fn retire(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<RetireQuery>, QueryRejection>,
+) -> ApiResult {
+    let force = query(q)?.force;
+    let c = find_collector(&state, &name)?.clone();
+    let verdict = {
+        let state = state.clone();
+        blocking(move || {
+            Ok(migration::verdict(&views::migration_input(
+                &state.gateway,
+                &state.collectors,
+            )?))
+        })
+        .await?
+    };
+    let Some(cv) = verdict.collector(&name).cloned() else {
+        return Err(ApiError::not_found(format!("no collector named {name:?}")));
+    };
+    if cv.retired {
+        return Ok(Json(serde_json::json!({
+            "collector": collector_info(&state, &name).await?,
+            "already_retired": true,
+            "forced": false,
+            "verdict": cv,
+        }))
+        .into_response());
+    }
+    let reasons = cv.reasons();
+    if !cv.safe_to_retire {
+        if !force {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("collector {name:?} is not safe to retire yet"),
+            )
+            .with(serde_json::json!({ "reasons": reasons, "verdict": cv })));
+        }
+        tracing::warn!(
+            collector = %name,
+            reasons = ?reasons,
+            "admin API: collector retired with force although the cutover verdict says not safe"
+        );
+    } else {
+        tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
+    }
+    history::retire(state.gateway.archive.db(), &name)?;
+    state
+        .gateway
+        .metrics
+        .collector_active
+        .with_label_values(&[&name])
+        .set(0);
+    c.trigger();
+    Ok(Json(serde_json::json!({
+        "collector": collector_info(&state, &name).await?,
+        "already_retired": false,
+        "forced": force && !cv.safe_to_retire,
+        "verdict": cv,
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/messages/{message-id}` and `.../{message-id}/raw`. The ID arrives
+/// percent-decoded; it may contain `/`, so a trailing `/raw` asks for the bytes only when the
+/// part before it names a message.
+async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let archive = state.gateway.archive.clone();
+    blocking(move || {
+        if let Some(prefix) = id.strip_suffix("/raw") {
+            if let Some((key, rec)) = views::find_message(&archive, prefix)? {
+                let bytes = std::fs::read(archive.file_path(&rec.file))
+                    .map_err(|e| anyhow::anyhow!("reading the archived file of {key}: {e}"))?;
+                return Ok(Ok(
+                    ([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response()
+                ));
+            }
+        }
+        Ok(match views::find_message(&archive, &id)? {
+            Some((key, rec)) => Ok(Json(MessageView::new(key, rec)).into_response()),
+            None => Err(ApiError::not_found(format!("no archived message {id:?}"))),
+        })
+    })
+    .await?
+}

@@ -1,0 +1,76 @@
+//! The gateway's POP3 collectors, by name: built once at start, polled by their own tasks and
+//! operated through the admin API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::history;
+use crate::pop3::Collector;
+use crate::server::Gateway;
+
+/// Every configured collector. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Collectors {
+    by_name: Arc<BTreeMap<String, Collector>>,
+}
+
+impl Collectors {
+    /// One [`Collector`] per `[[collector]]` (fails when one's trust settings cannot load).
+    pub fn from_gateway(gateway: &Gateway) -> anyhow::Result<Collectors> {
+        let mut by_name = BTreeMap::new();
+        for c in &gateway.config.collectors {
+            let collector = Collector::new(c, gateway.clone())?;
+            seed_metrics(gateway, &collector);
+            by_name.insert(c.name().to_string(), collector);
+        }
+        Ok(Collectors {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Collector> {
+        self.by_name.get(name)
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Collector> {
+        self.by_name.values()
+    }
+
+    /// Starts each collector's polling loop (it idles while inactive or retired).
+    pub fn spawn_all(&self, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>) {
+        for c in self.iter() {
+            let c = c.clone();
+            tasks.spawn(async move {
+                c.run_forever().await;
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Exports every collector's series from the start, from its stored state: active, the queue
+/// depth and the last success (so they survive restarts), and the connect error counter at 0.
+fn seed_metrics(gateway: &Gateway, c: &Collector) {
+    let m = &gateway.metrics;
+    let name = c.name();
+    let state = match history::state(gateway.archive.db(), name) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(collector = name, "reading collector state: {e:#}");
+            history::State::default()
+        }
+    };
+    m.collector_active
+        .with_label_values(&[name])
+        .set(state.active(c.config().active) as i64);
+    if let Some(depth) = state.queue_depth {
+        m.pop3_queue.with_label_values(&[name]).set(depth as i64);
+    }
+    if let Some(ms) = state.last_success_ms {
+        m.pop3_last_success
+            .with_label_values(&[name])
+            .set(ms / 1000);
+    }
+    m.pop3_errors.with_label_values(&[name, "connect"]);
+}

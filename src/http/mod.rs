@@ -1,0 +1,160 @@
+//! The HTTP side of the gateway (axum): Prometheus metrics, health probes and the admin API.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /metrics` | - | Prometheus text format |
+//! | `GET /healthz` | - | the process is up |
+//! | `GET /readyz` | - | index readable, archive writable, every listener bound (503 otherwise) |
+//! | `GET /api/v1/status` | - | totals per source, duplicates, conflicts, collected since |
+//! | `GET /api/v1/migration` | - | the cutover verdict ([`crate::migration`]) |
+//! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
+//! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
+//! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
+//!
+//! Mutating calls, and the message endpoints (they expose archived mail), need
+//! `Authorization: Bearer <token>` ([`auth`]). Errors are JSON: `{"error": "..."}`.
+
+mod api;
+pub mod auth;
+pub mod collectors;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::server::Gateway;
+
+/// Set by `serve` once every listener (SMTP, HTTP) is bound; `/readyz` answers 503 until then.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_listeners_bound(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn listeners_bound(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub gateway: Gateway,
+    pub token: Arc<auth::Token>,
+    pub readiness: Readiness,
+    pub collectors: collectors::Collectors,
+    pub started: std::time::Instant,
+}
+
+/// The bound HTTP listener, not serving yet (so a bad address fails start-up).
+pub struct HttpServer {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl HttpServer {
+    /// Binds `[http] listen` and loads (or generates) the admin token.
+    pub async fn bind(
+        gateway: &Gateway,
+        collectors: collectors::Collectors,
+    ) -> anyhow::Result<HttpServer> {
+        let addr = gateway.config.http.listen;
+        let token = auth::Token::load_or_generate(&gateway.config)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {addr} ([http] listen)"))?;
+        Ok(HttpServer {
+            listener,
+            state: AppState {
+                gateway: gateway.clone(),
+                token: Arc::new(token),
+                readiness: Readiness::default(),
+                collectors,
+                started: std::time::Instant::now(),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The flag `serve` sets once everything is bound.
+    pub fn readiness(&self) -> Readiness {
+        self.state.readiness.clone()
+    }
+
+    /// Serves until the gateway shuts down.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.state.gateway.shutdown.clone();
+        let addr = self.local_addr()?;
+        tracing::info!("HTTP (metrics, admin API) on http://{addr}");
+        axum::serve(self.listener, api::router(self.state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("serving HTTP")
+    }
+}
+
+/// A JSON error answer: `{"error": message, ...extra}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+
+    pub fn bad_request(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, what)
+    }
+
+    pub fn with(mut self, extra: serde_json::Value) -> ApiError {
+        self.extra = Some(extra);
+        self
+    }
+}
+
+/// Storage and other internal failures: logged, answered 500 with the message.
+impl<E: std::fmt::Display> From<E> for ApiError
+where
+    E: Into<anyhow::Error>,
+{
+    fn from(e: E) -> ApiError {
+        let e: anyhow::Error = e.into();
+        tracing::error!("admin API: {e:#}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.extra, body.as_object_mut())
+        {
+            obj.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,267 @@
+//! The JSON shapes of the admin API, and the gathering of the migration verdict's input from the
+//! archive and the collector history. Shapes are plain `serde` structs so the CLI can read them
+//! back ([`crate::client`]).
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{Archive, Record, Stats};
+use crate::history;
+use crate::migration::{CollectorView, MigrationInput, PollView, SmtpView, UnmatchedView};
+use crate::server::Gateway;
+
+use super::collectors::Collectors;
+
+/// Unix ms as RFC 3339 (UTC), for humans reading the JSON.
+pub fn rfc3339(ms: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// Totals of one source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceTotals {
+    /// New archive entries.
+    pub archived: u64,
+    /// Arrivals of an original that was already archived.
+    pub duplicates: u64,
+    pub bytes: u64,
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// Archived originals (index entries).
+    pub messages: u64,
+    pub smtp: SourceTotals,
+    pub pop3: SourceTotals,
+    /// Message-IDs reused by a different message (stored as variants).
+    pub conflicts: u64,
+    /// "Data collected since": the first archived message.
+    pub collected_since_ms: Option<u64>,
+    pub collected_since: Option<String>,
+    pub first_smtp_ms: Option<u64>,
+    pub last_smtp_ms: Option<u64>,
+    pub collectors: Vec<CollectorInfo>,
+}
+
+impl Status {
+    pub fn new(stats: &Stats, uptime_seconds: u64, collectors: Vec<CollectorInfo>) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds,
+            messages: stats.messages,
+            smtp: SourceTotals {
+                archived: stats.archived_smtp,
+                duplicates: stats.duplicates_smtp,
+                bytes: stats.bytes_smtp,
+            },
+            pop3: SourceTotals {
+                archived: stats.archived_pop3,
+                duplicates: stats.duplicates_pop3,
+                bytes: stats.bytes_pop3,
+            },
+            conflicts: stats.conflicts,
+            collected_since_ms: stats.first_archive_ms,
+            collected_since: stats.first_archive_ms.and_then(rfc3339),
+            first_smtp_ms: stats.first_smtp_ms,
+            last_smtp_ms: stats.last_smtp_ms,
+            collectors,
+        }
+    }
+}
+
+/// One collector in `GET /api/v1/collectors` (configuration and state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectorInfo {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub interval_seconds: u64,
+    /// `active` in the configuration.
+    pub configured_active: bool,
+    /// Polls now (configuration, operator override, not retired).
+    pub active: bool,
+    /// The operator's activate/deactivate, if any.
+    pub active_override: Option<bool>,
+    pub retired: bool,
+    pub retired_ms: Option<i64>,
+    pub delete: bool,
+    /// Mailbox count at the last poll.
+    pub queue_depth: Option<u64>,
+    pub last_run_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Configuration and state of every collector.
+pub fn collector_infos(
+    gw: &Gateway,
+    collectors: &Collectors,
+) -> anyhow::Result<Vec<CollectorInfo>> {
+    collectors
+        .iter()
+        .map(|c| {
+            let cfg = c.config();
+            let state = history::state(gw.archive.db(), c.name())?;
+            Ok(CollectorInfo {
+                name: c.name().to_string(),
+                host: cfg.host.clone(),
+                port: cfg.port(),
+                username: cfg.username.clone(),
+                interval_seconds: cfg.interval.as_secs(),
+                configured_active: cfg.active,
+                active: state.active(cfg.active),
+                active_override: state.active_override,
+                retired: state.retired,
+                retired_ms: state.retired_ms,
+                delete: cfg.delete,
+                queue_depth: state.queue_depth,
+                last_run_ms: state.last_run_ms,
+                last_success_ms: state.last_success_ms,
+                last_error: state.last_error,
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/messages/{id}`: the record, with its key and a summary of its sources.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageView {
+    pub key: String,
+    /// Distinct sources in arrival order (`smtp`, `pop3:<collector>`).
+    pub sources: Vec<String>,
+    pub first_seen_ms: u64,
+    pub first_seen: Option<String>,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+impl MessageView {
+    pub fn new(key: String, record: Record) -> MessageView {
+        let mut sources: Vec<String> = Vec::new();
+        for s in &record.sightings {
+            if !sources.contains(&s.source) {
+                sources.push(s.source.clone());
+            }
+        }
+        let first_seen_ms = record.first_seen_ms();
+        MessageView {
+            key,
+            sources,
+            first_seen_ms,
+            first_seen: rfc3339(first_seen_ms),
+            record,
+        }
+    }
+}
+
+/// Finds a message by a Message-ID as typed by an operator: with or without angle brackets,
+/// surrounding spaces ignored. Returns the archive key and the record.
+pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(String, Record)>> {
+    let id = id.trim();
+    let bare = id
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(id)
+        .trim();
+    for candidate in [bare, id] {
+        if candidate.is_empty() {
+            continue;
+        }
+        if let Some(rec) = archive.get(candidate)? {
+            return Ok(Some((candidate.to_string(), rec)));
+        }
+    }
+    Ok(None)
+}
+
+/// The archive's own table of keys first archived over POP3 after SMTP traffic began and not (yet)
+/// seen over SMTP (`src/archive/mod.rs`, `POP3_ONLY`). Read here, through [`Archive::db`], to
+/// attribute each one to its collector and date it; the definition must match the archive's.
+const POP3_ONLY: TableDefinition<&str, u64> = TableDefinition::new("pop3_only_after_smtp");
+
+/// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
+pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
+    let keys: Vec<String> = {
+        let txn = archive.db().begin_read()?;
+        let table = match txn.open_table(POP3_ONLY) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        table
+            .iter()?
+            .map(|e| e.map(|(k, _)| k.value().to_string()))
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(rec) = archive.get(&key)? else {
+            continue;
+        };
+        let collector = rec
+            .sightings
+            .first()
+            .and_then(|s| s.source.strip_prefix("pop3:"))
+            .map(str::to_string);
+        let original_date_ms = rec
+            .date
+            .as_deref()
+            .and_then(mail_parser::DateTime::parse_rfc822)
+            .filter(|d| d.is_valid())
+            .and_then(|d| u64::try_from(d.to_timestamp()).ok())
+            .map(|s| s * 1000);
+        out.push(UnmatchedView {
+            key,
+            collector,
+            original_date_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// How many recent runs are looked at for the last polls.
+const RUNS_FOR_POLLS: usize = 20;
+
+/// Gathers everything the cutover verdict needs.
+pub fn migration_input(gw: &Gateway, collectors: &Collectors) -> anyhow::Result<MigrationInput> {
+    let stats = gw.archive.stats()?;
+    let mut views = Vec::new();
+    for c in collectors.iter() {
+        let state = history::state(gw.archive.db(), c.name())?;
+        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
+        let polls = history::runs(gw.archive.db(), c.name(), RUNS_FOR_POLLS)?
+            .into_iter()
+            .filter_map(|r| {
+                Some(PollView {
+                    at_ms: u64::try_from(r.started_ms).ok()?,
+                    queue_depth: r.on_server?,
+                })
+            })
+            .collect();
+        views.push(CollectorView {
+            name: c.name().to_string(),
+            active: state.active(c.config().active),
+            retired: state.retired,
+            interval_ms: c.config().interval.as_millis() as u64,
+            polls,
+        });
+    }
+    Ok(MigrationInput {
+        now_ms: crate::archive::now_ms(),
+        smtp: SmtpView {
+            first_ms: stats.first_smtp_ms,
+            last_ms: stats.last_smtp_ms,
+            first_by_address: stats.first_smtp_by_address.clone(),
+            accepted: gw.config.smtp.accept.clone(),
+        },
+        pop3_after_smtp: stats.pop3_after_smtp,
+        unmatched: unmatched_after_smtp(&gw.archive)?,
+        collectors: views,
+    })
+}

@@ -1,0 +1,608 @@
+//! The collector: drains one journal mailbox into the ingest path without ever losing a message.
+//!
+//! A run is one or more POP3 sessions. Each session logs in, takes `STAT` (the queue depth),
+//! lists `UIDL` (streamed; only the next `reconnect_every` messages to handle are kept), then works
+//! through them:
+//! - a message whose UIDL is already archived (a previous session was cut before QUIT) is `DELE`d
+//!   without downloading it again;
+//! - any other message is `RETR`ieved, streamed into a [`crate::ingest::MessageWriter`], and
+//!   ingested; only when `ingest` returned Ok is its `DELE` sent.
+//!
+//! With `PIPELINING`, up to `pipeline_depth` RETRs are in flight and ingests run concurrently (so
+//! the archive's group commit batches their fsyncs); without it, one command at a time, but
+//! ingests still overlap the next download. The session ends with `QUIT`, which is what makes the
+//! server apply the deletions (RFC 1939); a session cut before QUIT deletes nothing. Then the next
+//! session starts, until the mailbox has nothing left to do.
+//!
+//! A test collection fetches and archives up to `limit` messages, deletes nothing, and works on
+//! an inactive collector. Every run, normal or test, is recorded in [`crate::history`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinSet;
+
+use super::client::{Client, Endpoint};
+use super::error::{ErrorKind, Pop3Error};
+use super::trust::Trust;
+use crate::config::CollectorConfig;
+use crate::history::{self, Run};
+use crate::ingest::{Delivery, IngestError, Outcome};
+use crate::server::Gateway;
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Drain the mailbox (deleting archived messages when `delete = true`).
+    Normal,
+    /// Fetch and archive up to `limit` messages; delete nothing.
+    Test { limit: u32 },
+}
+
+/// The record of one run (also stored as its history row).
+pub type RunSummary = Run;
+
+/// A run that ended with an error, and what it did before that.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RunFailure {
+    pub error: Pop3Error,
+    pub summary: RunSummary,
+}
+
+/// How often an inactive collector looks at its state again (an operator may activate it).
+const INACTIVE_RECHECK: Duration = Duration::from_secs(5);
+/// The longest back-off after repeated failures (unless the interval is longer).
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// One `[[collector]]`. Cheap to clone; clones share the session lock, so at most one POP3 session
+/// per collector is open at a time (Exchange allows 16 per user; a journal mailbox needs one).
+#[derive(Clone)]
+pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CollectorConfig,
+    gateway: Gateway,
+    trust: Trust,
+    session: Mutex<()>,
+    wake: Notify,
+}
+
+/// What to do with one message of the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Fetch,
+    /// Its UIDL is already archived: delete without downloading.
+    Delete,
+}
+
+#[derive(Debug)]
+struct Item {
+    n: u32,
+    uidl: Option<String>,
+    action: Action,
+}
+
+/// The work of one session, and whether more remains for a later one.
+struct Plan {
+    items: Vec<Item>,
+    more: bool,
+    /// The server gives UIDLs (without them, nothing can be recognised as already archived).
+    uidls: bool,
+}
+
+/// A command sent and not yet answered.
+enum Sent {
+    Retr(usize),
+    Dele(usize),
+}
+
+/// Counts of one session, added to the run only when QUIT commits them.
+#[derive(Default)]
+struct Committed {
+    deleted: u64,
+    known: u64,
+}
+
+impl Collector {
+    /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
+    pub fn new(config: &CollectorConfig, gateway: Gateway) -> anyhow::Result<Collector> {
+        let trust = Trust::from_config(config)?;
+        if let Err(e) = history::init(gateway.archive.db()) {
+            tracing::warn!(collector = config.name(), "collector history tables: {e:#}");
+        }
+        Ok(Collector {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                gateway,
+                trust,
+                session: Mutex::new(()),
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.inner.config.name()
+    }
+
+    pub fn config(&self) -> &CollectorConfig {
+        &self.inner.config
+    }
+
+    /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
+    /// and never once retired.
+    pub fn is_active(&self) -> bool {
+        match history::state(self.inner.gateway.archive.db(), self.name()) {
+            Ok(state) => state.active(self.inner.config.active),
+            Err(e) => {
+                tracing::warn!(collector = self.name(), "reading collector state: {e:#}");
+                self.inner.config.active
+            }
+        }
+    }
+
+    /// Wakes [`Collector::run_forever`] for a poll now (after an activation or a "collect now").
+    pub fn trigger(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Polls every `interval` while active, backs off exponentially after failures, and returns
+    /// when the gateway shuts down.
+    pub async fn run_forever(self) {
+        let name = self.name().to_string();
+        let metrics = self.inner.gateway.metrics.clone();
+        let shutdown = self.inner.gateway.shutdown.clone();
+        let interval = self.inner.config.interval;
+        let mut failures = 0u32;
+        tracing::info!(collector = %name, "collector started");
+        loop {
+            let active = self.is_active();
+            metrics
+                .collector_active
+                .with_label_values(&[&name])
+                .set(active as i64);
+            let wait = if !active {
+                INACTIVE_RECHECK
+            } else {
+                match self.collect(RunKind::Normal).await {
+                    Ok(_) => {
+                        failures = 0;
+                        interval
+                    }
+                    Err(f) if f.error.kind == ErrorKind::Shutdown => break,
+                    Err(f) => {
+                        failures += 1;
+                        let wait = backoff(f.error.kind, failures, interval);
+                        tracing::warn!(collector = %name, "collection failed ({} in a row), next try in {wait:?}: {}", failures, f.error);
+                        wait
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!(collector = %name, "collector stopped");
+    }
+
+    /// One run: a normal drain or a test collection. Waits for any other run of this collector to
+    /// finish first. The run is recorded in the history either way.
+    pub async fn collect(&self, kind: RunKind) -> Result<RunSummary, RunFailure> {
+        let _session = self.inner.session.lock().await;
+        let gw = &self.inner.gateway;
+        let name = self.name().to_string();
+        let started = time::OffsetDateTime::now_utc();
+        let mut run = Run {
+            collector: name.clone(),
+            id: (started.unix_timestamp_nanos() / 1000).max(0) as u64,
+            kind: match kind {
+                RunKind::Normal => "normal".into(),
+                RunKind::Test { .. } => "test".into(),
+            },
+            limit: match kind {
+                RunKind::Normal => None,
+                RunKind::Test { limit } => Some(limit),
+            },
+            started_ms: history::now_ms(),
+            ..Default::default()
+        };
+        let result = self.drain(kind, &mut run).await;
+        run.ended_ms = history::now_ms();
+        if let Err(e) = &result {
+            run.error = Some(e.message.clone());
+            run.error_kind = Some(e.kind.label().to_string());
+            gw.metrics
+                .pop3_errors
+                .with_label_values(&[&name, e.kind.label()])
+                .inc();
+        } else {
+            gw.metrics
+                .pop3_last_success
+                .with_label_values(&[&name])
+                .set(run.ended_ms / 1000);
+        }
+        if let Some(depth) = run.on_server_at_end {
+            gw.metrics
+                .pop3_queue
+                .with_label_values(&[&name])
+                .set(depth as i64);
+        }
+        if let Err(e) = history::record_run(gw.archive.db(), &run) {
+            tracing::error!(collector = %name, "recording the collection history: {e:#}");
+        }
+        tracing::info!(
+            collector = %name,
+            kind = %run.kind,
+            on_server = ?run.on_server,
+            retrieved = run.retrieved,
+            archived = run.archived,
+            duplicates = run.duplicates,
+            known = run.known,
+            deleted = run.deleted,
+            bytes = run.bytes,
+            sessions = run.sessions,
+            seconds = (run.ended_ms - run.started_ms) as f64 / 1000.0,
+            error = run.error.as_deref().unwrap_or(""),
+            "collection run finished"
+        );
+        match result {
+            Ok(()) => Ok(run),
+            Err(error) => Err(RunFailure {
+                error,
+                summary: run,
+            }),
+        }
+    }
+
+    /// Sessions until nothing is left to do (normal) or one session (test).
+    async fn drain(&self, kind: RunKind, run: &mut Run) -> Result<(), Pop3Error> {
+        let cfg = &self.inner.config;
+        let password = cfg
+            .resolve_password()
+            .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("{e:#}")))?;
+        loop {
+            if self.inner.gateway.shutdown.is_cancelled() {
+                return Err(Pop3Error::new(
+                    ErrorKind::Shutdown,
+                    "stopped: the gateway is shutting down",
+                ));
+            }
+            if !self.session(kind, &password, run).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One POP3 session, from connect to QUIT. Returns whether another session has work to do.
+    async fn session(
+        &self,
+        kind: RunKind,
+        password: &str,
+        run: &mut Run,
+    ) -> Result<bool, Pop3Error> {
+        let cfg = &self.inner.config;
+        let gw = &self.inner.gateway;
+        let endpoint = Endpoint {
+            host: cfg.host.clone(),
+            port: cfg.port(),
+            tls: cfg.tls,
+            timeout: cfg.timeout,
+        };
+        run.sessions += 1;
+        let mut client = Client::connect(&endpoint, &self.inner.trust).await?;
+        let mechanism = client.login(&cfg.username, password).await?;
+        let (count, octets) = client.stat().await?;
+        tracing::debug!(
+            collector = self.name(),
+            peer = client.peer(),
+            mechanism,
+            count,
+            octets,
+            "logged in"
+        );
+        if run.on_server.is_none() {
+            run.on_server = Some(count);
+            run.octets_on_server = Some(octets);
+        }
+        run.on_server_at_end = Some(count);
+        gw.metrics
+            .pop3_queue
+            .with_label_values(&[self.name()])
+            .set(count as i64);
+
+        let budget = match kind {
+            RunKind::Normal => cfg.reconnect_every as u64,
+            RunKind::Test { limit } => (limit as u64).saturating_sub(run.retrieved),
+        };
+        let plan = self.plan(&mut client, kind, budget).await?;
+        if plan.items.is_empty() {
+            client.quit().await?;
+            return Ok(false);
+        }
+        let delete = kind == RunKind::Normal && cfg.delete;
+        let before = (run.archived, run.duplicates);
+        let (committed, soft) = self.work(&mut client, &plan.items, delete, run).await?;
+        client.quit().await?;
+        run.deleted += committed.deleted;
+        run.known += committed.known;
+        run.on_server_at_end = Some(count.saturating_sub(committed.deleted));
+        if let Some(e) = soft {
+            return Err(e);
+        }
+        if gw.shutdown.is_cancelled() {
+            return Err(Pop3Error::new(
+                ErrorKind::Shutdown,
+                "stopped after the current messages: the gateway is shutting down",
+            ));
+        }
+        let progressed = committed.deleted > 0 || (run.archived, run.duplicates) != before;
+        Ok(kind == RunKind::Normal && plan.more && progressed && (plan.uidls || delete))
+    }
+
+    /// Lists the mailbox (UIDL, or LIST when the server has no UIDL) and picks up to `budget`
+    /// messages to handle. In a normal run, messages whose UIDL is archived are deleted (or, with
+    /// `delete = false`, skipped); a test collection takes the first messages as they are.
+    async fn plan(
+        &self,
+        client: &mut Client,
+        kind: RunKind,
+        budget: u64,
+    ) -> Result<Plan, Pop3Error> {
+        let cfg = &self.inner.config;
+        let ingest = &self.inner.gateway.ingest;
+        let name = self.name();
+        let mut items = Vec::new();
+        let mut more = false;
+        let mut push = |item: Item| {
+            if (items.len() as u64) < budget {
+                items.push(item);
+            } else {
+                more = true;
+            }
+        };
+        let uidls = client.capabilities().uidl || !client.capabilities().known;
+        let listed = if uidls {
+            client
+                .uidl_each(|n, uidl| {
+                    let action = match kind {
+                        RunKind::Test { .. } => Action::Fetch,
+                        RunKind::Normal => match ingest.known_uidl(name, uidl) {
+                            Ok(None) => Action::Fetch,
+                            Ok(Some(_)) if cfg.delete => Action::Delete,
+                            Ok(Some(_)) => return Ok(()),
+                            Err(e) => return Err(ingest_error(e)),
+                        },
+                    };
+                    push(Item {
+                        n,
+                        uidl: Some(uidl.to_string()),
+                        action,
+                    });
+                    Ok(())
+                })
+                .await
+        } else {
+            Err(Pop3Error::new(ErrorKind::Server, "no UIDL"))
+        };
+        let uidls = match listed {
+            Ok(()) => true,
+            Err(e) if e.kind == ErrorKind::Server => {
+                tracing::warn!(collector = name, "server gives no UIDLs ({e}); messages cut off before QUIT will be downloaded again");
+                client
+                    .list_each(|n, _size| {
+                        push(Item {
+                            n,
+                            uidl: None,
+                            action: Action::Fetch,
+                        });
+                        Ok(())
+                    })
+                    .await?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Plan { items, more, uidls })
+    }
+
+    /// Downloads, ingests and deletes the planned messages. A broken connection is returned as
+    /// `Err` at once (nothing of this session is committed). A `-ERR` for one command or a failed
+    /// ingest stops new downloads; what is in flight is finished and the error is returned as the
+    /// second value so the caller still QUITs and commits the deletions already made.
+    async fn work(
+        &self,
+        client: &mut Client,
+        items: &[Item],
+        delete: bool,
+        run: &mut Run,
+    ) -> Result<(Committed, Option<Pop3Error>), Pop3Error> {
+        let cfg = &self.inner.config;
+        let gw = &self.inner.gateway;
+        let depth = cfg.pipeline_depth.max(1) as usize;
+        let window = if client.capabilities().pipelining {
+            depth
+        } else {
+            1
+        };
+        let mut next = 0;
+        let mut sent: VecDeque<Sent> = VecDeque::new();
+        let mut retrs_sent = 0usize;
+        let mut ingests: JoinSet<(usize, Result<Outcome, IngestError>)> = JoinSet::new();
+        let mut to_delete: VecDeque<usize> = VecDeque::new();
+        let mut soft: Option<Pop3Error> = None;
+        let mut committed = Committed::default();
+
+        let hard = loop {
+            while let Some(done) = ingests.try_join_next() {
+                self.ingested(done, delete, run, &mut to_delete, &mut soft);
+            }
+            while sent.len() < window {
+                if let Some(i) = to_delete.pop_front() {
+                    client.send_dele(items[i].n);
+                    sent.push_back(Sent::Dele(i));
+                    continue;
+                }
+                if soft.is_some() || gw.shutdown.is_cancelled() || next >= items.len() {
+                    break;
+                }
+                match items[next].action {
+                    Action::Fetch => {
+                        if retrs_sent + ingests.len() >= depth {
+                            break;
+                        }
+                        client.send_retr(items[next].n);
+                        sent.push_back(Sent::Retr(next));
+                        retrs_sent += 1;
+                    }
+                    Action::Delete => {
+                        client.send_dele(items[next].n);
+                        sent.push_back(Sent::Dele(next));
+                    }
+                }
+                next += 1;
+            }
+            if let Err(e) = client.flush().await {
+                break Some(e);
+            }
+            match sent.pop_front() {
+                Some(Sent::Retr(i)) => {
+                    retrs_sent -= 1;
+                    let item = &items[i];
+                    let mut writer = gw.ingest.writer();
+                    match client.read_retr(item.n, &mut writer).await {
+                        Ok(bytes) => {
+                            run.retrieved += 1;
+                            run.bytes += bytes;
+                            let ingest = gw.ingest.clone();
+                            let delivery = Delivery::pop3(self.name(), item.uidl.clone());
+                            ingests
+                                .spawn(async move { (i, ingest.ingest(delivery, writer).await) });
+                        }
+                        Err(e) if e.kind == ErrorKind::Server => {
+                            soft.get_or_insert(e);
+                        }
+                        Err(e) => break Some(e),
+                    }
+                }
+                Some(Sent::Dele(i)) => {
+                    match client.read_ok(&format!("DELE {}", items[i].n)).await {
+                        Ok(_) => {
+                            committed.deleted += 1;
+                            if items[i].action == Action::Delete {
+                                committed.known += 1;
+                            }
+                        }
+                        Err(e) if e.kind == ErrorKind::Server => {
+                            soft.get_or_insert(e);
+                        }
+                        Err(e) => break Some(e),
+                    }
+                }
+                None if !ingests.is_empty() => {
+                    if let Some(done) = ingests.join_next().await {
+                        self.ingested(done, delete, run, &mut to_delete, &mut soft);
+                    }
+                }
+                None => break None,
+            }
+        };
+        // Let running ingests finish (a message whose ingest succeeds is archived; without the
+        // DELE it stays on the server and is recognised by its UIDL next time).
+        while let Some(done) = ingests.join_next().await {
+            self.ingested(done, false, run, &mut to_delete, &mut soft);
+        }
+        match hard {
+            Some(e) => Err(e),
+            None => Ok((committed, soft)),
+        }
+    }
+
+    /// Counts a finished ingest and, when it succeeded and deletion is on, queues its DELE.
+    fn ingested(
+        &self,
+        done: Result<(usize, Result<Outcome, IngestError>), tokio::task::JoinError>,
+        delete: bool,
+        run: &mut Run,
+        to_delete: &mut VecDeque<usize>,
+        soft: &mut Option<Pop3Error>,
+    ) {
+        match done {
+            Ok((i, Ok(outcome))) => {
+                match outcome {
+                    Outcome::Archived { .. } => run.archived += 1,
+                    Outcome::Duplicate { .. } => run.duplicates += 1,
+                }
+                if delete {
+                    to_delete.push_back(i);
+                }
+            }
+            Ok((_, Err(e))) => {
+                let e = ingest_error(e);
+                tracing::error!(
+                    collector = self.name(),
+                    "{e}; the message stays on the server"
+                );
+                soft.get_or_insert(e);
+            }
+            Err(e) => {
+                soft.get_or_insert(Pop3Error::new(
+                    ErrorKind::Ingest,
+                    format!("ingest task failed: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+fn ingest_error(e: IngestError) -> Pop3Error {
+    match e {
+        IngestError::ShuttingDown => {
+            Pop3Error::new(ErrorKind::Shutdown, "the gateway is shutting down")
+        }
+        e => Pop3Error::new(ErrorKind::Ingest, format!("archiving failed: {e}")),
+    }
+}
+
+/// The wait after the `failures`-th failure in a row: the kind's minimum, doubled per failure,
+/// at most an hour (or the interval, if longer).
+pub fn backoff(kind: ErrorKind, failures: u32, interval: Duration) -> Duration {
+    let cap = MAX_BACKOFF.max(interval);
+    let doubled = kind
+        .min_backoff()
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let five_min = Duration::from_secs(300);
+        assert_eq!(
+            backoff(ErrorKind::Connect, 1, five_min),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            backoff(ErrorKind::Connect, 3, five_min),
+            Duration::from_secs(20)
+        );
+        assert_eq!(backoff(ErrorKind::Connect, 40, five_min), MAX_BACKOFF);
+        assert_eq!(
+            backoff(ErrorKind::Auth, 1, five_min),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            backoff(ErrorKind::Connect, 40, Duration::from_secs(7200)),
+            Duration::from_secs(7200)
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! POP3S journal-mailbox collection.
+//!
+//! - [`client`]: a POP3 client (CAPA, STLS, USER/PASS, SASL PLAIN, APOP, UIDL, LIST, pipelined
+//!   RETR streamed with dot-unstuffing, DELE, QUIT).
+//! - [`trust`]: which server certificates are accepted (pin, CA file, system roots).
+//! - [`collector`]: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
+//!   deletes only what is durably archived, records history ([`crate::history`]).
+
+pub mod client;
+pub mod collector;
+pub mod error;
+pub mod trust;
+
+pub use collector::{Collector, RunFailure, RunKind, RunSummary};
+pub use error::{ErrorKind, Pop3Error};

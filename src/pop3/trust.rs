@@ -1,0 +1,286 @@
+//! Which server certificates a collector trusts.
+//!
+//! Three choices, from the collector's configuration:
+//! - `pin_sha256`: exactly one leaf certificate, identified by the SHA-256 of its DER bytes (a
+//!   self-signed Exchange certificate). Nothing else is accepted; name and validity dates are not
+//!   checked because the pin already names the one certificate. The handshake signature is still
+//!   verified against that certificate's key, so a server must hold the private key.
+//! - `ca_file`: the CA certificates in a PEM file, with normal WebPKI checks (chain, name, dates).
+//! - neither: the system roots (`rustls-native-certs`), or the Mozilla roots (`webpki-roots`) when
+//!   the system has none.
+//!
+//! Every connection records the fingerprint of the leaf certificate the server showed, so a
+//! certificate failure can name it: an operator who wants to pin a self-signed certificate copies
+//! the fingerprint from the error.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{
+    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+};
+
+use crate::config::{parse_fingerprint, CollectorConfig};
+
+/// The SHA-256 fingerprint of a DER certificate, as upper-case hex pairs joined by colons (the
+/// form `openssl x509 -fingerprint -sha256` prints; `pin_sha256` accepts it as written).
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The trust decision of one collector, built once from its configuration.
+#[derive(Clone)]
+pub struct Trust {
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    /// How the certificate is checked, for error messages.
+    mode: &'static str,
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trust").field("mode", &self.mode).finish()
+    }
+}
+
+impl Trust {
+    /// Builds the trust for a collector: pin, CA file or system roots.
+    pub fn from_config(cfg: &CollectorConfig) -> anyhow::Result<Trust> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        if let Some(pin) = &cfg.pin_sha256 {
+            let Some(pin) = parse_fingerprint(pin) else {
+                bail!(
+                    "collector {}: pin_sha256 must be 64 hex digits (colons allowed)",
+                    cfg.name()
+                );
+            };
+            let verifier = Arc::new(PinnedVerifier {
+                pin,
+                algorithms: provider.signature_verification_algorithms,
+            });
+            return Ok(Trust {
+                provider,
+                verifier,
+                mode: "pin_sha256",
+            });
+        }
+        let (roots, mode) = match &cfg.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "collector {}: reading ca_file {}",
+                        cfg.name(),
+                        path.display()
+                    )
+                })?;
+                let mut roots = RootCertStore::empty();
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let cert = cert.with_context(|| {
+                        format!(
+                            "collector {}: parsing ca_file {}",
+                            cfg.name(),
+                            path.display()
+                        )
+                    })?;
+                    roots.add(cert).with_context(|| {
+                        format!(
+                            "collector {}: a certificate in ca_file {} is unusable",
+                            cfg.name(),
+                            path.display()
+                        )
+                    })?;
+                }
+                if roots.is_empty() {
+                    bail!(
+                        "collector {}: ca_file {} holds no PEM certificate",
+                        cfg.name(),
+                        path.display()
+                    );
+                }
+                (roots, "ca_file")
+            }
+            None => (system_roots(), "system roots"),
+        };
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .with_context(|| {
+                    format!(
+                        "collector {}: building the certificate verifier",
+                        cfg.name()
+                    )
+                })?;
+        Ok(Trust {
+            provider,
+            verifier,
+            mode,
+        })
+    }
+
+    /// A TLS client configuration for one connection, and the slot where the verifier records the
+    /// fingerprint of the certificate the server presents.
+    pub fn client_config(&self) -> anyhow::Result<(Arc<ClientConfig>, SeenCertificate)> {
+        let seen = SeenCertificate::default();
+        let verifier = Arc::new(Recording {
+            inner: self.verifier.clone(),
+            seen: seen.clone(),
+        });
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok((Arc::new(config), seen))
+    }
+
+    /// `pin_sha256`, `ca_file` or `system roots`.
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+}
+
+/// The system's root certificates, or the Mozilla set when the system has none.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!("loading a system root certificate: {e}");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::warn!("no system root certificates found; using the built-in Mozilla roots");
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+/// The fingerprint of the leaf certificate a server presented on one connection.
+#[derive(Clone, Debug, Default)]
+pub struct SeenCertificate(Arc<Mutex<Option<String>>>);
+
+impl SeenCertificate {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    fn set(&self, fp: String) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(fp);
+        }
+    }
+}
+
+/// Records the leaf's fingerprint, then lets the real verifier decide.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn ServerCertVerifier>,
+    seen: SeenCertificate,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        self.seen.set(fingerprint(end_entity));
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts exactly the one leaf certificate whose SHA-256 is `pin`.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if seen == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(TlsError::General(format!(
+                "certificate SHA-256 {} does not match pin_sha256 {}",
+                fingerprint(end_entity),
+                self.pin
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

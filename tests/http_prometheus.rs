@@ -1,0 +1,322 @@
+//! The metrics endpoint against the real Prometheus tools (Debian `prometheus`): `promtool check
+//! metrics` on a live scrape, a real Prometheus server scraping the gateway on loopback, and the
+//! shipped alert rules and Grafana dashboard (valid, and naming only metrics the gateway exports).
+
+#[path = "support/http_gateway.rs"]
+mod http_gateway;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_gateway::{start, Method, Running};
+use journal_gateway::ingest::Delivery;
+use journal_gateway::journal::sample;
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const COLLECTOR: &str = "[[collector]]\nname = \"exch\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\nallow_insecure = true\nusername = \"u\"\npassword = \"p\"\n";
+
+fn require(binary: &str) {
+    assert!(
+        Path::new(binary).exists(),
+        "{binary} not found: install the Debian package prometheus (listed in scripts/test-deps.txt)"
+    );
+}
+
+/// A gateway with traffic from both sources and a collector, so every metric family has series.
+async fn busy_gateway() -> Running {
+    let gw = start(COLLECTOR).await;
+    for i in 0..3 {
+        let report = sample::report_2007(&sample::numbered(i, 2000), &[]);
+        gw.gateway
+            .ingest
+            .ingest_bytes(
+                Delivery::smtp(
+                    "ex@corp.example".into(),
+                    vec!["journal@journal.localhost".into()],
+                ),
+                &report,
+            )
+            .await
+            .unwrap();
+    }
+    let report = sample::report_2007(&sample::numbered(0, 2000), &[]);
+    gw.gateway
+        .ingest
+        .ingest_bytes(Delivery::pop3("exch", Some("u0".into())), &report)
+        .await
+        .unwrap();
+    gw.gateway
+        .metrics
+        .smtp_rejected
+        .with_label_values(&["recipient"])
+        .inc();
+    // A finished collection run in the history: collectors built at a (re)start seed the queue
+    // depth and last-success gauges from it.
+    let now = journal_gateway::history::now_ms();
+    journal_gateway::history::record_run(
+        gw.gateway.archive.db(),
+        &journal_gateway::history::Run {
+            collector: "exch".into(),
+            id: now as u64 * 1000,
+            kind: "normal".into(),
+            started_ms: now - 1000,
+            ended_ms: now,
+            on_server: Some(1),
+            on_server_at_end: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    journal_gateway::http::collectors::Collectors::from_gateway(&gw.gateway).unwrap();
+    gw
+}
+
+async fn scrape(gw: &Running) -> String {
+    let r = gw.get("/metrics").await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).expect("UTF-8 metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promtool_accepts_the_live_metrics() {
+    require(PROMTOOL);
+    let gw = busy_gateway().await;
+    let text = scrape(&gw).await;
+    for family in [
+        "journal_gateway_messages_received_total",
+        "journal_gateway_messages_archived_total",
+        "journal_gateway_messages_duplicate_total",
+        "journal_gateway_messageid_conflicts_total",
+        "journal_gateway_ingest_errors_total",
+        "journal_gateway_ingest_duration_seconds",
+        "journal_gateway_archive_bytes_total",
+        "journal_gateway_smtp_sessions_active",
+        "journal_gateway_smtp_rejected_total",
+        "journal_gateway_pop3_queue_messages",
+        "journal_gateway_pop3_last_success_timestamp_seconds",
+        "journal_gateway_pop3_errors_total",
+        "journal_gateway_collector_active",
+        "journal_gateway_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("journal_gateway_messages_received_total{source=\"smtp\"} 3"));
+    assert!(text.contains("journal_gateway_messages_duplicate_total{source=\"pop3\"} 1"));
+    assert!(
+        text.contains("journal_gateway_ingest_duration_seconds_count 4"),
+        "{text}"
+    );
+    assert!(text.contains("journal_gateway_pop3_queue_messages{collector=\"exch\"} 0"));
+    assert!(
+        text.contains("journal_gateway_pop3_last_success_timestamp_seconds{collector=\"exch\"} 1")
+    );
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("promtool check metrics: {report}");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}\n{text}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool lint findings:\n{report}"
+    );
+    gw.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Kills the Prometheus child when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query_string(q: &str) -> String {
+    let mut out = String::new();
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_prometheus_scrapes_the_gateway() {
+    require(PROMETHEUS);
+    let gw = busy_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: journal-gateway\n    static_configs:\n      - targets: ['{}']\n",
+            gw.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Child(
+        Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let prom = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    let target = loop {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never reported the target up; last answer: {last}\nlog:\n{}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(r) =
+            journal_gateway::client::request(&prom, Method::GET, "/api/v1/targets", None).await
+        else {
+            continue;
+        };
+        last = String::from_utf8_lossy(&r.body).into_owned();
+        let Ok(v) = r.json() else { continue };
+        let Some(t) = v["data"]["activeTargets"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["labels"]["job"] == "journal-gateway"))
+        else {
+            continue;
+        };
+        if t["health"] == "up" {
+            break t.clone();
+        }
+    };
+    println!("target: {target}");
+    assert_eq!(target["scrapeUrl"], format!("http://{}/metrics", gw.addr));
+    assert_eq!(target["lastError"], "");
+
+    // The scraped values are queryable.
+    let q = query_string("journal_gateway_messages_archived_total{source=\"smtp\"}");
+    let r = journal_gateway::client::request(
+        &prom,
+        Method::GET,
+        &format!("/api/v1/query?query={q}"),
+        None,
+    )
+    .await
+    .unwrap();
+    let v = r.json().unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(v["data"]["result"][0]["value"][1], "3", "{v}");
+    gw.stop().await;
+}
+
+/// Metric names used in a PromQL text (histogram suffixes folded onto their family).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("journal_gateway_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(family.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alert_rules_and_dashboard_are_valid_and_use_real_metrics() {
+    require(PROMTOOL);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = root.join("docs/prometheus/alerts.yml");
+    let out = Command::new(PROMTOOL)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("run promtool");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "promtool check rules:\n{report}");
+
+    let gw = busy_gateway().await;
+    let exported: BTreeSet<String> = scrape(&gw)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    gw.stop().await;
+
+    let alerts = std::fs::read_to_string(&rules).unwrap();
+    let dashboard_text =
+        std::fs::read_to_string(root.join("docs/grafana/journal-gateway.json")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&dashboard_text).expect("dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "dashboard panels: {}", exprs.len());
+    for (what, text) in [("alerts.yml", alerts), ("dashboard", exprs.join("\n"))] {
+        let used = metric_names(&text);
+        assert!(!used.is_empty());
+        let unknown: Vec<&String> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} uses metrics the gateway does not export: {unknown:?}"
+        );
+    }
+}
