@@ -26,11 +26,14 @@ use journal_gateway::journal::sample::{self, SampleMessage};
 
 const SIZE: usize = 3000;
 
-/// Message `i`; numbers from 40 on are "new" (dated now, journaled after the cutover began).
+/// Message `i`; numbers from 40 on are "new" (dated at the start of the test, journaled after
+/// the cutover began). One date for all of them, taken once: the same message delivered into the
+/// mailbox and later over SMTP must carry the same Date, or it is a different message (a variant).
 fn message(i: u64) -> SampleMessage {
+    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let mut m = sample::numbered(i, SIZE);
     if i >= 40 {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = *NOW.get_or_init(|| time::OffsetDateTime::now_utc().unix_timestamp());
         m.date = sample::rfc5322_date(now);
     }
     m
