@@ -389,7 +389,9 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     let archived_before = gw.archive.count().unwrap();
     assert!(
         archived_before as usize > N as usize - remaining.len(),
-        "the cut session archived messages it could not delete"
+        "the cut session archived messages it could not delete: archived {archived_before}, \
+         {} left on the server of {N}",
+        remaining.len()
     );
 
     server.start();

@@ -8,6 +8,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -183,7 +184,9 @@ service stats {{
     /// Starts Dovecot in the foreground (as a child) and waits until both ports answer.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "Dovecot already running");
+        // Its own process group, so that `kill` reaches every Dovecot process of this instance.
         let child = Command::new(DOVECOT)
+            .process_group(0)
             .arg("-F")
             .arg("-c")
             .arg(&self.conf)
@@ -217,10 +220,14 @@ service stats {{
     /// QUIT, so no deletion of the open session is applied).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // The whole group: a pop3 process whose master died finishes its session (QUIT
+            // included) unless it is killed too.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.wait();
         }
-        // Children notice the master's death and exit; wait until the ports are free.
+        // Wait until the ports are free.
         let deadline = Instant::now() + Duration::from_secs(15);
         while [self.pop3_port, self.pop3s_port]
             .iter()
