@@ -1,0 +1,2 @@
+//! Work in progress on a branch: see scripts/bench.
+fn main() {}
