@@ -146,6 +146,10 @@ enum CollectorCommand {
     /// Collect now (a normal run, deleting what is archived when `delete = true`).
     Collect {
         name: String,
+        /// Run it in this process instead of asking the server (stop the server first): drains
+        /// the mailbox and exits.
+        #[arg(long)]
+        offline: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -256,7 +260,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     offline: true,
                     remote,
                 },
-        } => offline_test(remote.config.as_ref(), name, limit),
+        } => offline_run(remote.config.as_ref(), name, Some(limit)),
+        Command::Collector {
+            action:
+                CollectorCommand::Collect {
+                    name,
+                    offline: true,
+                    remote,
+                },
+        } => offline_run(remote.config.as_ref(), name, None),
         Command::Collector { action } => {
             let (remote, verb) = match action {
                 CollectorCommand::List { remote } => (remote, Verb::CollectorList),
@@ -271,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     remote,
                     ..
                 } => (remote, Verb::CollectorTest { name, limit }),
-                CollectorCommand::Collect { name, remote } => {
+                CollectorCommand::Collect { name, remote, .. } => {
                     (remote, Verb::CollectorCollect { name })
                 }
                 CollectorCommand::Activate { name, remote } => {
@@ -316,19 +328,31 @@ fn remote_verb(args: RemoteArgs, verb: Verb) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `collector test --offline`: a test collection in this process (the server must be stopped).
-fn offline_test(config: Option<&PathBuf>, name: String, limit: Option<u32>) -> anyhow::Result<()> {
+/// `collector test --offline` (`test = Some(limit)`) and `collector collect --offline` (`None`):
+/// one run in this process (the server must be stopped), recorded in the history like any other.
+fn offline_run(
+    config: Option<&PathBuf>,
+    name: String,
+    test: Option<Option<u32>>,
+) -> anyhow::Result<()> {
+    use journal_gateway::pop3::RunKind;
     let config = load(config)?;
     let Some(cfg) = config.collector(&name).cloned() else {
         anyhow::bail!("no [[collector]] named {name:?} in the configuration");
     };
-    let limit = limit.unwrap_or(cfg.test_limit);
+    let kind = match test {
+        Some(limit) => RunKind::Test {
+            limit: limit.unwrap_or(cfg.test_limit),
+        },
+        None => RunKind::Normal,
+    };
     let gateway = journal_gateway::server::Gateway::open(config)?;
+    if journal_gateway::history::state(gateway.archive.db(), &name)?.retired {
+        anyhow::bail!("collector {name:?} is retired: it cannot collect");
+    }
     runtime()?.block_on(async move {
         let collector = journal_gateway::pop3::Collector::new(&cfg, gateway.clone())?;
-        let result = collector
-            .collect(journal_gateway::pop3::RunKind::Test { limit })
-            .await;
+        let result = collector.collect(kind).await;
         gateway.ingest.close().await;
         let summary = match &result {
             Ok(s) => s,
