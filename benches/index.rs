@@ -1,2 +1,293 @@
-//! Work in progress on a branch: see scripts/bench.
-fn main() {}
+//! Index scale: does the ingest path slow down as the redb index grows?
+//!
+//! For each scale (keys already in the index) it measures, in this process:
+//! - **ingest**: `INDEX_INGEST` distinct ~9 KB Exchange 2007 journal reports pushed through the one
+//!   ingest path (parse, file write + fsync, group-committed index transaction, rename) by
+//!   `INDEX_TASKS` concurrent callers, as SMTP sessions and collectors do; messages/s and the
+//!   ratio to the rate at the first scale (0 keys);
+//! - **lookups**: `INDEX_LOOKUPS` random `Archive::get` of keys that exist (what a duplicate check
+//!   and the admin API's message lookup do); lookups/s;
+//! - **size**: `index.redb` bytes per key.
+//!
+//! The index is grown between scales with index entries only (no message files): realistic records
+//! (three recipients, one sighting) under random Message-ID-like keys, 100,000 per transaction.
+//! Ingested messages get random keys too, so they land all over the B-tree as real ones do.
+//!
+//! Environment: `INDEX_SCALES` (default `0,1000000,10000000`), `INDEX_INGEST` (5000),
+//! `INDEX_TASKS` (64), `INDEX_LOOKUPS` (200000), `BENCH_DIR` (where the data dir goes; default the
+//! system temp dir). Without `--bench` (as `cargo test --all-targets` runs it): a smoke run with
+//! scales 0 and 20,000, 300 messages, 2,000 lookups.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use journal_gateway::archive::{Archive, Record, Sighting};
+use journal_gateway::ingest::{Delivery, Ingest, Outcome};
+use journal_gateway::journal::{sample, Format, Recipient, RecipientKind};
+use journal_gateway::metrics::Metrics;
+
+const CHUNK: u64 = 100_000;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    env_or(name, &default.to_string())
+        .replace('_', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A well-mixed 64-bit hash of `i` (SplitMix64), for random-looking keys.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The key of prefilled entry `i`: shaped like an Outlook Message-ID.
+fn prefill_key(i: u64) -> String {
+    format!(
+        "{:016X}{:08X}@EXCH01.corp.example",
+        mix(i),
+        (mix(i ^ 0xABCD) >> 32)
+    )
+}
+
+fn prefill_record(i: u64, key: &str) -> Record {
+    let recipient = |address: String, kind| Recipient {
+        address,
+        kind,
+        expanded: None,
+        forwarded: None,
+    };
+    Record {
+        file: format!("1795000000.M{}P4242Q{i}.archive01.eml", i % 1_000_000),
+        size: 9_000 + i % 4_000,
+        sha256: format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            mix(i),
+            mix(i + 1),
+            mix(i + 2),
+            mix(i + 3)
+        ),
+        format: Format::Exchange2007,
+        message_id: Some(key.to_string()),
+        subject: Some(format!("RE: Quarterly figures, region {}", i % 97)),
+        from: Some(format!("user{}@corp.example", i % 5_000)),
+        date: Some("Tue, 24 Nov 2026 10:00:00 +0000".into()),
+        identity: format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            mix(!i),
+            mix(i + 9),
+            mix(i + 8),
+            mix(i + 7)
+        ),
+        variant: false,
+        sender: Some(format!("user{}@corp.example", i % 5_000)),
+        recipients: vec![
+            recipient(
+                format!("user{}@corp.example", (i + 1) % 5_000),
+                RecipientKind::To,
+            ),
+            recipient(
+                format!("user{}@corp.example", (i + 2) % 5_000),
+                RecipientKind::Cc,
+            ),
+            recipient("legal-hold@corp.example".into(), RecipientKind::Bcc),
+        ],
+        sightings: vec![Sighting {
+            source: "smtp".into(),
+            at_ms: 1_795_000_000_000 + i,
+            mail_from: Some("exchange@corp.example".into()),
+            rcpt_to: vec!["journal@journal.corp.example".into()],
+            uidl: None,
+        }],
+        duplicates: 0,
+    }
+}
+
+/// Grows the index from `from` to `to` prefilled keys; returns keys/s.
+fn prefill(archive: &Archive, from: u64, to: u64) -> f64 {
+    let start = Instant::now();
+    let mut i = from;
+    while i < to {
+        let end = (i + CHUNK).min(to);
+        let mut batch: Vec<(String, Record)> = (i..end)
+            .map(|j| {
+                let key = prefill_key(j);
+                let rec = prefill_record(j, &key);
+                (key, rec)
+            })
+            .collect();
+        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        archive
+            .prefill_index_for_benchmark(&batch)
+            .expect("prefill");
+        i = end;
+    }
+    (to - from) as f64 / start.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// Ingests `n` fresh reports (random Message-IDs, unique to `round`) from `tasks` callers;
+/// returns messages/s and checks every one was archived.
+async fn ingest_round(ingest: &Ingest, round: u64, n: u64, tasks: u64) -> f64 {
+    let reports: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..n)
+            .map(|j| {
+                let i = 1_000_000_000 * (round + 1) + j;
+                let mut msg = sample::numbered(i, 9_000);
+                msg.message_id = Some(format!("{:016X}.{i}@EXCH02.corp.example", mix(i)));
+                sample::report_2007(&msg, &[])
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (ingest, reports, next) = (ingest.clone(), reports.clone(), next.clone());
+        set.spawn(async move {
+            let mut archived = 0u64;
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                let Some(bytes) = reports.get(j) else {
+                    return archived;
+                };
+                let delivery = Delivery::smtp(
+                    "exchange@corp.example".into(),
+                    vec!["journal@journal.corp.example".into()],
+                );
+                match ingest.ingest_bytes(delivery, bytes).await {
+                    Ok(Outcome::Archived { .. }) => archived += 1,
+                    other => panic!("report {j}: {other:?}"),
+                }
+            }
+        });
+    }
+    let mut archived = 0;
+    while let Some(r) = set.join_next().await {
+        archived += r.expect("ingest task");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(archived, n, "every report archived once");
+    rate
+}
+
+/// `n` random lookups of existing prefilled keys (or, with none, of `fallback` keys); lookups/s.
+fn lookups(archive: &Archive, filled: u64, n: u64, fallback: &[String]) -> f64 {
+    let keys: Vec<String> = (0..n)
+        .map(|j| {
+            if filled > 0 {
+                prefill_key(mix(j ^ 0x5EED) % filled)
+            } else {
+                fallback[j as usize % fallback.len()].clone()
+            }
+        })
+        .collect();
+    let start = Instant::now();
+    for key in &keys {
+        assert!(archive.get(key).expect("get").is_some(), "{key} missing");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} x {cpu}, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (scales, n, tasks, n_lookups) = if full {
+        (
+            env_or("INDEX_SCALES", "0,1000000,10000000"),
+            env_num("INDEX_INGEST", 5_000),
+            env_num("INDEX_TASKS", 64),
+            env_num("INDEX_LOOKUPS", 200_000),
+        )
+    } else {
+        ("0,20000".to_string(), 300, 16, 2_000)
+    };
+    let scales: Vec<u64> = scales
+        .split(',')
+        .map(|s| s.trim().replace('_', "").parse().expect("INDEX_SCALES"))
+        .collect();
+    assert!(
+        scales.windows(2).all(|w| w[0] < w[1]),
+        "INDEX_SCALES must increase"
+    );
+    let base = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).expect("bench dir");
+    let archive = Arc::new(Archive::open(dir.path()).expect("open archive"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ingest = runtime.block_on(async { Ingest::new(archive.clone(), Metrics::new()) });
+
+    println!("## Index scale ({})\n", machine());
+    println!(
+        "{} fresh ~9 KB journal reports per scale from {tasks} concurrent callers (durable ingest); \
+         {n_lookups} random lookups of existing keys.\n",
+        n
+    );
+    println!("| keys in index | ingest msg/s | vs 0 keys | lookups/s | index bytes/key | prefill keys/s |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut filled = 0u64;
+    let mut ingested = 0u64;
+    let mut first_rate = None;
+    let mut ingested_keys = Vec::new();
+    for (round, &scale) in scales.iter().enumerate() {
+        let prefill_rate = if scale > filled {
+            let r = prefill(&archive, filled, scale);
+            filled = scale;
+            format!("{r:.0}")
+        } else {
+            "-".into()
+        };
+        let in_index = filled + ingested;
+        let rate = runtime.block_on(ingest_round(&ingest, round as u64, n, tasks));
+        ingested += n;
+        if ingested_keys.is_empty() {
+            let i = 1_000_000_000 * (round as u64 + 1);
+            ingested_keys = (i..i + n)
+                .map(|i| format!("{:016X}.{i}@EXCH02.corp.example", mix(i)))
+                .collect();
+        }
+        let lookup_rate = lookups(&archive, filled, n_lookups, &ingested_keys);
+        let keys = archive.count().expect("count");
+        assert_eq!(keys, filled + ingested, "index holds every key");
+        let size = std::fs::metadata(dir.path().join("index.redb"))
+            .expect("index size")
+            .len();
+        let ratio = rate / *first_rate.get_or_insert(rate);
+        println!(
+            "| {in_index} | {rate:.0} | {ratio:.2}x | {lookup_rate:.0} | {:.0} | {prefill_rate} |",
+            size as f64 / keys as f64
+        );
+    }
+    runtime.block_on(ingest.close());
+    println!(
+        "\nIngest rates include parsing, the message file's fsync and the index commit; the ratio \
+         compares each scale with the first one in this run."
+    );
+}

@@ -540,6 +540,35 @@ impl Archive {
             .map_err(index_err)
     }
 
+    /// Keys first archived over POP3 after SMTP traffic began and not (yet) received over SMTP
+    /// (what the migration's overlap check looks at), in key order.
+    pub fn pop3_only_keys(&self) -> io::Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let table = txn.open_table(POP3_ONLY).map_err(index_err)?;
+        table
+            .iter()
+            .map_err(index_err)?
+            .map(|e| e.map(|(k, _)| k.value().to_string()).map_err(index_err))
+            .collect()
+    }
+
+    /// Benchmarks only (`benches/index.rs`): inserts index entries without message files, in one
+    /// write transaction, to grow the index to millions of keys quickly. Never used by the
+    /// gateway: an entry without its file is what `export` and `read_raw` report as missing.
+    #[doc(hidden)]
+    pub fn prefill_index_for_benchmark(&self, records: &[(String, Record)]) -> io::Result<()> {
+        let txn = self.db.begin_write().map_err(index_err)?;
+        {
+            let mut messages = txn.open_table(MESSAGES).map_err(index_err)?;
+            for (key, rec) in records {
+                messages
+                    .insert(key.as_str(), rec.encode().as_slice())
+                    .map_err(index_err)?;
+            }
+        }
+        txn.commit().map_err(index_err)
+    }
+
     /// Calls `f` for every record, in key order.
     pub fn for_each(&self, mut f: impl FnMut(&str, Record) -> io::Result<()>) -> io::Result<()> {
         let txn = self.db.begin_read().map_err(index_err)?;

@@ -2,7 +2,6 @@
 //! archive and the collector history. Shapes are plain `serde` structs so the CLI can read them
 //! back ([`crate::client`]).
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{Archive, Record, Stats};
@@ -180,25 +179,9 @@ pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(Stri
     Ok(None)
 }
 
-/// The archive's own table of keys first archived over POP3 after SMTP traffic began and not (yet)
-/// seen over SMTP (`src/archive/mod.rs`, `POP3_ONLY`). Read here, through [`Archive::db`], to
-/// attribute each one to its collector and date it; the definition must match the archive's.
-const POP3_ONLY: TableDefinition<&str, u64> = TableDefinition::new("pop3_only_after_smtp");
-
 /// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
 pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
-    let keys: Vec<String> = {
-        let txn = archive.db().begin_read()?;
-        let table = match txn.open_table(POP3_ONLY) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        table
-            .iter()?
-            .map(|e| e.map(|(k, _)| k.value().to_string()))
-            .collect::<Result<_, _>>()?
-    };
+    let keys = archive.pop3_only_keys()?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let Some(rec) = archive.get(&key)? else {
