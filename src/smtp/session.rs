@@ -41,6 +41,8 @@ pub const MAX_LINE: usize = 512;
 pub const MAX_RECIPIENTS: usize = 1000;
 /// Bytes read from the socket at a time (and so, roughly, the buffer a session holds).
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a reply may take to reach a client once the server is shutting down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a session delivers complete messages: the real [`Ingest`], or a test double.
 pub trait Sink: Clone + Send + Sync + 'static {
@@ -397,11 +399,19 @@ where
         if self.output.is_empty() {
             return Ok(());
         }
+        // A client that does not read holds the session up to the command timeout, but shutdown
+        // gives it only a short grace (a lost 250 is redelivered and deduplicated).
+        let shutdown = self.shutdown.clone();
+        let limit = self.settings.command_timeout;
         let write = async {
             self.conn.write_all(&self.output).await?;
             self.conn.flush().await
         };
-        let result = timeout(self.settings.command_timeout, write).await;
+        tokio::pin!(write);
+        let result = tokio::select! {
+            r = timeout(limit, &mut write) => r,
+            _ = shutdown.cancelled() => timeout(SHUTDOWN_GRACE.min(limit), &mut write).await,
+        };
         self.output.clear();
         match result {
             Ok(r) => r,

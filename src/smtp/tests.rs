@@ -572,6 +572,25 @@ async fn shutdown_closes_idle_sessions_with_421() {
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_out_the_command_timeout_for_a_client_that_never_reads() {
+    let mut s = settings();
+    s.command_timeout = Duration::from_secs(120);
+    let mut h = started(s).await;
+    // 30,000 pipelined NOOPs (180 KB) whose replies (> 256 KB) the client never reads: the
+    // session blocks writing them.
+    h.client.send(&"NOOP\r\n".repeat(30_000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = std::time::Instant::now();
+    h.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), h.session)
+        .await
+        .expect("the session ends within the shutdown grace, not the command timeout")
+        .unwrap();
+    let waited = cancelled.elapsed();
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+}
+
+#[tokio::test]
 async fn client_vanishing_after_250_is_a_normal_end() {
     let mut h = started(settings()).await;
     h.client.start_data().await;
