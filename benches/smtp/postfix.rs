@@ -1,0 +1,249 @@
+//! A private Postfix instance receiving into a virtual Maildir: what an operator would otherwise
+//! run in front of an archive. Everything (config_directory, queue_directory, data_directory,
+//! the Maildir) lives in one temporary directory; `postfix -c DIR start` runs it, and the Drop
+//! guard stops it (also when the benchmark panics).
+//!
+//! Delivery is Postfix's own `virtual(8)` agent into `<base>/journal/new/` (a static map sends
+//! every recipient of the virtual domain there), as the `postfix` user. Postfix fsyncs the queue
+//! file before its 250 and the Maildir file before it removes the queue file, so it is as durable
+//! as the gateway; everything else is left at Postfix 3.x defaults (`in_flow_delay` included),
+//! except `maillog_file` (an operator logs somewhere; syslog is not running here) and chroot off
+//! (Debian's chroot needs files copied into the queue directory).
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Postfix {
+    config: PathBuf,
+    pub port: u16,
+    /// `<virtual_mailbox_base>/journal/new`.
+    pub maildir_new: PathBuf,
+    master: Option<u32>,
+    stopped: bool,
+    dir: tempfile::TempDir,
+}
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let c = CString::new(name).expect("user name");
+    // SAFETY: getpwnam returns a pointer to static storage or NULL.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "user `{name}` is missing: install the Debian package `postfix`"
+    );
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Postfix {
+    /// Configures and starts the instance on `port` (127.0.0.1); returns once it accepts.
+    pub fn start(port: u16) -> Postfix {
+        // SAFETY: geteuid has no preconditions.
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the Postfix peer needs root (postfix start, delivery as the postfix user)"
+        );
+        let (uid, gid) = user_ids("postfix");
+        let dir = tempfile::Builder::new()
+            .prefix("bench-postfix-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path();
+        // The postfix user must reach the Maildir and data directory below it.
+        set_mode(root, 0o755);
+        let config = root.join("etc");
+        let base = root.join("mail");
+        for d in ["etc", "queue", "data", "mail"] {
+            fs::create_dir(root.join(d)).expect("postfix dir");
+        }
+        for d in ["data", "mail"] {
+            chown(&root.join(d), uid, gid);
+        }
+        let main_cf = format!(
+            "compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench.test
+mydestination =
+relay_domains =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = journal.test
+virtual_mailbox_base = {base}
+virtual_mailbox_maps = static:journal/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = 1
+virtual_transport = virtual
+virtual_mailbox_limit = 0
+message_size_limit = 157286400
+maillog_file = {log}
+maillog_file_prefixes = {root}
+biff = no
+",
+            queue = root.join("queue").display(),
+            data = root.join("data").display(),
+            base = base.display(),
+            log = root.join("maillog").display(),
+            root = root.display(),
+        );
+        fs::write(config.join("main.cf"), main_cf).expect("main.cf");
+        let master_cf = format!(
+            "127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"
+        );
+        fs::write(config.join("master.cf"), master_cf).expect("master.cf");
+        let postfix = crate::require("/usr/sbin/postfix", "postfix");
+        let mut pf = Postfix {
+            config: config.clone(),
+            port,
+            maildir_new: base.join("journal/new"),
+            master: None,
+            stopped: false,
+            dir,
+        };
+        run(Command::new(&postfix).arg("-c").arg(&config).arg("check"));
+        run(Command::new(&postfix).arg("-c").arg(&config).arg("start"));
+        let pid_file = pf.dir.path().join("queue/pid/master.pid");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if pf.master.is_none() {
+                pf.master = fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+            }
+            if pf.master.is_some() && crate::accepts_smtp(port) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Postfix did not start listening on {port}; log:\n{}",
+                pf.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pf
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.expect("master pid")
+    }
+
+    /// Messages delivered into the Maildir (files in `new/`).
+    pub fn delivered(&self) -> usize {
+        crate::sys::count_files(&self.maildir_new)
+    }
+
+    /// Empties `new/` between runs (outside the timed part).
+    pub fn clear(&self) {
+        if let Ok(d) = fs::read_dir(&self.maildir_new) {
+            for e in d.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Messages still in the queue (incoming, active, deferred), for error messages.
+    pub fn queued(&self) -> usize {
+        ["incoming", "active", "deferred", "hold"]
+            .iter()
+            .map(|q| count_tree(&self.dir.path().join("queue").join(q)))
+            .sum()
+    }
+
+    pub fn log(&self) -> String {
+        let text = fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Stops the instance and waits for its master to exit.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("stop")
+            .output();
+        if let Some(pid) = self.master {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // SAFETY: plain kill(2) of the master we started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn count_tree(dir: &Path) -> usize {
+    let Ok(d) = fs::read_dir(dir) else { return 0 };
+    d.flatten()
+        .map(|e| {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                count_tree(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+}
