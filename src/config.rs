@@ -411,11 +411,17 @@ fn default_interval() -> Duration {
 fn default_true() -> bool {
     true
 }
+/// Each session lists the whole mailbox (UIDL) and the server applies its deletions at QUIT: with a
+/// backlog of N messages the sessions cost O(N² / reconnect_every) on the server. A cut session
+/// leaves at most this many archived messages undeleted, which the next one DELEs by UIDL without
+/// downloading them again.
 fn default_reconnect_every() -> u32 {
-    1000
+    5000
 }
+/// Also the number of messages between RETR and a finished ingest: the batch size of the index's
+/// group commit, so it bounds the drain rate at about `pipeline_depth` per commit latency.
 fn default_pipeline_depth() -> u32 {
-    8
+    32
 }
 fn default_test_limit() -> u32 {
     200

@@ -235,7 +235,7 @@ async fn drain_5000_messages_with_history() {
     server.seed(0, 5_000, 9_000);
     server.start();
     let (_dir, gw) = gateway();
-    let cfg = server.collector("drain", "implicit", "");
+    let cfg = server.collector("drain", "implicit", "reconnect_every = 1000");
     let started = Instant::now();
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Normal)
@@ -474,4 +474,108 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
     let sources: Vec<&str> = record.sightings.iter().map(|s| s.source.as_str()).collect();
     assert_eq!(sources, vec!["smtp", "pop3:overlap"]);
     assert_eq!(record.duplicates, 1);
+}
+
+/// `journal-gateway collector collect NAME --offline`: drains the mailbox in the CLI process
+/// (several sessions), records the run, exits; a second run finds nothing; refused when retired.
+#[test]
+fn offline_collect_through_the_cli_drains_and_records_the_run() {
+    use std::process::Command;
+    const N: u64 = 300;
+    let mut server = Dovecot::new(Options::default());
+    server.seed(0, N, 9_000);
+    server.start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n\n[[collector]]\nname = \"cli\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\npin_sha256 = \"{pin}\"\nusername = \"{user}\"\npassword = \"{password}\"\ndelete = true\nreconnect_every = 120\ntimeout = \"20s\"\n",
+            port = server.pop3s_port,
+            pin = server.fingerprint,
+            user = dovecot::USER,
+            password = dovecot::PASSWORD,
+        ),
+    )
+    .unwrap();
+    let collect = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+            .args(["collector", "collect", name, "--offline", "--config"])
+            .arg(&config)
+            .env("JOURNAL_GATEWAY_LOG", "warn")
+            .output()
+            .expect("run journal-gateway");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, stdout, stderr) = collect("cli");
+    assert!(
+        ok,
+        "offline collect failed:\n{stdout}\n{stderr}\n{}",
+        server.log()
+    );
+    assert!(
+        stdout.contains("normal") && stdout.contains(&N.to_string()),
+        "the run is printed: {stdout}"
+    );
+    assert_eq!(server.mailbox_count(), 0, "mailbox drained and emptied");
+    {
+        let archive = journal_gateway::archive::Archive::open(&data).unwrap();
+        assert_eq!(archive.count().unwrap(), N);
+        for i in [0, 150, N - 1] {
+            assert!(archive.get(&key(i)).unwrap().is_some(), "message {i}");
+        }
+        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let run = &runs[0];
+        assert_eq!(run.kind, "normal");
+        assert_eq!(
+            (
+                run.on_server,
+                run.retrieved,
+                run.archived,
+                run.deleted,
+                run.on_server_at_end
+            ),
+            (Some(N), N, N, N, Some(0))
+        );
+        assert_eq!(run.sessions, 3, "120 messages per session");
+        assert!(run.error.is_none(), "{run:?}");
+    }
+
+    // The mailbox is empty: the next offline run retrieves nothing (and is recorded).
+    let (ok, stdout, stderr) = collect("cli");
+    assert!(ok, "second offline collect failed:\n{stdout}\n{stderr}");
+    {
+        let archive = journal_gateway::archive::Archive::open(&data).unwrap();
+        assert_eq!(archive.count().unwrap(), N);
+        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        let newest = &runs[0];
+        assert_eq!(
+            (
+                newest.on_server,
+                newest.retrieved,
+                newest.deleted,
+                newest.sessions
+            ),
+            (Some(0), 0, 0, 1),
+            "{newest:?}"
+        );
+        history::retire(archive.db(), "cli").unwrap();
+    }
+
+    // Refused, without touching the mailbox, for a retired or unknown collector.
+    server.seed(N, 5, 2_000);
+    for (name, error) in [("cli", "retired"), ("nope", "no [[collector]] named")] {
+        let (ok, stdout, stderr) = collect(name);
+        assert!(!ok, "{name}: must fail:\n{stdout}");
+        assert!(stderr.contains(error), "{name}: {stderr}");
+    }
+    assert_eq!(server.mailbox_count(), 5);
 }

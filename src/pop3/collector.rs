@@ -358,19 +358,21 @@ impl Collector {
         let cfg = &self.inner.config;
         let ingest = &self.inner.gateway.ingest;
         let name = self.name();
-        let mut items = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         let mut more = false;
-        let mut push = |item: Item| {
-            if (items.len() as u64) < budget {
-                items.push(item);
-            } else {
-                more = true;
-            }
-        };
+        // Whether the session's work is planned: the rest is for a later session.
+        let full = |items: &Vec<Item>| items.len() as u64 >= budget;
         let uidls = client.capabilities().uidl || !client.capabilities().known;
         let listed = if uidls {
             client
                 .uidl_each(|n, uidl| {
+                    // A later session looks the rest up again: no index lookup per message of
+                    // a large backlog here (with `delete = false`, known messages are skipped
+                    // and do not count, so they are looked up to tell whether more remains).
+                    if full(&items) && (kind != RunKind::Normal || cfg.delete) {
+                        more = true;
+                        return Ok(());
+                    }
                     let action = match kind {
                         RunKind::Test { .. } => Action::Fetch,
                         RunKind::Normal => match ingest.known_uidl(name, uidl) {
@@ -380,11 +382,15 @@ impl Collector {
                             Err(e) => return Err(ingest_error(e)),
                         },
                     };
-                    push(Item {
-                        n,
-                        uidl: Some(uidl.to_string()),
-                        action,
-                    });
+                    if full(&items) {
+                        more = true;
+                    } else {
+                        items.push(Item {
+                            n,
+                            uidl: Some(uidl.to_string()),
+                            action,
+                        });
+                    }
                     Ok(())
                 })
                 .await
@@ -397,11 +403,15 @@ impl Collector {
                 tracing::warn!(collector = name, "server gives no UIDLs ({e}); messages cut off before QUIT will be downloaded again");
                 client
                     .list_each(|n, _size| {
-                        push(Item {
-                            n,
-                            uidl: None,
-                            action: Action::Fetch,
-                        });
+                        if full(&items) {
+                            more = true;
+                        } else {
+                            items.push(Item {
+                                n,
+                                uidl: None,
+                                action: Action::Fetch,
+                            });
+                        }
                         Ok(())
                     })
                     .await?;

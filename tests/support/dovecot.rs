@@ -258,6 +258,12 @@ service stats {{
         }
     }
 
+    /// The Dovecot master's pid while it runs (its `/proc/<pid>/stat` counts the CPU time of
+    /// the pop3 processes it has reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
     }
