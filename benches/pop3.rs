@@ -230,7 +230,7 @@ fn print_notes() {
     );
     println!(
         "- The gateway: `collector collect NAME --offline`, defaults (`pipeline_depth = 32`, \
-         `reconnect_every = 5000`) unless POP3_BENCH_GATEWAY_TOML says otherwise; it writes each \
+         `reconnect_every = 1000`) unless POP3_BENCH_GATEWAY_TOML says otherwise; it writes each \
          message to the Maildir archive, fsyncs it and its redb index entry (group commit), and \
          only then sends DELE. mpop (`pipelining on`, `keep off`, `only_new off`, \
          `received_header off`) and fetchmail (`--nokeep --all --fetchlimit 0 --batchlimit 0`, \
