@@ -31,6 +31,9 @@ pub struct Config {
     /// Where the Maildir archive, the index and generated files live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Memory for the index's page cache, in MiB (the operating system caches the file too).
+    #[serde(default = "default_index_cache_mb")]
+    pub index_cache_mb: u64,
     #[serde(default)]
     pub smtp: SmtpConfig,
     #[serde(default)]
@@ -193,6 +196,11 @@ impl Default for HttpConfig {
 }
 
 impl Config {
+    /// `index_cache_mb` in bytes.
+    pub fn index_cache_bytes(&self) -> usize {
+        usize::try_from(self.index_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -227,6 +235,9 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             bail!("smtp.max_connections: must be at least 1");
+        }
+        if self.index_cache_mb == 0 {
+            bail!("index_cache_mb: must be at least 1");
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.collectors {
@@ -404,6 +415,9 @@ fn default_http_listen() -> SocketAddr {
 }
 fn default_tls_mode() -> TlsMode {
     TlsMode::Implicit
+}
+fn default_index_cache_mb() -> u64 {
+    crate::archive::DEFAULT_CACHE_BYTES as u64 >> 20
 }
 fn default_interval() -> Duration {
     Duration::from_secs(300)

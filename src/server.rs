@@ -30,10 +30,10 @@ impl Gateway {
     /// Opens the archive (creating it if needed) and the ingest path.
     pub fn open(config: Config) -> anyhow::Result<Gateway> {
         let metrics = Metrics::new();
-        let archive =
-            Arc::new(Archive::open(&config.data_dir).with_context(|| {
-                format!("opening the archive in {}", config.data_dir.display())
-            })?);
+        let archive = Arc::new(
+            Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
+                .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
+        );
         let ingest = Ingest::new(archive.clone(), metrics.clone());
         Ok(Gateway {
             config: Arc::new(config),

@@ -44,6 +44,10 @@ const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// Keys first archived over POP3 after SMTP traffic began and not (yet) seen over SMTP.
 const POP3_ONLY: TableDefinition<&str, u64> = TableDefinition::new("pop3_only_after_smtp");
 
+/// redb's page cache unless configured (`index_cache_mb`). redb's own default (1 GiB) would let the
+/// resident size grow with the index; lookups past this cache are served from the OS page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// One arrival handed to [`Archive::apply`].
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -130,13 +134,20 @@ impl Archive {
     /// Opens (creating if needed) `<data_dir>/archive/{tmp,new,cur}` and `<data_dir>/index.redb`,
     /// finishing or discarding whatever an interrupted previous run left in `tmp/`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Archive> {
+        Archive::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Archive::open`] with `cache_bytes` of page cache for the index.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> anyhow::Result<Archive> {
         let root = data_dir.join("archive");
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating {}", root.join(sub).display()))?;
         }
         let index = data_dir.join("index.redb");
-        let db = Database::create(&index)
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&index)
             .with_context(|| format!("opening the index {}", index.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(MESSAGES)?;
