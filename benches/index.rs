@@ -15,15 +15,19 @@
 //!
 //! Environment: `INDEX_SCALES` (default `0,1000000,10000000`), `INDEX_INGEST` (5000),
 //! `INDEX_TASKS` (64), `INDEX_REPEAT` (3 ingest rounds per scale, the median shown),
-//! `INDEX_LOOKUPS` (200000), `BENCH_DIR` (where the data dir goes; default the
+//! `INDEX_LOOKUPS` (200000), `INDEX_CACHE_MB` (the index page cache; default the gateway's),
+//! `BENCH_DIR` (where the data dir goes; default the
 //! system temp dir). Without `--bench` (as `cargo test --all-targets` runs it): a smoke run with
 //! scales 0 and 20,000, 300 messages, 2,000 lookups.
+
+#[path = "common/machine.rs"]
+mod machine;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use journal_gateway::archive::{Archive, Record, Sighting};
+use journal_gateway::archive::{Archive, Record, Sighting, DEFAULT_CACHE_BYTES};
 use journal_gateway::ingest::{Delivery, Ingest, Outcome};
 use journal_gateway::journal::{sample, Format, Recipient, RecipientKind};
 use journal_gateway::metrics::Metrics;
@@ -196,24 +200,6 @@ fn lookups(archive: &Archive, filled: u64, n: u64, fallback: &[String]) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{} x {cpu}, Linux {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel.trim()
-    )
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (scales, n, tasks, n_lookups, repeat) = if full {
@@ -239,17 +225,21 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).expect("bench dir");
-    let archive = Arc::new(Archive::open(dir.path()).expect("open archive"));
+    let cache_mb = env_num("INDEX_CACHE_MB", (DEFAULT_CACHE_BYTES >> 20) as u64);
+    let archive = Arc::new(
+        Archive::open_with_cache(dir.path(), (cache_mb as usize) << 20).expect("open archive"),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let ingest = runtime.block_on(async { Ingest::new(archive.clone(), Metrics::new()) });
 
-    println!("## Index scale ({})\n", machine());
+    println!("## Index scale ({})\n", machine::description());
     println!(
         "{repeat} rounds of {n} fresh ~9 KB journal reports per scale (median shown) from {tasks} \
-         concurrent callers (durable ingest); {n_lookups} random lookups of existing keys.\n"
+         concurrent callers (durable ingest); {n_lookups} random lookups of existing keys; \
+         index page cache {cache_mb} MiB.\n"
     );
     println!(
         "| keys in index | ingest msg/s | vs 0 keys | lookups/s | file bytes/key | stored bytes/key | tree height | prefill keys/s |"

@@ -34,6 +34,9 @@
 #[path = "../tests/support/dovecot.rs"]
 mod dovecot;
 
+#[path = "common/machine.rs"]
+mod machine;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -102,7 +105,7 @@ fn main() {
     }
 
     println!("## POP3 drain: gateway vs mpop vs fetchmail\n");
-    println!("{}\n", machine());
+    println!("machine: {}\n", machine::description());
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for &count in &counts {
@@ -250,25 +253,6 @@ fn print_notes() {
          threads), sampled from /proc every 10 ms, largest over the runs. Tool CPU: user + \
          system from wait4 (with the children it waited for: fetchmail's MDA shells)."
     );
-}
-
-/// The machine, printed once.
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("machine: {nproc} CPUs, {model}, Linux {kernel}")
 }
 
 /// One mailbox size: a template Maildir and a Dovecot serving a copy of it.

@@ -38,6 +38,8 @@
 
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "smtp/postfix.rs"]
 mod postfix;
 #[path = "smtp/sys.rs"]
@@ -790,7 +792,7 @@ fn main() {
         } else {
             "smoke run: tiny sizes, figures meaningless"
         },
-        sys::machine_description(),
+        machine::description(),
         if cfg!(debug_assertions) {
             "debug"
         } else {

@@ -129,26 +129,6 @@ pub fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// nproc, CPU model, kernel.
-pub fn machine_description() -> String {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-        .map(|(_, m)| m.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
-    format!("{cpus} CPUs ({model}), Linux {}, {mem} RAM", kernel.trim())
-}
-
 /// The file system type of `dir` (fsync is free on tmpfs, so the figures depend on it).
 pub fn fs_type(dir: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
