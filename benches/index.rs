@@ -112,6 +112,7 @@ fn prefill_record(i: u64, key: &str) -> Record {
             uidl: None,
         }],
         duplicates: 0,
+        journaled_ms: Some(1_795_000_000_000),
     }
 }
 

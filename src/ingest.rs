@@ -283,6 +283,10 @@ impl Ingest {
             recipients: report.envelope.recipients,
             sightings: vec![sighting],
             duplicates: 0,
+            journaled_ms: report
+                .journaled_unix
+                .and_then(|s| u64::try_from(s).ok())
+                .map(|s| s.saturating_mul(1000)),
         };
         let mut arrival = Arrival {
             key,

@@ -134,8 +134,8 @@ enum CollectorCommand {
     Test {
         /// The collector's name (`[[collector]] name`).
         name: String,
-        /// Messages to fetch (default: the collector's `test_limit`, 200).
-        #[arg(long)]
+        /// Messages to fetch, at least 1 (default: the collector's `test_limit`, 200).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
         /// Run it in this process instead of asking the server (stop the server first).
         #[arg(long)]

@@ -11,19 +11,22 @@
 //!   arrival, and the last one is recent (within two poll intervals). Polls made before the
 //!   cutover prove nothing about it, so they do not count.
 //! - **(c) `overlap`**: every message the collectors archived after the first SMTP arrival was
-//!   also received over SMTP, or none arrived. Messages collected only over POP3 whose original
-//!   is dated (by more than [`BACKLOG_MARGIN_MS`]) before the first SMTP arrival are the
-//!   pre-cutover backlog being drained: they are
-//!   archived, counted and shown, but do not fail the check. Anything else (dated later, or
-//!   without a usable date) means the journal rule may still deliver into the mailbox.
+//!   also received over SMTP, or none arrived. Messages collected only over POP3 that were
+//!   journaled (by more than [`BACKLOG_MARGIN_MS`]) before the first SMTP arrival are the
+//!   pre-cutover backlog being drained: they are archived, counted and shown, but do not fail
+//!   the check. Anything else (journaled later, or without a usable date) means the journal rule
+//!   may still deliver into the mailbox. "Journaled" is the journal report's own Date, which
+//!   Exchange writes when it journals; the original's Date comes from the sender's client, whose
+//!   clock may be off, and a message can sit in a queue for days before it is journaled. Records
+//!   written before the gateway kept the report's Date fall back to the original's.
 //!
 //! A collector is *safe to retire* only when all three hold. Everything here is a pure function
 //! over [`MigrationInput`], so every branch is unit-tested without a server.
 
 use serde::{Deserialize, Serialize};
 
-/// How long before the first SMTP arrival a POP3-only message must be dated to count as
-/// pre-cutover backlog. Dates have second resolution and clocks drift; a message dated near the
+/// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
+/// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
 /// cutover is treated as journaled after it (the safe side: the check fails).
 pub const BACKLOG_MARGIN_MS: u64 = 60_000;
 
@@ -54,8 +57,8 @@ pub struct UnmatchedView {
     pub key: String,
     /// The collector that archived it (None when the record does not say).
     pub collector: Option<String>,
-    /// The original's Date header as Unix ms, when it parses.
-    pub original_date_ms: Option<u64>,
+    /// When Exchange journaled it (the journal report's Date, else the original's), Unix ms.
+    pub journaled_ms: Option<u64>,
 }
 
 /// SMTP traffic as the archive saw it.
@@ -295,7 +298,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
         .collect();
     let first_smtp = input.smtp.first_ms.unwrap_or(u64::MAX);
     let (backlog, late): (Vec<&UnmatchedView>, Vec<&UnmatchedView>) = mine.iter().partition(|u| {
-        u.original_date_ms
+        u.journaled_ms
             .is_some_and(|d| d.saturating_add(BACKLOG_MARGIN_MS) < first_smtp)
     });
     let figures = serde_json::json!({
@@ -311,7 +314,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
             name: "overlap".into(),
             ok: false,
             detail: format!(
-                "{} message(s) dated after the first SMTP arrival (or undated) were collected \
+                "{} message(s) journaled after the first SMTP arrival (or undated) were collected \
                  over POP3 only: the journal rule may still deliver into the mailbox",
                 late.len()
             ),
@@ -325,7 +328,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
         }
         (n, b) => format!(
             "of {n} message(s) collected after the first SMTP arrival, {b} are pre-cutover backlog \
-             (dated before it) and the rest also came over SMTP"
+             (journaled before it) and the rest also came over SMTP"
         ),
     };
     Check {
@@ -545,12 +548,12 @@ mod tests {
             UnmatchedView {
                 key: "late@x".into(),
                 collector: Some("exch".into()),
-                original_date_ms: Some(T0 + MIN),
+                journaled_ms: Some(T0 + MIN),
             },
             UnmatchedView {
                 key: "undated@x".into(),
                 collector: Some("exch".into()),
-                original_date_ms: None,
+                journaled_ms: None,
             },
         ];
         let v = verdict(&input);
@@ -569,7 +572,7 @@ mod tests {
         input.unmatched = vec![UnmatchedView {
             key: "old@x".into(),
             collector: Some("exch".into()),
-            original_date_ms: Some(T0 - 60 * MIN),
+            journaled_ms: Some(T0 - 60 * MIN),
         }];
         let v = verdict(&input);
         let c = check(&v, "overlap");
@@ -588,10 +591,10 @@ mod tests {
         input.unmatched = vec![UnmatchedView {
             key: "edge@x".into(),
             collector: Some("exch".into()),
-            original_date_ms: Some(T0 - BACKLOG_MARGIN_MS),
+            journaled_ms: Some(T0 - BACKLOG_MARGIN_MS),
         }];
         assert!(!check(&verdict(&input), "overlap").ok);
-        input.unmatched[0].original_date_ms = Some(T0 - BACKLOG_MARGIN_MS - 1);
+        input.unmatched[0].journaled_ms = Some(T0 - BACKLOG_MARGIN_MS - 1);
         assert!(check(&verdict(&input), "overlap").ok);
     }
 
@@ -602,7 +605,7 @@ mod tests {
         input.unmatched = vec![UnmatchedView {
             key: "k".into(),
             collector: Some("other".into()),
-            original_date_ms: None,
+            journaled_ms: None,
         }];
         assert!(check(&verdict(&input), "overlap").ok);
         // Unattributed ones count against every collector.

@@ -378,6 +378,15 @@ async fn cli_verbs_print_tables_and_json() {
     let (ok, out, _) = gw.cli(&["collector", "history", "exch"]);
     assert!(ok);
     assert!(out.contains("test (2)"), "{out}");
+    // A test collection of nothing is refused before anything runs, online and offline alike.
+    for offline in [false, true] {
+        let mut args = vec!["collector", "test", "exch", "--limit", "0"];
+        if offline {
+            args.push("--offline");
+        }
+        let (ok, _, err) = gw.cli(&args);
+        assert!(!ok && err.contains("--limit"), "{err}");
+    }
 
     let (ok, out, err) = gw.cli(&["migration", "status"]);
     assert!(ok, "{err}");

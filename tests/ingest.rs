@@ -91,6 +91,19 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
         "{addrs:?}"
     );
     assert_eq!(rec.duplicates, 1);
+    // When the first report was journaled (its own Date; the sample dates it as the original).
+    assert_eq!(
+        rec.journaled_ms,
+        Some(
+            u64::try_from(
+                journal_gateway::journal::parse(&first)
+                    .journaled_unix
+                    .unwrap()
+            )
+            .unwrap()
+                * 1000
+        )
+    );
     let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.as_str()).collect();
     assert_eq!(sources, ["smtp", "pop3:exch"]);
     assert_eq!(rec.sightings[0].rcpt_to, ["journal@journal.example.com"]);

@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::{Format, Recipient};
 
+/// The encoding version [`Record::encode`] writes.
+const VERSION: u8 = 2;
+
 /// One index entry: an archived original and everything learnt from every arrival of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -31,6 +34,10 @@ pub struct Record {
     pub sightings: Vec<Sighting>,
     /// Arrivals after the first.
     pub duplicates: u64,
+    /// When Exchange journaled the first arrival (its report's Date), Unix ms; see
+    /// [`crate::journal::Report::journaled_unix`]. None in records written before version 2.
+    /// Must stay the last field (see [`Record::decode`]).
+    pub journaled_ms: Option<u64>,
 }
 
 /// One arrival of a message.
@@ -77,15 +84,23 @@ impl Record {
 
     /// Storage encoding: a version byte, then postcard.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![1u8];
+        let mut out = vec![VERSION];
         out.extend(postcard::to_stdvec(self).expect("records always serialise"));
         out
     }
 
+    /// Reads version 2 and version 1 (which lacks the last field, `journaled_ms`: postcard
+    /// writes fields in order and `None` as one zero byte, so a version 1 body followed by a zero
+    /// byte is the same record in version 2 with `journaled_ms: None`).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
+        let corrupt = |e: postcard::Error| format!("corrupt index record: {e}");
         match bytes.split_first() {
+            Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(corrupt),
             Some((1, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| format!("corrupt index record: {e}"))
+                let mut v2 = Vec::with_capacity(rest.len() + 1);
+                v2.extend_from_slice(rest);
+                v2.push(0);
+                postcard::from_bytes(&v2).map_err(corrupt)
             }
             Some((v, _)) => Err(format!(
                 "index record version {v} is newer than this gateway"
@@ -131,6 +146,7 @@ mod tests {
                 uidl: None,
             }],
             duplicates: 0,
+            journaled_ms: Some(1_700_000_000_000),
         }
     }
 
@@ -141,6 +157,55 @@ mod tests {
         assert!(Record::decode(&[]).is_err());
         assert!(Record::decode(&[9, 1, 2]).unwrap_err().contains("newer"));
         assert!(Record::decode(&[1, 0xff, 0xff]).is_err());
+        assert!(Record::decode(&[2, 0xff, 0xff]).is_err());
+    }
+
+    /// Indexes written by version 1 (before `journaled_ms`) still read, with it None.
+    #[test]
+    fn version_1_records_still_decode() {
+        /// The record as version 1 wrote it: the same fields, without the last one.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            file: &'a str,
+            size: u64,
+            sha256: &'a str,
+            format: Format,
+            message_id: &'a Option<String>,
+            subject: &'a Option<String>,
+            from: &'a Option<String>,
+            date: &'a Option<String>,
+            identity: &'a str,
+            variant: bool,
+            sender: &'a Option<String>,
+            recipients: &'a [Recipient],
+            sightings: &'a [Sighting],
+            duplicates: u64,
+        }
+        let mut r = record();
+        r.date = Some("Tue, 1 Sep 2026 10:00:00 +0000".into());
+        let v1 = V1 {
+            file: &r.file,
+            size: r.size,
+            sha256: &r.sha256,
+            format: r.format,
+            message_id: &r.message_id,
+            subject: &r.subject,
+            from: &r.from,
+            date: &r.date,
+            identity: &r.identity,
+            variant: r.variant,
+            sender: &r.sender,
+            recipients: &r.recipients,
+            sightings: &r.sightings,
+            duplicates: r.duplicates,
+        };
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&v1).unwrap());
+        r.journaled_ms = None;
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        // A version 1 record is not a version 2 one: the version byte matters.
+        bytes[0] = 2;
+        assert!(Record::decode(&bytes).is_err());
     }
 
     #[test]

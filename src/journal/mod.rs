@@ -99,6 +99,11 @@ pub struct Report {
     pub date: Option<String>,
     /// The original's Date as Unix seconds, when it parses.
     pub date_unix: Option<i64>,
+    /// When Exchange journaled the message, as Unix seconds: the journal report's own Date
+    /// (Exchange sets it when it writes the report); for a plain message, its Date. Unlike the
+    /// original's Date, which the sender's client writes, it comes from the journaling server's
+    /// clock.
+    pub journaled_unix: Option<i64>,
     pub envelope: Envelope,
     /// Things worth a log line that did not stop parsing (e.g. envelope and embedded Message-ID
     /// disagree, report had no original part).
@@ -148,6 +153,7 @@ pub fn parse(raw: &[u8]) -> Report {
                 from: None,
                 date: None,
                 date_unix: None,
+                journaled_unix: None,
                 envelope: Envelope::default(),
                 warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
             }
@@ -255,6 +261,7 @@ fn parse_unguarded(raw: &[u8]) -> Report {
             .or_else(|| parsed_envelope.envelope.sender.as_deref().map(lower_domain)),
         date: embedded.date,
         date_unix: embedded.date_unix,
+        journaled_unix: valid_date(&msg),
         envelope: parsed_envelope.envelope,
         warnings,
     }
@@ -273,6 +280,7 @@ fn plain_report(raw: &[u8], headers: Headers, warnings: Vec<String>) -> Report {
         from: headers.from,
         date: headers.date,
         date_unix: headers.date_unix,
+        journaled_unix: headers.date_unix,
         envelope: Envelope::default(),
         warnings,
     }
@@ -312,10 +320,7 @@ impl Headers {
             .header_raw(HeaderName::Date)
             .map(|d| d.trim().to_string())
             .filter(|d| !d.is_empty());
-        let date_unix = msg
-            .date()
-            .filter(|d| d.is_valid())
-            .map(|d| d.to_timestamp());
+        let date_unix = valid_date(msg);
         Headers {
             message_id,
             subject: msg.subject().map(|s| s.trim().to_string()),
@@ -324,6 +329,13 @@ impl Headers {
             date_unix,
         }
     }
+}
+
+/// A message's Date header as Unix seconds, when it parses to a valid date.
+fn valid_date(msg: &Message<'_>) -> Option<i64> {
+    msg.date()
+        .filter(|d| d.is_valid())
+        .map(|d| d.to_timestamp())
 }
 
 /// `Local@Example.COM` -> `Local@example.com` (the local part is case-sensitive in theory).
