@@ -45,7 +45,15 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
     let dir = tempfile::tempdir().unwrap();
     let (archive, ingest) = open(dir.path());
     let msg = sample::numbered(1, 4000);
-    let first = sample::report_2007(&msg, &[rcpt("alice@example.com", RecipientKind::To)]);
+    // Journaled a day after the original's Date (1 Jan 2026 00:01).
+    let first = sample::report_2007_with(
+        &msg,
+        &[rcpt("alice@example.com", RecipientKind::To)],
+        &sample::Options2007 {
+            report_date: Some(sample::rfc5322_date(1_767_312_000)),
+            ..Default::default()
+        },
+    );
     let second = sample::report_2007(
         &msg,
         &[
@@ -91,19 +99,8 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
         "{addrs:?}"
     );
     assert_eq!(rec.duplicates, 1);
-    // When the first report was journaled (its own Date; the sample dates it as the original).
-    assert_eq!(
-        rec.journaled_ms,
-        Some(
-            u64::try_from(
-                journal_gateway::journal::parse(&first)
-                    .journaled_unix
-                    .unwrap()
-            )
-            .unwrap()
-                * 1000
-        )
-    );
+    // When the first report was journaled: its own Date, not the original's.
+    assert_eq!(rec.journaled_ms, Some(1_767_312_000_000));
     let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.as_str()).collect();
     assert_eq!(sources, ["smtp", "pop3:exch"]);
     assert_eq!(rec.sightings[0].rcpt_to, ["journal@journal.example.com"]);

@@ -66,6 +66,19 @@ impl Record {
         self.sightings.first().map(|s| s.at_ms).unwrap_or(0)
     }
 
+    /// When the message was journaled, Unix ms: [`Record::journaled_ms`], or for records from
+    /// before version 2, which do not have it, the original's Date.
+    pub fn journaled_or_dated_ms(&self) -> Option<u64> {
+        self.journaled_ms.or_else(|| {
+            self.date
+                .as_deref()
+                .and_then(mail_parser::DateTime::parse_rfc822)
+                .filter(|d| d.is_valid())
+                .and_then(|d| u64::try_from(d.to_timestamp()).ok())
+                .map(|s| s * 1000)
+        })
+    }
+
     /// True when any arrival came over SMTP.
     pub fn seen_over_smtp(&self) -> bool {
         self.sightings.iter().any(|s| s.source == "smtp")
@@ -202,10 +215,24 @@ mod tests {
         let mut bytes = vec![1u8];
         bytes.extend(postcard::to_stdvec(&v1).unwrap());
         r.journaled_ms = None;
-        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        let decoded = Record::decode(&bytes).unwrap();
+        assert_eq!(decoded, r);
+        // Such a record is taken as journaled when its original is dated.
+        assert_eq!(decoded.journaled_or_dated_ms(), Some(1_788_256_800_000));
         // A version 1 record is not a version 2 one: the version byte matters.
         bytes[0] = 2;
         assert!(Record::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn journaled_time_prefers_the_report_date() {
+        let mut r = record();
+        r.date = Some("Tue, 1 Sep 2026 10:00:00 +0000".into());
+        assert_eq!(r.journaled_or_dated_ms(), Some(1_700_000_000_000));
+        r.journaled_ms = None;
+        assert_eq!(r.journaled_or_dated_ms(), Some(1_788_256_800_000));
+        r.date = Some("someday".into());
+        assert_eq!(r.journaled_or_dated_ms(), None);
     }
 
     #[test]

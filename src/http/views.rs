@@ -192,19 +192,10 @@ pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedVi
             .first()
             .and_then(|s| s.source.strip_prefix("pop3:"))
             .map(str::to_string);
-        // When it was journaled; records from before version 2 only know the original's Date.
-        let journaled_ms = rec.journaled_ms.or_else(|| {
-            rec.date
-                .as_deref()
-                .and_then(mail_parser::DateTime::parse_rfc822)
-                .filter(|d| d.is_valid())
-                .and_then(|d| u64::try_from(d.to_timestamp()).ok())
-                .map(|s| s * 1000)
-        });
         out.push(UnmatchedView {
             key,
             collector,
-            journaled_ms,
+            journaled_ms: rec.journaled_or_dated_ms(),
         });
     }
     Ok(out)

@@ -277,6 +277,8 @@ pub struct Options2007 {
     pub header: JournalHeader,
     /// Leave out the `message/rfc822` part (a broken report).
     pub omit_original: bool,
+    /// The report's own `Date:` (when Exchange journaled the message); None = the original's.
+    pub report_date: Option<String>,
 }
 
 static GUID_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -373,7 +375,11 @@ pub fn report_2007_with(
         header(&mut out, "Cc", &msg.cc.join(", "));
     }
     header(&mut out, "Subject", &encode_word(&msg.subject));
-    header(&mut out, "Date", &msg.date);
+    header(
+        &mut out,
+        "Date",
+        opts.report_date.as_ref().unwrap_or(&msg.date),
+    );
     header(
         &mut out,
         "Message-ID",
