@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod migration;
+pub mod net;
 pub mod pop3;
 pub mod server;
 pub mod smtp;

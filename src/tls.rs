@@ -4,6 +4,7 @@
 //! The certificate's SHA-256 fingerprint is what an Exchange administrator (or a POP3 client's
 //! `pin_sha256`) checks, so it is logged at start and printed by `certs generate`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +25,8 @@ pub const KEY_FILE: &str = "key.pem";
 #[derive(Clone)]
 pub struct TlsIdentity {
     pub config: Arc<ServerConfig>,
-    /// SHA-256 of the leaf certificate (DER), as colon-separated upper-case hex.
-    pub fingerprint: String,
+    /// SHA-256 of the leaf certificate (DER).
+    pub fingerprint: Fingerprint,
     pub cert_path: PathBuf,
     /// True when this run created the certificate.
     pub generated: bool,
@@ -36,7 +37,7 @@ pub struct TlsIdentity {
 pub struct Generated {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// The directory a certificate is generated in when `smtp.tls_cert`/`tls_key` are unset.
@@ -120,7 +121,7 @@ pub fn generate(hostnames: &[String], out_dir: &Path) -> anyhow::Result<Generate
     write_private(&key_path, key.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, cert.pem())
         .with_context(|| format!("writing {}", cert_path.display()))?;
-    let fingerprint = fingerprint(cert.der());
+    let fingerprint = Fingerprint::of(cert.der());
     tracing::info!(cert = %cert_path.display(), names = ?hostnames, sha256 = %fingerprint, "generated a self-signed TLS certificate");
     Ok(Generated {
         cert_path,
@@ -156,7 +157,7 @@ pub fn load(cert_path: &Path, key_path: &Path, generated: bool) -> anyhow::Resul
     let Some(leaf) = certs.first() else {
         bail!("no certificate in {}", cert_path.display());
     };
-    let fingerprint = fingerprint(leaf);
+    let fingerprint = Fingerprint::of(leaf);
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("reading TLS private key {}", key_path.display()))?;
     let config = server_config(certs, key).with_context(|| {
@@ -190,14 +191,30 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// SHA-256 of a DER certificate as `AB:CD:...` (the form `openssl x509 -fingerprint -sha256` prints).
-pub fn fingerprint(der: &CertificateDer<'_>) -> String {
-    let digest = Sha256::digest(der.as_ref());
-    digest
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// The SHA-256 of a DER certificate: what `pin_sha256` names, what a certificate failure
+/// reports and what `certs generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(der: &[u8]) -> Fingerprint {
+        Fingerprint(Sha256::digest(der).into())
+    }
+}
+
+/// Upper-case hex pairs joined by colons, `AB:CD:...` (the form `openssl x509 -fingerprint
+/// -sha256` prints; `pin_sha256` accepts it as written).
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +228,7 @@ mod tests {
         let g = generate(&names, dir.path()).unwrap();
         let loaded = load(&g.cert_path, &g.key_path, false).unwrap();
         assert_eq!(loaded.fingerprint, g.fingerprint);
-        assert_eq!(g.fingerprint.len(), 32 * 3 - 1);
+        assert_eq!(g.fingerprint.to_string().len(), 32 * 3 - 1);
         // A second generate refuses to overwrite the pair.
         let err = generate(&names, dir.path()).unwrap_err().to_string();
         assert!(err.contains("exists already"), "{err}");
@@ -225,6 +242,15 @@ mod tests {
                 "key must not be readable by others: {mode:o}"
             );
         }
+    }
+
+    #[test]
+    fn fingerprint_is_colon_separated_upper_case_hex() {
+        // SHA-256 of nothing: e3b0c442 98fc1c14 ... 7852b855.
+        let fp = Fingerprint::of(b"").to_string();
+        assert!(fp.starts_with("E3:B0:C4:42:98:FC:1C:14:"), "{fp}");
+        assert!(fp.ends_with(":78:52:B8:55"), "{fp}");
+        assert_eq!(fp.len(), 32 * 3 - 1);
     }
 
     #[test]

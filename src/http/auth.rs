@@ -58,7 +58,7 @@ impl Token {
             return Ok(Token { secret, path });
         }
         let mut bytes = [0u8; 32];
-        getrandom::getrandom(&mut bytes)
+        getrandom::fill(&mut bytes)
             .map_err(|e| anyhow::anyhow!("generating the admin token: {e}"))?;
         let secret = hex::encode(bytes);
         let mut options = std::fs::OpenOptions::new();

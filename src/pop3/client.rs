@@ -4,65 +4,33 @@
 //! The client is deliberately low level: the collector decides what to send and when. Commands
 //! are queued with `send_*` and written with [`Client::flush`], so the collector can keep several
 //! `RETR`s in flight when the server offers `PIPELINING`; responses are then read in order.
-//! Message bodies are streamed into a [`BodySink`] chunk by chunk with dot-unstuffing, so a
-//! message is never held whole in memory. Every read waits at most `timeout`.
+//! Message bodies are streamed into a [`BodyWriter`](crate::net::BodyWriter) chunk by chunk with
+//! dot-unstuffing, so a message is never held whole in memory. Every read waits at most `timeout`.
 //!
 //! Commands are logged by verb only; the password (PASS, AUTH PLAIN, APOP digest) never reaches a
 //! log line or an error message.
+//!
+//! Files: this one has the session and its commands; `transport` the TCP connection and TLS
+//! (implicit or STLS); `login` the login mechanisms; `retr` the dot-unstuffing body reader.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+mod login;
+mod retr;
+mod transport;
+
 use std::time::Duration;
 
-use base64::Engine;
-use md5::{Digest, Md5};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use super::error::{response_kind, ErrorKind, Pop3Error};
 use super::trust::Trust;
 use crate::config::TlsMode;
+use crate::net::Conn;
 
 /// Longest status or listing line accepted (RFC 2449 allows 512 octets; Dovecot's are short).
 const MAX_LINE: usize = 64 * 1024;
 /// Read buffer: large enough that a ~9 KB journal report usually arrives in one or two chunks.
 const READ_BUFFER: usize = 64 * 1024;
-
-/// Where a message body goes as it arrives.
-pub trait BodySink {
-    fn write_chunk(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-impl BodySink for Vec<u8> {
-    #[allow(clippy::manual_async_fn)]
-    fn write_chunk(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        self.extend_from_slice(data);
-        async { Ok(()) }
-    }
-}
-
-impl BodySink for crate::ingest::MessageWriter {
-    fn write_chunk(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        self.write(data)
-    }
-}
-
-/// Counts and discards (used by benchmarks that measure the protocol alone).
-#[derive(Debug, Default)]
-pub struct Discard(pub u64);
-
-impl BodySink for Discard {
-    #[allow(clippy::manual_async_fn)]
-    fn write_chunk(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        self.0 += data.len() as u64;
-        async { Ok(()) }
-    }
-}
 
 /// What the server said it can do (`CAPA`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,62 +70,6 @@ impl Capabilities {
     }
 }
 
-/// The byte stream under the protocol: plain TCP until (or unless) TLS starts.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the TCP stream is handed to the STLS handshake.
-    Detached,
-}
-
-fn detached() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "stream detached for STLS")
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
-
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -169,7 +81,7 @@ pub struct Endpoint {
 
 /// One POP3 session.
 pub struct Client {
-    io: BufReader<Transport>,
+    io: BufReader<Conn<TcpStream>>,
     out: Vec<u8>,
     /// `host:port`, for messages.
     peer: String,
@@ -177,20 +89,6 @@ pub struct Client {
     capabilities: Capabilities,
     /// The `<...>` timestamp of the greeting, when the server offers APOP.
     apop_stamp: Option<String>,
-    tls: bool,
-}
-
-/// State of the dot-unstuffing body reader between buffer chunks.
-#[derive(Clone, Copy)]
-enum Body {
-    /// At the start of a line.
-    LineStart,
-    /// A line started with `.`.
-    Dot,
-    /// A line started with `.\r`.
-    DotCr,
-    /// Inside a line.
-    Mid,
 }
 
 impl Client {
@@ -198,62 +96,34 @@ impl Client {
     /// the endpoint says so. Does not log in.
     pub async fn connect(endpoint: &Endpoint, trust: &Trust) -> Result<Client, Pop3Error> {
         let peer = format!("{}:{}", endpoint.host, endpoint.port);
-        let tcp = tokio::time::timeout(
-            endpoint.timeout,
-            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
-        )
-        .await
-        .map_err(|_| {
-            Pop3Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "connecting to {peer}: no answer within {:?}",
-                    endpoint.timeout
-                ),
-            )
-        })?
-        .map_err(|e| Pop3Error::new(ErrorKind::Connect, format!("connecting to {peer}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let transport = match endpoint.tls {
-            TlsMode::Implicit => Transport::Tls(Box::new(handshake(tcp, endpoint, trust).await?)),
-            TlsMode::Starttls | TlsMode::None => Transport::Plain(tcp),
+        let tcp = transport::connect(endpoint, &peer).await?;
+        let conn = match endpoint.tls {
+            TlsMode::Implicit => Conn::tls(transport::handshake(tcp, endpoint, trust).await?),
+            TlsMode::Starttls | TlsMode::None => Conn::Plain(tcp),
         };
         let mut client = Client {
-            io: BufReader::with_capacity(READ_BUFFER, transport),
+            io: BufReader::with_capacity(READ_BUFFER, conn),
             out: Vec::with_capacity(512),
             peer,
             timeout: endpoint.timeout,
             capabilities: Capabilities::default(),
             apop_stamp: None,
-            tls: endpoint.tls == TlsMode::Implicit,
         };
         let greeting = client.response("greeting").await?;
-        client.apop_stamp = apop_stamp(&greeting);
+        client.apop_stamp = login::apop_stamp(&greeting);
         client.capabilities = client.capa().await?;
         if endpoint.tls == TlsMode::Starttls {
-            client.command("STLS").await.map_err(|e| {
-                Pop3Error::new(
-                    e.kind,
-                    format!("{e} (STLS refused; tls = \"starttls\" needs it)"),
-                )
-            })?;
-            if !client.io.buffer().is_empty() {
-                return Err(
-                    client.protocol("the server sent data after +OK to STLS (possible injection)")
-                );
-            }
-            let Transport::Plain(tcp) = std::mem::replace(client.io.get_mut(), Transport::Detached)
-            else {
-                return Err(client.protocol("STLS on a TLS connection"));
-            };
-            let tls = handshake(tcp, endpoint, trust).await?;
-            client.io = BufReader::with_capacity(READ_BUFFER, Transport::Tls(Box::new(tls)));
-            client.tls = true;
+            client.stls(endpoint, trust).await?;
             // RFC 2595: capabilities may differ after TLS; forget what was said before.
             client.capabilities = client.capa().await?;
         }
-        tracing::debug!(peer = %client.peer, tls = client.tls, capabilities = ?client.capabilities, "connected");
+        tracing::debug!(peer = %client.peer, tls = client.is_tls(), capabilities = ?client.capabilities, "connected");
         Ok(client)
+    }
+
+    /// Whether the connection is encrypted (implicit TLS or after STLS).
+    pub fn is_tls(&self) -> bool {
+        self.io.get_ref().is_tls()
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -263,72 +133,6 @@ impl Client {
     /// `host:port`.
     pub fn peer(&self) -> &str {
         &self.peer
-    }
-
-    /// Logs in: SASL PLAIN when offered, else APOP when the greeting offers it, else USER/PASS. On a
-    /// connection without TLS, APOP is preferred because it does not send the password.
-    pub async fn login(
-        &mut self,
-        username: &str,
-        password: &str,
-    ) -> Result<&'static str, Pop3Error> {
-        let plain = self.capabilities.sasl.iter().any(|m| m == "PLAIN");
-        let apop = self.apop_stamp.clone();
-        let mechanism = match (&apop, plain) {
-            (Some(_), _) if !self.tls => "APOP",
-            (_, true) => "PLAIN",
-            (Some(_), false) => "APOP",
-            (None, false) => "USER",
-        };
-        let result = match mechanism {
-            "APOP" => {
-                let stamp = apop.unwrap_or_default();
-                let digest = hex::encode(Md5::digest(format!("{stamp}{password}").as_bytes()));
-                self.command_secret(&format!("APOP {username} {digest}"), "APOP")
-                    .await
-            }
-            "PLAIN" => self.auth_plain(username, password).await,
-            _ => match self.command(&format!("USER {username}")).await {
-                Ok(_) => {
-                    self.command_secret(&format!("PASS {password}"), "PASS")
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok(_) => Ok(mechanism),
-            Err(e) if e.kind == ErrorKind::Server => Err(Pop3Error::new(
-                // A refusal without a response code is a refused login.
-                ErrorKind::Auth,
-                format!(
-                    "{}: login as {username} ({mechanism}) refused: {}",
-                    self.peer, e.message
-                ),
-            )),
-            Err(e) => Err(Pop3Error::new(
-                e.kind,
-                format!(
-                    "{}: login as {username} ({mechanism}) refused: {}",
-                    self.peer, e.message
-                ),
-            )),
-        }
-    }
-
-    async fn auth_plain(&mut self, username: &str, password: &str) -> Result<String, Pop3Error> {
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{username}\0{password}"));
-        self.send_raw(&format!("AUTH PLAIN {token}"));
-        self.flush().await?;
-        let line = self.read_line().await?;
-        if line.starts_with(b"+ ") || line == b"+" {
-            // The server did not take the initial response: send it again as the continuation.
-            self.send_raw(&token);
-            self.flush().await?;
-            return self.response("AUTH PLAIN").await;
-        }
-        self.status(&line, "AUTH PLAIN")
     }
 
     /// `CAPA`: an empty, unknown set when the server does not support it.
@@ -415,97 +219,6 @@ impl Client {
         self.send_raw(&format!("DELE {n}"));
     }
 
-    /// Reads the answer to a `RETR` and streams the message into `sink`, dot-unstuffed. Returns
-    /// the bytes written. A sink failure is an [`ErrorKind::Ingest`] error.
-    pub async fn read_retr<S: BodySink>(&mut self, n: u32, sink: &mut S) -> Result<u64, Pop3Error> {
-        self.response(&format!("RETR {n}")).await?;
-        let mut state = Body::LineStart;
-        let mut total = 0u64;
-        loop {
-            let timeout = self.timeout;
-            let buf = match tokio::time::timeout(timeout, self.io.fill_buf()).await {
-                Err(_) => {
-                    return Err(Pop3Error::new(
-                        ErrorKind::Timeout,
-                        format!("{}: no data for {timeout:?} in message {n}", self.peer),
-                    ))
-                }
-                Ok(Err(e)) => {
-                    return Err(Pop3Error::new(
-                        ErrorKind::Connect,
-                        format!("{}: connection broke in message {n}: {e}", self.peer),
-                    ))
-                }
-                Ok(Ok(buf)) => buf,
-            };
-            if buf.is_empty() {
-                return Err(Pop3Error::new(
-                    ErrorKind::Connect,
-                    format!("{}: connection closed in message {n}", self.peer),
-                ));
-            }
-            let len = buf.len();
-            let mut pos = 0;
-            let mut done = false;
-            while pos < len && !done {
-                match state {
-                    Body::LineStart if buf[pos] == b'.' => {
-                        pos += 1;
-                        state = Body::Dot;
-                    }
-                    Body::LineStart => state = Body::Mid,
-                    Body::Dot => match buf[pos] {
-                        b'\r' => {
-                            pos += 1;
-                            state = Body::DotCr;
-                        }
-                        b'\n' => {
-                            pos += 1;
-                            done = true;
-                        }
-                        // A stuffed dot: it has been dropped; the rest of the line follows.
-                        _ => state = Body::Mid,
-                    },
-                    Body::DotCr if buf[pos] == b'\n' => {
-                        pos += 1;
-                        done = true;
-                    }
-                    Body::DotCr => {
-                        sink.write_chunk(b"\r")
-                            .await
-                            .map_err(|e| sink_error(n, e))?;
-                        total += 1;
-                        state = Body::Mid;
-                    }
-                    Body::Mid => {
-                        // Write everything up to the next line that starts with '.', or to the end
-                        // of the buffer, in one go.
-                        let mut end = len;
-                        let mut next = Body::Mid;
-                        for nl in memchr::memchr_iter(b'\n', &buf[pos..]) {
-                            let at = pos + nl;
-                            if at + 1 == len || buf[at + 1] == b'.' {
-                                end = at + 1;
-                                next = Body::LineStart;
-                                break;
-                            }
-                        }
-                        sink.write_chunk(&buf[pos..end])
-                            .await
-                            .map_err(|e| sink_error(n, e))?;
-                        total += (end - pos) as u64;
-                        pos = end;
-                        state = next;
-                    }
-                }
-            }
-            self.io.consume(pos);
-            if done {
-                return Ok(total);
-            }
-        }
-    }
-
     /// Reads a single-line `+OK` answer (to DELE, or any command queued with `send_*`).
     pub async fn read_ok(&mut self, what: &str) -> Result<String, Pop3Error> {
         self.response(what).await
@@ -551,13 +264,6 @@ impl Client {
         self.send_raw(line);
         self.flush().await?;
         self.response(&verb).await
-    }
-
-    /// Like [`Client::command`] for a line carrying a secret: only `verb` is ever shown.
-    async fn command_secret(&mut self, line: &str, verb: &str) -> Result<String, Pop3Error> {
-        self.send_raw(line);
-        self.flush().await?;
-        self.response(verb).await
     }
 
     fn send_raw(&mut self, line: &str) {
@@ -655,61 +361,6 @@ impl Client {
     }
 }
 
-/// TLS handshake; a failure names the host and, when the server showed one, the certificate's
-/// SHA-256 fingerprint.
-async fn handshake(
-    tcp: TcpStream,
-    endpoint: &Endpoint,
-    trust: &Trust,
-) -> Result<TlsStream<TcpStream>, Pop3Error> {
-    let peer = format!("{}:{}", endpoint.host, endpoint.port);
-    let (config, seen) = trust
-        .client_config()
-        .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("TLS set-up for {peer}: {e:#}")))?;
-    let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
-        Pop3Error::new(
-            ErrorKind::Config,
-            format!("{:?} is not a valid TLS server name: {e}", endpoint.host),
-        )
-    })?;
-    match tokio::time::timeout(
-        endpoint.timeout,
-        TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    {
-        Err(_) => Err(Pop3Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "TLS handshake with {peer}: no answer within {:?}",
-                endpoint.timeout
-            ),
-        )),
-        Ok(Ok(tls)) => Ok(tls),
-        Ok(Err(e)) => {
-            let certificate = match seen.get() {
-                Some(fp) => format!("; the server's certificate has SHA-256 fingerprint {fp}"),
-                None => String::new(),
-            };
-            Err(Pop3Error::new(
-                ErrorKind::Tls,
-                format!(
-                    "TLS handshake with {peer} failed ({} check): {e}{certificate}",
-                    trust.mode()
-                ),
-            ))
-        }
-    }
-}
-
-/// The APOP timestamp `<...@...>` of a greeting.
-fn apop_stamp(greeting: &str) -> Option<String> {
-    let start = greeting.find('<')?;
-    let end = start + greeting[start..].find('>')?;
-    let stamp = &greeting[start..=end];
-    stamp.contains('@').then(|| stamp.to_string())
-}
-
 fn bad_listing(peer: &str, what: &str, line: &[u8]) -> Pop3Error {
     Pop3Error::new(
         ErrorKind::Protocol,
@@ -718,10 +369,6 @@ fn bad_listing(peer: &str, what: &str, line: &[u8]) -> Pop3Error {
             truncate(&String::from_utf8_lossy(line), 200)
         ),
     )
-}
-
-fn sink_error(n: u32, e: io::Error) -> Pop3Error {
-    Pop3Error::new(ErrorKind::Ingest, format!("spooling message {n}: {e}"))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -755,15 +402,5 @@ mod tests {
         assert!(c.user && c.uidl && c.pipelining && c.stls && c.known);
         assert_eq!(c.sasl, vec!["PLAIN", "LOGIN"]);
         assert_eq!(c.login_delay, Some(900));
-    }
-
-    #[test]
-    fn apop_stamps() {
-        assert_eq!(
-            apop_stamp("Dovecot ready. <1896.697170952@dbc.mtview.ca.us>").as_deref(),
-            Some("<1896.697170952@dbc.mtview.ca.us>")
-        );
-        assert_eq!(apop_stamp("Dovecot (Debian) ready."), None);
-        assert_eq!(apop_stamp("ready <no-at-sign>"), None);
     }
 }

@@ -17,7 +17,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -25,23 +24,14 @@ use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::{
     verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
 };
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
 };
 
 use crate::config::{parse_fingerprint, CollectorConfig};
-
-/// The SHA-256 fingerprint of a DER certificate, as upper-case hex pairs joined by colons (the
-/// form `openssl x509 -fingerprint -sha256` prints; `pin_sha256` accepts it as written).
-pub fn fingerprint(der: &[u8]) -> String {
-    let digest = Sha256::digest(der);
-    digest
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+use crate::tls::Fingerprint;
 
 /// The trust decision of one collector, built once from its configuration.
 #[derive(Clone)]
@@ -70,7 +60,7 @@ impl Trust {
                 );
             };
             let verifier = Arc::new(PinnedVerifier {
-                pin,
+                pin: Fingerprint(pin),
                 algorithms: provider.signature_verification_algorithms,
             });
             return Ok(Trust {
@@ -89,7 +79,7 @@ impl Trust {
                     )
                 })?;
                 let mut roots = RootCertStore::empty();
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.with_context(|| {
                         format!(
                             "collector {}: parsing ca_file {}",
@@ -172,14 +162,15 @@ fn system_roots() -> RootCertStore {
 
 /// The fingerprint of the leaf certificate a server presented on one connection.
 #[derive(Clone, Debug, Default)]
-pub struct SeenCertificate(Arc<Mutex<Option<String>>>);
+pub struct SeenCertificate(Arc<Mutex<Option<Fingerprint>>>);
 
 impl SeenCertificate {
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    /// The fingerprint, once the server has shown its certificate.
+    pub fn get(&self) -> Option<Fingerprint> {
+        self.0.lock().map(|g| *g).unwrap_or(None)
     }
 
-    fn set(&self, fp: String) {
+    fn set(&self, fp: Fingerprint) {
         if let Ok(mut g) = self.0.lock() {
             *g = Some(fp);
         }
@@ -202,7 +193,7 @@ impl ServerCertVerifier for Recording {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        self.seen.set(fingerprint(end_entity));
+        self.seen.set(Fingerprint::of(end_entity));
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
@@ -233,7 +224,7 @@ impl ServerCertVerifier for Recording {
 /// Accepts exactly the one leaf certificate whose SHA-256 is `pin`.
 #[derive(Debug)]
 struct PinnedVerifier {
-    pin: [u8; 32],
+    pin: Fingerprint,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -246,18 +237,13 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let seen = Fingerprint::of(end_entity);
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(TlsError::General(format!(
-                "certificate SHA-256 {} does not match pin_sha256 {}",
-                fingerprint(end_entity),
+                "certificate SHA-256 {seen} does not match pin_sha256 {}",
                 self.pin
-                    .iter()
-                    .map(|b| format!("{b:02X}"))
-                    .collect::<Vec<_>>()
-                    .join(":")
             )))
         }
     }

@@ -8,8 +8,10 @@
 //! Connection admission happens here: `allowed_clients` (554 at connect) and `max_connections`
 //! (421 4.7.0 beyond it).
 
+mod accept;
 pub mod session;
-pub mod stream;
+
+pub use accept::AcceptList;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +25,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::net::Conn;
 use crate::server::Gateway;
 use crate::tls::TlsIdentity;
 use session::{Session, Settings};
-use stream::Conn;
 
 /// The bound SMTP listeners, ready to run.
 pub struct SmtpServer {
@@ -201,7 +203,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         let conn = if implicit_tls {
             let handshake = shared2.acceptor.accept(stream);
             match tokio::time::timeout(shared2.settings.command_timeout, handshake).await {
-                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                Ok(Ok(tls)) => Conn::tls(tls),
                 Ok(Err(e)) => {
                     tracing::info!(%peer, "SMTPS handshake failed: {e}");
                     return;

@@ -11,6 +11,15 @@
 //!   read buffer, one command line and its pending replies.
 //! - Plain text pipelined after STARTTLS is discarded, and the session starts over after the
 //!   handshake (RFC 3207).
+//!
+//! This file holds the session's state, its read/write loop and the dispatch over `smtp-proto`'s
+//! requests; the verbs with rules of their own are one file each: `ehlo` (EHLO/HELO),
+//! `starttls`, `mail` (MAIL/RCPT) and `data` (DATA/BDAT transfer and the final reply).
+
+mod data;
+mod ehlo;
+mod mail;
+mod starttls;
 
 use std::fmt::Display;
 use std::future::Future;
@@ -20,20 +29,18 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_proto::request::receiver::DataReceiver;
-use smtp_proto::{
-    EhloResponse, MailFrom, RcptTo, Request, Response, EXT_8BIT_MIME, EXT_CHUNKING,
-    EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
-};
+use smtp_proto::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::Conn;
+use super::accept::AcceptList;
 use crate::config::SmtpConfig;
 use crate::ingest::{Delivery, Ingest, IngestError, MessageWriter, Outcome};
 use crate::metrics::Metrics;
+use crate::net::{BodyWriter, Conn};
+use data::MessageBody;
 
 /// Longest command line accepted, CRLF included (RFC 5321 4.5.3.1.4).
 pub const MAX_LINE: usize = 512;
@@ -46,14 +53,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a session delivers complete messages: the real [`Ingest`], or a test double.
 pub trait Sink: Clone + Send + Sync + 'static {
-    type Writer: Send + 'static;
+    /// Where one message's bytes go as they arrive.
+    type Writer: BodyWriter + 'static;
     /// A new, empty message buffer.
     fn writer(&self) -> Self::Writer;
-    /// Appends bytes to a message buffer.
-    fn write<'a>(
-        writer: &'a mut Self::Writer,
-        data: &'a [u8],
-    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
     /// Stores a complete message durably; Ok means it may be acknowledged.
     fn ingest(
         &self,
@@ -69,13 +72,6 @@ impl Sink for Ingest {
         Ingest::writer(self)
     }
 
-    fn write<'a>(
-        writer: &'a mut MessageWriter,
-        data: &'a [u8],
-    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-        writer.write(data)
-    }
-
     fn ingest(
         &self,
         delivery: Delivery,
@@ -85,53 +81,11 @@ impl Sink for Ingest {
     }
 }
 
-/// The journal addresses and domains RCPT TO accepts.
-#[derive(Debug, Clone)]
-pub struct Recipients {
-    /// Whole addresses, lower-cased.
-    addresses: Vec<String>,
-    /// Domains accepted for any local part, lower-cased, without the `@`.
-    domains: Vec<String>,
-}
-
-impl Recipients {
-    /// From `smtp.accept`: `local@domain` or `@domain` entries.
-    pub fn new(accept: &[String]) -> Recipients {
-        let mut r = Recipients {
-            addresses: Vec::new(),
-            domains: Vec::new(),
-        };
-        for a in accept {
-            match a.strip_prefix('@') {
-                Some(domain) => r.domains.push(domain.to_lowercase()),
-                None => r.addresses.push(a.to_lowercase()),
-            }
-        }
-        r
-    }
-
-    /// Whether mail to `address` is accepted. Domains compare case-insensitively; so do local
-    /// parts, so that a journal report addressed `Journal@...` is not bounced.
-    pub fn accepts(&self, address: &str) -> bool {
-        let Some((local, domain)) = address.rsplit_once('@') else {
-            return false;
-        };
-        if local.is_empty() || domain.is_empty() {
-            return false;
-        }
-        let domain = domain.to_lowercase();
-        if self.domains.contains(&domain) {
-            return true;
-        }
-        let full = format!("{}@{domain}", local.to_lowercase());
-        self.addresses.contains(&full)
-    }
-}
-
 /// What every session of one server shares.
 pub struct Settings {
     pub hostname: String,
-    pub recipients: Recipients,
+    /// Who RCPT TO accepts.
+    pub accept: AcceptList,
     pub max_message_size: u64,
     pub require_starttls: bool,
     /// None: STARTTLS is neither offered nor accepted.
@@ -145,7 +99,7 @@ impl Settings {
     pub fn from_config(smtp: &SmtpConfig, tls: Option<TlsAcceptor>) -> Settings {
         Settings {
             hostname: smtp.hostname.clone(),
-            recipients: Recipients::new(&smtp.accept),
+            accept: AcceptList::new(&smtp.accept),
             max_message_size: smtp.max_message_size,
             require_starttls: smtp.require_starttls,
             tls,
@@ -189,51 +143,12 @@ enum Input {
     End(End),
 }
 
-/// The bytes of the message being received.
-enum Body<K: Sink> {
-    Open {
-        writer: K::Writer,
-        len: u64,
-    },
-    /// Over `max_message_size`: the writer was dropped (nothing is stored); the rest is drained.
-    TooBig,
-    /// The writer failed (spool disk trouble): drained, then answered 451.
-    Failed,
-}
-
-impl<K: Sink> Body<K> {
-    fn new(sink: &K) -> Body<K> {
-        Body::Open {
-            writer: sink.writer(),
-            len: 0,
-        }
-    }
-
-    async fn push(&mut self, data: &[u8], max: u64) {
-        let Body::Open { writer, len } = self else {
-            return;
-        };
-        if data.is_empty() {
-            return;
-        }
-        *len += data.len() as u64;
-        if *len > max {
-            *self = Body::TooBig;
-            return;
-        }
-        if let Err(e) = K::write(writer, data).await {
-            tracing::warn!("spooling an incoming message failed: {e}");
-            *self = Body::Failed;
-        }
-    }
-}
-
 /// An open mail transaction (after MAIL FROM).
 struct Transaction<K: Sink> {
     mail_from: String,
     rcpt_to: Vec<String>,
     /// The message so far when BDAT chunks are arriving, with the transfer's deadline.
-    chunked: Option<(Body<K>, Instant)>,
+    chunked: Option<(MessageBody<K>, Instant)>,
 }
 
 /// One client connection.
@@ -540,309 +455,4 @@ where
             _ => self.reject(501, [5, 5, 2], "Syntax error", "protocol"),
         }
     }
-
-    fn hello(&mut self, host: String, extended: bool) -> Flow {
-        self.tx = None;
-        self.helo = Some(host);
-        if !extended {
-            let hostname = self.settings.hostname.clone();
-            self.reply(250, [2, 0, 0], hostname);
-            return Flow::Continue;
-        }
-        let mut ehlo = EhloResponse::new(self.settings.hostname.as_str());
-        ehlo.capabilities = EXT_PIPELINING
-            | EXT_SIZE
-            | EXT_8BIT_MIME
-            | EXT_ENHANCED_STATUS_CODES
-            | EXT_CHUNKING
-            | EXT_SMTP_UTF8;
-        if self.settings.tls.is_some() && !self.conn.is_tls() {
-            ehlo.capabilities |= EXT_START_TLS;
-        }
-        ehlo.size = usize::try_from(self.settings.max_message_size).unwrap_or(usize::MAX);
-        let _ = ehlo.write(&mut self.output);
-        Flow::Continue
-    }
-
-    async fn starttls(&mut self) -> io::Result<Flow> {
-        let Some(acceptor) = self.settings.tls.clone() else {
-            return Ok(self.reject(502, [5, 5, 1], "STARTTLS not available", "protocol"));
-        };
-        if self.conn.is_tls() {
-            return Ok(self.reject(503, [5, 5, 1], "TLS already active", "protocol"));
-        }
-        // Anything pipelined after STARTTLS came in clear text: never act on it (CVE-2011-0411).
-        self.pos = self.input.len();
-        self.reply(220, [2, 0, 0], "Ready to start TLS");
-        self.flush().await?;
-        let Conn::Plain(plain) = std::mem::replace(&mut self.conn, Conn::Closed) else {
-            return Ok(Flow::Close(End::TlsFailed));
-        };
-        match timeout(self.settings.command_timeout, acceptor.accept(plain)).await {
-            Ok(Ok(tls)) => self.conn = Conn::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer, "STARTTLS handshake failed: {e}");
-                return Ok(Flow::Close(End::TlsFailed));
-            }
-            Err(_) => return Ok(Flow::Close(End::Timeout)),
-        }
-        // RFC 3207: the session starts over; the client must EHLO again.
-        self.helo = None;
-        self.tx = None;
-        self.input.clear();
-        self.pos = 0;
-        Ok(Flow::Continue)
-    }
-
-    fn mail(&mut self, from: MailFrom<String>) -> Flow {
-        if self.helo.is_none() {
-            return self.reject(503, [5, 5, 1], "Send EHLO or HELO first", "protocol");
-        }
-        if self.settings.require_starttls && !self.conn.is_tls() {
-            return self.reject(
-                530,
-                [5, 7, 0],
-                "Must issue a STARTTLS command first",
-                "starttls_required",
-            );
-        }
-        if self.tx.is_some() {
-            return self.reject(503, [5, 5, 1], "Nested MAIL command", "protocol");
-        }
-        if from.size as u64 > self.settings.max_message_size {
-            return self.reject(
-                552,
-                [5, 3, 4],
-                "Message size exceeds fixed maximum message size",
-                "size",
-            );
-        }
-        self.tx = Some(Transaction {
-            mail_from: from.address,
-            rcpt_to: Vec::new(),
-            chunked: None,
-        });
-        self.reply(250, [2, 1, 0], "Sender OK");
-        Flow::Continue
-    }
-
-    fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
-        let Some(tx) = &mut self.tx else {
-            return self.reject(503, [5, 5, 1], "Need MAIL before RCPT", "protocol");
-        };
-        if !self.settings.recipients.accepts(&to.address) {
-            let msg = format!(
-                "<{}>: recipient not accepted here (journal endpoint)",
-                to.address
-            );
-            return self.reject(550, [5, 1, 1], msg, "recipient");
-        }
-        if tx.rcpt_to.len() >= MAX_RECIPIENTS {
-            self.reply(452, [4, 5, 3], "Too many recipients");
-            return Flow::Continue;
-        }
-        if !tx
-            .rcpt_to
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(&to.address))
-        {
-            tx.rcpt_to.push(to.address);
-        }
-        self.reply(250, [2, 1, 5], "Recipient OK");
-        Flow::Continue
-    }
-
-    /// Why a DATA or BDAT cannot start now, if it cannot.
-    fn transfer_refusal(&self) -> Option<(u16, &'static str)> {
-        match &self.tx {
-            _ if self.helo.is_none() => Some((503, "Send EHLO or HELO first")),
-            None => Some((503, "Need MAIL and RCPT first")),
-            Some(tx) if tx.rcpt_to.is_empty() => Some((554, "No valid recipients")),
-            Some(_) => None,
-        }
-    }
-
-    async fn data(&mut self) -> io::Result<Flow> {
-        if let Some((code, msg)) = self.transfer_refusal() {
-            return Ok(self.reject(code, [5, 5, 1], msg, "protocol"));
-        }
-        if self.tx.as_ref().is_some_and(|tx| tx.chunked.is_some()) {
-            return Ok(self.reject(503, [5, 5, 1], "DATA cannot follow BDAT", "protocol"));
-        }
-        let Some(tx) = self.tx.take() else {
-            return Ok(Flow::Continue);
-        };
-        self.output
-            .extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
-
-        let max = self.settings.max_message_size;
-        let deadline = Instant::now() + self.settings.data_timeout;
-        let mut body = Body::new(&self.sink);
-        let mut receiver = DataReceiver::new();
-        let mut decoded = Vec::with_capacity(READ_CHUNK + 2);
-        // The DATA line ended with CRLF, so a "." on the first line ends (or unstuffs) as well.
-        receiver.ingest(&mut b"\r\n".iter(), &mut decoded);
-        decoded.clear();
-        loop {
-            let mut bytes = self.input[self.pos..].iter();
-            let done = receiver.ingest(&mut bytes, &mut decoded);
-            self.pos = self.input.len() - bytes.len();
-            // A trailing CR may yet turn out to start the final CRLF (the receiver then takes it
-            // back), so it stays until the next bytes arrive.
-            let keep = usize::from(!done && decoded.last() == Some(&b'\r'));
-            let ready = decoded.len() - keep;
-            body.push(&decoded[..ready], max).await;
-            decoded.drain(..ready);
-            if done {
-                break;
-            }
-            match self.fill(deadline).await? {
-                Fill::Data => {}
-                other => {
-                    return Ok(Flow::Close(
-                        self.interrupted(other, "421 4.4.2 Timeout receiving data"),
-                    ))
-                }
-            }
-        }
-        Ok(self.finish(tx, body).await)
-    }
-
-    async fn bdat(&mut self, size: usize, last: bool) -> io::Result<Flow> {
-        let deadline = Instant::now() + self.settings.data_timeout;
-        if let Some((code, msg)) = self.transfer_refusal() {
-            // The chunk follows regardless: skip it so it is not read as commands.
-            if let Some(end) = self.receive_chunk(size, None, deadline).await? {
-                return Ok(Flow::Close(end));
-            }
-            return Ok(self.reject(code, [5, 5, 1], msg, "protocol"));
-        }
-        let Some(tx) = self.tx.as_mut() else {
-            return Ok(Flow::Continue);
-        };
-        let (mut body, deadline) = tx
-            .chunked
-            .take()
-            .unwrap_or_else(|| (Body::new(&self.sink), deadline));
-        if let Some(end) = self.receive_chunk(size, Some(&mut body), deadline).await? {
-            return Ok(Flow::Close(end));
-        }
-        match body {
-            Body::TooBig => {
-                self.tx = None;
-                Ok(self.reject(
-                    552,
-                    [5, 3, 4],
-                    "Message size exceeds fixed maximum message size",
-                    "size",
-                ))
-            }
-            Body::Failed => {
-                self.tx = None;
-                self.reply(
-                    451,
-                    [4, 3, 0],
-                    "Temporary failure storing the message, try again later",
-                );
-                Ok(Flow::Continue)
-            }
-            Body::Open { .. } if !last => {
-                if let Some(tx) = self.tx.as_mut() {
-                    tx.chunked = Some((body, deadline));
-                }
-                self.reply(250, [2, 0, 0], format!("{size} octets received"));
-                Ok(Flow::Continue)
-            }
-            Body::Open { .. } => {
-                let Some(tx) = self.tx.take() else {
-                    return Ok(Flow::Continue);
-                };
-                Ok(self.finish(tx, body).await)
-            }
-        }
-    }
-
-    /// Takes exactly `size` bytes of input into `body` (or skips them when None).
-    async fn receive_chunk(
-        &mut self,
-        mut size: usize,
-        mut body: Option<&mut Body<K>>,
-        deadline: Instant,
-    ) -> io::Result<Option<End>> {
-        let max = self.settings.max_message_size;
-        loop {
-            let n = (self.input.len() - self.pos).min(size);
-            if let Some(body) = body.as_deref_mut() {
-                body.push(&self.input[self.pos..self.pos + n], max).await;
-            }
-            self.pos += n;
-            size -= n;
-            if size == 0 {
-                return Ok(None);
-            }
-            match self.fill(deadline).await? {
-                Fill::Data => {}
-                other => {
-                    return Ok(Some(
-                        self.interrupted(other, "421 4.4.2 Timeout receiving data"),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Ends a transaction whose bytes have all arrived: one ingest, then the reply.
-    async fn finish(&mut self, tx: Transaction<K>, body: Body<K>) -> Flow {
-        let (writer, len) = match body {
-            Body::Open { writer, len } => (writer, len),
-            Body::TooBig => {
-                return self.reject(
-                    552,
-                    [5, 3, 4],
-                    "Message size exceeds fixed maximum message size",
-                    "size",
-                );
-            }
-            Body::Failed => {
-                self.reply(
-                    451,
-                    [4, 3, 0],
-                    "Temporary failure storing the message, try again later",
-                );
-                return Flow::Continue;
-            }
-        };
-        let delivery = Delivery::smtp(tx.mail_from, tx.rcpt_to);
-        match self.sink.ingest(delivery, writer).await {
-            Ok(Outcome::Archived { key, .. }) => {
-                tracing::debug!(peer = %self.peer, %key, len, "message archived");
-                self.reply(250, [2, 0, 0], format!("Archived as {}", printable(&key)));
-            }
-            Ok(Outcome::Duplicate { key }) => {
-                tracing::debug!(peer = %self.peer, %key, len, "duplicate of an archived message");
-                self.reply(
-                    250,
-                    [2, 0, 0],
-                    format!("Already archived as {}", printable(&key)),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, len, "message not archived, answered 451: {e}");
-                self.reply(
-                    451,
-                    [4, 3, 0],
-                    "Temporary failure storing the message, try again later",
-                );
-            }
-        }
-        Flow::Continue
-    }
-}
-
-/// A key (from an untrusted Message-ID) made safe for a reply line: printable ASCII, bounded.
-fn printable(key: &str) -> String {
-    key.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(200)
-        .collect()
 }

@@ -11,10 +11,11 @@ use tokio::io::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::session::{End, Recipients, Session, Settings, Sink};
-use super::stream::Conn;
+use super::accept::AcceptList;
+use super::session::{End, Session, Settings, Sink};
 use crate::ingest::{Delivery, IngestError, Outcome};
 use crate::metrics::Metrics;
+use crate::net::{BodyWriter, Conn};
 
 /// Messages a [`MemorySink`] archived, with their envelopes.
 type Stored = Arc<Mutex<Vec<(Delivery, Vec<u8>)>>>;
@@ -42,6 +43,15 @@ impl Drop for MemoryWriter {
     }
 }
 
+impl BodyWriter for MemoryWriter {
+    async fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.bytes.extend_from_slice(data);
+        self.largest_write.fetch_max(data.len(), Ordering::SeqCst);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 impl Sink for MemorySink {
     type Writer = MemoryWriter;
 
@@ -53,13 +63,6 @@ impl Sink for MemorySink {
             largest_write: self.largest_write.clone(),
             writes: self.writes.clone(),
         }
-    }
-
-    async fn write(writer: &mut MemoryWriter, data: &[u8]) -> std::io::Result<()> {
-        writer.bytes.extend_from_slice(data);
-        writer.largest_write.fetch_max(data.len(), Ordering::SeqCst);
-        writer.writes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 
     async fn ingest(
@@ -92,7 +95,7 @@ impl MemorySink {
 fn settings() -> Settings {
     Settings {
         hostname: "journal.test".into(),
-        recipients: Recipients::new(&["journal@journal.test".into(), "@archive.test".into()]),
+        accept: AcceptList::new(&["journal@journal.test".into(), "@archive.test".into()]),
         max_message_size: 10_000,
         require_starttls: false,
         tls: None,
@@ -716,7 +719,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> TlsClien
 
 #[test]
 fn recipients_match_addresses_and_domains() {
-    let r = Recipients::new(&[
+    let r = AcceptList::new(&[
         "journal@journal.example.com".into(),
         "@Archive.Example.com".into(),
     ]);
