@@ -86,6 +86,50 @@ impl State {
     }
 }
 
+/// The collectors' state and history, as the collectors and the admin API see them: a cheap
+/// handle on the tables above. Every call is blocking index work (call it off the async workers).
+#[derive(Clone)]
+pub struct CollectorStore {
+    archive: std::sync::Arc<crate::archive::Archive>,
+}
+
+impl CollectorStore {
+    /// The store kept in `archive`'s index.
+    pub fn new(archive: std::sync::Arc<crate::archive::Archive>) -> CollectorStore {
+        CollectorStore { archive }
+    }
+
+    /// Creates the tables, so readers never meet a missing one.
+    pub fn init(&self) -> anyhow::Result<()> {
+        init(self.archive.db())
+    }
+
+    /// See [`record_run`].
+    pub fn record_run(&self, run: &Run) -> anyhow::Result<()> {
+        record_run(self.archive.db(), run)
+    }
+
+    /// The last `limit` runs of a collector, newest first.
+    pub fn runs(&self, collector: &str, limit: usize) -> anyhow::Result<Vec<Run>> {
+        runs(self.archive.db(), collector, limit)
+    }
+
+    /// A collector's state (the default when it has never run).
+    pub fn state(&self, collector: &str) -> anyhow::Result<State> {
+        state(self.archive.db(), collector)
+    }
+
+    /// Sets (or with `None` clears) the operator's active/inactive override.
+    pub fn set_active(&self, collector: &str, active: Option<bool>) -> anyhow::Result<State> {
+        set_active(self.archive.db(), collector, active)
+    }
+
+    /// Retires a collector: it stops polling for good; its history stays.
+    pub fn retire(&self, collector: &str) -> anyhow::Result<State> {
+        retire(self.archive.db(), collector)
+    }
+}
+
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc()

@@ -346,14 +346,25 @@ fn offline_run(
         },
         None => RunKind::Normal,
     };
-    let gateway = journal_gateway::server::Gateway::open(config)?;
-    if journal_gateway::history::state(gateway.archive.db(), &name)?.retired {
-        anyhow::bail!("collector {name:?} is retired: it cannot collect");
-    }
     runtime()?.block_on(async move {
-        let collector = journal_gateway::pop3::Collector::new(&cfg, gateway.clone())?;
+        use journal_gateway::server::{start, Start};
+        let gateway = start(config, Start::OFFLINE).await?;
+        let store = gateway.collector_store.clone();
+        let retired = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || store.state(&name))
+                .await??
+                .retired
+        };
+        if retired {
+            gateway.stop().await?;
+            anyhow::bail!("collector {name:?} is retired: it cannot collect");
+        }
+        let Some(collector) = gateway.collectors.get(&name).cloned() else {
+            anyhow::bail!("no [[collector]] named {name:?} in the configuration");
+        };
         let result = collector.collect(kind).await;
-        gateway.ingest.close().await;
+        gateway.stop().await?;
         let summary = match &result {
             Ok(s) => s,
             Err(f) => &f.summary,

@@ -25,6 +25,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::Archive;
+use crate::config::CollectorConfig;
+use crate::history::CollectorStore;
+
 /// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
 /// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
 /// cutover is treated as journaled after it (the safe side: the check fails).
@@ -337,6 +341,76 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
         detail,
         figures,
     }
+}
+
+/// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
+pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
+    let keys = archive.pop3_only_keys()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(rec) = archive.get(&key)? else {
+            continue;
+        };
+        let collector = rec
+            .sightings
+            .first()
+            .and_then(|s| s.source.strip_prefix("pop3:"))
+            .map(str::to_string);
+        out.push(UnmatchedView {
+            key,
+            collector,
+            journaled_ms: rec.journaled_or_dated_ms(),
+        });
+    }
+    Ok(out)
+}
+
+/// How many recent runs are looked at for the last polls.
+const RUNS_FOR_POLLS: usize = 20;
+
+/// Gathers everything the cutover verdict needs from the archive, the collectors' state and
+/// history, the configured collectors and the accepted journal addresses (blocking index reads).
+pub fn gather_input<'a>(
+    archive: &Archive,
+    store: &CollectorStore,
+    collectors: impl IntoIterator<Item = &'a CollectorConfig>,
+    accepted: &[String],
+) -> anyhow::Result<MigrationInput> {
+    let stats = archive.stats()?;
+    let mut views = Vec::new();
+    for c in collectors {
+        let state = store.state(c.name())?;
+        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
+        let polls = store
+            .runs(c.name(), RUNS_FOR_POLLS)?
+            .into_iter()
+            .filter_map(|r| {
+                Some(PollView {
+                    at_ms: u64::try_from(r.started_ms).ok()?,
+                    queue_depth: r.on_server?,
+                })
+            })
+            .collect();
+        views.push(CollectorView {
+            name: c.name().to_string(),
+            active: state.active(c.active),
+            retired: state.retired,
+            interval_ms: c.interval.as_millis() as u64,
+            polls,
+        });
+    }
+    Ok(MigrationInput {
+        now_ms: crate::archive::now_ms(),
+        smtp: SmtpView {
+            first_ms: stats.first_smtp_ms,
+            last_ms: stats.last_smtp_ms,
+            first_by_address: stats.first_smtp_by_address.clone(),
+            accepted: accepted.to_vec(),
+        },
+        pop3_after_smtp: stats.pop3_after_smtp,
+        unmatched: unmatched_after_smtp(archive)?,
+        collectors: views,
+    })
 }
 
 #[cfg(test)]

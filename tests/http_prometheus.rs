@@ -57,9 +57,9 @@ async fn busy_gateway() -> Running {
     // A finished collection run in the history: collectors built at a (re)start seed the queue
     // depth and last-success gauges from it.
     let now = journal_gateway::history::now_ms();
-    journal_gateway::history::record_run(
-        gw.gateway.archive.db(),
-        &journal_gateway::history::Run {
+    gw.gateway
+        .collector_store
+        .record_run(&journal_gateway::history::Run {
             collector: "exch".into(),
             id: now as u64 * 1000,
             kind: "normal".into(),
@@ -68,10 +68,18 @@ async fn busy_gateway() -> Running {
             on_server: Some(1),
             on_server_at_end: Some(0),
             ..Default::default()
+        })
+        .unwrap();
+    journal_gateway::pop3::Collectors::new(
+        &gw.config.collectors,
+        &journal_gateway::pop3::CollectorContext {
+            ingest: gw.gateway.ingest.clone(),
+            store: gw.gateway.collector_store.clone(),
+            metrics: gw.gateway.metrics.clone(),
+            shutdown: gw.gateway.shutdown.clone(),
         },
     )
     .unwrap();
-    journal_gateway::http::collectors::Collectors::from_gateway(&gw.gateway).unwrap();
     gw
 }
 

@@ -49,6 +49,16 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
+/// The cutover verdict's input (blocking index reads).
+fn migration_input(state: &AppState) -> anyhow::Result<migration::MigrationInput> {
+    migration::gather_input(
+        &state.ctx.archive,
+        &state.ctx.store,
+        state.ctx.collectors.iter().map(Collector::config),
+        &state.accepted,
+    )
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad_request(e.body_text()))
@@ -56,6 +66,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 
 fn find_collector<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a Collector> {
     state
+        .ctx
         .collectors
         .get(name)
         .ok_or_else(|| ApiError::not_found(format!("no collector named {name:?}")))
@@ -67,7 +78,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.gateway.metrics.render(),
+        state.ctx.metrics.render(),
     )
         .into_response()
 }
@@ -79,8 +90,8 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the index answers a read, the archive's `tmp/` takes a file, every listener is
 /// bound and the gateway is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let archive = state.gateway.archive.clone();
-    let tmp = state.gateway.config.archive_dir().join("tmp");
+    let archive = state.ctx.archive.clone();
+    let tmp = state.archive_dir.join("tmp");
     let (index, writable) = tokio::task::spawn_blocking(move || {
         let index = archive.count().map(|_| ()).map_err(|e| e.to_string());
         let probe = tmp.join(format!("readyz.{}.probe", std::process::id()));
@@ -92,7 +103,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await
     .unwrap_or_else(|e| (Err(e.to_string()), Err("probe task failed".into())));
     let bound = state.readiness.listeners_bound();
-    let stopping = state.gateway.shutdown.is_cancelled();
+    let stopping = state.ctx.shutdown.is_cancelled();
     let ready = index.is_ok() && writable.is_ok() && bound && !stopping;
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
@@ -116,26 +127,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
     let uptime = state.started.elapsed().as_secs();
     blocking(move || {
-        let stats = state.gateway.archive.stats()?;
-        let collectors = views::collector_infos(&state.gateway, &state.collectors)?;
+        let stats = state.ctx.archive.stats()?;
+        let collectors = views::collector_infos(&state.ctx.store, &state.ctx.collectors)?;
         Ok(Json(Status::new(&stats, uptime, collectors)))
     })
     .await
 }
 
 async fn migration_verdict(State(state): State<AppState>) -> ApiResult<Json<migration::Verdict>> {
-    blocking(move || {
-        let input = views::migration_input(&state.gateway, &state.collectors)?;
-        Ok(Json(migration::verdict(&input)))
-    })
-    .await
+    blocking(move || Ok(Json(migration::verdict(&migration_input(&state)?)))).await
 }
 
 async fn collectors(State(state): State<AppState>) -> ApiResult<Json<Vec<views::CollectorInfo>>> {
     blocking(move || {
         Ok(Json(views::collector_infos(
-            &state.gateway,
-            &state.collectors,
+            &state.ctx.store,
+            &state.ctx.collectors,
         )?))
     })
     .await
@@ -145,7 +152,7 @@ async fn collector_info(state: &AppState, name: &str) -> ApiResult<views::Collec
     find_collector(state, name)?;
     let (state, name) = (state.clone(), name.to_string());
     blocking(move || {
-        views::collector_infos(&state.gateway, &state.collectors)?
+        views::collector_infos(&state.ctx.store, &state.ctx.collectors)?
             .into_iter()
             .find(|c| c.name == name)
             .ok_or_else(|| anyhow::anyhow!("collector {name} vanished"))
@@ -172,19 +179,12 @@ async fn collector_history(
 ) -> ApiResult<Json<Vec<history::Run>>> {
     let limit = query(q)?.limit.unwrap_or(50).clamp(1, 10_000);
     find_collector(&state, &name)?;
-    blocking(move || {
-        Ok(Json(history::runs(
-            state.gateway.archive.db(),
-            &name,
-            limit,
-        )?))
-    })
-    .await
+    blocking(move || Ok(Json(state.ctx.store.runs(&name, limit)?))).await
 }
 
 /// Refuses operations on a retired collector.
 fn not_retired(state: &AppState, name: &str, what: &str) -> ApiResult<()> {
-    if history::state(state.gateway.archive.db(), name)?.retired {
+    if state.ctx.store.state(name)?.retired {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("collector {name:?} is retired: it cannot {what}"),
@@ -242,9 +242,9 @@ async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
             "be deactivated"
         },
     )?;
-    history::set_active(state.gateway.archive.db(), &name, Some(active))?;
+    state.ctx.store.set_active(&name, Some(active))?;
     state
-        .gateway
+        .ctx
         .metrics
         .collector_active
         .with_label_values(&[&name])
@@ -278,13 +278,7 @@ async fn retire(
     let c = find_collector(&state, &name)?.clone();
     let verdict = {
         let state = state.clone();
-        blocking(move || {
-            Ok(migration::verdict(&views::migration_input(
-                &state.gateway,
-                &state.collectors,
-            )?))
-        })
-        .await?
+        blocking(move || Ok(migration::verdict(&migration_input(&state)?))).await?
     };
     let Some(cv) = verdict.collector(&name).cloned() else {
         return Err(ApiError::not_found(format!("no collector named {name:?}")));
@@ -315,9 +309,9 @@ async fn retire(
     } else {
         tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
     }
-    history::retire(state.gateway.archive.db(), &name)?;
+    state.ctx.store.retire(&name)?;
     state
-        .gateway
+        .ctx
         .metrics
         .collector_active
         .with_label_values(&[&name])
@@ -336,7 +330,7 @@ async fn retire(
 /// percent-decoded; it may contain `/`, so a trailing `/raw` asks for the bytes only when the
 /// part before it names a message.
 async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let archive = state.gateway.archive.clone();
+    let archive = state.ctx.archive.clone();
     blocking(move || {
         if let Some(prefix) = id.strip_suffix("/raw") {
             if let Some((key, rec)) = views::find_message(&archive, prefix)? {

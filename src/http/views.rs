@@ -1,15 +1,11 @@
-//! The JSON shapes of the admin API, and the gathering of the migration verdict's input from the
-//! archive and the collector history. Shapes are plain `serde` structs so the CLI can read them
+//! The JSON shapes of the admin API. Shapes are plain `serde` structs so the CLI can read them
 //! back ([`crate::client`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{Archive, Record, Stats};
-use crate::history;
-use crate::migration::{CollectorView, MigrationInput, PollView, SmtpView, UnmatchedView};
-use crate::server::Gateway;
-
-use super::collectors::Collectors;
+use crate::history::CollectorStore;
+use crate::pop3::Collectors;
 
 /// Unix ms as RFC 3339 (UTC), for humans reading the JSON.
 pub fn rfc3339(ms: u64) -> Option<String> {
@@ -99,14 +95,14 @@ pub struct CollectorInfo {
 
 /// Configuration and state of every collector.
 pub fn collector_infos(
-    gw: &Gateway,
+    store: &CollectorStore,
     collectors: &Collectors,
 ) -> anyhow::Result<Vec<CollectorInfo>> {
     collectors
         .iter()
         .map(|c| {
             let cfg = c.config();
-            let state = history::state(gw.archive.db(), c.name())?;
+            let state = store.state(c.name())?;
             Ok(CollectorInfo {
                 name: c.name().to_string(),
                 host: cfg.host.clone(),
@@ -177,67 +173,4 @@ pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(Stri
         }
     }
     Ok(None)
-}
-
-/// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
-pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
-    let keys = archive.pop3_only_keys()?;
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Some(rec) = archive.get(&key)? else {
-            continue;
-        };
-        let collector = rec
-            .sightings
-            .first()
-            .and_then(|s| s.source.strip_prefix("pop3:"))
-            .map(str::to_string);
-        out.push(UnmatchedView {
-            key,
-            collector,
-            journaled_ms: rec.journaled_or_dated_ms(),
-        });
-    }
-    Ok(out)
-}
-
-/// How many recent runs are looked at for the last polls.
-const RUNS_FOR_POLLS: usize = 20;
-
-/// Gathers everything the cutover verdict needs.
-pub fn migration_input(gw: &Gateway, collectors: &Collectors) -> anyhow::Result<MigrationInput> {
-    let stats = gw.archive.stats()?;
-    let mut views = Vec::new();
-    for c in collectors.iter() {
-        let state = history::state(gw.archive.db(), c.name())?;
-        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
-        let polls = history::runs(gw.archive.db(), c.name(), RUNS_FOR_POLLS)?
-            .into_iter()
-            .filter_map(|r| {
-                Some(PollView {
-                    at_ms: u64::try_from(r.started_ms).ok()?,
-                    queue_depth: r.on_server?,
-                })
-            })
-            .collect();
-        views.push(CollectorView {
-            name: c.name().to_string(),
-            active: state.active(c.config().active),
-            retired: state.retired,
-            interval_ms: c.config().interval.as_millis() as u64,
-            polls,
-        });
-    }
-    Ok(MigrationInput {
-        now_ms: crate::archive::now_ms(),
-        smtp: SmtpView {
-            first_ms: stats.first_smtp_ms,
-            last_ms: stats.last_smtp_ms,
-            first_by_address: stats.first_smtp_by_address.clone(),
-            accepted: gw.config.smtp.accept.clone(),
-        },
-        pop3_after_smtp: stats.pop3_after_smtp,
-        unmatched: unmatched_after_smtp(&gw.archive)?,
-        collectors: views,
-    })
 }

@@ -27,10 +27,12 @@ use tokio::task::JoinSet;
 use super::client::{Client, Endpoint};
 use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::CollectorConfig;
-use crate::history::{self, Run};
-use crate::ingest::{Delivery, IngestError, Outcome};
-use crate::server::Gateway;
+use crate::history::{self, CollectorStore, Run};
+use crate::ingest::{Delivery, Ingest, IngestError, Outcome};
+use crate::metrics::Metrics;
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,18 @@ const INACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest back-off after repeated failures (unless the interval is longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// What a collector works with, handed over by whoever wires the gateway.
+#[derive(Clone)]
+pub struct CollectorContext {
+    /// Where downloaded messages go.
+    pub ingest: Ingest,
+    /// Its state between runs and its run history.
+    pub store: CollectorStore,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: finish the current messages, QUIT, stop.
+    pub shutdown: CancellationToken,
+}
+
 /// One `[[collector]]`. Cheap to clone; clones share the session lock, so at most one POP3 session
 /// per collector is open at a time (Exchange allows 16 per user; a journal mailbox needs one).
 #[derive(Clone)]
@@ -66,7 +80,7 @@ pub struct Collector {
 
 struct Inner {
     config: CollectorConfig,
-    gateway: Gateway,
+    ctx: CollectorContext,
     trust: Trust,
     session: Mutex<()>,
     wake: Notify,
@@ -110,15 +124,15 @@ struct Committed {
 
 impl Collector {
     /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
-    pub fn new(config: &CollectorConfig, gateway: Gateway) -> anyhow::Result<Collector> {
+    pub fn new(config: &CollectorConfig, ctx: CollectorContext) -> anyhow::Result<Collector> {
         let trust = Trust::from_config(config)?;
-        if let Err(e) = history::init(gateway.archive.db()) {
+        if let Err(e) = ctx.store.init() {
             tracing::warn!(collector = config.name(), "collector history tables: {e:#}");
         }
         Ok(Collector {
             inner: Arc::new(Inner {
                 config: config.clone(),
-                gateway,
+                ctx,
                 trust,
                 session: Mutex::new(()),
                 wake: Notify::new(),
@@ -137,7 +151,7 @@ impl Collector {
     /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
     /// and never once retired.
     pub fn is_active(&self) -> bool {
-        match history::state(self.inner.gateway.archive.db(), self.name()) {
+        match self.inner.ctx.store.state(self.name()) {
             Ok(state) => state.active(self.inner.config.active),
             Err(e) => {
                 tracing::warn!(collector = self.name(), "reading collector state: {e:#}");
@@ -155,8 +169,8 @@ impl Collector {
     /// when the gateway shuts down.
     pub async fn run_forever(self) {
         let name = self.name().to_string();
-        let metrics = self.inner.gateway.metrics.clone();
-        let shutdown = self.inner.gateway.shutdown.clone();
+        let metrics = self.inner.ctx.metrics.clone();
+        let shutdown = self.inner.ctx.shutdown.clone();
         let interval = self.inner.config.interval;
         let mut failures = 0u32;
         tracing::info!(collector = %name, "collector started");
@@ -196,7 +210,7 @@ impl Collector {
     /// finish first. The run is recorded in the history either way.
     pub async fn collect(&self, kind: RunKind) -> Result<RunSummary, RunFailure> {
         let _session = self.inner.session.lock().await;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let name = self.name().to_string();
         let started = time::OffsetDateTime::now_utc();
         let mut run = Run {
@@ -234,7 +248,7 @@ impl Collector {
                 .with_label_values(&[&name])
                 .set(depth as i64);
         }
-        if let Err(e) = history::record_run(gw.archive.db(), &run) {
+        if let Err(e) = gw.store.record_run(&run) {
             tracing::error!(collector = %name, "recording the collection history: {e:#}");
         }
         tracing::info!(
@@ -268,7 +282,7 @@ impl Collector {
             .resolve_password()
             .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("{e:#}")))?;
         loop {
-            if self.inner.gateway.shutdown.is_cancelled() {
+            if self.inner.ctx.shutdown.is_cancelled() {
                 return Err(Pop3Error::new(
                     ErrorKind::Shutdown,
                     "stopped: the gateway is shutting down",
@@ -288,7 +302,7 @@ impl Collector {
         run: &mut Run,
     ) -> Result<bool, Pop3Error> {
         let cfg = &self.inner.config;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let endpoint = Endpoint {
             host: cfg.host.clone(),
             port: cfg.port(),
@@ -356,7 +370,7 @@ impl Collector {
         budget: u64,
     ) -> Result<Plan, Pop3Error> {
         let cfg = &self.inner.config;
-        let ingest = &self.inner.gateway.ingest;
+        let ingest = &self.inner.ctx.ingest;
         let name = self.name();
         let mut items: Vec<Item> = Vec::new();
         let mut more = false;
@@ -434,7 +448,7 @@ impl Collector {
         run: &mut Run,
     ) -> Result<(Committed, Option<Pop3Error>), Pop3Error> {
         let cfg = &self.inner.config;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let depth = cfg.pipeline_depth.max(1) as usize;
         let window = if client.capabilities().pipelining {
             depth

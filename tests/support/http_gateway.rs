@@ -7,21 +7,20 @@ use std::net::SocketAddr;
 
 use journal_gateway::client::{request, Reply};
 use journal_gateway::config::Config;
-use journal_gateway::http::collectors::Collectors;
-use journal_gateway::http::HttpServer;
-use journal_gateway::server::Gateway;
+use journal_gateway::pop3::Collectors;
+use journal_gateway::server::{self as server, Start};
 
 pub use hyper::Method;
 
 pub struct Running {
     pub dir: tempfile::TempDir,
-    pub gateway: Gateway,
+    pub gateway: server::Running,
     pub collectors: Collectors,
     pub addr: SocketAddr,
     pub base: String,
     pub token: String,
     pub config_path: std::path::PathBuf,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub config: Config,
 }
 
 /// Starts a gateway whose configuration is `data_dir` + `[http] listen = 127.0.0.1:0` + `extra`.
@@ -33,15 +32,17 @@ pub async fn start(extra: &str) -> Running {
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"));
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
-    let gateway = Gateway::open(config).expect("open gateway");
-    let collectors = Collectors::from_gateway(&gateway).expect("collectors");
-    let server = HttpServer::bind(&gateway, collectors.clone())
-        .await
-        .expect("bind HTTP");
-    let addr = server.local_addr().expect("local addr");
-    let readiness = server.readiness();
-    let task = tokio::spawn(server.run());
-    readiness.set_listeners_bound();
+    let gateway = server::start(
+        config.clone(),
+        Start {
+            http: true,
+            ..Start::OFFLINE
+        },
+    )
+    .await
+    .expect("start gateway");
+    let collectors = gateway.collectors.clone();
+    let addr = gateway.http_addr.expect("HTTP bound");
     let token = std::fs::read_to_string(dir.path().join("data/admin.token"))
         .expect("generated admin token")
         .trim()
@@ -58,7 +59,7 @@ pub async fn start(extra: &str) -> Running {
         base: format!("http://{addr}"),
         token,
         config_path,
-        task,
+        config,
     }
 }
 
@@ -111,8 +112,6 @@ impl Running {
     }
 
     pub async fn stop(self) {
-        self.gateway.shutdown.cancel();
-        self.task.await.expect("join").expect("HTTP server");
-        self.gateway.ingest.close().await;
+        self.gateway.stop().await.expect("HTTP server");
     }
 }
