@@ -13,9 +13,10 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
+use crate::clock::UnixMs;
 use crate::config::Config;
-use crate::history::Run;
-use crate::http::views::{rfc3339, CollectorInfo, Status};
+use crate::http::views::{CollectorInfo, Status};
+use crate::index::Run;
 use crate::migration::Verdict;
 
 /// Where the server is and how to talk to it.
@@ -257,12 +258,8 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     })
 }
 
-fn time_ms(ms: Option<u64>) -> String {
-    ms.and_then(rfc3339).unwrap_or_else(|| "-".into())
-}
-
-fn time_ims(ms: Option<i64>) -> String {
-    time_ms(ms.and_then(|m| u64::try_from(m).ok()))
+fn time_ms(ms: Option<UnixMs>) -> String {
+    ms.and_then(UnixMs::rfc3339).unwrap_or_else(|| "-".into())
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -356,7 +353,7 @@ pub fn format_collectors(list: &[CollectorInfo]) -> String {
                 format!("{}@{}:{}", c.username, c.host, c.port),
                 format!("{}s", c.interval_seconds),
                 opt(c.queue_depth),
-                time_ims(c.last_success_ms),
+                time_ms(c.last_success_ms),
                 c.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -383,12 +380,12 @@ pub fn format_runs(runs: &[Run]) -> String {
         .iter()
         .map(|r| {
             vec![
-                time_ims(Some(r.started_ms)),
-                match r.limit {
+                time_ms(Some(r.started_ms)),
+                match r.limit() {
                     Some(l) => format!("{} ({l})", r.kind),
-                    None => r.kind.clone(),
+                    None => r.kind.to_string(),
                 },
-                format!("{:.1}s", (r.ended_ms - r.started_ms) as f64 / 1000.0),
+                format!("{:.1}s", r.duration_ms() as f64 / 1000.0),
                 opt(r.on_server),
                 r.retrieved.to_string(),
                 r.archived.to_string(),

@@ -2,13 +2,15 @@
 //!
 //! Data flows one way: a listener ([`smtp`]) or collector ([`pop3`]) hands raw bytes to the one
 //! ingest path ([`ingest`]), which parses them ([`journal`]), deduplicates and stores them durably
-//! ([`archive`]) and only then lets the caller acknowledge.
+//! ([`archive`]: the message files in [`store`], the records in [`index`]) and only then lets the
+//! caller acknowledge. [`server`] wires the parts together.
 
 pub mod archive;
 pub mod client;
+pub mod clock;
 pub mod config;
-pub mod history;
 pub mod http;
+pub mod index;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
@@ -16,4 +18,5 @@ pub mod migration;
 pub mod pop3;
 pub mod server;
 pub mod smtp;
+pub mod store;
 pub mod tls;

@@ -25,9 +25,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Archive;
+use crate::archive::{FactRecorder, Recorded};
 use crate::config::CollectorConfig;
-use crate::history::CollectorStore;
+use crate::index::{CollectorStore, Facts, Index, IndexError, Source};
 
 /// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
 /// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
@@ -343,23 +343,46 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
     }
 }
 
+/// The facts the verdict needs, recorded with every arrival in the archive's transaction:
+/// the first and last SMTP arrival (and the first per journal address), and which originals
+/// were first archived over POP3 after SMTP traffic began without (yet) arriving over SMTP.
+pub struct CutoverFacts;
+
+impl FactRecorder for CutoverFacts {
+    fn record(&self, facts: &mut Facts<'_, '_>, a: &Recorded<'_>) -> Result<(), IndexError> {
+        match &a.sighting.source {
+            Source::Smtp => {
+                facts.smtp_arrival(a.sighting.at_ms, &a.sighting.rcpt_to);
+                if a.previous.is_some_and(|p| !p.seen_over_smtp()) {
+                    facts.seen_over_smtp(a.key)?;
+                }
+            }
+            Source::Pop3 { .. } => {
+                if a.previous.is_none() && facts.smtp_started()? {
+                    facts.pop3_after_smtp(a.key, a.sighting.at_ms)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
-pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
-    let keys = archive.pop3_only_keys()?;
+pub fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
+    let keys = index.pop3_only_keys()?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let Some(rec) = archive.get(&key)? else {
+        let Some(rec) = index.get(&key)? else {
             continue;
         };
         let collector = rec
-            .sightings
-            .first()
-            .and_then(|s| s.source.strip_prefix("pop3:"))
+            .first_source()
+            .and_then(Source::collector)
             .map(str::to_string);
         out.push(UnmatchedView {
             key,
             collector,
-            journaled_ms: rec.journaled_or_dated_ms(),
+            journaled_ms: rec.journaled_or_dated_ms().map(|t| t.0),
         });
     }
     Ok(out)
@@ -368,15 +391,16 @@ pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedVi
 /// How many recent runs are looked at for the last polls.
 const RUNS_FOR_POLLS: usize = 20;
 
-/// Gathers everything the cutover verdict needs from the archive, the collectors' state and
-/// history, the configured collectors and the accepted journal addresses (blocking index reads).
+/// Gathers everything the cutover verdict needs from the index (totals, facts, the
+/// collectors' state and history), the configured collectors and the accepted journal
+/// addresses. Blocking index reads.
 pub fn gather_input<'a>(
-    archive: &Archive,
+    index: &Index,
     store: &CollectorStore,
     collectors: impl IntoIterator<Item = &'a CollectorConfig>,
     accepted: &[String],
-) -> anyhow::Result<MigrationInput> {
-    let stats = archive.stats()?;
+) -> Result<MigrationInput, IndexError> {
+    let stats = index.stats()?;
     let mut views = Vec::new();
     for c in collectors {
         let state = store.state(c.name())?;
@@ -386,7 +410,7 @@ pub fn gather_input<'a>(
             .into_iter()
             .filter_map(|r| {
                 Some(PollView {
-                    at_ms: u64::try_from(r.started_ms).ok()?,
+                    at_ms: r.started_ms.0,
                     queue_depth: r.on_server?,
                 })
             })
@@ -400,15 +424,19 @@ pub fn gather_input<'a>(
         });
     }
     Ok(MigrationInput {
-        now_ms: crate::archive::now_ms(),
+        now_ms: crate::clock::UnixMs::now().0,
         smtp: SmtpView {
-            first_ms: stats.first_smtp_ms,
-            last_ms: stats.last_smtp_ms,
-            first_by_address: stats.first_smtp_by_address.clone(),
+            first_ms: stats.first_smtp_ms.map(|t| t.0),
+            last_ms: stats.last_smtp_ms.map(|t| t.0),
+            first_by_address: stats
+                .first_smtp_by_address
+                .iter()
+                .map(|(a, t)| (a.clone(), t.0))
+                .collect(),
             accepted: accepted.to_vec(),
         },
         pop3_after_smtp: stats.pop3_after_smtp,
-        unmatched: unmatched_after_smtp(archive)?,
+        unmatched: unmatched_after_smtp(index)?,
         collectors: views,
     })
 }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::config::Config;
-use crate::history::CollectorStore;
 use crate::http::{HttpContext, HttpServer};
+use crate::index::CollectorStore;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::pop3::{CollectorContext, Collectors};
@@ -82,7 +82,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     );
     let ingest = Ingest::new(archive.clone(), metrics.clone());
     let shutdown = CancellationToken::new();
-    let collector_store = CollectorStore::new(archive.clone());
+    let collector_store = CollectorStore::new(archive.index().clone());
     let collectors = Collectors::new(
         &config.collectors,
         &CollectorContext {

@@ -56,14 +56,14 @@ async fn busy_gateway() -> Running {
         .inc();
     // A finished collection run in the history: collectors built at a (re)start seed the queue
     // depth and last-success gauges from it.
-    let now = journal_gateway::history::now_ms();
+    let now = journal_gateway::clock::UnixMs::now();
     gw.gateway
         .collector_store
-        .record_run(&journal_gateway::history::Run {
+        .record_run(&journal_gateway::index::Run {
             collector: "exch".into(),
-            id: now as u64 * 1000,
-            kind: "normal".into(),
-            started_ms: now - 1000,
+            id: now.0 * 1000,
+            kind: journal_gateway::index::RunKind::Normal,
+            started_ms: journal_gateway::clock::UnixMs(now.0 - 1000),
             ended_ms: now,
             on_server: Some(1),
             on_server_at_end: Some(0),

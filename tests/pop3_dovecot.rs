@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dovecot::{Dovecot, Options};
 use journal_gateway::config::{CollectorConfig, Config};
-use journal_gateway::history;
+use journal_gateway::index::{CollectorStore, RunKind as Kind};
 use journal_gateway::ingest::Delivery;
 use journal_gateway::journal::{sample, Recipient, RecipientKind};
 use journal_gateway::pop3::CollectorContext;
@@ -102,7 +102,7 @@ async fn implicit_tls_with_pinned_certificate_drains_byte_exact() {
         crlf(dotted)
     );
     let record = gw.archive.get(&key(3)).unwrap().unwrap();
-    assert_eq!(record.sightings[0].source, "pop3:dc1");
+    assert_eq!(record.sightings[0].source.to_string(), "pop3:dc1");
     assert!(record.sightings[0].uidl.is_some(), "UIDL kept with the key");
     assert!(
         server.log().contains("TLS"),
@@ -269,7 +269,7 @@ async fn drain_5000_messages_with_history() {
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run, &summary);
-    assert_eq!(run.kind, "normal");
+    assert_eq!(run.kind, Kind::Normal);
     assert_eq!(run.on_server, Some(5_000));
     assert_eq!(run.on_server_at_end, Some(0));
     assert_eq!(
@@ -313,7 +313,7 @@ async fn test_collection_on_an_inactive_collector() {
     let (_dir, gw) = gateway().await;
     let cfg = server.collector("idle", "implicit", "active = false");
     let c = collector(&cfg, &gw);
-    assert!(!c.is_active());
+    assert!(!c.is_active().await);
 
     // An inactive collector does not poll.
     let task = tokio::spawn(c.clone().run_forever());
@@ -339,7 +339,7 @@ async fn test_collection_on_an_inactive_collector() {
     assert_eq!(gw.archive.count().unwrap(), 200);
     assert_eq!(server.mailbox_numbers(), before, "mailbox unchanged");
     let run = &gw.collector_store.runs("idle", 10).unwrap()[0];
-    assert_eq!((run.kind.as_str(), run.limit), ("test", Some(200)));
+    assert_eq!((run.kind.as_str(), run.limit()), ("test", Some(200)));
 
     gw.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
@@ -478,7 +478,11 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
         addresses.contains(&"extra-7@example.com") && addresses.contains(&"carol@example.net"),
         "{addresses:?}"
     );
-    let sources: Vec<&str> = record.sightings.iter().map(|s| s.source.as_str()).collect();
+    let sources: Vec<String> = record
+        .sightings
+        .iter()
+        .map(|s| s.source.to_string())
+        .collect();
     assert_eq!(sources, vec!["smtp", "pop3:overlap"]);
     assert_eq!(record.duplicates, 1);
 }
@@ -537,10 +541,12 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
         for i in [0, 150, N - 1] {
             assert!(archive.get(&key(i)).unwrap().is_some(), "message {i}");
         }
-        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        let runs = CollectorStore::new(archive.index().clone())
+            .runs("cli", 10)
+            .unwrap();
         assert_eq!(runs.len(), 1, "{runs:?}");
         let run = &runs[0];
-        assert_eq!(run.kind, "normal");
+        assert_eq!(run.kind, Kind::Normal);
         assert_eq!(
             (
                 run.on_server,
@@ -561,7 +567,9 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     {
         let archive = journal_gateway::archive::Archive::open(&data).unwrap();
         assert_eq!(archive.count().unwrap(), N);
-        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        let runs = CollectorStore::new(archive.index().clone())
+            .runs("cli", 10)
+            .unwrap();
         assert_eq!(runs.len(), 2, "{runs:?}");
         let newest = &runs[0];
         assert_eq!(
@@ -574,7 +582,9 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
             (Some(0), 0, 0, 1),
             "{newest:?}"
         );
-        history::retire(archive.db(), "cli").unwrap();
+        CollectorStore::new(archive.index().clone())
+            .retire("cli")
+            .unwrap();
     }
 
     // Refused, without touching the mailbox, for a retired or unknown collector.

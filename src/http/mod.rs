@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::config::Config;
-use crate::history::CollectorStore;
+use crate::index::{CollectorStore, IndexError};
 use crate::metrics::Metrics;
 use crate::pop3::Collectors;
 
@@ -154,15 +154,31 @@ impl ApiError {
     }
 }
 
-/// Storage and other internal failures: logged, answered 500 with the message.
-impl<E: std::fmt::Display> From<E> for ApiError
-where
-    E: Into<anyhow::Error>,
-{
-    fn from(e: E) -> ApiError {
-        let e: anyhow::Error = e.into();
-        tracing::error!("admin API: {e:#}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+/// An index failure: the chain is logged; the caller learns only that the index is unavailable
+/// (no paths, no redb internals: most endpoints need no token).
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> ApiError {
+        tracing::error!("admin API: {:#}", anyhow::Error::from(e));
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "index unavailable")
+    }
+}
+
+/// A message file failure: logged; answered without the path or the OS error.
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> ApiError {
+        tracing::error!("admin API: archive storage: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "archive storage unavailable",
+        )
+    }
+}
+
+/// A blocking task that did not finish (a panic): logged, answered 500.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        tracing::error!("admin API: blocking task failed: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
 }
 

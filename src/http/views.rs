@@ -3,16 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{Archive, Record, Stats};
-use crate::history::CollectorStore;
+use crate::clock::UnixMs;
+use crate::index::{CollectorStore, Index, IndexError, Record, Source, Stats};
 use crate::pop3::Collectors;
-
-/// Unix ms as RFC 3339 (UTC), for humans reading the JSON.
-pub fn rfc3339(ms: u64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
 
 /// Totals of one source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -36,10 +29,10 @@ pub struct Status {
     /// Message-IDs reused by a different message (stored as variants).
     pub conflicts: u64,
     /// "Data collected since": the first archived message.
-    pub collected_since_ms: Option<u64>,
+    pub collected_since_ms: Option<UnixMs>,
     pub collected_since: Option<String>,
-    pub first_smtp_ms: Option<u64>,
-    pub last_smtp_ms: Option<u64>,
+    pub first_smtp_ms: Option<UnixMs>,
+    pub last_smtp_ms: Option<UnixMs>,
     pub collectors: Vec<CollectorInfo>,
 }
 
@@ -61,7 +54,7 @@ impl Status {
             },
             conflicts: stats.conflicts,
             collected_since_ms: stats.first_archive_ms,
-            collected_since: stats.first_archive_ms.and_then(rfc3339),
+            collected_since: stats.first_archive_ms.and_then(UnixMs::rfc3339),
             first_smtp_ms: stats.first_smtp_ms,
             last_smtp_ms: stats.last_smtp_ms,
             collectors,
@@ -84,12 +77,12 @@ pub struct CollectorInfo {
     /// The operator's activate/deactivate, if any.
     pub active_override: Option<bool>,
     pub retired: bool,
-    pub retired_ms: Option<i64>,
+    pub retired_ms: Option<UnixMs>,
     pub delete: bool,
     /// Mailbox count at the last poll.
     pub queue_depth: Option<u64>,
-    pub last_run_ms: Option<i64>,
-    pub last_success_ms: Option<i64>,
+    pub last_run_ms: Option<UnixMs>,
+    pub last_success_ms: Option<UnixMs>,
     pub last_error: Option<String>,
 }
 
@@ -97,7 +90,7 @@ pub struct CollectorInfo {
 pub fn collector_infos(
     store: &CollectorStore,
     collectors: &Collectors,
-) -> anyhow::Result<Vec<CollectorInfo>> {
+) -> Result<Vec<CollectorInfo>, IndexError> {
     collectors
         .iter()
         .map(|c| {
@@ -129,8 +122,8 @@ pub fn collector_infos(
 pub struct MessageView {
     pub key: String,
     /// Distinct sources in arrival order (`smtp`, `pop3:<collector>`).
-    pub sources: Vec<String>,
-    pub first_seen_ms: u64,
+    pub sources: Vec<Source>,
+    pub first_seen_ms: UnixMs,
     pub first_seen: Option<String>,
     #[serde(flatten)]
     pub record: Record,
@@ -138,7 +131,7 @@ pub struct MessageView {
 
 impl MessageView {
     pub fn new(key: String, record: Record) -> MessageView {
-        let mut sources: Vec<String> = Vec::new();
+        let mut sources: Vec<Source> = Vec::new();
         for s in &record.sightings {
             if !sources.contains(&s.source) {
                 sources.push(s.source.clone());
@@ -149,7 +142,7 @@ impl MessageView {
             key,
             sources,
             first_seen_ms,
-            first_seen: rfc3339(first_seen_ms),
+            first_seen: first_seen_ms.rfc3339(),
             record,
         }
     }
@@ -157,7 +150,7 @@ impl MessageView {
 
 /// Finds a message by a Message-ID as typed by an operator: with or without angle brackets,
 /// surrounding spaces ignored. Returns the archive key and the record.
-pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(String, Record)>> {
+pub fn find_message(index: &Index, id: &str) -> Result<Option<(String, Record)>, IndexError> {
     let id = id.trim();
     let bare = id
         .strip_prefix('<')
@@ -168,7 +161,7 @@ pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(Stri
         if candidate.is_empty() {
             continue;
         }
-        if let Some(rec) = archive.get(candidate)? {
+        if let Some(rec) = index.get(candidate)? {
             return Ok(Some((candidate.to_string(), rec)));
         }
     }

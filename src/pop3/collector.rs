@@ -29,19 +29,13 @@ use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::UnixMs;
 use crate::config::CollectorConfig;
-use crate::history::{self, CollectorStore, Run};
+use crate::index::{CollectorState, CollectorStore, IndexError, Run};
 use crate::ingest::{Delivery, Ingest, IngestError, Outcome};
 use crate::metrics::Metrics;
 
-/// What a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunKind {
-    /// Drain the mailbox (deleting archived messages when `delete = true`).
-    Normal,
-    /// Fetch and archive up to `limit` messages; delete nothing.
-    Test { limit: u32 },
-}
+pub use crate::index::RunKind;
 
 /// The record of one run (also stored as its history row).
 pub type RunSummary = Run;
@@ -126,9 +120,6 @@ impl Collector {
     /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
     pub fn new(config: &CollectorConfig, ctx: CollectorContext) -> anyhow::Result<Collector> {
         let trust = Trust::from_config(config)?;
-        if let Err(e) = ctx.store.init() {
-            tracing::warn!(collector = config.name(), "collector history tables: {e:#}");
-        }
         Ok(Collector {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -150,13 +141,22 @@ impl Collector {
 
     /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
     /// and never once retired.
-    pub fn is_active(&self) -> bool {
-        match self.inner.ctx.store.state(self.name()) {
+    pub async fn is_active(&self) -> bool {
+        match self.state().await {
             Ok(state) => state.active(self.inner.config.active),
             Err(e) => {
-                tracing::warn!(collector = self.name(), "reading collector state: {e:#}");
+                tracing::warn!(collector = self.name(), "reading collector state: {e}");
                 self.inner.config.active
             }
+        }
+    }
+
+    /// The collector's stored state (read off the async workers).
+    async fn state(&self) -> Result<CollectorState, IndexError> {
+        let (store, name) = (self.inner.ctx.store.clone(), self.name().to_string());
+        match tokio::task::spawn_blocking(move || store.state(&name)).await {
+            Ok(result) => result,
+            Err(e) => Err(IndexError::Corrupt(format!("state reader failed: {e}"))),
         }
     }
 
@@ -175,7 +175,7 @@ impl Collector {
         let mut failures = 0u32;
         tracing::info!(collector = %name, "collector started");
         loop {
-            let active = self.is_active();
+            let active = self.is_active().await;
             metrics
                 .collector_active
                 .with_label_values(&[&name])
@@ -216,19 +216,12 @@ impl Collector {
         let mut run = Run {
             collector: name.clone(),
             id: (started.unix_timestamp_nanos() / 1000).max(0) as u64,
-            kind: match kind {
-                RunKind::Normal => "normal".into(),
-                RunKind::Test { .. } => "test".into(),
-            },
-            limit: match kind {
-                RunKind::Normal => None,
-                RunKind::Test { limit } => Some(limit),
-            },
-            started_ms: history::now_ms(),
+            kind,
+            started_ms: UnixMs::now(),
             ..Default::default()
         };
         let result = self.drain(kind, &mut run).await;
-        run.ended_ms = history::now_ms();
+        run.ended_ms = UnixMs::now();
         if let Err(e) = &result {
             run.error = Some(e.message.clone());
             run.error_kind = Some(e.kind.label().to_string());
@@ -240,7 +233,7 @@ impl Collector {
             gw.metrics
                 .pop3_last_success
                 .with_label_values(&[&name])
-                .set(run.ended_ms / 1000);
+                .set(run.ended_ms.as_secs() as i64);
         }
         if let Some(depth) = run.on_server_at_end {
             gw.metrics
@@ -248,8 +241,16 @@ impl Collector {
                 .with_label_values(&[&name])
                 .set(depth as i64);
         }
-        if let Err(e) = gw.store.record_run(&run) {
-            tracing::error!(collector = %name, "recording the collection history: {e:#}");
+        let recorded = {
+            let (store, run) = (gw.store.clone(), run.clone());
+            tokio::task::spawn_blocking(move || store.record_run(&run)).await
+        };
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(collector = %name, "recording the collection history: {e}");
+            }
+            Err(e) => tracing::error!(collector = %name, "recording the collection history: {e}"),
         }
         tracing::info!(
             collector = %name,
@@ -262,7 +263,7 @@ impl Collector {
             deleted = run.deleted,
             bytes = run.bytes,
             sessions = run.sessions,
-            seconds = (run.ended_ms - run.started_ms) as f64 / 1000.0,
+            seconds = run.duration_ms() as f64 / 1000.0,
             error = run.error.as_deref().unwrap_or(""),
             "collection run finished"
         );
@@ -377,33 +378,19 @@ impl Collector {
         // Whether the session's work is planned: the rest is for a later session.
         let full = |items: &Vec<Item>| items.len() as u64 >= budget;
         let uidls = client.capabilities().uidl || !client.capabilities().known;
+        // The listing is taken first and its UIDLs looked up in the index in one batch, off the
+        // async workers. A later session looks the rest up again: only the first `budget`
+        // messages are kept (with `delete = false`, known messages are skipped and do not
+        // count, so every message is kept to tell whether more remains).
+        let keep_all = kind == RunKind::Normal && !cfg.delete;
+        let mut listing: Vec<(u32, String)> = Vec::new();
         let listed = if uidls {
             client
                 .uidl_each(|n, uidl| {
-                    // A later session looks the rest up again: no index lookup per message of
-                    // a large backlog here (with `delete = false`, known messages are skipped
-                    // and do not count, so they are looked up to tell whether more remains).
-                    if full(&items) && (kind != RunKind::Normal || cfg.delete) {
-                        more = true;
-                        return Ok(());
-                    }
-                    let action = match kind {
-                        RunKind::Test { .. } => Action::Fetch,
-                        RunKind::Normal => match ingest.known_uidl(name, uidl) {
-                            Ok(None) => Action::Fetch,
-                            Ok(Some(_)) if cfg.delete => Action::Delete,
-                            Ok(Some(_)) => return Ok(()),
-                            Err(e) => return Err(ingest_error(e)),
-                        },
-                    };
-                    if full(&items) {
+                    if !keep_all && listing.len() as u64 >= budget {
                         more = true;
                     } else {
-                        items.push(Item {
-                            n,
-                            uidl: Some(uidl.to_string()),
-                            action,
-                        });
+                        listing.push((n, uidl.to_string()));
                     }
                     Ok(())
                 })
@@ -411,6 +398,31 @@ impl Collector {
         } else {
             Err(Pop3Error::new(ErrorKind::Server, "no UIDL"))
         };
+        if listed.is_ok() {
+            let known = match kind {
+                RunKind::Test { .. } => vec![false; listing.len()],
+                RunKind::Normal => ingest
+                    .known_uidls(name, listing.iter().map(|(_, u)| u.clone()).collect())
+                    .await
+                    .map_err(ingest_error)?,
+            };
+            for ((n, uidl), known) in listing.into_iter().zip(known) {
+                let action = match (known, cfg.delete) {
+                    (false, _) => Action::Fetch,
+                    (true, true) => Action::Delete,
+                    (true, false) => continue,
+                };
+                if full(&items) {
+                    more = true;
+                } else {
+                    items.push(Item {
+                        n,
+                        uidl: Some(uidl),
+                        action,
+                    });
+                }
+            }
+        }
         let uidls = match listed {
             Ok(()) => true,
             Err(e) if e.kind == ErrorKind::Server => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::collector::{Collector, CollectorContext};
 use crate::config::CollectorConfig;
-use crate::history;
+use crate::index::CollectorState;
 
 /// Every configured collector. Cheap to clone.
 #[derive(Clone, Default)]
@@ -57,8 +57,8 @@ fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
     let state = match ctx.store.state(name) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(collector = name, "reading collector state: {e:#}");
-            history::State::default()
+            tracing::warn!(collector = name, "reading collector state: {e}");
+            CollectorState::default()
         }
     };
     m.collector_active
@@ -70,7 +70,7 @@ fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
     if let Some(ms) = state.last_success_ms {
         m.pop3_last_success
             .with_label_values(&[name])
-            .set(ms / 1000);
+            .set(ms.as_secs() as i64);
     }
     m.pop3_errors.with_label_values(&[name, "connect"]);
 }
