@@ -157,20 +157,28 @@ impl Ingest {
             let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
                 c.with_label_values(&[label]).inc_by(v)
             };
-            seed(&metrics.archived, "smtp", stats.archived_smtp);
-            seed(&metrics.archived, "pop3", stats.archived_pop3);
-            seed(&metrics.duplicates, "smtp", stats.duplicates_smtp);
-            seed(&metrics.duplicates, "pop3", stats.duplicates_pop3);
-            seed(&metrics.archive_bytes, "smtp", stats.bytes_smtp);
-            seed(&metrics.archive_bytes, "pop3", stats.bytes_pop3);
+            seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
+            seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
+            seed(
+                &metrics.duplicates,
+                Source::SMTP_LABEL,
+                stats.duplicates_smtp,
+            );
+            seed(
+                &metrics.duplicates,
+                Source::POP3_LABEL,
+                stats.duplicates_pop3,
+            );
+            seed(&metrics.archive_bytes, Source::SMTP_LABEL, stats.bytes_smtp);
+            seed(&metrics.archive_bytes, Source::POP3_LABEL, stats.bytes_pop3);
             seed(
                 &metrics.received,
-                "smtp",
+                Source::SMTP_LABEL,
                 stats.archived_smtp + stats.duplicates_smtp,
             );
             seed(
                 &metrics.received,
-                "pop3",
+                Source::POP3_LABEL,
                 stats.archived_pop3 + stats.duplicates_pop3,
             );
             metrics.conflicts.inc_by(stats.conflicts);

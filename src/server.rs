@@ -75,23 +75,17 @@ pub struct Running {
 /// collectors, then binds and starts what `what` asks for. Every listener is bound before this
 /// returns, so a bad address fails here.
 pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
     let metrics = Metrics::new();
-    let archive = Arc::new(
-        Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
-            .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
-    );
-    let ingest = Ingest::new(archive.clone(), metrics.clone());
     let shutdown = CancellationToken::new();
-    let collector_store = CollectorStore::new(archive.index().clone());
-    let collectors = Collectors::new(
-        &config.collectors,
-        &CollectorContext {
-            ingest: ingest.clone(),
-            store: collector_store.clone(),
-            metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-        },
-    )?;
+    // Opening the archive (recovery), seeding the counters and the collectors' gauges read the
+    // index and the disk: blocking work, done off the async workers.
+    let (archive, ingest, collector_store, collectors) = {
+        let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || open_parts(&config, metrics, shutdown))
+            .await
+            .context("opening the archive: blocking task failed")??
+    };
     let mut running = Running {
         smtp_addrs: Vec::new(),
         smtp_tls_addrs: Vec::new(),
@@ -151,6 +145,30 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         readiness.set_listeners_bound();
     }
     Ok(running)
+}
+
+/// The archive, the ingest path, the collector store and the collectors.
+fn open_parts(
+    config: &Config,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<Archive>, Ingest, CollectorStore, Collectors)> {
+    let archive = Arc::new(
+        Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
+            .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
+    );
+    let ingest = Ingest::new(archive.clone(), metrics.clone());
+    let collector_store = CollectorStore::new(archive.index().clone());
+    let collectors = Collectors::new(
+        &config.collectors,
+        &CollectorContext {
+            ingest: ingest.clone(),
+            store: collector_store.clone(),
+            metrics,
+            shutdown,
+        },
+    )?;
+    Ok((archive, ingest, collector_store, collectors))
 }
 
 impl Running {

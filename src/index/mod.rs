@@ -47,6 +47,11 @@ const POP3_AFTER_SMTP: &str = "pop3_after_smtp";
 const FIRST_ARCHIVE: &str = "first_archive_ms";
 const CONFLICTS: &str = "conflicts";
 
+/// A per-source counter's name: `archived/smtp`, `bytes/pop3`, ...
+fn per_source(counter: &str, label: &str) -> String {
+    format!("{counter}/{label}")
+}
+
 /// redb's page cache unless configured (`index_cache_mb`). redb's own default (1 GiB) would let the
 /// resident size grow with the index; lookups past this cache are served from the OS page cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
@@ -252,12 +257,12 @@ impl Index {
         }
         Ok(Stats {
             messages: txn.open_table(MESSAGES)?.len()?,
-            archived_smtp: n("archived/smtp")?,
-            archived_pop3: n("archived/pop3")?,
-            duplicates_smtp: n("duplicates/smtp")?,
-            duplicates_pop3: n("duplicates/pop3")?,
-            bytes_smtp: n("bytes/smtp")?,
-            bytes_pop3: n("bytes/pop3")?,
+            archived_smtp: n(&per_source("archived", Source::SMTP_LABEL))?,
+            archived_pop3: n(&per_source("archived", Source::POP3_LABEL))?,
+            duplicates_smtp: n(&per_source("duplicates", Source::SMTP_LABEL))?,
+            duplicates_pop3: n(&per_source("duplicates", Source::POP3_LABEL))?,
+            bytes_smtp: n(&per_source("bytes", Source::SMTP_LABEL))?,
+            bytes_pop3: n(&per_source("bytes", Source::POP3_LABEL))?,
             conflicts: n(CONFLICTS)?,
             first_archive_ms: time(FIRST_ARCHIVE)?,
             first_smtp_ms: time(FIRST_SMTP)?,
@@ -388,10 +393,10 @@ impl<'txn> Writer<'txn> {
     pub fn count_archived(&mut self, source: &Source, bytes: u64, variant: bool, at: UnixMs) {
         let c = &mut self.counters;
         *c.add
-            .entry(format!("archived/{}", source.label()))
+            .entry(per_source("archived", source.label()))
             .or_default() += 1;
         *c.add
-            .entry(format!("bytes/{}", source.label()))
+            .entry(per_source("bytes", source.label()))
             .or_default() += bytes;
         if variant {
             *c.add.entry(CONFLICTS.into()).or_default() += 1;
@@ -404,7 +409,7 @@ impl<'txn> Writer<'txn> {
         *self
             .counters
             .add
-            .entry(format!("duplicates/{}", source.label()))
+            .entry(per_source("duplicates", source.label()))
             .or_default() += 1;
     }
 

@@ -22,11 +22,16 @@ pub enum Source {
 }
 
 impl Source {
+    /// [`Source::label`] of SMTP arrivals.
+    pub const SMTP_LABEL: &'static str = "smtp";
+    /// [`Source::label`] of POP3 arrivals (any collector).
+    pub const POP3_LABEL: &'static str = "pop3";
+
     /// The metrics label and counter suffix: `smtp` or `pop3`.
     pub fn label(&self) -> &'static str {
         match self {
-            Source::Smtp => "smtp",
-            Source::Pop3 { .. } => "pop3",
+            Source::Smtp => Source::SMTP_LABEL,
+            Source::Pop3 { .. } => Source::POP3_LABEL,
         }
     }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::UnixMs;
 use crate::config::CollectorConfig;
-use crate::index::{CollectorState, CollectorStore, IndexError, Run};
+use crate::index::{CollectorStore, Run};
 use crate::ingest::{Delivery, Ingest, IngestError, Outcome};
 use crate::metrics::Metrics;
 
@@ -141,23 +141,16 @@ impl Collector {
 
     /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
     /// and never once retired.
+    /// The state is read off the async workers.
     pub async fn is_active(&self) -> bool {
-        match self.state().await {
-            Ok(state) => state.active(self.inner.config.active),
-            Err(e) => {
-                tracing::warn!(collector = self.name(), "reading collector state: {e}");
-                self.inner.config.active
-            }
-        }
-    }
-
-    /// The collector's stored state (read off the async workers).
-    async fn state(&self) -> Result<CollectorState, IndexError> {
         let (store, name) = (self.inner.ctx.store.clone(), self.name().to_string());
-        match tokio::task::spawn_blocking(move || store.state(&name)).await {
-            Ok(result) => result,
-            Err(e) => Err(IndexError::Corrupt(format!("state reader failed: {e}"))),
-        }
+        let failed = match tokio::task::spawn_blocking(move || store.state(&name)).await {
+            Ok(Ok(state)) => return state.active(self.inner.config.active),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(collector = self.name(), "reading collector state: {failed}");
+        self.inner.config.active
     }
 
     /// Wakes [`Collector::run_forever`] for a poll now (after an activation or a "collect now").
