@@ -6,7 +6,6 @@
 //! caller acknowledge. [`server`] wires the parts together.
 
 pub mod archive;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -97,7 +97,7 @@ async fn readyz_waits_for_listeners() {
     let get = |p: &'static str| {
         let base = base.clone();
         async move {
-            journal_gateway::client::request(&base, hyper::Method::GET, p, None)
+            http_gateway::request(&base, hyper::Method::GET, p, None)
                 .await
                 .unwrap()
         }

@@ -223,9 +223,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(r) =
-            journal_gateway::client::request(&prom, Method::GET, "/api/v1/targets", None).await
-        else {
+        let Ok(r) = http_gateway::request(&prom, Method::GET, "/api/v1/targets", None).await else {
             continue;
         };
         last = String::from_utf8_lossy(&r.body).into_owned();
@@ -246,7 +244,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
 
     // The scraped values are queryable.
     let q = query_string("journal_gateway_messages_archived_total{source=\"smtp\"}");
-    let r = journal_gateway::client::request(
+    let r = http_gateway::request(
         &prom,
         Method::GET,
         &format!("/api/v1/query?query={q}"),

@@ -159,7 +159,7 @@ impl ApiError {
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> ApiError {
         tracing::error!("admin API: {:#}", anyhow::Error::from(e));
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "index unavailable")
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "index unavailable")
     }
 }
 

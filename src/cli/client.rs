@@ -13,11 +13,11 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use crate::clock::UnixMs;
-use crate::config::Config;
-use crate::http::views::{CollectorInfo, Status};
-use crate::index::Run;
-use crate::migration::Verdict;
+use journal_gateway::clock::UnixMs;
+use journal_gateway::config::Config;
+use journal_gateway::http::views::{CollectorInfo, Status};
+use journal_gateway::index::Run;
+use journal_gateway::migration::Verdict;
 
 /// Where the server is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl Remote {
         });
         Remote {
             server,
-            token_file: crate::http::auth::token_path(config),
+            token_file: journal_gateway::http::auth::token_path(config),
             json,
         }
     }
@@ -170,7 +170,7 @@ fn segment(s: &str) -> String {
 /// error whose message carries the server's explanation (e.g. the retire verdict's reasons).
 pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     let token = || -> anyhow::Result<String> {
-        crate::http::auth::read_token(&remote.token_file).context(
+        journal_gateway::http::auth::read_token(&remote.token_file).context(
             "this call needs the admin token (set [http] admin_token_file, or run on the gateway's host)",
         )
     };
@@ -413,7 +413,7 @@ pub fn format_runs(runs: &[Run]) -> String {
     )
 }
 
-fn format_collector_verdict(c: &crate::migration::CollectorVerdict) -> String {
+fn format_collector_verdict(c: &journal_gateway::migration::CollectorVerdict) -> String {
     let mut out = String::new();
     let state = if c.retired {
         "retired"
