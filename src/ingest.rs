@@ -121,6 +121,7 @@ impl From<ArchiveError> for IngestError {
         match e {
             ArchiveError::Index(e) | ArchiveError::OpenIndex { source: e, .. } => e.into(),
             ArchiveError::Storage(e) => e.into(),
+            e @ ArchiveError::ExportTargetNotEmpty(_) => io::Error::other(e.to_string()).into(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum ArchiveError {
     /// Reading or writing message files (or their directories) failed.
     #[error("archive storage: {0}")]
     Storage(#[from] io::Error),
+    /// `export` refuses to write into a directory that holds anything.
+    #[error("{} is not empty; export into a new or empty directory", .0.display())]
+    ExportTargetNotEmpty(PathBuf),
     /// The index could not be opened.
     #[error("opening the index {}: {source}", path.display())]
     OpenIndex {
@@ -291,12 +294,9 @@ impl Archive {
 
     /// Copies every archived message into a Maildir at `out`, with `index.tsv` (key, file,
     /// recipients, sources, first seen). Returns the count.
-    pub fn export(&self, out: &Path) -> anyhow::Result<u64> {
+    pub fn export(&self, out: &Path) -> Result<u64, ArchiveError> {
         if out.exists() && fs::read_dir(out)?.next().is_some() {
-            anyhow::bail!(
-                "{} is not empty; export into a new or empty directory",
-                out.display()
-            );
+            return Err(ArchiveError::ExportTargetNotEmpty(out.to_path_buf()));
         }
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(out.join(sub))?;
@@ -307,30 +307,31 @@ impl Archive {
             "key\tfile\tmessage_id\trecipients\tsources\tfirst_seen_ms\tduplicates"
         )?;
         let mut n = 0;
-        self.index.for_each(|key, rec| -> anyhow::Result<()> {
-            fs::copy(self.file_path(&rec.file), out.join("new").join(&rec.file))?;
-            let recipients: Vec<String> = rec
-                .recipients
-                .iter()
-                .map(|r| format!("{:?}:{}", r.kind, r.address).to_lowercase())
-                .collect();
-            let mut sources: Vec<String> =
-                rec.sightings.iter().map(|s| s.source.to_string()).collect();
-            sources.dedup();
-            writeln!(
-                tsv,
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                tsv_field(key),
-                rec.file,
-                tsv_field(rec.message_id.as_deref().unwrap_or("")),
-                tsv_field(&recipients.join(",")),
-                sources.join(","),
-                rec.first_seen_ms(),
-                rec.duplicates
-            )?;
-            n += 1;
-            Ok(())
-        })?;
+        self.index
+            .for_each(|key, rec| -> Result<(), ArchiveError> {
+                fs::copy(self.file_path(&rec.file), out.join("new").join(&rec.file))?;
+                let recipients: Vec<String> = rec
+                    .recipients
+                    .iter()
+                    .map(|r| format!("{:?}:{}", r.kind, r.address).to_lowercase())
+                    .collect();
+                let mut sources: Vec<String> =
+                    rec.sightings.iter().map(|s| s.source.to_string()).collect();
+                sources.dedup();
+                writeln!(
+                    tsv,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    tsv_field(key),
+                    rec.file,
+                    tsv_field(rec.message_id.as_deref().unwrap_or("")),
+                    tsv_field(&recipients.join(",")),
+                    sources.join(","),
+                    rec.first_seen_ms(),
+                    rec.duplicates
+                )?;
+                n += 1;
+                Ok(())
+            })?;
         tsv.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         Ok(n)
     }
