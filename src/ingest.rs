@@ -463,6 +463,7 @@ impl Ingest {
             .map_err(IngestError::from)
     }
 
+    /// The archive behind the ingest path.
     pub fn archive(&self) -> &Arc<Archive> {
         &self.inner.archive
     }

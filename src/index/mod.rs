@@ -62,9 +62,15 @@ pub enum IndexError {
     /// redb failed (I/O, corruption, a failed commit).
     #[error("index database: {0}")]
     Database(#[from] redb::Error),
-    /// A stored value does not decode.
+    /// A stored record does not decode.
+    #[error("corrupt index record: {0}")]
+    Record(#[from] postcard::Error),
+    /// A stored record was written by a newer version.
+    #[error("index record version {0} is newer than this gateway")]
+    RecordVersion(u8),
+    /// A stored value is malformed.
     #[error("corrupt index entry: {0}")]
-    Corrupt(String),
+    Corrupt(&'static str),
     /// A JSON value (collector state, history) does not encode or decode.
     #[error("index JSON value: {0}")]
     Json(#[source] serde_json::Error),

@@ -184,19 +184,16 @@ impl Record {
     /// writes fields in order and `None` as one zero byte, so a version 1 body followed by a zero
     /// byte is the same record in version 2 with `journaled_ms: None`).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, IndexError> {
-        let corrupt = |e: postcard::Error| IndexError::Corrupt(format!("index record: {e}"));
         match bytes.split_first() {
-            Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+            Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
             Some((1, rest)) => {
                 let mut v2 = Vec::with_capacity(rest.len() + 1);
                 v2.extend_from_slice(rest);
                 v2.push(0);
-                postcard::from_bytes(&v2).map_err(corrupt)
+                Ok(postcard::from_bytes(&v2)?)
             }
-            Some((v, _)) => Err(IndexError::Corrupt(format!(
-                "index record version {v} is newer than this gateway"
-            ))),
-            None => Err(IndexError::Corrupt("empty index record".into())),
+            Some((&v, _)) => Err(IndexError::RecordVersion(v)),
+            None => Err(IndexError::Corrupt("empty index record")),
         }
     }
 }
