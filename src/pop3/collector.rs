@@ -23,12 +23,11 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Endpoint};
 use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
-use tokio_util::sync::CancellationToken;
-
 use crate::clock::UnixMs;
 use crate::config::CollectorConfig;
 use crate::index::{CollectorStore, Run};
