@@ -409,6 +409,28 @@ mod tests {
         assert_eq!(store.state("a").unwrap().polls.len(), POLLS_KEPT);
     }
 
+    /// History rows and states stored by earlier versions (times as signed numbers, the kind
+    /// as a string) still read.
+    #[test]
+    fn rows_stored_by_earlier_versions_read() {
+        let row = r#"{"collector":"exch","id":1700000000000000,"kind":"test","limit":5,
+            "started_ms":1700000000000,"ended_ms":1700000001500,"on_server":7,
+            "octets_on_server":900,"on_server_at_end":2,"retrieved":5,"archived":4,
+            "duplicates":1,"known":0,"deleted":0,"bytes":800,"sessions":1,"error":null,
+            "error_kind":null}"#;
+        let run: Run = serde_json::from_str(row).unwrap();
+        assert_eq!(run.kind, RunKind::Test { limit: 5 });
+        assert_eq!(run.duration_ms(), 1500);
+        assert_eq!(run.started_ms, UnixMs(1_700_000_000_000));
+        let state = r#"{"queue_depth":2,"polls":[{"at_ms":1700000001500,"queue_depth":2}],
+            "last_run_ms":1700000001500,"last_success_ms":1700000001500,"last_error":null,
+            "active_override":false,"retired":true,"retired_ms":1700000002000}"#;
+        let state: CollectorState = serde_json::from_str(state).unwrap();
+        assert_eq!(state.polls[0].at_ms, UnixMs(1_700_000_001_500));
+        assert!(state.retired && !state.active(true));
+        assert_eq!(state.retired_ms, Some(UnixMs(1_700_000_002_000)));
+    }
+
     /// Rows keep the JSON shape history was stored in: `kind` a string, `limit` its own field.
     #[test]
     fn run_rows_keep_their_json_shape() {

@@ -341,6 +341,84 @@ mod tests {
         assert!(r.seen_over_smtp());
     }
 
+    /// A record as earlier versions wrote it (sources and times as plain strings and numbers)
+    /// decodes to the same record: the encoding did not change with the types.
+    #[test]
+    fn records_from_before_the_typed_fields_decode() {
+        #[derive(Serialize)]
+        struct OldSighting<'a> {
+            source: &'a str,
+            at_ms: u64,
+            mail_from: Option<String>,
+            rcpt_to: Vec<String>,
+            uidl: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Old<'a> {
+            file: &'a str,
+            size: u64,
+            sha256: &'a str,
+            format: Format,
+            message_id: &'a Option<String>,
+            subject: &'a Option<String>,
+            from: &'a Option<String>,
+            date: &'a Option<String>,
+            identity: &'a str,
+            variant: bool,
+            sender: &'a Option<String>,
+            recipients: &'a [Recipient],
+            sightings: Vec<OldSighting<'a>>,
+            duplicates: u64,
+            journaled_ms: Option<u64>,
+        }
+        let mut r = record();
+        r.sightings.push(Sighting {
+            source: Source::Pop3 {
+                collector: "exch".into(),
+            },
+            at_ms: UnixMs(2),
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u1".into()),
+        });
+        let old = Old {
+            file: &r.file,
+            size: r.size,
+            sha256: &r.sha256,
+            format: r.format,
+            message_id: &r.message_id,
+            subject: &r.subject,
+            from: &r.from,
+            date: &r.date,
+            identity: &r.identity,
+            variant: r.variant,
+            sender: &r.sender,
+            recipients: &r.recipients,
+            sightings: vec![
+                OldSighting {
+                    source: "smtp",
+                    at_ms: 1,
+                    mail_from: Some(String::new()),
+                    rcpt_to: vec![],
+                    uidl: None,
+                },
+                OldSighting {
+                    source: "pop3:exch",
+                    at_ms: 2,
+                    mail_from: None,
+                    rcpt_to: vec![],
+                    uidl: Some("u1".into()),
+                },
+            ],
+            duplicates: r.duplicates,
+            journaled_ms: Some(1_700_000_000_000),
+        };
+        let mut bytes = vec![2u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        assert_eq!(r.encode(), bytes, "and it is written the same way");
+    }
+
     /// Sources are stored and shown as they always were: `smtp`, `pop3:<collector>`.
     #[test]
     fn sources_keep_their_spelling() {
