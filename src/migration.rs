@@ -729,6 +729,60 @@ mod tests {
         assert!(v.collector("missing").is_none());
     }
 
+    /// The facts recorded with each arrival, through the real archive: SMTP traffic, a message
+    /// first collected over POP3 after it, and that message arriving over SMTP later.
+    #[tokio::test]
+    async fn cutover_facts_are_recorded_with_the_arrivals() {
+        use crate::ingest::{Delivery, Ingest};
+        let dir = tempfile::tempdir().unwrap();
+        let archive =
+            std::sync::Arc::new(crate::archive::Archive::open(dir.path()).expect("archive"));
+        let ingest = Ingest::new(archive.clone(), crate::metrics::Metrics::new());
+        let message = |id: &str| {
+            format!("Message-ID: <{id}>\r\nFrom: a@x.example\r\nSubject: {id}\r\n\r\nbody\r\n")
+                .into_bytes()
+        };
+        let smtp = || Delivery::smtp(String::new(), vec!["Journal@GW.example".into()]);
+        // Collected before any SMTP traffic: not a migration fact.
+        ingest
+            .ingest_bytes(
+                Delivery::pop3("exch", Some("u0".into())),
+                &message("early@x"),
+            )
+            .await
+            .unwrap();
+        ingest
+            .ingest_bytes(smtp(), &message("one@x"))
+            .await
+            .unwrap();
+        ingest
+            .ingest_bytes(
+                Delivery::pop3("exch", Some("u1".into())),
+                &message("late@x"),
+            )
+            .await
+            .unwrap();
+        let stats = archive.stats().unwrap();
+        assert!(stats.first_smtp_ms.is_some() && stats.last_smtp_ms.is_some());
+        assert_eq!(stats.first_smtp_by_address.len(), 1);
+        assert_eq!(stats.first_smtp_by_address[0].0, "journal@gw.example");
+        assert_eq!((stats.pop3_after_smtp, stats.pop3_only_after_smtp), (1, 1));
+        let unmatched = unmatched_after_smtp(archive.index()).unwrap();
+        assert_eq!(unmatched.len(), 1);
+        assert_eq!(
+            (unmatched[0].key.as_str(), unmatched[0].collector.as_deref()),
+            ("late@x", Some("exch"))
+        );
+        // The same message over SMTP: no longer POP3-only; still counted as collected after.
+        ingest
+            .ingest_bytes(smtp(), &message("late@x"))
+            .await
+            .unwrap();
+        let stats = archive.stats().unwrap();
+        assert_eq!((stats.pop3_after_smtp, stats.pop3_only_after_smtp), (1, 0));
+        ingest.close().await;
+    }
+
     #[test]
     fn no_collectors_is_complete() {
         let mut input = safe_input();
