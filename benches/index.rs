@@ -105,14 +105,14 @@ fn prefill_record(i: u64, key: &str) -> Record {
             recipient("legal-hold@corp.example".into(), RecipientKind::Bcc),
         ],
         sightings: vec![Sighting {
-            source: "smtp".into(),
-            at_ms: 1_795_000_000_000 + i,
+            source: journal_gateway::archive::Source::Smtp,
+            at_ms: journal_gateway::clock::UnixMs(1_795_000_000_000 + i),
             mail_from: Some("exchange@corp.example".into()),
             rcpt_to: vec!["journal@journal.corp.example".into()],
             uidl: None,
         }],
         duplicates: 0,
-        journaled_ms: Some(1_795_000_000_000),
+        journaled_ms: Some(journal_gateway::clock::UnixMs(1_795_000_000_000)),
     }
 }
 
@@ -281,18 +281,13 @@ fn main() {
         let size = std::fs::metadata(dir.path().join("index.redb"))
             .expect("index size")
             .len();
-        let stats = {
-            let txn = archive.db().begin_write().expect("stats txn");
-            let stats = txn.stats().expect("index stats");
-            txn.abort().expect("abort");
-            stats
-        };
+        let stats = archive.index().storage_figures().expect("index stats");
         let ratio = rate / *first_rate.get_or_insert(rate);
         println!(
             "| {in_index} | {rate:.0} | {ratio:.2}x | {lookup_rate:.0} | {:.0} | {:.0} | {} | {prefill_rate} |",
             size as f64 / keys as f64,
-            stats.stored_bytes() as f64 / keys as f64,
-            stats.tree_height(),
+            stats.stored_bytes as f64 / keys as f64,
+            stats.tree_height,
         );
     }
     runtime.block_on(ingest.close());

@@ -536,7 +536,9 @@ fn delivered(tool: &str, work: &Path) -> u64 {
             let entries = archive.count().expect("archive count");
             let files = count_files(&data.join("archive"));
             assert_eq!(entries, files, "archive entries and files");
-            let runs = journal_gateway::history::runs(archive.db(), "bench", 10).expect("history");
+            let runs = journal_gateway::index::CollectorStore::new(archive.index().clone())
+                .runs("bench", 10)
+                .expect("history");
             assert_eq!(runs.len(), 1, "one run in the history");
             assert_eq!(runs[0].deleted, entries, "{:?}", runs[0]);
             entries

@@ -18,9 +18,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use crate::archive::{now_ms, Applied, Archive, Arrival, Record, Sighting};
+use crate::archive::{Applied, Archive, ArchiveError, Arrival};
+use crate::clock::UnixMs;
+use crate::index::{IndexError, Record, Sighting};
 use crate::journal;
 use crate::metrics::Metrics;
+use crate::migration::CutoverFacts;
+
+pub use crate::index::Source;
 
 /// Messages up to this size stay in memory; larger ones are spooled to `tmp/`. It is also how
 /// much of a message is parsed: the envelope and the original's headers come first.
@@ -28,32 +33,6 @@ pub const MEMORY_LIMIT: usize = 256 * 1024;
 
 /// Most arrivals recorded in one index transaction.
 const MAX_BATCH: usize = 1024;
-
-/// Where a message came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Smtp,
-    Pop3 { collector: String },
-}
-
-impl Source {
-    /// The metrics label: `smtp` or `pop3`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Source::Smtp => "smtp",
-            Source::Pop3 { .. } => "pop3",
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Smtp => f.write_str("smtp"),
-            Source::Pop3 { collector } => write!(f, "pop3:{collector}"),
-        }
-    }
-}
 
 /// The facts of one arrival that are not in the message bytes.
 #[derive(Debug, Clone)]
@@ -109,14 +88,48 @@ impl Outcome {
 
 /// Why an ingest failed. Every variant is temporary from the sender's point of view: map it to
 /// SMTP `451 4.3.0` or "do not DELE".
-#[derive(Debug, thiserror::Error)]
+/// (A batch's failure is shared by every caller in it, hence the `Arc`s.)
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
+    /// Writing the message file (or syncing the archive's directories) failed.
     #[error("archive storage failed: {0}")]
-    Storage(#[from] io::Error),
+    Storage(#[source] Arc<io::Error>),
+    /// The index failed (a lookup or the batch's transaction).
     #[error("index failed: {0}")]
-    Index(String),
+    Index(#[source] Arc<IndexError>),
+    /// The index answered that a stored original needs its file, twice.
+    #[error("index lost track of a stored file")]
+    LostFile,
     #[error("gateway is shutting down")]
     ShuttingDown,
+}
+
+impl From<io::Error> for IngestError {
+    fn from(e: io::Error) -> IngestError {
+        IngestError::Storage(Arc::new(e))
+    }
+}
+
+impl From<IndexError> for IngestError {
+    fn from(e: IndexError) -> IngestError {
+        IngestError::Index(Arc::new(e))
+    }
+}
+
+impl From<ArchiveError> for IngestError {
+    fn from(e: ArchiveError) -> IngestError {
+        match e {
+            ArchiveError::Index(e) | ArchiveError::OpenIndex { source: e, .. } => e.into(),
+            ArchiveError::Storage(e) => e.into(),
+            e @ ArchiveError::ExportTargetNotEmpty(_) => io::Error::other(e.to_string()).into(),
+        }
+    }
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> IngestError {
+    IngestError::Storage(Arc::new(io::Error::other(format!(
+        "blocking archive task failed: {e}"
+    ))))
 }
 
 /// Handle on the ingest path. Cheap to clone; share one per process.
@@ -134,7 +147,7 @@ struct Inner {
 }
 
 enum Job {
-    Apply(Box<Arrival>, oneshot::Sender<io::Result<Applied>>),
+    Apply(Box<Arrival>, oneshot::Sender<Result<Applied, IngestError>>),
     Stop,
 }
 
@@ -145,20 +158,28 @@ impl Ingest {
             let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
                 c.with_label_values(&[label]).inc_by(v)
             };
-            seed(&metrics.archived, "smtp", stats.archived_smtp);
-            seed(&metrics.archived, "pop3", stats.archived_pop3);
-            seed(&metrics.duplicates, "smtp", stats.duplicates_smtp);
-            seed(&metrics.duplicates, "pop3", stats.duplicates_pop3);
-            seed(&metrics.archive_bytes, "smtp", stats.bytes_smtp);
-            seed(&metrics.archive_bytes, "pop3", stats.bytes_pop3);
+            seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
+            seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
+            seed(
+                &metrics.duplicates,
+                Source::SMTP_LABEL,
+                stats.duplicates_smtp,
+            );
+            seed(
+                &metrics.duplicates,
+                Source::POP3_LABEL,
+                stats.duplicates_pop3,
+            );
+            seed(&metrics.archive_bytes, Source::SMTP_LABEL, stats.bytes_smtp);
+            seed(&metrics.archive_bytes, Source::POP3_LABEL, stats.bytes_pop3);
             seed(
                 &metrics.received,
-                "smtp",
+                Source::SMTP_LABEL,
                 stats.archived_smtp + stats.duplicates_smtp,
             );
             seed(
                 &metrics.received,
-                "pop3",
+                Source::POP3_LABEL,
                 stats.archived_pop3 + stats.duplicates_pop3,
             );
             metrics.conflicts.inc_by(stats.conflicts);
@@ -256,14 +277,9 @@ impl Ingest {
             "{key}#{}",
             &hex::encode(Sha256::digest(identity.as_bytes()))[..12]
         );
-        let source_label = delivery.source.label();
-        let uidl = match (&delivery.source, &delivery.uidl) {
-            (Source::Pop3 { collector }, Some(u)) => Some((collector.clone(), u.clone())),
-            _ => None,
-        };
         let sighting = Sighting {
-            source: delivery.source.to_string(),
-            at_ms: now_ms(),
+            source: delivery.source,
+            at_ms: UnixMs::now(),
             mail_from: delivery.mail_from,
             rcpt_to: delivery.rcpt_to,
             uidl: delivery.uidl,
@@ -281,26 +297,65 @@ impl Ingest {
             variant: false,
             sender: report.envelope.sender,
             recipients: report.envelope.recipients,
-            sightings: vec![sighting],
+            sightings: vec![sighting.clone()],
             duplicates: 0,
             journaled_ms: report
                 .journaled_unix
                 .and_then(|s| u64::try_from(s).ok())
-                .map(|s| s.saturating_mul(1000)),
+                .map(|s| UnixMs(s.saturating_mul(1000))),
         };
         let mut arrival = Arrival {
             key,
             variant_key,
             record,
+            sighting,
             tmp_file: None,
-            source_label,
-            uidl,
         };
-        let mut body = Some(Body { head, spool });
-        // A known original needs no file: only its index entry changes.
-        let known = archive.find(&arrival.key, &arrival.variant_key, &arrival.record.identity)?;
-        if known.is_none() {
-            arrival.tmp_file = Some(self.store(body.take().expect("body is present")).await?);
+        // A known original needs no file: only its index entry changes. The lookup (and, for a
+        // message in memory, the file) is blocking work, done off the async workers.
+        let mut body = None;
+        match spool {
+            Some(spool) => {
+                let (index, a) = (archive.index().clone(), arrival.clone());
+                let known = tokio::task::spawn_blocking(move || {
+                    index.find(&a.key, &a.variant_key, &a.record.identity)
+                })
+                .await
+                .map_err(blocking_failed)??;
+                let body_now = Body {
+                    head: Vec::new(),
+                    spool: Some(spool),
+                };
+                if known.is_none() {
+                    arrival.tmp_file = Some(self.store(body_now).await?);
+                } else {
+                    body = Some(body_now);
+                }
+            }
+            None => {
+                let (archive, a) = (archive.clone(), arrival.clone());
+                // Ok(file written) or Err(the bytes back: the original is known).
+                let written = tokio::task::spawn_blocking(
+                    move || -> Result<Result<String, Vec<u8>>, IngestError> {
+                        let known =
+                            archive
+                                .index()
+                                .find(&a.key, &a.variant_key, &a.record.identity)?;
+                        if known.is_some() {
+                            return Ok(Err(head));
+                        }
+                        let name = archive.store().new_file_name();
+                        archive.store().write_tmp(&name, &head)?;
+                        Ok(Ok(name))
+                    },
+                )
+                .await
+                .map_err(blocking_failed)??;
+                match written {
+                    Ok(name) => arrival.tmp_file = Some(name),
+                    Err(head) => body = Some(Body { head, spool: None }),
+                }
+            }
         }
         loop {
             match self.commit(arrival.clone()).await? {
@@ -310,11 +365,7 @@ impl Ingest {
                 Applied::Duplicate { key } => return Ok(Outcome::Duplicate { key }),
                 Applied::NeedsFile => match body.take() {
                     Some(b) => arrival.tmp_file = Some(self.store(b).await?),
-                    None => {
-                        return Err(IngestError::Index(
-                            "index lost track of a stored file".into(),
-                        ))
-                    }
+                    None => return Err(IngestError::LostFile),
                 },
             }
         }
@@ -331,12 +382,12 @@ impl Ingest {
             }
             None => {
                 let archive = self.inner.archive.clone();
-                let name = archive.new_file_name();
+                let name = archive.store().new_file_name();
                 let head = body.head;
                 let n = name.clone();
-                tokio::task::spawn_blocking(move || archive.write_tmp(&n, &head))
+                tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
                     .await
-                    .map_err(|e| IngestError::Index(format!("file writer failed: {e}")))??;
+                    .map_err(blocking_failed)??;
                 Ok(name)
             }
         }
@@ -354,7 +405,7 @@ impl Ingest {
             return Err(IngestError::ShuttingDown);
         }
         match rx.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => result,
             Err(_) => Err(IngestError::ShuttingDown),
         }
     }
@@ -384,10 +435,35 @@ impl Ingest {
     }
 
     /// The archive key a POP3 UIDL of this collector was archived under, if any.
-    pub fn known_uidl(&self, collector: &str, uidl: &str) -> Result<Option<String>, IngestError> {
-        Ok(self.inner.archive.uidl_key(collector, uidl)?)
+    pub async fn known_uidl(
+        &self,
+        collector: &str,
+        uidl: &str,
+    ) -> Result<Option<String>, IngestError> {
+        let index = self.inner.archive.index().clone();
+        let (collector, uidl) = (collector.to_string(), uidl.to_string());
+        tokio::task::spawn_blocking(move || index.uidl_key(&collector, &uidl))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(IngestError::from)
     }
 
+    /// For each of a collector's UIDLs, whether it is archived (one index read, off the async
+    /// workers).
+    pub async fn known_uidls(
+        &self,
+        collector: &str,
+        uidls: Vec<String>,
+    ) -> Result<Vec<bool>, IngestError> {
+        let index = self.inner.archive.index().clone();
+        let collector = collector.to_string();
+        tokio::task::spawn_blocking(move || index.known_uidls(&collector, &uidls))
+            .await
+            .map_err(blocking_failed)?
+            .map_err(IngestError::from)
+    }
+
+    /// The archive behind the ingest path.
     pub fn archive(&self) -> &Arc<Archive> {
         &self.inner.archive
     }
@@ -419,7 +495,7 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
         if batch.is_empty() {
             continue;
         }
-        match archive.apply(&batch) {
+        match archive.apply(&batch, &CutoverFacts) {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(r));
@@ -427,8 +503,9 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 tracing::error!("index commit of {} arrivals failed: {e}", batch.len());
+                let e = IngestError::from(e);
                 for reply in replies {
-                    let _ = reply.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -479,8 +556,8 @@ impl MessageWriter {
             return Ok(());
         }
         if self.spool.is_none() {
-            let name = self.archive.new_file_name();
-            let path = self.archive.tmp_path(&name);
+            let name = self.archive.store().new_file_name();
+            let path = self.archive.store().tmp_path(&name);
             let file = tokio::fs::File::create(&path).await?;
             let mut spool = Spool {
                 name,

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use journal_gateway::client::{Remote, Verb};
+mod cli;
+
+use cli::client::{Remote, Verb};
+use cli::offline_run;
 use journal_gateway::config::Config;
 
 #[derive(Parser)]
@@ -323,47 +326,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn remote_verb(args: RemoteArgs, verb: Verb) -> anyhow::Result<()> {
     let config = load(args.config.as_ref())?;
     let remote = Remote::from_config(&config, args.server, args.json);
-    let out = runtime()?.block_on(journal_gateway::client::run(&remote, verb))?;
+    let out = runtime()?.block_on(cli::client::run(&remote, verb))?;
     print!("{out}");
     Ok(())
-}
-
-/// `collector test --offline` (`test = Some(limit)`) and `collector collect --offline` (`None`):
-/// one run in this process (the server must be stopped), recorded in the history like any other.
-fn offline_run(
-    config: Option<&PathBuf>,
-    name: String,
-    test: Option<Option<u32>>,
-) -> anyhow::Result<()> {
-    use journal_gateway::pop3::RunKind;
-    let config = load(config)?;
-    let Some(cfg) = config.collector(&name).cloned() else {
-        anyhow::bail!("no [[collector]] named {name:?} in the configuration");
-    };
-    let kind = match test {
-        Some(limit) => RunKind::Test {
-            limit: limit.unwrap_or(cfg.test_limit),
-        },
-        None => RunKind::Normal,
-    };
-    let gateway = journal_gateway::server::Gateway::open(config)?;
-    if journal_gateway::history::state(gateway.archive.db(), &name)?.retired {
-        anyhow::bail!("collector {name:?} is retired: it cannot collect");
-    }
-    runtime()?.block_on(async move {
-        let collector = journal_gateway::pop3::Collector::new(&cfg, gateway.clone())?;
-        let result = collector.collect(kind).await;
-        gateway.ingest.close().await;
-        let summary = match &result {
-            Ok(s) => s,
-            Err(f) => &f.summary,
-        };
-        print!(
-            "{}",
-            journal_gateway::client::format_runs(std::slice::from_ref(summary))
-        );
-        result.map(|_| ()).map_err(|f| anyhow::anyhow!(f.error))
-    })
 }
 
 /// Ingests numbered sample reports from `tasks` concurrent tasks until killed; every fifth is a

@@ -25,6 +25,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{FactRecorder, Recorded};
+use crate::config::CollectorConfig;
+use crate::index::{CollectorStore, Facts, Index, IndexError, Source};
+
 /// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
 /// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
 /// cutover is treated as journaled after it (the safe side: the check fails).
@@ -339,6 +343,104 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
     }
 }
 
+/// The facts the verdict needs, recorded with every arrival in the archive's transaction:
+/// the first and last SMTP arrival (and the first per journal address), and which originals
+/// were first archived over POP3 after SMTP traffic began without (yet) arriving over SMTP.
+pub struct CutoverFacts;
+
+impl FactRecorder for CutoverFacts {
+    fn record(&self, facts: &mut Facts<'_, '_>, a: &Recorded<'_>) -> Result<(), IndexError> {
+        match &a.sighting.source {
+            Source::Smtp => {
+                facts.smtp_arrival(a.sighting.at_ms, &a.sighting.rcpt_to);
+                if a.previous.is_some_and(|p| !p.seen_over_smtp()) {
+                    facts.seen_over_smtp(a.key)?;
+                }
+            }
+            Source::Pop3 { .. } => {
+                if a.previous.is_none() && facts.smtp_started()? {
+                    facts.pop3_after_smtp(a.key, a.sighting.at_ms)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
+pub fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
+    let keys = index.pop3_only_keys()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(rec) = index.get(&key)? else {
+            continue;
+        };
+        let collector = rec
+            .first_source()
+            .and_then(Source::collector)
+            .map(str::to_string);
+        out.push(UnmatchedView {
+            key,
+            collector,
+            journaled_ms: rec.journaled_or_dated_ms().map(|t| t.0),
+        });
+    }
+    Ok(out)
+}
+
+/// How many recent runs are looked at for the last polls.
+const RUNS_FOR_POLLS: usize = 20;
+
+/// Gathers everything the cutover verdict needs from the index (totals, facts, the
+/// collectors' state and history), the configured collectors and the accepted journal
+/// addresses. Blocking index reads.
+pub fn gather_input<'a>(
+    index: &Index,
+    store: &CollectorStore,
+    collectors: impl IntoIterator<Item = &'a CollectorConfig>,
+    accepted: &[String],
+) -> Result<MigrationInput, IndexError> {
+    let stats = index.stats()?;
+    let mut views = Vec::new();
+    for c in collectors {
+        let state = store.state(c.name())?;
+        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
+        let polls = store
+            .runs(c.name(), RUNS_FOR_POLLS)?
+            .into_iter()
+            .filter_map(|r| {
+                Some(PollView {
+                    at_ms: r.started_ms.0,
+                    queue_depth: r.on_server?,
+                })
+            })
+            .collect();
+        views.push(CollectorView {
+            name: c.name().to_string(),
+            active: state.active(c.active),
+            retired: state.retired,
+            interval_ms: c.interval.as_millis() as u64,
+            polls,
+        });
+    }
+    Ok(MigrationInput {
+        now_ms: crate::clock::UnixMs::now().0,
+        smtp: SmtpView {
+            first_ms: stats.first_smtp_ms.map(|t| t.0),
+            last_ms: stats.last_smtp_ms.map(|t| t.0),
+            first_by_address: stats
+                .first_smtp_by_address
+                .iter()
+                .map(|(a, t)| (a.clone(), t.0))
+                .collect(),
+            accepted: accepted.to_vec(),
+        },
+        pop3_after_smtp: stats.pop3_after_smtp,
+        unmatched: unmatched_after_smtp(index)?,
+        collectors: views,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,6 +727,60 @@ mod tests {
         assert!(!v.collector("old").unwrap().safe_to_retire);
         assert!(v.cutover_complete_when_retired);
         assert!(v.collector("missing").is_none());
+    }
+
+    /// The facts recorded with each arrival, through the real archive: SMTP traffic, a message
+    /// first collected over POP3 after it, and that message arriving over SMTP later.
+    #[tokio::test]
+    async fn cutover_facts_are_recorded_with_the_arrivals() {
+        use crate::ingest::{Delivery, Ingest};
+        let dir = tempfile::tempdir().unwrap();
+        let archive =
+            std::sync::Arc::new(crate::archive::Archive::open(dir.path()).expect("archive"));
+        let ingest = Ingest::new(archive.clone(), crate::metrics::Metrics::new());
+        let message = |id: &str| {
+            format!("Message-ID: <{id}>\r\nFrom: a@x.example\r\nSubject: {id}\r\n\r\nbody\r\n")
+                .into_bytes()
+        };
+        let smtp = || Delivery::smtp(String::new(), vec!["Journal@GW.example".into()]);
+        // Collected before any SMTP traffic: not a migration fact.
+        ingest
+            .ingest_bytes(
+                Delivery::pop3("exch", Some("u0".into())),
+                &message("early@x"),
+            )
+            .await
+            .unwrap();
+        ingest
+            .ingest_bytes(smtp(), &message("one@x"))
+            .await
+            .unwrap();
+        ingest
+            .ingest_bytes(
+                Delivery::pop3("exch", Some("u1".into())),
+                &message("late@x"),
+            )
+            .await
+            .unwrap();
+        let stats = archive.stats().unwrap();
+        assert!(stats.first_smtp_ms.is_some() && stats.last_smtp_ms.is_some());
+        assert_eq!(stats.first_smtp_by_address.len(), 1);
+        assert_eq!(stats.first_smtp_by_address[0].0, "journal@gw.example");
+        assert_eq!((stats.pop3_after_smtp, stats.pop3_only_after_smtp), (1, 1));
+        let unmatched = unmatched_after_smtp(archive.index()).unwrap();
+        assert_eq!(unmatched.len(), 1);
+        assert_eq!(
+            (unmatched[0].key.as_str(), unmatched[0].collector.as_deref()),
+            ("late@x", Some("exch"))
+        );
+        // The same message over SMTP: no longer POP3-only; still counted as collected after.
+        ingest
+            .ingest_bytes(smtp(), &message("late@x"))
+            .await
+            .unwrap();
+        let stats = archive.stats().unwrap();
+        assert_eq!((stats.pop3_after_smtp, stats.pop3_only_after_smtp), (1, 0));
+        ingest.close().await;
     }
 
     #[test]

@@ -5,92 +5,221 @@
 //! Shutdown (SIGTERM or Ctrl-C): listeners stop accepting, sessions finish their in-flight ingest,
 //! collectors stop after their current message, then the index is closed.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::config::Config;
+use crate::http::{HttpContext, HttpServer};
+use crate::index::CollectorStore;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::pop3::{CollectorContext, Collectors};
+use crate::smtp::SmtpServer;
 
-/// Everything a subsystem may need, shared by reference.
-#[derive(Clone)]
-pub struct Gateway {
-    pub config: Arc<Config>,
+/// What [`start`] runs besides the archive and the ingest path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Bind and serve the SMTP listeners.
+    pub smtp: bool,
+    /// Bind and serve the HTTP listener (metrics, admin API).
+    pub http: bool,
+    /// Start each collector's polling loop (collectors are built either way).
+    pub poll_collectors: bool,
+}
+
+impl Start {
+    /// Everything: what `serve` runs.
+    pub const ALL: Start = Start {
+        smtp: true,
+        http: true,
+        poll_collectors: true,
+    };
+    /// No listener and no polling: the archive, the ingest path and the collectors, for
+    /// one-off runs in this process (`collector test --offline`).
+    pub const OFFLINE: Start = Start {
+        smtp: false,
+        http: false,
+        poll_collectors: false,
+    };
+}
+
+/// A started gateway: where it listens, and the parts it was wired from.
+pub struct Running {
+    /// Bound plain (STARTTLS) SMTP addresses (empty without SMTP).
+    pub smtp_addrs: Vec<SocketAddr>,
+    /// Bound implicit-TLS SMTP addresses.
+    pub smtp_tls_addrs: Vec<SocketAddr>,
+    /// The SMTP certificate in use (None without SMTP).
+    pub smtp_cert: Option<PathBuf>,
+    /// The bound HTTP address (None without HTTP).
+    pub http_addr: Option<SocketAddr>,
     pub archive: Arc<Archive>,
     pub ingest: Ingest,
     pub metrics: Metrics,
-    /// Cancelled when the gateway shuts down.
+    /// Collector state and history.
+    pub collector_store: CollectorStore,
+    /// Every configured collector.
+    pub collectors: Collectors,
+    /// Cancel to shut the gateway down (what SIGTERM does); see [`Running::stop`].
     pub shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
 }
 
-impl Gateway {
-    /// Opens the archive (creating it if needed) and the ingest path.
-    pub fn open(config: Config) -> anyhow::Result<Gateway> {
-        let metrics = Metrics::new();
-        let archive = Arc::new(
-            Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
-                .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
-        );
-        let ingest = Ingest::new(archive.clone(), metrics.clone());
-        Ok(Gateway {
-            config: Arc::new(config),
-            archive,
-            ingest,
+/// Opens the archive (recovering an interrupted previous run), the ingest path and the
+/// collectors, then binds and starts what `what` asks for. Every listener is bound before this
+/// returns, so a bad address fails here.
+pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    // Opening the archive (recovery), seeding the counters and the collectors' gauges read the
+    // index and the disk: blocking work, done off the async workers.
+    let (archive, ingest, collector_store, collectors) = {
+        let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || open_parts(&config, metrics, shutdown))
+            .await
+            .context("opening the archive: blocking task failed")??
+    };
+    let mut running = Running {
+        smtp_addrs: Vec::new(),
+        smtp_tls_addrs: Vec::new(),
+        smtp_cert: None,
+        http_addr: None,
+        archive,
+        ingest,
+        metrics,
+        collector_store,
+        collectors,
+        shutdown,
+        tasks: JoinSet::new(),
+    };
+    // Subsystems are bound here, before anything is served.
+    let smtp = if what.smtp {
+        let smtp = SmtpServer::bind(
+            &config,
+            running.ingest.clone(),
+            running.metrics.clone(),
+            running.shutdown.clone(),
+        )
+        .await?;
+        running.smtp_addrs = smtp.plain_addrs();
+        running.smtp_tls_addrs = smtp.tls_addrs();
+        running.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
+        Some(smtp)
+    } else {
+        None
+    };
+    let http = if what.http {
+        let http = HttpServer::bind(
+            &config,
+            HttpContext {
+                archive: running.archive.clone(),
+                store: running.collector_store.clone(),
+                collectors: running.collectors.clone(),
+                metrics: running.metrics.clone(),
+                shutdown: running.shutdown.clone(),
+            },
+        )
+        .await?;
+        running.http_addr = Some(http.local_addr()?);
+        Some(http)
+    } else {
+        None
+    };
+    if let Some(smtp) = smtp {
+        running.tasks.spawn(smtp.run());
+    }
+    if what.poll_collectors {
+        running.collectors.spawn_all(&mut running.tasks);
+    }
+    if let Some(http) = http {
+        let readiness = http.readiness();
+        running.tasks.spawn(http.run());
+        // Every listener is bound: /readyz may answer 200.
+        readiness.set_listeners_bound();
+    }
+    Ok(running)
+}
+
+/// The archive, the ingest path, the collector store and the collectors.
+fn open_parts(
+    config: &Config,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<Archive>, Ingest, CollectorStore, Collectors)> {
+    let archive = Arc::new(
+        Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
+            .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
+    );
+    let ingest = Ingest::new(archive.clone(), metrics.clone());
+    let collector_store = CollectorStore::new(archive.index().clone());
+    let collectors = Collectors::new(
+        &config.collectors,
+        &CollectorContext {
+            ingest: ingest.clone(),
+            store: collector_store.clone(),
             metrics,
-            shutdown: CancellationToken::new(),
-        })
+            shutdown,
+        },
+    )?;
+    Ok((archive, ingest, collector_store, collectors))
+}
+
+impl Running {
+    /// Waits until the gateway is shut down (its token cancelled) and every task has finished,
+    /// then closes the ingest path. A task that fails or panics shuts the rest down and is
+    /// returned.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a gateway task panicked: {e}"),
+            };
+            self.shutdown.cancel();
+            if result.is_ok() {
+                result = Err(failed);
+            }
+        }
+        // Tasks that stop on their own (none do while serving) leave the token to the caller.
+        self.ingest.close().await;
+        result
+    }
+
+    /// Shuts down: listeners stop accepting, sessions and collectors finish their in-flight
+    /// messages, the index is closed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
     }
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let gateway = Gateway::open(config)?;
-    for line in describe(&gateway.config).lines() {
+    for line in describe(&config).lines() {
         tracing::info!("{line}");
     }
-    let mut tasks = tokio::task::JoinSet::new();
-
-    // Subsystems are bound here, before anything is announced.
-    let smtp = crate::smtp::SmtpServer::bind(&gateway).await?;
-    let collectors = crate::http::collectors::Collectors::from_gateway(&gateway)?;
-    let http = crate::http::HttpServer::bind(&gateway, collectors.clone()).await?;
-    let readiness = http.readiness();
-    for addr in smtp.plain_addrs() {
+    let running = start(config, Start::ALL).await?;
+    for addr in &running.smtp_addrs {
         tracing::info!("SMTP (STARTTLS) listening on {addr}");
     }
-    for addr in smtp.tls_addrs() {
+    for addr in &running.smtp_tls_addrs {
         tracing::info!("SMTP (implicit TLS) listening on {addr}");
     }
-    tasks.spawn(smtp.run());
-    collectors.spawn_all(&mut tasks);
-    tasks.spawn(http.run());
-    // Every listener is bound: /readyz may answer 200.
-    readiness.set_listeners_bound();
-
-    let shutdown = gateway.shutdown.clone();
-    tasks.spawn(async move {
+    let shutdown = running.shutdown.clone();
+    tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, finishing in-flight messages");
         shutdown.cancel();
-        Ok(())
     });
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                gateway.shutdown.cancel();
-                return Err(e);
-            }
-            Err(e) => {
-                gateway.shutdown.cancel();
-                return Err(anyhow::anyhow!("a gateway task panicked: {e}"));
-            }
-        }
-    }
-    gateway.ingest.close().await;
+    running.wait().await?;
     tracing::info!("stopped");
     Ok(())
 }

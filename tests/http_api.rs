@@ -75,17 +75,29 @@ async fn readyz_waits_for_listeners() {
         dir.path()
     ))
     .unwrap();
-    let gateway = journal_gateway::server::Gateway::open(config).unwrap();
-    let server = journal_gateway::http::HttpServer::bind(&gateway, Default::default())
-        .await
-        .unwrap();
+    let gateway =
+        journal_gateway::server::start(config.clone(), journal_gateway::server::Start::OFFLINE)
+            .await
+            .unwrap();
+    let server = journal_gateway::http::HttpServer::bind(
+        &config,
+        journal_gateway::http::HttpContext {
+            archive: gateway.archive.clone(),
+            store: gateway.collector_store.clone(),
+            collectors: Default::default(),
+            metrics: gateway.metrics.clone(),
+            shutdown: gateway.shutdown.clone(),
+        },
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", server.local_addr().unwrap());
     let readiness = server.readiness();
     let task = tokio::spawn(server.run());
     let get = |p: &'static str| {
         let base = base.clone();
         async move {
-            journal_gateway::client::request(&base, hyper::Method::GET, p, None)
+            http_gateway::request(&base, hyper::Method::GET, p, None)
                 .await
                 .unwrap()
         }
@@ -108,7 +120,7 @@ async fn readyz_waits_for_listeners() {
     std::fs::rename(dir.path().join("moved"), &tmp).unwrap();
     gateway.shutdown.cancel();
     task.await.unwrap().unwrap();
-    gateway.ingest.close().await;
+    gateway.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -208,8 +208,11 @@ async fn cutover_rehearsal() {
             .get(&key)
             .unwrap()
             .unwrap_or_else(|| panic!("{key} missing"));
-        let smtp = rec.sightings.iter().any(|s| s.source == "smtp");
-        let pop3 = rec.sightings.iter().any(|s| s.source == "pop3:exchange");
+        let smtp = rec.sightings.iter().any(|s| s.source.to_string() == "smtp");
+        let pop3 = rec
+            .sightings
+            .iter()
+            .any(|s| s.source.to_string() == "pop3:exchange");
         assert_eq!(smtp, i >= 20, "{key}: {:?}", rec.sightings);
         assert_eq!(pop3, !(30..40).contains(&i), "{key}: {:?}", rec.sightings);
     }

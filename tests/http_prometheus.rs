@@ -56,22 +56,30 @@ async fn busy_gateway() -> Running {
         .inc();
     // A finished collection run in the history: collectors built at a (re)start seed the queue
     // depth and last-success gauges from it.
-    let now = journal_gateway::history::now_ms();
-    journal_gateway::history::record_run(
-        gw.gateway.archive.db(),
-        &journal_gateway::history::Run {
+    let now = journal_gateway::clock::UnixMs::now();
+    gw.gateway
+        .collector_store
+        .record_run(&journal_gateway::index::Run {
             collector: "exch".into(),
-            id: now as u64 * 1000,
-            kind: "normal".into(),
-            started_ms: now - 1000,
+            id: now.0 * 1000,
+            kind: journal_gateway::index::RunKind::Normal,
+            started_ms: journal_gateway::clock::UnixMs(now.0 - 1000),
             ended_ms: now,
             on_server: Some(1),
             on_server_at_end: Some(0),
             ..Default::default()
+        })
+        .unwrap();
+    journal_gateway::pop3::Collectors::new(
+        &gw.config.collectors,
+        &journal_gateway::pop3::CollectorContext {
+            ingest: gw.gateway.ingest.clone(),
+            store: gw.gateway.collector_store.clone(),
+            metrics: gw.gateway.metrics.clone(),
+            shutdown: gw.gateway.shutdown.clone(),
         },
     )
     .unwrap();
-    journal_gateway::http::collectors::Collectors::from_gateway(&gw.gateway).unwrap();
     gw
 }
 
@@ -215,9 +223,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(r) =
-            journal_gateway::client::request(&prom, Method::GET, "/api/v1/targets", None).await
-        else {
+        let Ok(r) = http_gateway::request(&prom, Method::GET, "/api/v1/targets", None).await else {
             continue;
         };
         last = String::from_utf8_lossy(&r.body).into_owned();
@@ -238,7 +244,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
 
     // The scraped values are queryable.
     let q = query_string("journal_gateway_messages_archived_total{source=\"smtp\"}");
-    let r = journal_gateway::client::request(
+    let r = http_gateway::request(
         &prom,
         Method::GET,
         &format!("/api/v1/query?query={q}"),

@@ -100,8 +100,8 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
     );
     assert_eq!(rec.duplicates, 1);
     // When the first report was journaled: its own Date, not the original's.
-    assert_eq!(rec.journaled_ms, Some(1_767_312_000_000));
-    let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.as_str()).collect();
+    assert_eq!(rec.journaled_ms.map(|t| t.0), Some(1_767_312_000_000));
+    let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.to_string()).collect();
     assert_eq!(sources, ["smtp", "pop3:exch"]);
     assert_eq!(rec.sightings[0].rcpt_to, ["journal@journal.example.com"]);
     // The first arrival's bytes are what is stored, byte for byte.
@@ -111,10 +111,10 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
     );
     // The POP3 UIDL is remembered so a later run can DELE without downloading.
     assert_eq!(
-        ingest.known_uidl("exch", "UID-1").unwrap().as_deref(),
+        ingest.known_uidl("exch", "UID-1").await.unwrap().as_deref(),
         Some("sample-1@example.com")
     );
-    assert_eq!(ingest.known_uidl("exch", "UID-2").unwrap(), None);
+    assert_eq!(ingest.known_uidl("exch", "UID-2").await.unwrap(), None);
     let stats = archive.stats().unwrap();
     assert_eq!(
         (stats.archived_smtp, stats.duplicates_pop3, stats.conflicts),

@@ -9,23 +9,32 @@ use std::time::{Duration, Instant};
 
 use dovecot::{Dovecot, Options};
 use journal_gateway::config::{CollectorConfig, Config};
-use journal_gateway::history;
+use journal_gateway::index::{CollectorStore, RunKind as Kind};
 use journal_gateway::ingest::Delivery;
 use journal_gateway::journal::{sample, Recipient, RecipientKind};
+use journal_gateway::pop3::CollectorContext;
 use journal_gateway::pop3::{Collector, ErrorKind, RunKind};
-use journal_gateway::server::Gateway;
+use journal_gateway::server::{self as server, Running, Start};
 
 /// A gateway with its archive in a temp dir.
-fn gateway() -> (tempfile::TempDir, Gateway) {
+async fn gateway() -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config =
         Config::parse(&format!("data_dir = {:?}\n", dir.path().join("data"))).expect("config");
-    let gateway = Gateway::open(config).expect("open gateway");
+    let gateway = server::start(config, Start::OFFLINE)
+        .await
+        .expect("open gateway");
     (dir, gateway)
 }
 
-fn collector(cfg: &CollectorConfig, gateway: &Gateway) -> Collector {
-    Collector::new(cfg, gateway.clone()).expect("collector")
+fn collector(cfg: &CollectorConfig, gateway: &Running) -> Collector {
+    let ctx = CollectorContext {
+        ingest: gateway.ingest.clone(),
+        store: gateway.collector_store.clone(),
+        metrics: gateway.metrics.clone(),
+        shutdown: gateway.shutdown.clone(),
+    };
+    Collector::new(cfg, ctx).expect("collector")
 }
 
 fn key(i: u64) -> String {
@@ -60,7 +69,7 @@ async fn implicit_tls_with_pinned_certificate_drains_byte_exact() {
     server.hand_over();
     server.start();
 
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("dc1", "implicit", "");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Normal)
@@ -93,7 +102,7 @@ async fn implicit_tls_with_pinned_certificate_drains_byte_exact() {
         crlf(dotted)
     );
     let record = gw.archive.get(&key(3)).unwrap().unwrap();
-    assert_eq!(record.sightings[0].source, "pop3:dc1");
+    assert_eq!(record.sightings[0].source.to_string(), "pop3:dc1");
     assert!(record.sightings[0].uidl.is_some(), "UIDL kept with the key");
     assert!(
         server.log().contains("TLS"),
@@ -107,7 +116,7 @@ async fn starttls_session_collects() {
     let mut server = Dovecot::new(Options::default());
     server.seed(100, 12, 4_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("stls", "starttls", "");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Test { limit: 5 })
@@ -135,7 +144,7 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 3, 2_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let mut cfg = server.collector("pinned", "implicit", "");
     cfg.pin_sha256 = Some("00".repeat(32));
     let failure = collector(&cfg, &gw)
@@ -156,7 +165,7 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
     );
     assert_eq!(server.mailbox_count(), 3);
     assert_eq!(gw.archive.count().unwrap(), 0);
-    let run = &history::runs(gw.archive.db(), "pinned", 1).unwrap()[0];
+    let run = &gw.collector_store.runs("pinned", 1).unwrap()[0];
     assert_eq!(run.error_kind.as_deref(), Some("tls"));
 
     // Without a pin or CA file, the system roots do not know the self-signed certificate either.
@@ -188,7 +197,7 @@ async fn wrong_password_is_an_auth_error() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 2, 2_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let mut cfg = server.collector("badpw", "implicit", "");
     cfg.password = Some("not-the-password".into());
     let failure = collector(&cfg, &gw)
@@ -215,7 +224,7 @@ async fn apop_when_offered_on_a_plain_connection() {
     let mut server = Dovecot::new(Options { apop: true });
     server.seed(0, 4, 2_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("apop", "none", "allow_insecure = true");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Normal)
@@ -234,7 +243,7 @@ async fn drain_5000_messages_with_history() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 5_000, 9_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("drain", "implicit", "reconnect_every = 1000");
     let started = Instant::now();
     let summary = collector(&cfg, &gw)
@@ -256,11 +265,11 @@ async fn drain_5000_messages_with_history() {
         );
     }
 
-    let runs = history::runs(gw.archive.db(), "drain", 10).unwrap();
+    let runs = gw.collector_store.runs("drain", 10).unwrap();
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run, &summary);
-    assert_eq!(run.kind, "normal");
+    assert_eq!(run.kind, Kind::Normal);
     assert_eq!(run.on_server, Some(5_000));
     assert_eq!(run.on_server_at_end, Some(0));
     assert_eq!(
@@ -279,7 +288,7 @@ async fn drain_5000_messages_with_history() {
         "{run:?}"
     );
     assert!(run.error.is_none() && run.ended_ms >= run.started_ms);
-    let state = history::state(gw.archive.db(), "drain").unwrap();
+    let state = gw.collector_store.state("drain").unwrap();
     assert_eq!(state.queue_depth, Some(0));
     assert!(state.last_success_ms.is_some());
     assert!(gw
@@ -301,18 +310,16 @@ async fn test_collection_on_an_inactive_collector() {
     server.seed(0, 300, 9_000);
     server.start();
     let before = server.mailbox_numbers();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("idle", "implicit", "active = false");
     let c = collector(&cfg, &gw);
-    assert!(!c.is_active());
+    assert!(!c.is_active().await);
 
     // An inactive collector does not poll.
     let task = tokio::spawn(c.clone().run_forever());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        history::runs(gw.archive.db(), "idle", 10)
-            .unwrap()
-            .is_empty(),
+        gw.collector_store.runs("idle", 10).unwrap().is_empty(),
         "inactive collector polled"
     );
 
@@ -331,8 +338,8 @@ async fn test_collection_on_an_inactive_collector() {
     );
     assert_eq!(gw.archive.count().unwrap(), 200);
     assert_eq!(server.mailbox_numbers(), before, "mailbox unchanged");
-    let run = &history::runs(gw.archive.db(), "idle", 10).unwrap()[0];
-    assert_eq!((run.kind.as_str(), run.limit), ("test", Some(200)));
+    let run = &gw.collector_store.runs("idle", 10).unwrap()[0];
+    assert_eq!((run.kind.as_str(), run.limit()), ("test", Some(200)));
 
     gw.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
@@ -347,7 +354,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, N, 9_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     let cfg = server.collector("crash", "implicit", "reconnect_every = 1000");
     let c = collector(&cfg, &gw);
     let run = tokio::spawn({
@@ -422,7 +429,7 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 100, 9_000);
     server.start();
-    let (_dir, gw) = gateway();
+    let (_dir, gw) = gateway().await;
     // Another report of the same originals 0..50, with a recipient the POP3 copy does not list.
     for i in 0..50 {
         let msg = sample::numbered(i, 9_000);
@@ -471,7 +478,11 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
         addresses.contains(&"extra-7@example.com") && addresses.contains(&"carol@example.net"),
         "{addresses:?}"
     );
-    let sources: Vec<&str> = record.sightings.iter().map(|s| s.source.as_str()).collect();
+    let sources: Vec<String> = record
+        .sightings
+        .iter()
+        .map(|s| s.source.to_string())
+        .collect();
     assert_eq!(sources, vec!["smtp", "pop3:overlap"]);
     assert_eq!(record.duplicates, 1);
 }
@@ -530,10 +541,12 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
         for i in [0, 150, N - 1] {
             assert!(archive.get(&key(i)).unwrap().is_some(), "message {i}");
         }
-        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        let runs = CollectorStore::new(archive.index().clone())
+            .runs("cli", 10)
+            .unwrap();
         assert_eq!(runs.len(), 1, "{runs:?}");
         let run = &runs[0];
-        assert_eq!(run.kind, "normal");
+        assert_eq!(run.kind, Kind::Normal);
         assert_eq!(
             (
                 run.on_server,
@@ -554,7 +567,9 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     {
         let archive = journal_gateway::archive::Archive::open(&data).unwrap();
         assert_eq!(archive.count().unwrap(), N);
-        let runs = history::runs(archive.db(), "cli", 10).unwrap();
+        let runs = CollectorStore::new(archive.index().clone())
+            .runs("cli", 10)
+            .unwrap();
         assert_eq!(runs.len(), 2, "{runs:?}");
         let newest = &runs[0];
         assert_eq!(
@@ -567,7 +582,9 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
             (Some(0), 0, 0, 1),
             "{newest:?}"
         );
-        history::retire(archive.db(), "cli").unwrap();
+        CollectorStore::new(archive.index().clone())
+            .retire("cli")
+            .unwrap();
     }
 
     // Refused, without touching the mailbox, for a retired or unknown collector.

@@ -37,7 +37,7 @@ fn smtplib_plain_message_is_archived_with_its_envelope() {
         String::from_utf8_lossy(&raw)
     );
     let (_, rec) = gw.records().into_iter().next().unwrap();
-    assert_eq!(rec.sightings[0].source, "smtp");
+    assert_eq!(rec.sightings[0].source.to_string(), "smtp");
     assert_eq!(
         rec.sightings[0].mail_from.as_deref(),
         Some("sender@corp.test")

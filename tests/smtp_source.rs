@@ -57,15 +57,10 @@ fn smtp_source_2000_messages_over_20_connections_all_archived() {
     // smtp-source numbers its Message-Ids (<pid.xxxx.counter@host>), so all 2,000 are distinct.
     assert_eq!(ids.len(), MESSAGES, "distinct Message-IDs archived");
     assert_eq!(gw.archived(), MESSAGES as u64);
-    let received = gw
-        .gateway
-        .metrics
-        .received
-        .with_label_values(&["smtp"])
-        .get();
+    let received = gw.gw().metrics.received.with_label_values(&["smtp"]).get();
     assert_eq!(received, MESSAGES as u64, "one ingest per message");
     assert_eq!(
-        gw.gateway.metrics.smtp_sessions_active.get(),
+        gw.gw().metrics.smtp_sessions_active.get(),
         0,
         "every session ended"
     );

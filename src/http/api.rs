@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::views::{self, MessageView, Status};
 use super::{auth, ApiError, AppState};
-use crate::history;
+use crate::index::{IndexError, Run};
 use crate::migration;
 use crate::pop3::{Collector, RunKind};
 
@@ -44,9 +44,19 @@ type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Runs blocking index or file work off the async workers.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    Ok(tokio::task::spawn_blocking(f).await??)
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// The cutover verdict's input (blocking index reads).
+fn migration_input(state: &AppState) -> Result<migration::MigrationInput, IndexError> {
+    migration::gather_input(
+        state.ctx.archive.index(),
+        &state.ctx.store,
+        state.ctx.collectors.iter().map(Collector::config),
+        &state.accepted,
+    )
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
@@ -56,6 +66,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 
 fn find_collector<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a Collector> {
     state
+        .ctx
         .collectors
         .get(name)
         .ok_or_else(|| ApiError::not_found(format!("no collector named {name:?}")))
@@ -67,7 +78,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.gateway.metrics.render(),
+        state.ctx.metrics.render(),
     )
         .into_response()
 }
@@ -79,20 +90,27 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the index answers a read, the archive's `tmp/` takes a file, every listener is
 /// bound and the gateway is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let archive = state.gateway.archive.clone();
-    let tmp = state.gateway.config.archive_dir().join("tmp");
+    let archive = state.ctx.archive.clone();
+    let tmp = state.archive_dir.join("tmp");
     let (index, writable) = tokio::task::spawn_blocking(move || {
-        let index = archive.count().map(|_| ()).map_err(|e| e.to_string());
+        // The failures' details are logged; the answer (no token needed) only names them.
+        let index = archive.count().map(|_| ()).map_err(|e| {
+            tracing::warn!("readyz: index: {e}");
+            "index unavailable".to_string()
+        });
         let probe = tmp.join(format!("readyz.{}.probe", std::process::id()));
         let writable = std::fs::write(&probe, b"ok")
             .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| format!("{}: {e}", tmp.display()));
+            .map_err(|e| {
+                tracing::warn!("readyz: {}: {e}", tmp.display());
+                "archive/tmp does not take files".to_string()
+            });
         (index, writable)
     })
     .await
     .unwrap_or_else(|e| (Err(e.to_string()), Err("probe task failed".into())));
     let bound = state.readiness.listeners_bound();
-    let stopping = state.gateway.shutdown.is_cancelled();
+    let stopping = state.ctx.shutdown.is_cancelled();
     let ready = index.is_ok() && writable.is_ok() && bound && !stopping;
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
@@ -116,26 +134,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
     let uptime = state.started.elapsed().as_secs();
     blocking(move || {
-        let stats = state.gateway.archive.stats()?;
-        let collectors = views::collector_infos(&state.gateway, &state.collectors)?;
+        let stats = state.ctx.archive.stats()?;
+        let collectors = views::collector_infos(&state.ctx.store, &state.ctx.collectors)?;
         Ok(Json(Status::new(&stats, uptime, collectors)))
     })
     .await
 }
 
 async fn migration_verdict(State(state): State<AppState>) -> ApiResult<Json<migration::Verdict>> {
-    blocking(move || {
-        let input = views::migration_input(&state.gateway, &state.collectors)?;
-        Ok(Json(migration::verdict(&input)))
-    })
-    .await
+    blocking(move || Ok(Json(migration::verdict(&migration_input(&state)?)))).await
 }
 
 async fn collectors(State(state): State<AppState>) -> ApiResult<Json<Vec<views::CollectorInfo>>> {
     blocking(move || {
         Ok(Json(views::collector_infos(
-            &state.gateway,
-            &state.collectors,
+            &state.ctx.store,
+            &state.ctx.collectors,
         )?))
     })
     .await
@@ -145,10 +159,10 @@ async fn collector_info(state: &AppState, name: &str) -> ApiResult<views::Collec
     find_collector(state, name)?;
     let (state, name) = (state.clone(), name.to_string());
     blocking(move || {
-        views::collector_infos(&state.gateway, &state.collectors)?
+        views::collector_infos(&state.ctx.store, &state.ctx.collectors)?
             .into_iter()
             .find(|c| c.name == name)
-            .ok_or_else(|| anyhow::anyhow!("collector {name} vanished"))
+            .ok_or_else(|| ApiError::not_found(format!("no collector named {name:?}")))
     })
     .await
 }
@@ -169,22 +183,16 @@ async fn collector_history(
     State(state): State<AppState>,
     Path(name): Path<String>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> ApiResult<Json<Vec<history::Run>>> {
+) -> ApiResult<Json<Vec<Run>>> {
     let limit = query(q)?.limit.unwrap_or(50).clamp(1, 10_000);
     find_collector(&state, &name)?;
-    blocking(move || {
-        Ok(Json(history::runs(
-            state.gateway.archive.db(),
-            &name,
-            limit,
-        )?))
-    })
-    .await
+    blocking(move || Ok(Json(state.ctx.store.runs(&name, limit)?))).await
 }
 
 /// Refuses operations on a retired collector.
-fn not_retired(state: &AppState, name: &str, what: &str) -> ApiResult<()> {
-    if history::state(state.gateway.archive.db(), name)?.retired {
+async fn not_retired(state: &AppState, name: &str, what: &str) -> ApiResult<()> {
+    let (store, n) = (state.ctx.store.clone(), name.to_string());
+    if blocking(move || Ok(store.state(&n)?)).await?.retired {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("collector {name:?} is retired: it cannot {what}"),
@@ -194,7 +202,7 @@ fn not_retired(state: &AppState, name: &str, what: &str) -> ApiResult<()> {
 }
 
 /// The answer to a run: the history row, or 502 with the error and what was done before it.
-fn run_response(result: Result<history::Run, crate::pop3::RunFailure>) -> Response {
+fn run_response(result: Result<Run, crate::pop3::RunFailure>) -> Response {
     match result {
         Ok(run) => Json(run).into_response(),
         Err(f) => ApiError::new(StatusCode::BAD_GATEWAY, f.error.to_string())
@@ -215,7 +223,7 @@ async fn test_collection(
 ) -> ApiResult {
     let q = query(q)?;
     let c = find_collector(&state, &name)?.clone();
-    not_retired(&state, &name, "run a test collection")?;
+    not_retired(&state, &name, "run a test collection").await?;
     let limit = q.limit.unwrap_or(c.config().test_limit);
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
@@ -226,7 +234,7 @@ async fn test_collection(
 
 async fn collect_now(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
     let c = find_collector(&state, &name)?.clone();
-    not_retired(&state, &name, "collect")?;
+    not_retired(&state, &name, "collect").await?;
     tracing::info!(collector = %name, "admin API: collect now");
     Ok(run_response(c.collect(RunKind::Normal).await))
 }
@@ -241,10 +249,12 @@ async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
         } else {
             "be deactivated"
         },
-    )?;
-    history::set_active(state.gateway.archive.db(), &name, Some(active))?;
+    )
+    .await?;
+    let (store, n) = (state.ctx.store.clone(), name.clone());
+    blocking(move || Ok(store.set_active(&n, Some(active))?)).await?;
     state
-        .gateway
+        .ctx
         .metrics
         .collector_active
         .with_label_values(&[&name])
@@ -278,13 +288,7 @@ async fn retire(
     let c = find_collector(&state, &name)?.clone();
     let verdict = {
         let state = state.clone();
-        blocking(move || {
-            Ok(migration::verdict(&views::migration_input(
-                &state.gateway,
-                &state.collectors,
-            )?))
-        })
-        .await?
+        blocking(move || Ok(migration::verdict(&migration_input(&state)?))).await?
     };
     let Some(cv) = verdict.collector(&name).cloned() else {
         return Err(ApiError::not_found(format!("no collector named {name:?}")));
@@ -315,9 +319,10 @@ async fn retire(
     } else {
         tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
     }
-    history::retire(state.gateway.archive.db(), &name)?;
+    let (store, n) = (state.ctx.store.clone(), name.clone());
+    blocking(move || Ok(store.retire(&n)?)).await?;
     state
-        .gateway
+        .ctx
         .metrics
         .collector_active
         .with_label_values(&[&name])
@@ -336,18 +341,23 @@ async fn retire(
 /// percent-decoded; it may contain `/`, so a trailing `/raw` asks for the bytes only when the
 /// part before it names a message.
 async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let archive = state.gateway.archive.clone();
+    let archive = state.ctx.archive.clone();
     blocking(move || {
         if let Some(prefix) = id.strip_suffix("/raw") {
-            if let Some((key, rec)) = views::find_message(&archive, prefix)? {
-                let bytes = std::fs::read(archive.file_path(&rec.file))
-                    .map_err(|e| anyhow::anyhow!("reading the archived file of {key}: {e}"))?;
+            if let Some((key, rec)) = views::find_message(archive.index(), prefix)? {
+                let bytes = archive.store().read(&rec.file).map_err(|e| {
+                    tracing::error!("admin API: reading the archived file of {key}: {e}");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the archived file of {key} cannot be read"),
+                    )
+                })?;
                 return Ok(Ok(
                     ([(header::CONTENT_TYPE, "message/rfc822")], bytes).into_response()
                 ));
             }
         }
-        Ok(match views::find_message(&archive, &id)? {
+        Ok(match views::find_message(archive.index(), &id)? {
             Some((key, rec)) => Ok(Json(MessageView::new(key, rec)).into_response()),
             None => Err(ApiError::not_found(format!("no archived message {id:?}"))),
         })

@@ -16,7 +16,6 @@
 
 mod api;
 pub mod auth;
-pub mod collectors;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -27,8 +26,13 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tokio_util::sync::CancellationToken;
 
-use crate::server::Gateway;
+use crate::archive::Archive;
+use crate::config::Config;
+use crate::index::{CollectorStore, IndexError};
+use crate::metrics::Metrics;
+use crate::pop3::Collectors;
 
 /// Set by `serve` once every listener (SMTP, HTTP) is bound; `/readyz` answers 503 until then.
 #[derive(Clone, Default)]
@@ -44,13 +48,30 @@ impl Readiness {
     }
 }
 
-/// What every handler sees.
+/// What the handlers work with, handed over by whoever wires the gateway.
+#[derive(Clone)]
+pub struct HttpContext {
+    /// The archive the status, message and readiness endpoints read.
+    pub archive: Arc<Archive>,
+    /// Collector state and history (the collector endpoints, the cutover verdict).
+    pub store: CollectorStore,
+    /// The configured collectors, operated by the admin API.
+    pub collectors: Collectors,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: the server stops, `/readyz` says 503.
+    pub shutdown: CancellationToken,
+}
+
+/// What every handler sees: the context, and what the HTTP layer adds to it.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub gateway: Gateway,
+    pub ctx: HttpContext,
+    /// The journal addresses SMTP accepts (for the cutover verdict).
+    pub accepted: Arc<Vec<String>>,
+    /// `<data_dir>/archive`, probed by `/readyz`.
+    pub archive_dir: std::path::PathBuf,
     pub token: Arc<auth::Token>,
     pub readiness: Readiness,
-    pub collectors: collectors::Collectors,
     pub started: std::time::Instant,
 }
 
@@ -62,22 +83,20 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `[http] listen` and loads (or generates) the admin token.
-    pub async fn bind(
-        gateway: &Gateway,
-        collectors: collectors::Collectors,
-    ) -> anyhow::Result<HttpServer> {
-        let addr = gateway.config.http.listen;
-        let token = auth::Token::load_or_generate(&gateway.config)?;
+    pub async fn bind(config: &Config, ctx: HttpContext) -> anyhow::Result<HttpServer> {
+        let addr = config.http.listen;
+        let token = auth::Token::load_or_generate(config)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP listener on {addr} ([http] listen)"))?;
         Ok(HttpServer {
             listener,
             state: AppState {
-                gateway: gateway.clone(),
+                ctx,
+                accepted: Arc::new(config.smtp.accept.clone()),
+                archive_dir: config.archive_dir(),
                 token: Arc::new(token),
                 readiness: Readiness::default(),
-                collectors,
                 started: std::time::Instant::now(),
             },
         })
@@ -94,7 +113,7 @@ impl HttpServer {
 
     /// Serves until the gateway shuts down.
     pub async fn run(self) -> anyhow::Result<()> {
-        let shutdown = self.state.gateway.shutdown.clone();
+        let shutdown = self.state.ctx.shutdown.clone();
         let addr = self.local_addr()?;
         tracing::info!("HTTP (metrics, admin API) on http://{addr}");
         axum::serve(self.listener, api::router(self.state))
@@ -135,15 +154,31 @@ impl ApiError {
     }
 }
 
-/// Storage and other internal failures: logged, answered 500 with the message.
-impl<E: std::fmt::Display> From<E> for ApiError
-where
-    E: Into<anyhow::Error>,
-{
-    fn from(e: E) -> ApiError {
-        let e: anyhow::Error = e.into();
-        tracing::error!("admin API: {e:#}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+/// An index failure: the chain is logged; the caller learns only that the index is unavailable
+/// (no paths, no redb internals: most endpoints need no token).
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> ApiError {
+        tracing::error!("admin API: {:#}", anyhow::Error::from(e));
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "index unavailable")
+    }
+}
+
+/// A message file failure: logged; answered without the path or the OS error.
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> ApiError {
+        tracing::error!("admin API: archive storage: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "archive storage unavailable",
+        )
+    }
+}
+
+/// A blocking task that did not finish (a panic): logged, answered 500.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        tracing::error!("admin API: blocking task failed: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
 }
 

@@ -1,22 +1,11 @@
-//! The JSON shapes of the admin API, and the gathering of the migration verdict's input from the
-//! archive and the collector history. Shapes are plain `serde` structs so the CLI can read them
+//! The JSON shapes of the admin API. Shapes are plain `serde` structs so the CLI can read them
 //! back ([`crate::client`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{Archive, Record, Stats};
-use crate::history;
-use crate::migration::{CollectorView, MigrationInput, PollView, SmtpView, UnmatchedView};
-use crate::server::Gateway;
-
-use super::collectors::Collectors;
-
-/// Unix ms as RFC 3339 (UTC), for humans reading the JSON.
-pub fn rfc3339(ms: u64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
+use crate::clock::UnixMs;
+use crate::index::{CollectorStore, Index, IndexError, Record, Source, Stats};
+use crate::pop3::Collectors;
 
 /// Totals of one source.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,10 +29,10 @@ pub struct Status {
     /// Message-IDs reused by a different message (stored as variants).
     pub conflicts: u64,
     /// "Data collected since": the first archived message.
-    pub collected_since_ms: Option<u64>,
+    pub collected_since_ms: Option<UnixMs>,
     pub collected_since: Option<String>,
-    pub first_smtp_ms: Option<u64>,
-    pub last_smtp_ms: Option<u64>,
+    pub first_smtp_ms: Option<UnixMs>,
+    pub last_smtp_ms: Option<UnixMs>,
     pub collectors: Vec<CollectorInfo>,
 }
 
@@ -65,7 +54,7 @@ impl Status {
             },
             conflicts: stats.conflicts,
             collected_since_ms: stats.first_archive_ms,
-            collected_since: stats.first_archive_ms.and_then(rfc3339),
+            collected_since: stats.first_archive_ms.and_then(UnixMs::rfc3339),
             first_smtp_ms: stats.first_smtp_ms,
             last_smtp_ms: stats.last_smtp_ms,
             collectors,
@@ -88,25 +77,25 @@ pub struct CollectorInfo {
     /// The operator's activate/deactivate, if any.
     pub active_override: Option<bool>,
     pub retired: bool,
-    pub retired_ms: Option<i64>,
+    pub retired_ms: Option<UnixMs>,
     pub delete: bool,
     /// Mailbox count at the last poll.
     pub queue_depth: Option<u64>,
-    pub last_run_ms: Option<i64>,
-    pub last_success_ms: Option<i64>,
+    pub last_run_ms: Option<UnixMs>,
+    pub last_success_ms: Option<UnixMs>,
     pub last_error: Option<String>,
 }
 
 /// Configuration and state of every collector.
 pub fn collector_infos(
-    gw: &Gateway,
+    store: &CollectorStore,
     collectors: &Collectors,
-) -> anyhow::Result<Vec<CollectorInfo>> {
+) -> Result<Vec<CollectorInfo>, IndexError> {
     collectors
         .iter()
         .map(|c| {
             let cfg = c.config();
-            let state = history::state(gw.archive.db(), c.name())?;
+            let state = store.state(c.name())?;
             Ok(CollectorInfo {
                 name: c.name().to_string(),
                 host: cfg.host.clone(),
@@ -133,8 +122,8 @@ pub fn collector_infos(
 pub struct MessageView {
     pub key: String,
     /// Distinct sources in arrival order (`smtp`, `pop3:<collector>`).
-    pub sources: Vec<String>,
-    pub first_seen_ms: u64,
+    pub sources: Vec<Source>,
+    pub first_seen_ms: UnixMs,
     pub first_seen: Option<String>,
     #[serde(flatten)]
     pub record: Record,
@@ -142,7 +131,7 @@ pub struct MessageView {
 
 impl MessageView {
     pub fn new(key: String, record: Record) -> MessageView {
-        let mut sources: Vec<String> = Vec::new();
+        let mut sources: Vec<Source> = Vec::new();
         for s in &record.sightings {
             if !sources.contains(&s.source) {
                 sources.push(s.source.clone());
@@ -153,7 +142,7 @@ impl MessageView {
             key,
             sources,
             first_seen_ms,
-            first_seen: rfc3339(first_seen_ms),
+            first_seen: first_seen_ms.rfc3339(),
             record,
         }
     }
@@ -161,7 +150,7 @@ impl MessageView {
 
 /// Finds a message by a Message-ID as typed by an operator: with or without angle brackets,
 /// surrounding spaces ignored. Returns the archive key and the record.
-pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(String, Record)>> {
+pub fn find_message(index: &Index, id: &str) -> Result<Option<(String, Record)>, IndexError> {
     let id = id.trim();
     let bare = id
         .strip_prefix('<')
@@ -172,72 +161,9 @@ pub fn find_message(archive: &Archive, id: &str) -> std::io::Result<Option<(Stri
         if candidate.is_empty() {
             continue;
         }
-        if let Some(rec) = archive.get(candidate)? {
+        if let Some(rec) = index.get(candidate)? {
             return Ok(Some((candidate.to_string(), rec)));
         }
     }
     Ok(None)
-}
-
-/// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
-pub fn unmatched_after_smtp(archive: &Archive) -> anyhow::Result<Vec<UnmatchedView>> {
-    let keys = archive.pop3_only_keys()?;
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        let Some(rec) = archive.get(&key)? else {
-            continue;
-        };
-        let collector = rec
-            .sightings
-            .first()
-            .and_then(|s| s.source.strip_prefix("pop3:"))
-            .map(str::to_string);
-        out.push(UnmatchedView {
-            key,
-            collector,
-            journaled_ms: rec.journaled_or_dated_ms(),
-        });
-    }
-    Ok(out)
-}
-
-/// How many recent runs are looked at for the last polls.
-const RUNS_FOR_POLLS: usize = 20;
-
-/// Gathers everything the cutover verdict needs.
-pub fn migration_input(gw: &Gateway, collectors: &Collectors) -> anyhow::Result<MigrationInput> {
-    let stats = gw.archive.stats()?;
-    let mut views = Vec::new();
-    for c in collectors.iter() {
-        let state = history::state(gw.archive.db(), c.name())?;
-        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
-        let polls = history::runs(gw.archive.db(), c.name(), RUNS_FOR_POLLS)?
-            .into_iter()
-            .filter_map(|r| {
-                Some(PollView {
-                    at_ms: u64::try_from(r.started_ms).ok()?,
-                    queue_depth: r.on_server?,
-                })
-            })
-            .collect();
-        views.push(CollectorView {
-            name: c.name().to_string(),
-            active: state.active(c.config().active),
-            retired: state.retired,
-            interval_ms: c.config().interval.as_millis() as u64,
-            polls,
-        });
-    }
-    Ok(MigrationInput {
-        now_ms: crate::archive::now_ms(),
-        smtp: SmtpView {
-            first_ms: stats.first_smtp_ms,
-            last_ms: stats.last_smtp_ms,
-            first_by_address: stats.first_smtp_by_address.clone(),
-            accepted: gw.config.smtp.accept.clone(),
-        },
-        pop3_after_smtp: stats.pop3_after_smtp,
-        unmatched: unmatched_after_smtp(&gw.archive)?,
-        collectors: views,
-    })
 }

@@ -23,23 +23,18 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Endpoint};
 use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
+use crate::clock::UnixMs;
 use crate::config::CollectorConfig;
-use crate::history::{self, Run};
-use crate::ingest::{Delivery, IngestError, Outcome};
-use crate::server::Gateway;
+use crate::index::{CollectorStore, Run};
+use crate::ingest::{Delivery, Ingest, IngestError, Outcome};
+use crate::metrics::Metrics;
 
-/// What a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunKind {
-    /// Drain the mailbox (deleting archived messages when `delete = true`).
-    Normal,
-    /// Fetch and archive up to `limit` messages; delete nothing.
-    Test { limit: u32 },
-}
+pub use crate::index::RunKind;
 
 /// The record of one run (also stored as its history row).
 pub type RunSummary = Run;
@@ -57,6 +52,18 @@ const INACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest back-off after repeated failures (unless the interval is longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// What a collector works with, handed over by whoever wires the gateway.
+#[derive(Clone)]
+pub struct CollectorContext {
+    /// Where downloaded messages go.
+    pub ingest: Ingest,
+    /// Its state between runs and its run history.
+    pub store: CollectorStore,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway shuts down: finish the current messages, QUIT, stop.
+    pub shutdown: CancellationToken,
+}
+
 /// One `[[collector]]`. Cheap to clone; clones share the session lock, so at most one POP3 session
 /// per collector is open at a time (Exchange allows 16 per user; a journal mailbox needs one).
 #[derive(Clone)]
@@ -66,7 +73,7 @@ pub struct Collector {
 
 struct Inner {
     config: CollectorConfig,
-    gateway: Gateway,
+    ctx: CollectorContext,
     trust: Trust,
     session: Mutex<()>,
     wake: Notify,
@@ -110,15 +117,12 @@ struct Committed {
 
 impl Collector {
     /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
-    pub fn new(config: &CollectorConfig, gateway: Gateway) -> anyhow::Result<Collector> {
+    pub fn new(config: &CollectorConfig, ctx: CollectorContext) -> anyhow::Result<Collector> {
         let trust = Trust::from_config(config)?;
-        if let Err(e) = history::init(gateway.archive.db()) {
-            tracing::warn!(collector = config.name(), "collector history tables: {e:#}");
-        }
         Ok(Collector {
             inner: Arc::new(Inner {
                 config: config.clone(),
-                gateway,
+                ctx,
                 trust,
                 session: Mutex::new(()),
                 wake: Notify::new(),
@@ -136,14 +140,16 @@ impl Collector {
 
     /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
     /// and never once retired.
-    pub fn is_active(&self) -> bool {
-        match history::state(self.inner.gateway.archive.db(), self.name()) {
-            Ok(state) => state.active(self.inner.config.active),
-            Err(e) => {
-                tracing::warn!(collector = self.name(), "reading collector state: {e:#}");
-                self.inner.config.active
-            }
-        }
+    /// The state is read off the async workers.
+    pub async fn is_active(&self) -> bool {
+        let (store, name) = (self.inner.ctx.store.clone(), self.name().to_string());
+        let failed = match tokio::task::spawn_blocking(move || store.state(&name)).await {
+            Ok(Ok(state)) => return state.active(self.inner.config.active),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(collector = self.name(), "reading collector state: {failed}");
+        self.inner.config.active
     }
 
     /// Wakes [`Collector::run_forever`] for a poll now (after an activation or a "collect now").
@@ -155,13 +161,13 @@ impl Collector {
     /// when the gateway shuts down.
     pub async fn run_forever(self) {
         let name = self.name().to_string();
-        let metrics = self.inner.gateway.metrics.clone();
-        let shutdown = self.inner.gateway.shutdown.clone();
+        let metrics = self.inner.ctx.metrics.clone();
+        let shutdown = self.inner.ctx.shutdown.clone();
         let interval = self.inner.config.interval;
         let mut failures = 0u32;
         tracing::info!(collector = %name, "collector started");
         loop {
-            let active = self.is_active();
+            let active = self.is_active().await;
             metrics
                 .collector_active
                 .with_label_values(&[&name])
@@ -196,25 +202,18 @@ impl Collector {
     /// finish first. The run is recorded in the history either way.
     pub async fn collect(&self, kind: RunKind) -> Result<RunSummary, RunFailure> {
         let _session = self.inner.session.lock().await;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let name = self.name().to_string();
         let started = time::OffsetDateTime::now_utc();
         let mut run = Run {
             collector: name.clone(),
             id: (started.unix_timestamp_nanos() / 1000).max(0) as u64,
-            kind: match kind {
-                RunKind::Normal => "normal".into(),
-                RunKind::Test { .. } => "test".into(),
-            },
-            limit: match kind {
-                RunKind::Normal => None,
-                RunKind::Test { limit } => Some(limit),
-            },
-            started_ms: history::now_ms(),
+            kind,
+            started_ms: UnixMs::now(),
             ..Default::default()
         };
         let result = self.drain(kind, &mut run).await;
-        run.ended_ms = history::now_ms();
+        run.ended_ms = UnixMs::now();
         if let Err(e) = &result {
             run.error = Some(e.message.clone());
             run.error_kind = Some(e.kind.label().to_string());
@@ -226,7 +225,7 @@ impl Collector {
             gw.metrics
                 .pop3_last_success
                 .with_label_values(&[&name])
-                .set(run.ended_ms / 1000);
+                .set(run.ended_ms.as_secs() as i64);
         }
         if let Some(depth) = run.on_server_at_end {
             gw.metrics
@@ -234,8 +233,16 @@ impl Collector {
                 .with_label_values(&[&name])
                 .set(depth as i64);
         }
-        if let Err(e) = history::record_run(gw.archive.db(), &run) {
-            tracing::error!(collector = %name, "recording the collection history: {e:#}");
+        let recorded = {
+            let (store, run) = (gw.store.clone(), run.clone());
+            tokio::task::spawn_blocking(move || store.record_run(&run)).await
+        };
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(collector = %name, "recording the collection history: {e}");
+            }
+            Err(e) => tracing::error!(collector = %name, "recording the collection history: {e}"),
         }
         tracing::info!(
             collector = %name,
@@ -248,7 +255,7 @@ impl Collector {
             deleted = run.deleted,
             bytes = run.bytes,
             sessions = run.sessions,
-            seconds = (run.ended_ms - run.started_ms) as f64 / 1000.0,
+            seconds = run.duration_ms() as f64 / 1000.0,
             error = run.error.as_deref().unwrap_or(""),
             "collection run finished"
         );
@@ -268,7 +275,7 @@ impl Collector {
             .resolve_password()
             .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("{e:#}")))?;
         loop {
-            if self.inner.gateway.shutdown.is_cancelled() {
+            if self.inner.ctx.shutdown.is_cancelled() {
                 return Err(Pop3Error::new(
                     ErrorKind::Shutdown,
                     "stopped: the gateway is shutting down",
@@ -288,7 +295,7 @@ impl Collector {
         run: &mut Run,
     ) -> Result<bool, Pop3Error> {
         let cfg = &self.inner.config;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let endpoint = Endpoint {
             host: cfg.host.clone(),
             port: cfg.port(),
@@ -356,40 +363,26 @@ impl Collector {
         budget: u64,
     ) -> Result<Plan, Pop3Error> {
         let cfg = &self.inner.config;
-        let ingest = &self.inner.gateway.ingest;
+        let ingest = &self.inner.ctx.ingest;
         let name = self.name();
         let mut items: Vec<Item> = Vec::new();
         let mut more = false;
         // Whether the session's work is planned: the rest is for a later session.
         let full = |items: &Vec<Item>| items.len() as u64 >= budget;
         let uidls = client.capabilities().uidl || !client.capabilities().known;
+        // The listing is taken first and its UIDLs looked up in the index in one batch, off the
+        // async workers. A later session looks the rest up again: only the first `budget`
+        // messages are kept (with `delete = false`, known messages are skipped and do not
+        // count, so every message is kept to tell whether more remains).
+        let keep_all = kind == RunKind::Normal && !cfg.delete;
+        let mut listing: Vec<(u32, String)> = Vec::new();
         let listed = if uidls {
             client
                 .uidl_each(|n, uidl| {
-                    // A later session looks the rest up again: no index lookup per message of
-                    // a large backlog here (with `delete = false`, known messages are skipped
-                    // and do not count, so they are looked up to tell whether more remains).
-                    if full(&items) && (kind != RunKind::Normal || cfg.delete) {
-                        more = true;
-                        return Ok(());
-                    }
-                    let action = match kind {
-                        RunKind::Test { .. } => Action::Fetch,
-                        RunKind::Normal => match ingest.known_uidl(name, uidl) {
-                            Ok(None) => Action::Fetch,
-                            Ok(Some(_)) if cfg.delete => Action::Delete,
-                            Ok(Some(_)) => return Ok(()),
-                            Err(e) => return Err(ingest_error(e)),
-                        },
-                    };
-                    if full(&items) {
+                    if !keep_all && listing.len() as u64 >= budget {
                         more = true;
                     } else {
-                        items.push(Item {
-                            n,
-                            uidl: Some(uidl.to_string()),
-                            action,
-                        });
+                        listing.push((n, uidl.to_string()));
                     }
                     Ok(())
                 })
@@ -397,6 +390,31 @@ impl Collector {
         } else {
             Err(Pop3Error::new(ErrorKind::Server, "no UIDL"))
         };
+        if listed.is_ok() {
+            let known = match kind {
+                RunKind::Test { .. } => vec![false; listing.len()],
+                RunKind::Normal => ingest
+                    .known_uidls(name, listing.iter().map(|(_, u)| u.clone()).collect())
+                    .await
+                    .map_err(ingest_error)?,
+            };
+            for ((n, uidl), known) in listing.into_iter().zip(known) {
+                let action = match (known, cfg.delete) {
+                    (false, _) => Action::Fetch,
+                    (true, true) => Action::Delete,
+                    (true, false) => continue,
+                };
+                if full(&items) {
+                    more = true;
+                } else {
+                    items.push(Item {
+                        n,
+                        uidl: Some(uidl),
+                        action,
+                    });
+                }
+            }
+        }
         let uidls = match listed {
             Ok(()) => true,
             Err(e) if e.kind == ErrorKind::Server => {
@@ -434,7 +452,7 @@ impl Collector {
         run: &mut Run,
     ) -> Result<(Committed, Option<Pop3Error>), Pop3Error> {
         let cfg = &self.inner.config;
-        let gw = &self.inner.gateway;
+        let gw = &self.inner.ctx;
         let depth = cfg.pipeline_depth.max(1) as usize;
         let window = if client.capabilities().pipelining {
             depth

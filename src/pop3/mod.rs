@@ -5,11 +5,14 @@
 //! - [`trust`]: which server certificates are accepted (pin, CA file, system roots).
 //! - [`collector`]: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
 //!   deletes only what is durably archived, records history ([`crate::history`]).
+//! - [`Collectors`]: every configured collector by name, and their polling tasks.
 
 pub mod client;
 pub mod collector;
+mod collectors;
 pub mod error;
 pub mod trust;
 
-pub use collector::{Collector, RunFailure, RunKind, RunSummary};
+pub use collector::{Collector, CollectorContext, RunFailure, RunKind, RunSummary};
+pub use collectors::Collectors;
 pub use error::{ErrorKind, Pop3Error};

@@ -25,8 +25,12 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::net::Conn;
-use crate::server::Gateway;
 use crate::tls::TlsIdentity;
 use session::{Session, Settings};
 
@@ -40,7 +44,11 @@ pub struct SmtpServer {
 
 /// What the accept loops share.
 struct Shared {
-    gateway: Gateway,
+    /// Where complete messages go.
+    ingest: Ingest,
+    metrics: Metrics,
+    /// Cancelled when the gateway shuts down: stop accepting, finish in-flight messages.
+    shutdown: CancellationToken,
     settings: Arc<Settings>,
     acceptor: TlsAcceptor,
     allowed: Vec<IpNet>,
@@ -59,8 +67,13 @@ impl Drop for ActiveGuard {
 
 impl SmtpServer {
     /// Loads (or generates) the TLS certificate and binds `smtp.listen` and `smtp.tls_listen`.
-    pub async fn bind(gw: &Gateway) -> anyhow::Result<SmtpServer> {
-        let config = &gw.config;
+    /// Sessions hand messages to `ingest` and stop when `shutdown` is cancelled.
+    pub async fn bind(
+        config: &Config,
+        ingest: Ingest,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<SmtpServer> {
         let tls = crate::tls::load_or_generate(config).context("setting up SMTP TLS")?;
         tracing::info!(cert = %tls.cert_path.display(), sha256 = %tls.fingerprint, "SMTP TLS certificate");
         let acceptor = TlsAcceptor::from(tls.config.clone());
@@ -82,7 +95,9 @@ impl SmtpServer {
         }
         let settings = Arc::new(Settings::from_config(&config.smtp, Some(acceptor.clone())));
         let shared = Arc::new(Shared {
-            gateway: gw.clone(),
+            ingest,
+            metrics,
+            shutdown,
             settings,
             acceptor,
             allowed: config.smtp.allowed_clients.clone(),
@@ -146,7 +161,7 @@ impl SmtpServer {
 }
 
 async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shared>) {
-    let shutdown = shared.gateway.shutdown.clone();
+    let shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -165,7 +180,7 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
 
 /// Applies the connection rules, then starts a session.
 fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<Shared>) {
-    let metrics = &shared.gateway.metrics;
+    let metrics = &shared.metrics;
     let host = &shared.settings.hostname;
     let ip = peer.ip().to_canonical();
     if !shared.allowed.is_empty() && !shared.allowed.iter().any(|net| net.contains(&ip)) {
@@ -197,9 +212,8 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
     let shared2 = shared.clone();
     shared.sessions.spawn(async move {
         let _slot = slot;
-        let gw = &shared2.gateway;
-        gw.metrics.smtp_sessions_active.inc();
-        let _active = ActiveGuard(gw.metrics.smtp_sessions_active.clone());
+        shared2.metrics.smtp_sessions_active.inc();
+        let _active = ActiveGuard(shared2.metrics.smtp_sessions_active.clone());
         let conn = if implicit_tls {
             let handshake = shared2.acceptor.accept(stream);
             match tokio::time::timeout(shared2.settings.command_timeout, handshake).await {
@@ -220,9 +234,9 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
             conn,
             peer,
             shared2.settings.clone(),
-            gw.ingest.clone(),
-            gw.metrics.clone(),
-            gw.shutdown.clone(),
+            shared2.ingest.clone(),
+            shared2.metrics.clone(),
+            shared2.shutdown.clone(),
         );
         session.run().await;
     });

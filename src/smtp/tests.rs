@@ -71,7 +71,9 @@ impl Sink for MemorySink {
         writer: MemoryWriter,
     ) -> Result<Outcome, IngestError> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(IngestError::Storage(std::io::Error::other("disk on fire")));
+            return Err(IngestError::Storage(
+                std::io::Error::other("disk on fire").into(),
+            ));
         }
         let mut stored = self.stored.lock().unwrap();
         let key = format!("k{}", stored.len());

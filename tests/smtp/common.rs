@@ -8,15 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use journal_gateway::config::Config;
-use journal_gateway::server::Gateway;
-use journal_gateway::smtp::SmtpServer;
+use journal_gateway::server::{self as server, Start};
 
 /// The journal address every test gateway accepts.
 pub const JOURNAL: &str = "journal@journal.test";
 
 /// A gateway running its SMTP endpoint on its own runtime, for tests that drive blocking peers.
 pub struct TestGateway {
-    pub gateway: Gateway,
+    pub gateway: Option<server::Running>,
     /// Plain (STARTTLS) listener.
     pub addr: SocketAddr,
     /// Implicit-TLS listener.
@@ -24,7 +23,6 @@ pub struct TestGateway {
     /// The generated certificate (PEM), to trust in clients.
     pub cert: PathBuf,
     runtime: tokio::runtime::Runtime,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,34 +40,37 @@ impl TestGateway {
             .enable_all()
             .build()
             .expect("runtime");
-        let gateway = Gateway::open(config).expect("gateway opens");
-        let server = runtime
-            .block_on(SmtpServer::bind(&gateway))
-            .expect("SMTP binds");
-        let addr = server.plain_addrs()[0];
-        let tls_addr = server.tls_addrs()[0];
-        let cert = server.tls_identity().cert_path.clone();
-        let server = runtime.spawn(server.run());
+        let gateway = runtime
+            .block_on(server::start(
+                config,
+                Start {
+                    smtp: true,
+                    ..Start::OFFLINE
+                },
+            ))
+            .expect("gateway starts, SMTP binds");
+        let addr = gateway.smtp_addrs[0];
+        let tls_addr = gateway.smtp_tls_addrs[0];
+        let cert = gateway.smtp_cert.clone().expect("SMTP certificate");
         TestGateway {
-            gateway,
+            gateway: Some(gateway),
             addr,
             tls_addr,
             cert,
             runtime,
-            server: Some(server),
             _dir: dir,
         }
     }
 
     /// Index entries in the archive.
     pub fn archived(&self) -> u64 {
-        self.gateway.archive.count().expect("archive count")
+        self.gw().archive.count().expect("archive count")
     }
 
     /// The raw bytes of every archived message whose Message-ID is `id` (without brackets).
     pub fn raw_by_message_id(&self, id: &str) -> Option<Vec<u8>> {
         let mut key = None;
-        self.gateway
+        self.gw()
             .archive
             .for_each(|k, rec| {
                 if rec.message_id.as_deref() == Some(id) {
@@ -79,7 +80,7 @@ impl TestGateway {
             })
             .expect("archive scan");
         let key = key?;
-        self.gateway
+        self.gw()
             .archive
             .read_raw(&key)
             .expect("read archived message")
@@ -88,7 +89,7 @@ impl TestGateway {
     /// Every archived record, with its key.
     pub fn records(&self) -> Vec<(String, journal_gateway::archive::Record)> {
         let mut all = Vec::new();
-        self.gateway
+        self.gw()
             .archive
             .for_each(|k, rec| {
                 all.push((k.to_string(), rec));
@@ -99,7 +100,7 @@ impl TestGateway {
     }
 
     pub fn rejected(&self, reason: &str) -> u64 {
-        self.gateway
+        self.gw()
             .metrics
             .smtp_rejected
             .with_label_values(&[reason])
@@ -111,13 +112,18 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// The running gateway (until drop).
+    pub fn gw(&self) -> &server::Running {
+        self.gateway.as_ref().expect("gateway running")
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
-        self.gateway.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            let _ = self.runtime.block_on(server);
+        if let Some(gateway) = self.gateway.take() {
+            let _ = self.runtime.block_on(gateway.stop());
         }
-        self.runtime.block_on(self.gateway.ingest.close());
     }
 }
 

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::history;
-use crate::pop3::Collector;
-use crate::server::Gateway;
+use super::collector::{Collector, CollectorContext};
+use crate::config::CollectorConfig;
+use crate::index::CollectorState;
 
 /// Every configured collector. Cheap to clone.
 #[derive(Clone, Default)]
@@ -16,11 +16,11 @@ pub struct Collectors {
 
 impl Collectors {
     /// One [`Collector`] per `[[collector]]` (fails when one's trust settings cannot load).
-    pub fn from_gateway(gateway: &Gateway) -> anyhow::Result<Collectors> {
+    pub fn new(configs: &[CollectorConfig], ctx: &CollectorContext) -> anyhow::Result<Collectors> {
         let mut by_name = BTreeMap::new();
-        for c in &gateway.config.collectors {
-            let collector = Collector::new(c, gateway.clone())?;
-            seed_metrics(gateway, &collector);
+        for c in configs {
+            let collector = Collector::new(c, ctx.clone())?;
+            seed_metrics(ctx, &collector);
             by_name.insert(c.name().to_string(), collector);
         }
         Ok(Collectors {
@@ -51,14 +51,14 @@ impl Collectors {
 
 /// Exports every collector's series from the start, from its stored state: active, the queue
 /// depth and the last success (so they survive restarts), and the connect error counter at 0.
-fn seed_metrics(gateway: &Gateway, c: &Collector) {
-    let m = &gateway.metrics;
+fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
+    let m = &ctx.metrics;
     let name = c.name();
-    let state = match history::state(gateway.archive.db(), name) {
+    let state = match ctx.store.state(name) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(collector = name, "reading collector state: {e:#}");
-            history::State::default()
+            tracing::warn!(collector = name, "reading collector state: {e}");
+            CollectorState::default()
         }
     };
     m.collector_active
@@ -70,7 +70,7 @@ fn seed_metrics(gateway: &Gateway, c: &Collector) {
     if let Some(ms) = state.last_success_ms {
         m.pop3_last_success
             .with_label_values(&[name])
-            .set(ms / 1000);
+            .set(ms.as_secs() as i64);
     }
     m.pop3_errors.with_label_values(&[name, "connect"]);
 }

@@ -13,10 +13,11 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use crate::config::Config;
-use crate::history::Run;
-use crate::http::views::{rfc3339, CollectorInfo, Status};
-use crate::migration::Verdict;
+use journal_gateway::clock::UnixMs;
+use journal_gateway::config::Config;
+use journal_gateway::http::views::{CollectorInfo, Status};
+use journal_gateway::index::Run;
+use journal_gateway::migration::Verdict;
 
 /// Where the server is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ impl Remote {
         });
         Remote {
             server,
-            token_file: crate::http::auth::token_path(config),
+            token_file: journal_gateway::http::auth::token_path(config),
             json,
         }
     }
@@ -169,7 +170,7 @@ fn segment(s: &str) -> String {
 /// error whose message carries the server's explanation (e.g. the retire verdict's reasons).
 pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     let token = || -> anyhow::Result<String> {
-        crate::http::auth::read_token(&remote.token_file).context(
+        journal_gateway::http::auth::read_token(&remote.token_file).context(
             "this call needs the admin token (set [http] admin_token_file, or run on the gateway's host)",
         )
     };
@@ -257,12 +258,8 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     })
 }
 
-fn time_ms(ms: Option<u64>) -> String {
-    ms.and_then(rfc3339).unwrap_or_else(|| "-".into())
-}
-
-fn time_ims(ms: Option<i64>) -> String {
-    time_ms(ms.and_then(|m| u64::try_from(m).ok()))
+fn time_ms(ms: Option<UnixMs>) -> String {
+    ms.and_then(UnixMs::rfc3339).unwrap_or_else(|| "-".into())
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -356,7 +353,7 @@ pub fn format_collectors(list: &[CollectorInfo]) -> String {
                 format!("{}@{}:{}", c.username, c.host, c.port),
                 format!("{}s", c.interval_seconds),
                 opt(c.queue_depth),
-                time_ims(c.last_success_ms),
+                time_ms(c.last_success_ms),
                 c.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -383,12 +380,12 @@ pub fn format_runs(runs: &[Run]) -> String {
         .iter()
         .map(|r| {
             vec![
-                time_ims(Some(r.started_ms)),
-                match r.limit {
+                time_ms(Some(r.started_ms)),
+                match r.limit() {
                     Some(l) => format!("{} ({l})", r.kind),
-                    None => r.kind.clone(),
+                    None => r.kind.to_string(),
                 },
-                format!("{:.1}s", (r.ended_ms - r.started_ms) as f64 / 1000.0),
+                format!("{:.1}s", r.duration_ms() as f64 / 1000.0),
                 opt(r.on_server),
                 r.retrieved.to_string(),
                 r.archived.to_string(),
@@ -416,7 +413,7 @@ pub fn format_runs(runs: &[Run]) -> String {
     )
 }
 
-fn format_collector_verdict(c: &crate::migration::CollectorVerdict) -> String {
+fn format_collector_verdict(c: &journal_gateway::migration::CollectorVerdict) -> String {
     let mut out = String::new();
     let state = if c.retired {
         "retired"
