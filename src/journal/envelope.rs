@@ -98,7 +98,6 @@ impl EnvelopeParser {
     }
 
     /// How many field values were longer than the bound and cut.
-    #[allow(dead_code)] // used by the streaming parser (next commit)
     pub(super) fn cut_values(&self) -> usize {
         self.cut_values
     }
