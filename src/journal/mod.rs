@@ -22,6 +22,8 @@ mod envelope;
 mod input;
 pub mod sample;
 mod stream;
+#[cfg(test)]
+mod stream_tests;
 mod union;
 
 pub use input::Input;

@@ -371,9 +371,7 @@ impl Walk {
 
     /// The input ended (no closing boundary); `tail`: its last bytes.
     fn end_at_eof(&mut self, tail: &[u8]) {
-        if matches!(self.phase, Phase::Headers { .. }) {
-            self.start_part();
-        }
+        // A part whose header section the input cut off is no part (as mail-parser sees it).
         let soft_break = tail.ends_with(b"=\r\n") || tail.ends_with(b"=\n");
         let cut_off = !tail.ends_with(b"\n")
             || soft_break && matches!(&self.phase, Phase::Envelope(sink) if sink.decoder.is_qp());
@@ -683,7 +681,9 @@ impl EnvelopeSink {
     /// The part ended; `cut_off`: the input ended in the middle of its last line, which is
     /// then ignored rather than used half. Returns the envelope and how many values were cut.
     fn finish(mut self, cut_off: bool) -> (ParsedEnvelope, usize) {
-        if !self.line.is_empty() && !(cut_off && self.html.is_none()) {
+        // Cut off: a text line is dropped here, an HTML one after conversion.
+        let keep_last = !cut_off || self.html.is_some();
+        if keep_last && !self.line.is_empty() {
             self.end_line(false);
         }
         if let Some(html) = self.html.take() {
