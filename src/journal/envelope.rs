@@ -112,7 +112,17 @@ impl EnvelopeParser {
         match field_start(line) {
             Some((name, value)) if !indented => {
                 self.end_field();
-                self.start_field(&name.to_ascii_lowercase(), value.trim());
+                let mut lower = [0u8; 16];
+                let name = match lower.get_mut(..name.len()) {
+                    // Known names are short: lower-case them without allocating.
+                    Some(buf) => {
+                        buf.copy_from_slice(name.as_bytes());
+                        buf.make_ascii_lowercase();
+                        std::str::from_utf8(buf).unwrap_or("")
+                    }
+                    None => "",
+                };
+                self.start_field(name, value.trim());
             }
             _ => self.continue_field(trimmed, indented),
         }
@@ -192,8 +202,8 @@ impl EnvelopeParser {
         if let Some(kind) = recipients {
             // Every item before the last unquoted comma is complete.
             if let Some(comma) = last_unquoted_comma(value) {
-                let done: String = value.drain(..=comma).collect();
-                push_recipients(&mut self.out.envelope.recipients, kind, &done[..comma]);
+                push_recipients(&mut self.out.envelope.recipients, kind, &value[..comma]);
+                value.drain(..=comma);
             }
         }
     }

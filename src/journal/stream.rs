@@ -12,6 +12,7 @@
 //!
 //! The report is assembled by the same code as the in-memory path ([`report_from_parts`]).
 
+use std::borrow::Cow;
 use std::io;
 
 use mail_parser::decoders::charsets::map::charset_decoder;
@@ -661,8 +662,8 @@ impl EnvelopeSink {
         }
         let bytes = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
         let text = match self.charset {
-            Some(decode) => decode(bytes),
-            None => String::from_utf8_lossy(bytes).into_owned(),
+            Some(decode) => Cow::Owned(decode(bytes)),
+            None => String::from_utf8_lossy(bytes),
         };
         match &mut self.html {
             Some(html) => {
