@@ -17,6 +17,14 @@
 //!   `@journal.report.generator` is never a key.
 //! - Truncated input (a bounded head): a header or envelope line cut off by the end of the input
 //!   is ignored rather than used half.
+//!
+//! Any size: [`parse_input`] takes an [`Input`] (bytes in memory, or a spool [`std::fs::File`]).
+//! Up to [`MEMORY_LIMIT`] it reads the input whole and calls [`parse`]; above, it parses through
+//! a [`WINDOW`]-sized window ([`parse_windowed`]): every envelope recipient is recorded and the
+//! original's headers are found wherever its part starts, in memory bounded apart from the
+//! recipients themselves. Both paths assemble the [`Report`] with the same code, and the
+//! envelope text goes through the same incremental parser. [`union_recipients`] merges the
+//! recipients of two arrivals in linear time.
 
 mod envelope;
 mod input;
