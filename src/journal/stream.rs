@@ -608,6 +608,8 @@ impl Base64 {
 struct EnvelopeSink {
     decoder: Decoder,
     charset: Option<CharsetFnc>,
+    /// The charset maps ASCII to itself: ASCII lines skip it.
+    ascii_identity: bool,
     html: Option<HtmlLines>,
     parser: EnvelopeParser,
     /// Decoded bytes of the current line (at most `window`).
@@ -623,6 +625,10 @@ impl EnvelopeSink {
         EnvelopeSink {
             decoder,
             charset,
+            ascii_identity: charset.is_none_or(|decode| {
+                let ascii: Vec<u8> = (1..0x80).collect();
+                decode(&ascii).as_bytes() == ascii
+            }),
             html: html.then(|| HtmlLines::new(window)),
             parser: EnvelopeParser::new(window),
             line: Vec::new(),
@@ -662,8 +668,8 @@ impl EnvelopeSink {
         }
         let bytes = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
         let text = match self.charset {
-            Some(decode) => Cow::Owned(decode(bytes)),
-            None => String::from_utf8_lossy(bytes),
+            Some(decode) if !(self.ascii_identity && bytes.is_ascii()) => Cow::Owned(decode(bytes)),
+            _ => String::from_utf8_lossy(bytes),
         };
         match &mut self.html {
             Some(html) => {
