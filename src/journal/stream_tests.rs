@@ -509,3 +509,86 @@ fn union_of_two_100k_recipient_sets_is_linear() {
     // O(n*m) would be 5 * 10^9 comparisons; linear is well under a second even unoptimised.
     assert!(took.as_secs() < 10, "{took:?}");
 }
+
+#[test]
+fn an_unbalanced_quote_in_a_2003_list_is_cut_at_the_bound_with_a_warning() {
+    let msg = sample::numbered(25, 3_000);
+    let mut env = format!(
+        "Sender: {}\r\nMessage-ID: <sample-25@example.com>\r\nRecipients: \"Unbalanced <smtp:u@example.com>,\r\n",
+        msg.from
+    );
+    for i in 0..200 {
+        env.push_str(&format!("\t\"B{i}\" <smtp:b{i}@example.com>,\r\n"));
+    }
+    env.push_str("Subject: after the list\r\n");
+    let raw = handmade(&msg, &env, "7bit", false, false);
+    let r = parse_windowed(&raw[..], 1_000).expect("memory");
+    assert_eq!(r.key, "sample-25@example.com");
+    assert!(
+        r.envelope.recipients.len() <= 1,
+        "{:?}",
+        r.envelope.recipients
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("field value")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+/// A small deterministic PRNG (xorshift64).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn windowed_parser_never_panics_on_flipped_and_cut_input() {
+    let mut rng = XorShift(0x0DDB_A11C_AFE5_EED5);
+    let interesting = b"\0\r\n-<>:=\"?\xff \t";
+    let mut cases = 0;
+    let msg = sample::numbered(30, 2_000);
+    let env = envelope_text(&msg, &many_recipients(20));
+    let bases = [
+        sample::report_2007(&msg, &[]),
+        sample::report_2003_with(
+            &msg,
+            &[],
+            Options2003 {
+                html: true,
+                misspelt: false,
+            },
+        ),
+        handmade(&msg, &env, "quoted-printable", true, true),
+        handmade(&msg, &env, "base64", false, false),
+    ];
+    for base in &bases {
+        for _ in 0..100 {
+            let mut raw = base.clone();
+            for _ in 0..=rng.below(8) {
+                let at = rng.below(raw.len());
+                raw[at] = if rng.below(2) == 0 {
+                    interesting[rng.below(interesting.len())]
+                } else {
+                    rng.next() as u8
+                };
+            }
+            let cut = rng.below(raw.len() + 1);
+            raw.truncate(cut);
+            // The unguarded parser: a panic here fails the test.
+            let r = stream::parse(&raw[..], MIN_WINDOW + rng.below(2_000)).expect("memory");
+            assert!(!r.key.is_empty());
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 400);
+}
