@@ -28,71 +28,219 @@ pub(super) struct ParsedEnvelope {
     pub subject: Option<String>,
 }
 
-/// Parses envelope text (already decoded; any line endings).
+/// Parses envelope text (already decoded; any line endings). The same incremental
+/// [`EnvelopeParser`] the streaming path feeds line by line, without a bound on field values.
 pub(super) fn parse(text: &str) -> ParsedEnvelope {
-    let mut out = ParsedEnvelope::default();
-    for (name, value) in logical_fields(text) {
-        let kind = match name.as_str() {
-            "sender" => {
-                out.envelope.sender = sender_address(&value);
-                continue;
-            }
-            "on-behalf-of" => {
-                out.envelope.on_behalf_of = sender_address(&value);
-                continue;
-            }
-            "subject" => {
-                out.subject = Some(value.trim().to_string());
-                continue;
-            }
-            "message-id" => {
-                out.message_id = match normalise_message_id(&value) {
-                    Some(id) => EnvelopeId::Id(id),
-                    None => EnvelopeId::Unknown,
-                };
-                continue;
-            }
-            "to" => RecipientKind::To,
-            "cc" => RecipientKind::Cc,
-            "bcc" => RecipientKind::Bcc,
-            "recipient" | "recipients" => RecipientKind::Recipient,
-            _ => continue,
-        };
-        push_recipients(&mut out.envelope.recipients, kind, &value);
+    let mut parser = EnvelopeParser::new(usize::MAX);
+    for line in text.lines() {
+        parser.push_line(line);
     }
-    out
+    parser.finish()
 }
 
 /// Envelope field names this parser knows; anything else that looks like `token:` also starts
 /// a new field (and is ignored), except address prefixes such as `smtp:`.
 const ADDRESS_PREFIXES: [&str; 6] = ["smtp", "x400", "x500", "ex", "sip", "mailto"];
 
-/// Splits text into `(lower-case name, value)` fields, joining continuation lines (indented
-/// lines, and in a 2003 `Recipients:` list un-indented lines that do not start a field).
-fn logical_fields(text: &str) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
+/// The field the parser is in (continuation lines extend it).
+#[derive(Debug)]
+enum Field {
+    /// Before the first field: un-indented or indented non-field lines are ignored.
+    None,
+    /// A field whose value is not kept (unknown name).
+    Ignored,
+    /// `Sender:`, `On-Behalf-Of:`, `Subject:`, `Message-Id:`: the whole value is kept (up to
+    /// the bound) and used when the field ends.
+    Text { name: TextField, value: String },
+    /// A recipient field: complete comma-separated items are turned into recipients as soon as
+    /// they are complete; `rest` holds the unfinished last item. `list` is the 2003
+    /// `Recipients:` field, which un-indented lines continue too.
+    Recipients {
+        kind: RecipientKind,
+        list: bool,
+        rest: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextField {
+    Sender,
+    OnBehalfOf,
+    Subject,
+    MessageId,
+}
+
+/// Incremental envelope parser: [`push_line`](Self::push_line) each line of decoded text
+/// (without its line ending), then [`finish`](Self::finish).
+///
+/// Lines are joined into logical fields as in the envelope format: indented lines continue any
+/// field, un-indented non-field lines continue only a 2003 `Recipients:` list, so stray text
+/// after a `To:` line never turns into a recipient. Memory: the recipients, plus at most
+/// `max_value` bytes for one field value (a `Sender:`/`Subject:`/`Message-Id:` value, or the
+/// one unfinished item of a recipient list); longer values are cut and counted in
+/// [`cut_values`](Self::cut_values).
+#[derive(Debug)]
+pub(super) struct EnvelopeParser {
+    out: ParsedEnvelope,
+    field: Field,
+    max_value: usize,
+    cut_values: usize,
+}
+
+impl EnvelopeParser {
+    pub(super) fn new(max_value: usize) -> EnvelopeParser {
+        EnvelopeParser {
+            out: ParsedEnvelope::default(),
+            field: Field::None,
+            max_value,
+            cut_values: 0,
+        }
+    }
+
+    /// How many field values were longer than the bound and cut.
+    pub(super) fn cut_values(&self) -> usize {
+        self.cut_values
+    }
+
+    /// One line of envelope text, without its line ending.
+    pub(super) fn push_line(&mut self, line: &str) {
         let trimmed = line.trim();
         if trimmed.is_empty() {
-            continue;
+            return;
         }
         let indented = line.starts_with([' ', '\t']);
         match field_start(line) {
             Some((name, value)) if !indented => {
-                fields.push((name.to_ascii_lowercase(), value.trim().to_string()))
+                self.end_field();
+                let mut lower = [0u8; 16];
+                let name = match lower.get_mut(..name.len()) {
+                    // Known names are short: lower-case them without allocating.
+                    Some(buf) => {
+                        buf.copy_from_slice(name.as_bytes());
+                        buf.make_ascii_lowercase();
+                        std::str::from_utf8(buf).unwrap_or("")
+                    }
+                    None => "",
+                };
+                self.start_field(name, value.trim());
             }
-            _ => match fields.last_mut() {
-                // Indented lines continue any field; un-indented ones only the 2003 list, so
-                // stray text after a `To:` line never turns into a recipient.
-                Some((name, value)) if indented || name == "recipients" => {
-                    value.push(' ');
-                    value.push_str(trimmed);
-                }
-                _ => {}
-            },
+            _ => self.continue_field(trimmed, indented),
         }
     }
-    fields
+
+    /// Ends the last field and returns what the envelope said.
+    pub(super) fn finish(mut self) -> ParsedEnvelope {
+        self.end_field();
+        self.out
+    }
+
+    fn start_field(&mut self, name: &str, value: &str) {
+        let text = |name| Field::Text {
+            name,
+            value: String::new(),
+        };
+        self.field = match name {
+            "sender" => text(TextField::Sender),
+            "on-behalf-of" => text(TextField::OnBehalfOf),
+            "subject" => text(TextField::Subject),
+            "message-id" => text(TextField::MessageId),
+            "to" | "cc" | "bcc" | "recipient" | "recipients" => Field::Recipients {
+                kind: match name {
+                    "to" => RecipientKind::To,
+                    "cc" => RecipientKind::Cc,
+                    "bcc" => RecipientKind::Bcc,
+                    _ => RecipientKind::Recipient,
+                },
+                list: name == "recipients",
+                rest: String::new(),
+            },
+            _ => Field::Ignored,
+        };
+        self.append(value, false);
+    }
+
+    fn continue_field(&mut self, trimmed: &str, indented: bool) {
+        let continues = match &self.field {
+            Field::None => false,
+            Field::Recipients { list, .. } => indented || *list,
+            Field::Ignored | Field::Text { .. } => indented,
+        };
+        if continues {
+            self.append(trimmed, true);
+        }
+    }
+
+    /// Appends to the current value (`joined`: a continuation, joined with one space).
+    fn append(&mut self, piece: &str, joined: bool) {
+        let max = self.max_value;
+        let (value, recipients) = match &mut self.field {
+            Field::None | Field::Ignored => return,
+            Field::Text { value, .. } => (value, None),
+            Field::Recipients { kind, rest, .. } => (rest, Some(*kind)),
+        };
+        let room = max.saturating_sub(value.len());
+        let needed = piece.len() + usize::from(joined);
+        if needed > room {
+            // Cut at a character boundary; the rest of the value is dropped.
+            if room > usize::from(joined) {
+                if joined {
+                    value.push(' ');
+                }
+                let mut end = room - usize::from(joined);
+                while !piece.is_char_boundary(end) {
+                    end -= 1;
+                }
+                value.push_str(&piece[..end]);
+            }
+            self.cut_values += 1;
+        } else {
+            if joined {
+                value.push(' ');
+            }
+            value.push_str(piece);
+        }
+        if let Some(kind) = recipients {
+            // Every item before the last unquoted comma is complete.
+            if let Some(comma) = last_unquoted_comma(value) {
+                push_recipients(&mut self.out.envelope.recipients, kind, &value[..comma]);
+                value.drain(..=comma);
+            }
+        }
+    }
+
+    fn end_field(&mut self) {
+        match std::mem::replace(&mut self.field, Field::None) {
+            Field::None | Field::Ignored => {}
+            Field::Text { name, value } => match name {
+                TextField::Sender => self.out.envelope.sender = sender_address(&value),
+                TextField::OnBehalfOf => self.out.envelope.on_behalf_of = sender_address(&value),
+                TextField::Subject => self.out.subject = Some(value.trim().to_string()),
+                TextField::MessageId => {
+                    self.out.message_id = match normalise_message_id(&value) {
+                        Some(id) => EnvelopeId::Id(id),
+                        None => EnvelopeId::Unknown,
+                    }
+                }
+            },
+            Field::Recipients { kind, rest, .. } => {
+                push_recipients(&mut self.out.envelope.recipients, kind, &rest)
+            }
+        }
+    }
+}
+
+/// The byte index of the last comma not inside double quotes.
+fn last_unquoted_comma(value: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut last = None;
+    for (k, b) in value.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => last = Some(k),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// `Name: value` when `line` starts a field.
@@ -206,31 +354,104 @@ pub(super) fn normalise_message_id(value: &str) -> Option<String> {
 }
 
 /// Turns an HTML envelope part (some Exchange 2003 reports) into lines: block tags and `<br>`
-/// become line breaks, other tags vanish, the common entities are decoded.
+/// become line breaks, other tags vanish, the common entities are decoded. The whole-text form
+/// of [`HtmlLines`].
 pub(super) fn html_to_lines(html: &str) -> String {
-    const BREAKS: [&str; 7] = ["br", "p", "div", "tr", "li", "table", "pre"];
     let mut text = String::with_capacity(html.len());
-    let mut rest = html;
-    while let Some(open) = rest.find('<') {
-        text.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('>') else {
-            rest = "";
-            break;
-        };
-        let tag = after[..close].trim_start_matches('/').trim();
-        let name_end = tag
-            .find(|c: char| c.is_whitespace() || c == '/')
-            .unwrap_or(tag.len());
-        if BREAKS
-            .iter()
-            .any(|b| tag[..name_end].eq_ignore_ascii_case(b))
-        {
-            text.push('\n');
-        }
-        rest = &after[close + 1..];
+    let mut lines = HtmlLines::new(usize::MAX);
+    lines.push(html, |line| {
+        text.push_str(line);
+        text.push('\n');
+    });
+    if let Some(last) = lines.finish() {
+        text.push_str(&last);
     }
-    text.push_str(rest);
+    text
+}
+
+/// Incremental HTML-to-lines conversion: [`push`](Self::push) decoded HTML text in pieces of
+/// any size; each complete output line (without its `\n`) goes to the callback, entities
+/// decoded. Memory: the current output line and at most `max_tag` bytes of one tag.
+pub(super) struct HtmlLines {
+    /// The output line being built (entities not yet decoded).
+    line: String,
+    /// Inside a tag: its text so far (bounded).
+    tag: Option<String>,
+    max_tag: usize,
+}
+
+impl HtmlLines {
+    pub(super) fn new(max_tag: usize) -> HtmlLines {
+        HtmlLines {
+            line: String::new(),
+            tag: None,
+            max_tag,
+        }
+    }
+
+    pub(super) fn push(&mut self, mut html: &str, mut emit: impl FnMut(&str)) {
+        while !html.is_empty() {
+            if let Some(tag) = &mut self.tag {
+                let Some(close) = html.find('>') else {
+                    push_bounded(tag, html, self.max_tag);
+                    return;
+                };
+                push_bounded(tag, &html[..close], self.max_tag);
+                html = &html[close + 1..];
+                if is_break_tag(tag) {
+                    self.end_line(&mut emit);
+                }
+                self.tag = None;
+            } else {
+                let stop = html.find(['<', '\n']).unwrap_or(html.len());
+                self.line.push_str(&html[..stop]);
+                match html.as_bytes().get(stop) {
+                    Some(b'<') => self.tag = Some(String::new()),
+                    Some(_) => self.end_line(&mut emit),
+                    None => {}
+                }
+                html = html.get(stop + 1..).unwrap_or("");
+            }
+        }
+    }
+
+    /// The unfinished last line (entities decoded), if any text is pending. An unclosed tag
+    /// at the end is dropped.
+    pub(super) fn finish(self) -> Option<String> {
+        (!self.line.is_empty()).then(|| decode_entities(&self.line))
+    }
+
+    fn end_line(&mut self, emit: &mut impl FnMut(&str)) {
+        emit(&decode_entities(&self.line));
+        self.line.clear();
+    }
+}
+
+fn push_bounded(buf: &mut String, piece: &str, max: usize) {
+    let room = max.saturating_sub(buf.len());
+    let mut end = piece.len().min(room);
+    while !piece.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf.push_str(&piece[..end]);
+}
+
+/// Whether the text between `<` and `>` is a tag that breaks a line.
+fn is_break_tag(tag: &str) -> bool {
+    const BREAKS: [&str; 7] = ["br", "p", "div", "tr", "li", "table", "pre"];
+    let tag = tag.trim_start_matches('/').trim();
+    let name_end = tag
+        .find(|c: char| c.is_whitespace() || c == '/')
+        .unwrap_or(tag.len());
+    BREAKS
+        .iter()
+        .any(|b| tag[..name_end].eq_ignore_ascii_case(b))
+}
+
+fn decode_entities(text: &str) -> String {
+    if !text.contains('&') {
+        return text.to_string();
+    }
     text.replace("&nbsp;", " ")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
