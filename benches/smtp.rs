@@ -38,8 +38,6 @@
 
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
-#[path = "common/machine.rs"]
-mod machine;
 #[path = "smtp/postfix.rs"]
 mod postfix;
 #[path = "smtp/sys.rs"]
@@ -48,13 +46,15 @@ mod sys;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use journal_gateway::journal::sample;
+use journal_gateway_testkit::peers::free_port;
+pub use journal_gateway_testkit::peers::require;
+use journal_gateway_testkit::{machine, sample};
 use sha2::{Digest, Sha256};
 
 use postfix::Postfix;
@@ -62,24 +62,6 @@ use postfix::Postfix;
 /// The journal address every server accepts (Postfix: the virtual domain).
 const RCPT: &str = "journal@journal.test";
 const FROM: &str = "exchange@corp.test";
-
-/// Fails (never skips) when a peer program is missing, naming the Debian package.
-pub fn require(program: &str, package: &str) -> PathBuf {
-    let p = Path::new(program);
-    assert!(
-        p.is_file(),
-        "{program} is missing: install the Debian package `{package}` (see scripts/test-deps.txt)"
-    );
-    p.to_path_buf()
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// Whether something on 127.0.0.1:`port` answers with an SMTP greeting.
 pub fn accepts_smtp(port: u16) -> bool {

@@ -19,7 +19,6 @@
 //!   is ignored rather than used half.
 
 mod envelope;
-pub mod sample;
 
 use std::borrow::Cow;
 

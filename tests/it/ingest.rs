@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use journal_gateway::archive::Archive;
 use journal_gateway::ingest::{Delivery, Ingest, IngestError, Outcome};
-use journal_gateway::journal::{sample, Recipient, RecipientKind};
+use journal_gateway::journal::{Recipient, RecipientKind};
 use journal_gateway::metrics::Metrics;
+use journal_gateway_testkit::sample;
 
 fn open(dir: &Path) -> (Arc<Archive>, Ingest) {
     let archive = Arc::new(Archive::open(dir).expect("archive opens"));
