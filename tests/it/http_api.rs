@@ -114,10 +114,7 @@ async fn mutating_calls_need_the_token() {
     assert_eq!(gw.get("/api/v1/messages/x@y").await.status, 401);
     // The right token on an unknown collector: 404 with a JSON error.
     let r = gw
-        .post(
-            "/api/v1/collectors/nope/activate",
-            Some(&gw.token().to_string()),
-        )
+        .post("/api/v1/collectors/nope/activate", Some(gw.token()))
         .await;
     assert_eq!(r.status, 404);
     assert!(r.error_message().contains("nope"));
