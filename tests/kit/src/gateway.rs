@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use journal_gateway::archive::{Archive, Record};
+use journal_gateway::archive::{Archive, Record, Stats};
 use journal_gateway::config::{CollectorConfig, Config};
 use journal_gateway::history::{self, Run, State};
 use journal_gateway::http::collectors::Collectors;
 use journal_gateway::http::{HttpServer, Readiness};
-use journal_gateway::ingest::{Delivery, IngestError, Outcome};
+use journal_gateway::ingest::{Delivery, IngestError, MessageWriter, Outcome};
 use journal_gateway::metrics::Metrics;
 use journal_gateway::pop3::Collector;
 use journal_gateway::server::Gateway;
@@ -225,6 +225,34 @@ impl TestGateway {
     /// Ingests one message as a listener or collector would.
     pub async fn ingest(&self, delivery: Delivery, bytes: &[u8]) -> Result<Outcome, IngestError> {
         self.gateway.ingest.ingest_bytes(delivery, bytes).await
+    }
+
+    /// A writer for one message (memory, then a spool file in `archive/tmp`), for
+    /// [`TestGateway::ingest_writer`].
+    pub fn writer(&self) -> MessageWriter {
+        self.gateway.ingest.writer()
+    }
+
+    /// Ingests what was written into `writer`.
+    pub async fn ingest_writer(
+        &self,
+        delivery: Delivery,
+        writer: MessageWriter,
+    ) -> Result<Outcome, IngestError> {
+        self.gateway.ingest.ingest(delivery, writer).await
+    }
+
+    /// The key a collector's UIDL was archived under.
+    pub fn known_uidl(&self, collector: &str, uidl: &str) -> Option<String> {
+        self.gateway
+            .ingest
+            .known_uidl(collector, uidl)
+            .expect("UIDL lookup")
+    }
+
+    /// Closes the ingest path (later ingests are refused); the archive stays readable.
+    pub async fn close_ingest(&self) {
+        self.gateway.ingest.close().await;
     }
 
     /// A collector for `config` on this gateway (not polling: the test drives it).
@@ -489,9 +517,15 @@ impl ArchiveView {
             .collect()
     }
 
-    /// Conflicting reuses of a Message-ID (variants) recorded.
-    pub fn conflicts(&self) -> u64 {
-        self.archive.stats().expect("archive stats").conflicts
+    /// Totals per source, conflicts.
+    pub fn stats(&self) -> Stats {
+        self.archive.stats().expect("archive stats")
+    }
+
+    /// Copies every archived message into a Maildir at `out` with an `index.tsv` (as the
+    /// `export` command does); returns how many.
+    pub fn export(&self, out: &Path) -> anyhow::Result<u64> {
+        self.archive.export(out)
     }
 
     /// The newest `limit` collection runs of `collector`, newest first.
