@@ -3,11 +3,12 @@
 //! machine in the same run (a figure, never asserted).
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::smtp_common::{require, run_ok, start, JOURNAL};
+use journal_gateway_testkit::peers::SmtpSink;
 
 const MESSAGES: usize = 2000;
 const SESSIONS: usize = 20;
@@ -79,33 +80,6 @@ fn smtp_source_2000_messages_over_20_connections_all_archived() {
 }
 
 fn smtp_sink_time() -> Duration {
-    let bin = require("/usr/sbin/smtp-sink", "postfix");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new(bin);
-    // smtp-sink refuses to run as root without a user to switch to.
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.args(["-u", "nobody"]);
-    }
-    let mut sink = cmd
-        .args([&format!("127.0.0.1:{port}"), "256"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting smtp-sink");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "smtp-sink did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let t = smtp_source(addr);
-    let _ = sink.kill();
-    let _ = sink.wait();
-    t
+    let sink = SmtpSink::start(256);
+    smtp_source(sink.addr())
 }
