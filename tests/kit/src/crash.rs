@@ -21,6 +21,13 @@ pub async fn ingest_loop(
     limit: Option<u64>,
 ) -> anyhow::Result<Vec<String>> {
     let gw = std::sync::Arc::new(TestGateway::builder().data_dir(data_dir).start().await);
+    if limit.is_none() {
+        // Run as a test, the harness has printed `test <name> ... ` without a newline: the
+        // first `acked` line must start a line of its own.
+        let mut out = std::io::stdout().lock();
+        writeln!(out)?;
+        out.flush()?;
+    }
     let mut set = tokio::task::JoinSet::new();
     for t in 0..tasks {
         let gw = gw.clone();
