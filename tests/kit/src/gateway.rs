@@ -2,6 +2,12 @@
 //! an archive. This file is the only place of the kit (and of the tests) that knows how the
 //! library wires a gateway: the configuration text, opening it, binding the SMTP and HTTP
 //! listeners, building collectors, and where the index keeps records and collector history.
+//!
+//! Library API used here (what to port when it changes): `Config::parse`, `server::Gateway`
+//! (`open`, its `archive`, `ingest`, `metrics`, `shutdown`), `Collectors::from_gateway`,
+//! `SmtpServer::bind`, `HttpServer::bind` and `Readiness`, `pop3::Collector::new`,
+//! `history::{record_run, runs, state, retire, now_ms}` on `Archive::db()`, and
+//! `Archive::{open, get, read_raw, for_each, count, stats, export}`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -140,10 +146,13 @@ impl Builder {
                 .expect("generated admin token")
                 .trim()
                 .to_string();
-            // The same configuration with the real port, for the CLI.
+            // The same configuration with the real HTTP port, for the CLI.
             let path = temp.path().join("gateway.toml");
-            std::fs::write(&path, text.replace("127.0.0.1:0", &addr.to_string()))
-                .expect("write config");
+            let cli_text = text.replace(
+                "[http]\nlisten = \"127.0.0.1:0\"",
+                &format!("[http]\nlisten = \"{addr}\""),
+            );
+            std::fs::write(&path, cli_text).expect("write config");
             config_path = Some(path);
             http = Some(HttpParts {
                 addr,
