@@ -20,17 +20,15 @@
 //! system temp dir). Without `--bench` (as `cargo test --all-targets` runs it): a smoke run with
 //! scales 0 and 20,000, 300 messages, 2,000 lookups.
 
-#[path = "common/machine.rs"]
-mod machine;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use journal_gateway::archive::{Archive, Record, Sighting, DEFAULT_CACHE_BYTES};
 use journal_gateway::ingest::{Delivery, Ingest, Outcome};
-use journal_gateway::journal::{sample, Format, Recipient, RecipientKind};
+use journal_gateway::journal::{Format, Recipient, RecipientKind};
 use journal_gateway::metrics::Metrics;
+use journal_gateway_testkit::{machine, sample};
 
 const CHUNK: u64 = 100_000;
 

@@ -20,7 +20,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::time::Instant;
 
-use journal_gateway::journal::{self, sample, Format};
+use journal_gateway::journal::{self, Format};
+use journal_gateway_testkit::sample;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

@@ -1,4 +1,4 @@
-//! POP3 drain against peers: one real Dovecot mailbox (tests/support/dovecot.rs) seeded with N
+//! POP3 drain against peers: one real Dovecot mailbox (the test kit's `dovecot`) seeded with N
 //! Exchange 2007 journal reports of ~9 KB, drained *and deleted* over POP3S by
 //! - the gateway: the release binary, `collector collect NAME --offline` (drains in-process and
 //!   exits; fsyncs each message and its index entry before DELE);
@@ -31,20 +31,15 @@
 //!   trace=fsync,fdatasync,sync_file_range,syncfs,rename,openat` and keep the counts in
 //!   `DIR/<tool>-<N>.txt` (that is how we know who fsyncs).
 
-#[path = "../tests/support/dovecot.rs"]
-mod dovecot;
-
-#[path = "common/machine.rs"]
-mod machine;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use dovecot::{Dovecot, Options, PASSWORD, USER};
-use journal_gateway::journal::sample;
+use journal_gateway_testkit::dovecot::{Dovecot, Options, PASSWORD, USER};
+use journal_gateway_testkit::peers::require;
+use journal_gateway_testkit::{machine, sample, ArchiveView};
 
 const TOOLS: [&str; 4] = ["gateway", "mpop", "fetchmail", "fetchmail-mda"];
 const MPOP: &str = "/usr/bin/mpop";
@@ -70,13 +65,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-fn require(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} not found: install the Debian package {package} (listed in scripts/test-deps.txt)"
-    );
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let counts: Vec<u64> = env_list("POP3_BENCH_COUNTS", if full { "5000,50000" } else { "120" })
@@ -93,7 +81,7 @@ fn main() {
         );
     }
     let perf_dir = std::env::var_os("POP3_BENCH_PERF").map(PathBuf::from);
-    dovecot::require_dovecot();
+    journal_gateway_testkit::dovecot::require_dovecot();
     if tools.iter().any(|t| t == "mpop") {
         require(MPOP, "mpop");
     }
@@ -531,14 +519,11 @@ fn delivered(tool: &str, work: &Path) -> u64 {
     match tool {
         "gateway" => {
             let data = work.join("data");
-            let archive =
-                journal_gateway::archive::Archive::open(&data).expect("open the gateway archive");
-            let entries = archive.count().expect("archive count");
+            let archive = ArchiveView::open(&data).expect("open the gateway archive");
+            let entries = archive.count();
             let files = count_files(&data.join("archive"));
             assert_eq!(entries, files, "archive entries and files");
-            let runs = journal_gateway::index::CollectorStore::new(archive.index().clone())
-                .runs("bench", 10)
-                .expect("history");
+            let runs = archive.runs("bench", 10);
             assert_eq!(runs.len(), 1, "one run in the history");
             assert_eq!(runs[0].deleted, entries, "{:?}", runs[0]);
             entries

@@ -38,8 +38,6 @@
 
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
-#[path = "common/machine.rs"]
-mod machine;
 #[path = "smtp/postfix.rs"]
 mod postfix;
 #[path = "smtp/sys.rs"]
@@ -47,14 +45,15 @@ mod sys;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use journal_gateway::journal::sample;
+pub use journal_gateway_testkit::peers::accepts_smtp;
+pub use journal_gateway_testkit::peers::require;
+use journal_gateway_testkit::peers::{free_port, SmtpSink};
+use journal_gateway_testkit::{machine, sample};
 use sha2::{Digest, Sha256};
 
 use postfix::Postfix;
@@ -62,37 +61,6 @@ use postfix::Postfix;
 /// The journal address every server accepts (Postfix: the virtual domain).
 const RCPT: &str = "journal@journal.test";
 const FROM: &str = "exchange@corp.test";
-
-/// Fails (never skips) when a peer program is missing, naming the Debian package.
-pub fn require(program: &str, package: &str) -> PathBuf {
-    let p = Path::new(program);
-    assert!(
-        p.is_file(),
-        "{program} is missing: install the Debian package `{package}` (see scripts/test-deps.txt)"
-    );
-    p.to_path_buf()
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Whether something on 127.0.0.1:`port` answers with an SMTP greeting.
-pub fn accepts_smtp(port: u16) -> bool {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    let ok = BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220");
-    let _ = std::io::Write::write_all(&mut &s, b"QUIT\r\n");
-    ok
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -234,46 +202,6 @@ impl Drop for GatewayProc {
     }
 }
 
-/// Postfix's `smtp-sink`: accepts everything and discards it.
-struct Sink {
-    child: Child,
-    port: u16,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let bin = require("/usr/sbin/smtp-sink", "postfix");
-        let port = free_port();
-        let mut cmd = Command::new(bin);
-        // smtp-sink refuses to run as root without a user to switch to.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "nobody"]);
-        }
-        let child = cmd
-            .args([&format!("127.0.0.1:{port}"), "1024"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting smtp-sink");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !accepts_smtp(port) {
-            assert!(
-                Instant::now() < deadline,
-                "smtp-sink did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Sink { child, port }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Gateway,
@@ -293,7 +221,7 @@ impl Server {
 
 struct Servers {
     gateway: GatewayProc,
-    sink: Sink,
+    sink: SmtpSink,
     postfix: Postfix,
 }
 
@@ -309,7 +237,7 @@ impl Servers {
     fn pid(&self, s: Server) -> u32 {
         match s {
             Server::Gateway => self.gateway.pid(),
-            Server::Sink => self.sink.child.id(),
+            Server::Sink => self.sink.pid(),
             Server::Postfix => self.postfix.master_pid(),
         }
     }
@@ -522,7 +450,7 @@ fn human_size(n: usize) -> String {
 fn ingest(sizes: &Sizes, out: &mut String) {
     let mut servers = Servers {
         gateway: GatewayProc::start(),
-        sink: Sink::start(),
+        sink: SmtpSink::start(1024),
         postfix: Postfix::start(free_port()),
     };
     let order = [Server::Gateway, Server::Sink, Server::Postfix];

@@ -64,30 +64,6 @@ enum Command {
         #[command(subcommand)]
         action: MigrationCommand,
     },
-    /// Write sample Exchange 2007 journal reports into a Maildir (for trials and benchmarks).
-    #[command(hide = true)]
-    Sample {
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 100)]
-        count: u64,
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// Approximate size of each report in bytes.
-        #[arg(long, default_value_t = 9000)]
-        size: usize,
-    },
-    /// Ingest sample reports in a loop, printing each key once its ingest returned (crash tests).
-    #[command(hide = true)]
-    IngestLoop {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// First message number.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        #[arg(long, default_value_t = 8)]
-        tasks: u64,
-    },
 }
 
 #[derive(Subcommand)]
@@ -303,22 +279,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             remote_verb(remote, verb)
         }
-        Command::Sample {
-            out,
-            count,
-            start,
-            size,
-        } => {
-            journal_gateway::journal::sample::write_maildir(&out, start..start + count, size)
-                .with_context(|| format!("writing samples into {}", out.display()))?;
-            println!("wrote {count} journal reports into {}/new", out.display());
-            Ok(())
-        }
-        Command::IngestLoop {
-            data_dir,
-            start,
-            tasks,
-        } => runtime()?.block_on(ingest_loop(data_dir, start, tasks)),
     }
 }
 
@@ -328,50 +288,5 @@ fn remote_verb(args: RemoteArgs, verb: Verb) -> anyhow::Result<()> {
     let remote = Remote::from_config(&config, args.server, args.json);
     let out = runtime()?.block_on(cli::client::run(&remote, verb))?;
     print!("{out}");
-    Ok(())
-}
-
-/// Ingests numbered sample reports from `tasks` concurrent tasks until killed; every fifth is a
-/// second report (other recipients) of an earlier original. Prints `acked <key>` after each
-/// ingest returned.
-async fn ingest_loop(data_dir: PathBuf, start: u64, tasks: u64) -> anyhow::Result<()> {
-    use journal_gateway::ingest::{Delivery, Ingest};
-    use journal_gateway::journal::{sample, Recipient, RecipientKind};
-    use std::io::Write;
-    let archive = std::sync::Arc::new(journal_gateway::archive::Archive::open(&data_dir)?);
-    let ingest = Ingest::new(archive, journal_gateway::metrics::Metrics::new());
-    let mut set = tokio::task::JoinSet::new();
-    for t in 0..tasks {
-        let ingest = ingest.clone();
-        set.spawn(async move {
-            let mut n = 0u64;
-            loop {
-                let i = start + t + n * tasks;
-                let report = if n % 5 == 4 {
-                    let extra = Recipient {
-                        address: format!("auditor-{i}@example.com"),
-                        kind: RecipientKind::Bcc,
-                        expanded: None,
-                        forwarded: None,
-                    };
-                    sample::report_2007(&sample::numbered(i - tasks, 2000), &[extra])
-                } else {
-                    sample::report_2007(&sample::numbered(i, 2000), &[])
-                };
-                let outcome = ingest
-                    .ingest_bytes(Delivery::smtp(String::new(), vec![]), &report)
-                    .await?;
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "acked {}", outcome.key())?;
-                out.flush()?;
-                n += 1;
-            }
-            #[allow(unreachable_code)]
-            anyhow::Ok(())
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
     Ok(())
 }

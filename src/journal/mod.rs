@@ -28,10 +28,7 @@
 
 mod envelope;
 mod input;
-pub mod sample;
 mod stream;
-#[cfg(test)]
-mod stream_tests;
 mod union;
 
 pub use input::Input;

@@ -1,12 +1,13 @@
 //! The admin API over real HTTP: health, status totals, auth (401/403), 404s, message lookup by
 //! awkward Message-IDs, collector operations, the migration verdict and the CLI verbs.
 
-#[path = "support/http_gateway.rs"]
-mod http_gateway;
-
-use http_gateway::start;
 use journal_gateway::ingest::Delivery;
-use journal_gateway::journal::sample;
+use journal_gateway_testkit::{sample, TestGateway};
+
+/// A gateway with its HTTP server; `extra` is appended to the configuration.
+async fn start(extra: &str) -> TestGateway {
+    TestGateway::builder().config(extra).http().start().await
+}
 
 /// A collector that cannot connect (nothing listens on port 1).
 const DEAD_COLLECTOR: &str = "[[collector]]\nname = \"exch\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\nallow_insecure = true\nusername = \"u\"\npassword = \"p\"\ninterval = \"1m\"\ntimeout = \"2s\"\n";
@@ -29,11 +30,9 @@ async fn health_status_and_metrics() {
             vec!["journal@journal.localhost".into()],
         )
     };
-    gw.gateway.ingest.ingest_bytes(smtp(), &one).await.unwrap();
-    gw.gateway.ingest.ingest_bytes(smtp(), &one).await.unwrap();
-    gw.gateway
-        .ingest
-        .ingest_bytes(Delivery::pop3("exch", Some("u2".into())), &two)
+    gw.ingest(smtp(), &one).await.unwrap();
+    gw.ingest(smtp(), &one).await.unwrap();
+    gw.ingest(Delivery::pop3("exch", Some("u2".into())), &two)
         .await
         .unwrap();
 
@@ -69,58 +68,25 @@ async fn health_status_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_waits_for_listeners() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = journal_gateway::config::Config::parse(&format!(
-        "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n",
-        dir.path()
-    ))
-    .unwrap();
-    let gateway =
-        journal_gateway::server::start(config.clone(), journal_gateway::server::Start::OFFLINE)
-            .await
-            .unwrap();
-    let server = journal_gateway::http::HttpServer::bind(
-        &config,
-        journal_gateway::http::HttpContext {
-            archive: gateway.archive.clone(),
-            store: gateway.collector_store.clone(),
-            collectors: Default::default(),
-            metrics: gateway.metrics.clone(),
-            shutdown: gateway.shutdown.clone(),
-        },
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    let readiness = server.readiness();
-    let task = tokio::spawn(server.run());
-    let get = |p: &'static str| {
-        let base = base.clone();
-        async move {
-            http_gateway::request(&base, hyper::Method::GET, p, None)
-                .await
-                .unwrap()
-        }
-    };
+    let gw = TestGateway::builder().http_unannounced().start().await;
+    let get = |p: &'static str| gw.get(p);
     let r = get("/readyz").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json().unwrap()["listeners_bound"], false);
     assert_eq!(get("/healthz").await.status, 200);
-    readiness.set_listeners_bound();
+    gw.announce_ready();
     assert_eq!(get("/readyz").await.status, 200);
     // An archive that cannot take files is not ready.
-    let tmp = dir.path().join("archive/tmp");
-    std::fs::rename(&tmp, dir.path().join("moved")).unwrap();
+    let tmp = gw.data_dir().join("archive/tmp");
+    std::fs::rename(&tmp, gw.dir().join("moved")).unwrap();
     let r = get("/readyz").await;
     assert_eq!(r.status, 503);
     assert!(r.json().unwrap()["archive_writable"]
         .as_str()
         .unwrap()
         .contains("archive/tmp"));
-    std::fs::rename(dir.path().join("moved"), &tmp).unwrap();
-    gateway.shutdown.cancel();
-    task.await.unwrap().unwrap();
-    gateway.stop().await.unwrap();
+    std::fs::rename(gw.dir().join("moved"), &tmp).unwrap();
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -148,7 +114,7 @@ async fn mutating_calls_need_the_token() {
     assert_eq!(gw.get("/api/v1/messages/x@y").await.status, 401);
     // The right token on an unknown collector: 404 with a JSON error.
     let r = gw
-        .post("/api/v1/collectors/nope/activate", Some(&gw.token.clone()))
+        .post("/api/v1/collectors/nope/activate", Some(gw.token()))
         .await;
     assert_eq!(r.status, 404);
     assert!(r.error_message().contains("nope"));
@@ -167,9 +133,7 @@ async fn messages_by_awkward_message_ids() {
     msg.message_id = Some(id.into());
     let report = sample::report_2007(&msg, &[]);
     let outcome = gw
-        .gateway
-        .ingest
-        .ingest_bytes(
+        .ingest(
             Delivery::smtp(
                 "ex@corp.example".into(),
                 vec!["journal@journal.localhost".into()],
@@ -179,7 +143,7 @@ async fn messages_by_awkward_message_ids() {
         .await
         .unwrap();
     assert_eq!(outcome.key(), id);
-    let stored = gw.gateway.archive.read_raw(id).unwrap().unwrap();
+    let stored = gw.archive().raw(id).unwrap();
 
     for path in [
         // Fully percent-encoded, with angle brackets.
@@ -221,7 +185,7 @@ async fn messages_by_awkward_message_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn collector_operations_and_retire_refusal() {
     let gw = start(DEAD_COLLECTOR).await;
-    let token = gw.token.clone();
+    let token = gw.token().to_string();
     let list = gw.json("/api/v1/collectors").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["name"], "exch");
@@ -301,7 +265,7 @@ async fn collector_operations_and_retire_refusal() {
     assert_eq!(gw.json("/api/v1/collectors/exch").await["retired"], false);
 
     // The CLI shows the same refusal, with the reasons, and fails.
-    let (ok, _out, err) = gw.cli(&["collector", "retire", "exch"]);
+    let (ok, _out, err) = gw.cli(crate::gateway_bin(), &["collector", "retire", "exch"]);
     assert!(!ok);
     assert!(
         err.contains("not safe to retire") && err.contains("smtp_traffic"),
@@ -343,19 +307,17 @@ async fn collector_operations_and_retire_refusal() {
 async fn cli_verbs_print_tables_and_json() {
     let gw = start(DEAD_COLLECTOR).await;
     let report = sample::report_2007(&sample::numbered(3, 2000), &[]);
-    gw.gateway
-        .ingest
-        .ingest_bytes(
-            Delivery::smtp(
-                "ex@corp.example".into(),
-                vec!["journal@journal.localhost".into()],
-            ),
-            &report,
-        )
-        .await
-        .unwrap();
+    gw.ingest(
+        Delivery::smtp(
+            "ex@corp.example".into(),
+            vec!["journal@journal.localhost".into()],
+        ),
+        &report,
+    )
+    .await
+    .unwrap();
 
-    let (ok, out, err) = gw.cli(&["status"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["status"]);
     assert!(ok, "{err}");
     assert!(out.contains("archived messages: 1"), "{out}");
     assert!(out.contains("collected since: 20"), "{out}");
@@ -365,29 +327,32 @@ async fn cli_verbs_print_tables_and_json() {
         "{out}"
     );
 
-    let (ok, out, err) = gw.cli(&["status", "--json"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["status", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["smtp"]["archived"], 1);
 
-    let (ok, out, _) = gw.cli(&["collector", "list"]);
+    let (ok, out, _) = gw.cli(crate::gateway_bin(), &["collector", "list"]);
     assert!(ok);
     assert!(
         out.contains("exch") && out.contains("active") && out.contains("u@127.0.0.1:1"),
         "{out}"
     );
 
-    let (ok, out, err) = gw.cli(&["collector", "deactivate", "exch"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["collector", "deactivate", "exch"]);
     assert!(ok, "{err}");
     assert!(out.contains("inactive"), "{out}");
-    let (ok, out, err) = gw.cli(&["collector", "activate", "exch"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["collector", "activate", "exch"]);
     assert!(ok, "{err}");
     assert!(!out.contains("inactive"), "{out}");
 
-    let (ok, _, err) = gw.cli(&["collector", "test", "exch", "--limit", "2"]);
+    let (ok, _, err) = gw.cli(
+        crate::gateway_bin(),
+        &["collector", "test", "exch", "--limit", "2"],
+    );
     assert!(!ok);
     assert!(err.contains("502"), "{err}");
-    let (ok, out, _) = gw.cli(&["collector", "history", "exch"]);
+    let (ok, out, _) = gw.cli(crate::gateway_bin(), &["collector", "history", "exch"]);
     assert!(ok);
     assert!(out.contains("test (2)"), "{out}");
     // A test collection of nothing is refused before anything runs, online and offline alike.
@@ -396,11 +361,11 @@ async fn cli_verbs_print_tables_and_json() {
         if offline {
             args.push("--offline");
         }
-        let (ok, _, err) = gw.cli(&args);
+        let (ok, _, err) = gw.cli(crate::gateway_bin(), &args);
         assert!(!ok && err.contains("--limit"), "{err}");
     }
 
-    let (ok, out, err) = gw.cli(&["migration", "status"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["migration", "status"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("collector exch: NOT safe to retire yet"),
@@ -408,23 +373,23 @@ async fn cli_verbs_print_tables_and_json() {
     );
     assert!(out.contains("[ok] smtp_traffic"), "{out}");
     assert!(out.contains("queue_empty"), "{out}");
-    let (ok, out, _) = gw.cli(&["migration", "status", "--json"]);
+    let (ok, out, _) = gw.cli(crate::gateway_bin(), &["migration", "status", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["collectors"][0]["safe_to_retire"], false);
 
-    let (ok, _, err) = gw.cli(&["collector", "history", "nope"]);
+    let (ok, _, err) = gw.cli(crate::gateway_bin(), &["collector", "history", "nope"]);
     assert!(!ok && err.contains("404"), "{err}");
     // A wrong token file: 403, said clearly.
-    std::fs::write(gw.dir.path().join("data/admin.token"), "wrong\n").unwrap();
-    let (ok, _, err) = gw.cli(&["collector", "activate", "exch"]);
+    std::fs::write(gw.token_path(), "wrong\n").unwrap();
+    let (ok, _, err) = gw.cli(crate::gateway_bin(), &["collector", "activate", "exch"]);
     assert!(
         !ok && err.contains("wrong admin token") && err.contains("403"),
         "{err}"
     );
     gw.stop().await;
     // The server is gone: a clear error.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+    let out = std::process::Command::new(crate::gateway_bin())
         .args(["status", "--server", "http://127.0.0.1:1"])
         .output()
         .unwrap();

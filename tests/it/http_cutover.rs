@@ -14,15 +14,10 @@
 //! same call the SMTP listener makes after `DATA`; once the SMTP listener is on main, step 3 can
 //! send them with swaks instead.
 
-#[path = "support/dovecot.rs"]
-mod dovecot;
-#[path = "support/http_gateway.rs"]
-mod http_gateway;
-
-use dovecot::{Dovecot, Options, PASSWORD, USER};
-use http_gateway::{start, Running};
 use journal_gateway::ingest::Delivery;
-use journal_gateway::journal::sample::{self, SampleMessage};
+use journal_gateway_testkit::dovecot::{Dovecot, Options, PASSWORD, USER};
+use journal_gateway_testkit::sample::{self, SampleMessage};
+use journal_gateway_testkit::TestGateway;
 
 const SIZE: usize = 3000;
 
@@ -54,23 +49,21 @@ fn deliver_to_mailbox(d: &Dovecot, range: std::ops::Range<u64>) {
     d.hand_over();
 }
 
-async fn deliver_over_smtp(gw: &Running, range: std::ops::Range<u64>) {
+async fn deliver_over_smtp(gw: &TestGateway, range: std::ops::Range<u64>) {
     for i in range {
-        gw.gateway
-            .ingest
-            .ingest_bytes(
-                Delivery::smtp(
-                    "exchange@corp.example".into(),
-                    vec!["journal@journal.localhost".into()],
-                ),
-                &report(i),
-            )
-            .await
-            .unwrap();
+        gw.ingest(
+            Delivery::smtp(
+                "exchange@corp.example".into(),
+                vec!["journal@journal.localhost".into()],
+            ),
+            &report(i),
+        )
+        .await
+        .unwrap();
     }
 }
 
-async fn verdict(gw: &Running) -> serde_json::Value {
+async fn verdict(gw: &TestGateway) -> serde_json::Value {
     gw.json("/api/v1/migration").await["collectors"][0].clone()
 }
 
@@ -83,8 +76,8 @@ fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name} in {v}"))
 }
 
-async fn post_ok(gw: &Running, path: &str) -> serde_json::Value {
-    let r = gw.post(path, Some(&gw.token)).await;
+async fn post_ok(gw: &TestGateway, path: &str) -> serde_json::Value {
+    let r = gw.post(path, Some(gw.token())).await;
     assert_eq!(
         r.status,
         200,
@@ -103,7 +96,11 @@ async fn cutover_rehearsal() {
         "[[collector]]\nname = \"exchange\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\npin_sha256 = \"{}\"\ninterval = \"30s\"\ntimeout = \"20s\"\n",
         d.pop3s_port, d.fingerprint
     );
-    let gw = start(&collector).await;
+    let gw = TestGateway::builder()
+        .config(&collector)
+        .http()
+        .start()
+        .await;
 
     // 1. Backlog, no SMTP yet.
     let v = verdict(&gw).await;
@@ -132,7 +129,7 @@ async fn cutover_rehearsal() {
     //    SMTP); the mailbox also receives 40..50 (the old rule still delivers for a while).
     deliver_over_smtp(&gw, 20..45).await;
     deliver_to_mailbox(&d, 40..50);
-    let (ok, out, err) = gw.cli(&["migration", "status"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["migration", "status"]);
     assert!(ok, "{err}");
     println!("{out}");
     assert!(
@@ -143,7 +140,7 @@ async fn cutover_rehearsal() {
     assert_eq!(check(&v, "smtp_traffic")["ok"], true);
     assert_eq!(check(&v, "queue_empty")["ok"], false);
     let r = gw
-        .post("/api/v1/collectors/exchange/retire", Some(&gw.token))
+        .post("/api/v1/collectors/exchange/retire", Some(gw.token()))
         .await;
     assert_eq!(r.status, 409);
 
@@ -181,7 +178,7 @@ async fn cutover_rehearsal() {
     post_ok(&gw, "/api/v1/collectors/exchange/collect").await;
     let v = verdict(&gw).await;
     assert_eq!(v["safe_to_retire"], true, "{v:#}");
-    let (ok, out, err) = gw.cli(&["collector", "retire", "exchange"]);
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["collector", "retire", "exchange"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("retired: the cutover verdict says safe"),
@@ -193,20 +190,19 @@ async fn cutover_rehearsal() {
         (Some(true), Some(false))
     );
     let r = gw
-        .post("/api/v1/collectors/exchange/collect", Some(&gw.token))
+        .post("/api/v1/collectors/exchange/collect", Some(gw.token()))
         .await;
     assert_eq!(r.status, 409);
     let history = gw.json("/api/v1/collectors/exchange/history").await;
     assert_eq!(history.as_array().unwrap().len(), 4, "history stays");
 
     // 6. Every message once.
-    let archive = &gw.gateway.archive;
-    assert_eq!(archive.count().unwrap(), 50);
+    let archive = gw.archive();
+    assert_eq!(archive.count(), 50);
     for i in 0..50 {
         let key = format!("sample-{i}@example.com");
         let rec = archive
-            .get(&key)
-            .unwrap()
+            .record(&key)
             .unwrap_or_else(|| panic!("{key} missing"));
         let smtp = rec.sightings.iter().any(|s| s.source.to_string() == "smtp");
         let pop3 = rec

@@ -6,16 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use journal_gateway::archive::Archive;
-use journal_gateway::ingest::{Delivery, Ingest, IngestError, Outcome};
-use journal_gateway::journal::{sample, Recipient, RecipientKind};
-use journal_gateway::metrics::Metrics;
-
-fn open(dir: &Path) -> (Arc<Archive>, Ingest) {
-    let archive = Arc::new(Archive::open(dir).expect("archive opens"));
-    let ingest = Ingest::new(archive.clone(), Metrics::new());
-    (archive, ingest)
-}
+use journal_gateway::ingest::{Delivery, IngestError, Outcome};
+use journal_gateway::journal::{Recipient, RecipientKind};
+use journal_gateway_testkit::{sample, TestGateway};
 
 fn files_in(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -42,8 +35,8 @@ fn smtp() -> Delivery {
 
 #[tokio::test]
 async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     let msg = sample::numbered(1, 4000);
     // Journaled a day after the original's Date (1 Jan 2026 00:01).
     let first = sample::report_2007_with(
@@ -66,9 +59,9 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
         "two reports differ (fresh report Message-ID, recipients)"
     );
 
-    let a = ingest.ingest_bytes(smtp(), &first).await.unwrap();
-    let b = ingest
-        .ingest_bytes(Delivery::pop3("exch", Some("UID-1".into())), &second)
+    let a = gw.ingest(smtp(), &first).await.unwrap();
+    let b = gw
+        .ingest(Delivery::pop3("exch", Some("UID-1".into())), &second)
         .await
         .unwrap();
     assert_eq!(
@@ -85,9 +78,9 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
         }
     );
 
-    assert_eq!(archive.count().unwrap(), 1);
-    assert_eq!(files_in(&dir.path().join("archive/new")).len(), 1);
-    let rec = archive.get("sample-1@example.com").unwrap().unwrap();
+    assert_eq!(archive.count(), 1);
+    assert_eq!(archive.maildir_files("new").len(), 1);
+    let rec = archive.record("sample-1@example.com").unwrap();
     let addrs: BTreeSet<_> = rec
         .recipients
         .iter()
@@ -100,22 +93,22 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
     );
     assert_eq!(rec.duplicates, 1);
     // When the first report was journaled: its own Date, not the original's.
-    assert_eq!(rec.journaled_ms.map(|t| t.0), Some(1_767_312_000_000));
-    let sources: Vec<_> = rec.sightings.iter().map(|s| s.source.to_string()).collect();
+    assert_eq!(
+        rec.journaled_ms,
+        Some(journal_gateway::clock::UnixMs(1_767_312_000_000))
+    );
+    let sources: Vec<String> = rec.sightings.iter().map(|s| s.source.to_string()).collect();
     assert_eq!(sources, ["smtp", "pop3:exch"]);
     assert_eq!(rec.sightings[0].rcpt_to, ["journal@journal.example.com"]);
     // The first arrival's bytes are what is stored, byte for byte.
-    assert_eq!(
-        archive.read_raw("sample-1@example.com").unwrap().unwrap(),
-        first
-    );
+    assert_eq!(archive.raw("sample-1@example.com").unwrap(), first);
     // The POP3 UIDL is remembered so a later run can DELE without downloading.
     assert_eq!(
-        ingest.known_uidl("exch", "UID-1").await.unwrap().as_deref(),
+        gw.known_uidl("exch", "UID-1").as_deref(),
         Some("sample-1@example.com")
     );
-    assert_eq!(ingest.known_uidl("exch", "UID-2").await.unwrap(), None);
-    let stats = archive.stats().unwrap();
+    assert_eq!(gw.known_uidl("exch", "UID-2"), None);
+    let stats = archive.stats();
     assert_eq!(
         (stats.archived_smtp, stats.duplicates_pop3, stats.conflicts),
         (1, 1, 0)
@@ -124,19 +117,19 @@ async fn same_original_in_two_reports_is_stored_once_with_recipients_unioned() {
 
 #[tokio::test]
 async fn reused_message_id_with_other_content_is_kept_as_a_variant() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     let original = sample::numbered(2, 3000);
     let mut other = sample::numbered(3, 3000);
     other.message_id = original.message_id.clone();
     assert_ne!(original.subject, other.subject);
 
-    let a = ingest
-        .ingest_bytes(smtp(), &sample::report_2007(&original, &[]))
+    let a = gw
+        .ingest(smtp(), &sample::report_2007(&original, &[]))
         .await
         .unwrap();
-    let b = ingest
-        .ingest_bytes(smtp(), &sample::report_2007(&other, &[]))
+    let b = gw
+        .ingest(smtp(), &sample::report_2007(&other, &[]))
         .await
         .unwrap();
     let Outcome::Archived {
@@ -152,8 +145,8 @@ async fn reused_message_id_with_other_content_is_kept_as_a_variant() {
     );
     assert_eq!(a.key(), "sample-2@example.com");
     // The same reused-ID message again is a duplicate of the variant, not a third entry.
-    let c = ingest
-        .ingest_bytes(smtp(), &sample::report_2007(&other, &[]))
+    let c = gw
+        .ingest(smtp(), &sample::report_2007(&other, &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -162,40 +155,40 @@ async fn reused_message_id_with_other_content_is_kept_as_a_variant() {
             key: variant_key.clone()
         }
     );
-    assert_eq!(archive.count().unwrap(), 2);
-    assert_eq!(files_in(&dir.path().join("archive/new")).len(), 2);
-    assert!(archive.get(variant_key).unwrap().unwrap().variant);
-    assert_eq!(archive.stats().unwrap().conflicts, 1);
+    assert_eq!(archive.count(), 2);
+    assert_eq!(archive.maildir_files("new").len(), 2);
+    assert!(archive.record(variant_key).unwrap().variant);
+    assert_eq!(archive.stats().conflicts, 1);
 }
 
 #[tokio::test]
 async fn large_message_is_spooled_and_stored_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     let report = sample::report_2007(&sample::numbered(4, 3 * 1024 * 1024), &[]);
-    let mut w = ingest.writer();
+    let mut w = gw.writer();
     for chunk in report.chunks(7919) {
         w.write(chunk).await.unwrap();
     }
     assert_eq!(w.len(), report.len() as u64);
     // While it is being written, the spool lives in tmp/.
-    assert_eq!(files_in(&dir.path().join("archive/tmp")).len(), 1);
-    let out = ingest.ingest(smtp(), w).await.unwrap();
+    assert_eq!(archive.maildir_files("tmp").len(), 1);
+    let out = gw.ingest_writer(smtp(), w).await.unwrap();
     assert_eq!(out.key(), "sample-4@example.com");
-    assert_eq!(archive.read_raw(out.key()).unwrap().unwrap(), report);
-    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+    assert_eq!(archive.raw(out.key()).unwrap(), report);
+    assert!(archive.maildir_files("tmp").is_empty());
 
     // An abandoned writer leaves nothing behind.
-    let mut w = ingest.writer();
+    let mut w = gw.writer();
     w.write(&report).await.unwrap();
     drop(w);
-    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+    assert!(archive.maildir_files("tmp").is_empty());
 }
 
 #[tokio::test]
 async fn garbage_is_archived_as_plain_never_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     let inputs: [&[u8]; 4] = [
         b"",
         b"\0\0\0\xff\xfe",
@@ -203,35 +196,35 @@ async fn garbage_is_archived_as_plain_never_lost() {
         b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n",
     ];
     for input in inputs {
-        let out = ingest.ingest_bytes(smtp(), input).await.unwrap();
+        let out = gw.ingest(smtp(), input).await.unwrap();
         assert!(out.key().starts_with("sha256:"), "{out:?}");
-        assert_eq!(archive.read_raw(out.key()).unwrap().unwrap(), input);
+        assert_eq!(archive.raw(out.key()).unwrap(), input);
     }
-    assert_eq!(archive.count().unwrap(), 4);
+    assert_eq!(archive.count(), 4);
 }
 
 #[tokio::test]
 async fn storage_failure_is_a_temporary_error_and_leaves_no_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     // tmp/ replaced by a plain file: every write fails (root ignores permissions, so no chmod).
-    let tmp = dir.path().join("archive/tmp");
+    let tmp = gw.data_dir().join("archive/tmp");
     std::fs::remove_dir(&tmp).unwrap();
     std::fs::write(&tmp, b"not a directory").unwrap();
-    let err = ingest
-        .ingest_bytes(
+    let err = gw
+        .ingest(
             smtp(),
             &sample::report_2007(&sample::numbered(5, 2000), &[]),
         )
         .await
         .unwrap_err();
     assert!(matches!(err, IngestError::Storage(_)), "{err:?}");
-    assert_eq!(archive.count().unwrap(), 0);
+    assert_eq!(archive.count(), 0);
     // Once the disk is back, the redelivery is archived.
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
-    let out = ingest
-        .ingest_bytes(
+    let out = gw
+        .ingest(
             smtp(),
             &sample::report_2007(&sample::numbered(5, 2000), &[]),
         )
@@ -245,12 +238,12 @@ async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
     const TOTAL: u64 = 10_000;
     const UNIQUE: u64 = 8_000; // 20% of arrivals are second reports of an earlier original
     const TASKS: u64 = 64;
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for t in 0..TASKS {
-        let ingest = ingest.clone();
+        let gw = gw.clone();
         set.spawn(async move {
             let mut outcomes = Vec::new();
             let mut n = t;
@@ -261,7 +254,7 @@ async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
                     let extra = rcpt(&format!("auditor-{n}@example.com"), RecipientKind::Bcc);
                     sample::report_2007(&sample::numbered(n - UNIQUE, 9000), &[extra])
                 };
-                outcomes.push(ingest.ingest_bytes(smtp(), &report).await.expect("ingest"));
+                outcomes.push(gw.ingest(smtp(), &report).await.expect("ingest"));
                 n += TASKS;
             }
             outcomes
@@ -285,13 +278,13 @@ async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
         TOTAL as f64 / elapsed.as_secs_f64()
     );
     assert_eq!((archived, duplicates), (UNIQUE, TOTAL - UNIQUE));
-    assert_eq!(archive.count().unwrap(), UNIQUE);
-    let on_disk = files_in(&dir.path().join("archive/new"));
+    assert_eq!(archive.count(), UNIQUE);
+    let on_disk = archive.maildir_files("new");
     assert_eq!(on_disk.len() as u64, UNIQUE);
-    assert!(files_in(&dir.path().join("archive/tmp")).is_empty());
+    assert!(archive.maildir_files("tmp").is_empty());
     let mut indexed = BTreeSet::new();
-    archive
-        .for_each(|key, rec| {
+    for (key, rec) in archive.records() {
+        {
             indexed.insert(rec.file.clone());
             let i: u64 = key
                 .trim_start_matches("sample-")
@@ -307,27 +300,25 @@ async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
                 i + UNIQUE < TOTAL,
                 "{key}: recipients of both reports"
             );
-            Ok(())
-        })
-        .unwrap();
+        }
+    }
     assert_eq!(indexed, on_disk, "index and Maildir agree");
 }
 
 #[tokio::test]
 async fn export_writes_a_maildir_and_tsv() {
-    let dir = tempfile::tempdir().unwrap();
-    let (archive, ingest) = open(dir.path());
+    let gw = Arc::new(TestGateway::builder().start().await);
+    let archive = gw.archive();
     for i in 0..3 {
-        ingest
-            .ingest_bytes(
-                smtp(),
-                &sample::report_2007(&sample::numbered(i, 2000), &[]),
-            )
-            .await
-            .unwrap();
+        gw.ingest(
+            smtp(),
+            &sample::report_2007(&sample::numbered(i, 2000), &[]),
+        )
+        .await
+        .unwrap();
     }
-    ingest.close().await;
-    let out = dir.path().join("export");
+    gw.close_ingest().await;
+    let out = gw.dir().join("export");
     assert_eq!(archive.export(&out).unwrap(), 3);
     assert_eq!(files_in(&out.join("new")).len(), 3);
     let tsv = std::fs::read_to_string(out.join("index.tsv")).unwrap();
@@ -341,6 +332,6 @@ async fn export_writes_a_maildir_and_tsv() {
     // Refuses to export over something.
     assert!(archive.export(&out).is_err());
     // After close, ingests are refused as temporary errors.
-    let err = ingest.ingest_bytes(smtp(), b"x").await.unwrap_err();
+    let err = gw.ingest(smtp(), b"x").await.unwrap_err();
     assert!(matches!(err, IngestError::ShuttingDown));
 }

@@ -1,30 +1,20 @@
 //! SIGKILL the real `journal-gateway serve` while smtp-source and a logging Python client send:
 //! after a restart, every message that got its 250 is in the archive.
 
-#[path = "smtp/common.rs"]
-mod common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{require, JOURNAL};
-use journal_gateway::archive::Archive;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::smtp_common::{require, JOURNAL};
+use journal_gateway_testkit::peers::free_port;
+use journal_gateway_testkit::ArchiveView;
 
 fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+    Command::new(crate::gateway_bin())
         .args(["serve", "--config"])
         .arg(config)
         .env("JOURNAL_GATEWAY_LOG", "warn")
@@ -95,7 +85,7 @@ fn sigkill_while_sending_loses_no_acknowledged_message() {
         .spawn()
         .expect("starting smtp-source");
     let mut sender = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/sender.py"))
+        .arg(crate::it_file("smtp/sender.py"))
         .args(["127.0.0.1", &port.to_string(), "killtest", "100000"])
         .stdout(Stdio::piped())
         .spawn()
@@ -141,16 +131,12 @@ fn sigkill_while_sending_loses_no_acknowledged_message() {
     let status = gateway.wait().unwrap();
     assert!(status.success(), "graceful stop after restart: {status}");
 
-    let archive = Archive::open(&dir.path().join("data")).unwrap();
-    let mut ids = HashSet::new();
-    archive
-        .for_each(|_, rec| {
-            if let Some(id) = rec.message_id {
-                ids.insert(id);
-            }
-            Ok(())
-        })
-        .unwrap();
+    let archive = ArchiveView::open(&dir.path().join("data")).unwrap();
+    let ids: HashSet<String> = archive
+        .records()
+        .into_iter()
+        .filter_map(|(_, rec)| rec.message_id)
+        .collect();
     let missing: Vec<_> = acked.iter().filter(|id| !ids.contains(*id)).collect();
     println!(
         "SIGKILL test: {} messages acknowledged to the logging client, {} archived in total (with smtp-source's)",

@@ -2,39 +2,22 @@
 //! draining with deletion only after archiving, test collections, a server killed mid-drain, and
 //! messages that already arrived over SMTP.
 
-#[path = "support/dovecot.rs"]
-mod dovecot;
-
 use std::time::{Duration, Instant};
 
-use dovecot::{Dovecot, Options};
-use journal_gateway::config::{CollectorConfig, Config};
-use journal_gateway::index::{CollectorStore, RunKind as Kind};
+use journal_gateway::config::CollectorConfig;
 use journal_gateway::ingest::Delivery;
-use journal_gateway::journal::{sample, Recipient, RecipientKind};
-use journal_gateway::pop3::CollectorContext;
+use journal_gateway::journal::{Recipient, RecipientKind};
 use journal_gateway::pop3::{Collector, ErrorKind, RunKind};
-use journal_gateway::server::{self as server, Running, Start};
+use journal_gateway_testkit::dovecot::{self, Dovecot, Options};
+use journal_gateway_testkit::{sample, ArchiveView, TestGateway};
 
 /// A gateway with its archive in a temp dir.
-async fn gateway() -> (tempfile::TempDir, Running) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config =
-        Config::parse(&format!("data_dir = {:?}\n", dir.path().join("data"))).expect("config");
-    let gateway = server::start(config, Start::OFFLINE)
-        .await
-        .expect("open gateway");
-    (dir, gateway)
+async fn gateway() -> TestGateway {
+    TestGateway::builder().start().await
 }
 
-fn collector(cfg: &CollectorConfig, gateway: &Running) -> Collector {
-    let ctx = CollectorContext {
-        ingest: gateway.ingest.clone(),
-        store: gateway.collector_store.clone(),
-        metrics: gateway.metrics.clone(),
-        shutdown: gateway.shutdown.clone(),
-    };
-    Collector::new(cfg, ctx).expect("collector")
+fn collector(cfg: &CollectorConfig, gateway: &TestGateway) -> Collector {
+    gateway.collector(cfg)
 }
 
 fn key(i: u64) -> String {
@@ -69,7 +52,7 @@ async fn implicit_tls_with_pinned_certificate_drains_byte_exact() {
     server.hand_over();
     server.start();
 
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("dc1", "implicit", "");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Normal)
@@ -86,22 +69,18 @@ async fn implicit_tls_with_pinned_certificate_drains_byte_exact() {
         (21, 21, 0, 21)
     );
     assert_eq!(server.mailbox_count(), 0, "mailbox drained");
-    assert_eq!(gw.archive.count().unwrap(), 21);
+    assert_eq!(gw.archive().count(), 21);
     assert_eq!(
-        gw.archive
-            .read_raw(&key(3))
-            .unwrap()
-            .expect("message 3 archived"),
+        gw.archive().raw(&key(3)).expect("message 3 archived"),
         crlf(&sample3)
     );
     assert_eq!(
-        gw.archive
-            .read_raw("dotted@example.com")
-            .unwrap()
+        gw.archive()
+            .raw("dotted@example.com")
             .expect("dotted message archived"),
         crlf(dotted)
     );
-    let record = gw.archive.get(&key(3)).unwrap().unwrap();
+    let record = gw.archive().record(&key(3)).unwrap();
     assert_eq!(record.sightings[0].source.to_string(), "pop3:dc1");
     assert!(record.sightings[0].uidl.is_some(), "UIDL kept with the key");
     assert!(
@@ -116,7 +95,7 @@ async fn starttls_session_collects() {
     let mut server = Dovecot::new(Options::default());
     server.seed(100, 12, 4_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("stls", "starttls", "");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Test { limit: 5 })
@@ -144,7 +123,7 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 3, 2_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let mut cfg = server.collector("pinned", "implicit", "");
     cfg.pin_sha256 = Some("00".repeat(32));
     let failure = collector(&cfg, &gw)
@@ -164,8 +143,8 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
         server.fingerprint
     );
     assert_eq!(server.mailbox_count(), 3);
-    assert_eq!(gw.archive.count().unwrap(), 0);
-    let run = &gw.collector_store.runs("pinned", 1).unwrap()[0];
+    assert_eq!(gw.archive().count(), 0);
+    let run = &gw.archive().runs("pinned", 1)[0];
     assert_eq!(run.error_kind.as_deref(), Some("tls"));
 
     // Without a pin or CA file, the system roots do not know the self-signed certificate either.
@@ -197,7 +176,7 @@ async fn wrong_password_is_an_auth_error() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 2, 2_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let mut cfg = server.collector("badpw", "implicit", "");
     cfg.password = Some("not-the-password".into());
     let failure = collector(&cfg, &gw)
@@ -212,7 +191,7 @@ async fn wrong_password_is_an_auth_error() {
         "the password must never appear: {message}"
     );
     assert_eq!(server.mailbox_count(), 2);
-    let metrics = gw.metrics.render();
+    let metrics = gw.metrics().render();
     assert!(
         metrics.contains(r#"journal_gateway_pop3_errors_total{collector="badpw",kind="auth"} 1"#),
         "{metrics}"
@@ -224,7 +203,7 @@ async fn apop_when_offered_on_a_plain_connection() {
     let mut server = Dovecot::new(Options { apop: true });
     server.seed(0, 4, 2_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("apop", "none", "allow_insecure = true");
     let summary = collector(&cfg, &gw)
         .collect(RunKind::Normal)
@@ -243,7 +222,7 @@ async fn drain_5000_messages_with_history() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 5_000, 9_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("drain", "implicit", "reconnect_every = 1000");
     let started = Instant::now();
     let summary = collector(&cfg, &gw)
@@ -257,19 +236,19 @@ async fn drain_5000_messages_with_history() {
         5000.0 / seconds
     );
     assert_eq!(server.mailbox_count(), 0, "mailbox empty");
-    assert_eq!(gw.archive.count().unwrap(), 5_000);
+    assert_eq!(gw.archive().count(), 5_000);
     for i in [0, 1, 2_500, 4_999] {
         assert!(
-            gw.archive.get(&key(i)).unwrap().is_some(),
+            gw.archive().record(&key(i)).is_some(),
             "message {i} archived"
         );
     }
 
-    let runs = gw.collector_store.runs("drain", 10).unwrap();
+    let runs = gw.archive().runs("drain", 10);
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run, &summary);
-    assert_eq!(run.kind, Kind::Normal);
+    assert_eq!(run.kind, journal_gateway::index::RunKind::Normal);
     assert_eq!(run.on_server, Some(5_000));
     assert_eq!(run.on_server_at_end, Some(0));
     assert_eq!(
@@ -288,11 +267,11 @@ async fn drain_5000_messages_with_history() {
         "{run:?}"
     );
     assert!(run.error.is_none() && run.ended_ms >= run.started_ms);
-    let state = gw.collector_store.state("drain").unwrap();
+    let state = gw.archive().collector_state("drain");
     assert_eq!(state.queue_depth, Some(0));
     assert!(state.last_success_ms.is_some());
     assert!(gw
-        .metrics
+        .metrics()
         .render()
         .contains(r#"journal_gateway_pop3_queue_messages{collector="drain"} 0"#));
 
@@ -310,7 +289,7 @@ async fn test_collection_on_an_inactive_collector() {
     server.seed(0, 300, 9_000);
     server.start();
     let before = server.mailbox_numbers();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("idle", "implicit", "active = false");
     let c = collector(&cfg, &gw);
     assert!(!c.is_active().await);
@@ -319,7 +298,7 @@ async fn test_collection_on_an_inactive_collector() {
     let task = tokio::spawn(c.clone().run_forever());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        gw.collector_store.runs("idle", 10).unwrap().is_empty(),
+        gw.archive().runs("idle", 10).is_empty(),
         "inactive collector polled"
     );
 
@@ -336,12 +315,12 @@ async fn test_collection_on_an_inactive_collector() {
         ),
         (Some(300), 200, 200, 0)
     );
-    assert_eq!(gw.archive.count().unwrap(), 200);
+    assert_eq!(gw.archive().count(), 200);
     assert_eq!(server.mailbox_numbers(), before, "mailbox unchanged");
-    let run = &gw.collector_store.runs("idle", 10).unwrap()[0];
+    let run = &gw.archive().runs("idle", 10)[0];
     assert_eq!((run.kind.as_str(), run.limit()), ("test", Some(200)));
 
-    gw.shutdown.cancel();
+    gw.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("collector stops on shutdown")
@@ -354,7 +333,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     let mut server = Dovecot::new(Options::default());
     server.seed(0, N, 9_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     let cfg = server.collector("crash", "implicit", "reconnect_every = 1000");
     let c = collector(&cfg, &gw);
     let run = tokio::spawn({
@@ -363,7 +342,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     });
     // Kill Dovecot in the middle of the second session.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while gw.archive.count().unwrap() < 1_500 {
+    while gw.archive().count() < 1_500 {
         assert!(Instant::now() < deadline, "drain did not progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -388,12 +367,12 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     for i in 0..N {
         if remaining.binary_search(&i).is_err() {
             assert!(
-                gw.archive.get(&key(i)).unwrap().is_some(),
+                gw.archive().record(&key(i)).is_some(),
                 "message {i} deleted but not archived"
             );
         }
     }
-    let archived_before = gw.archive.count().unwrap();
+    let archived_before = gw.archive().count();
     assert!(
         archived_before as usize > N as usize - remaining.len(),
         "the cut session archived messages it could not delete: archived {archived_before}, \
@@ -413,14 +392,13 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     assert_eq!(summary.duplicates, 0, "{summary:?}");
     assert_eq!(summary.retrieved + summary.known, remaining.len() as u64);
     assert_eq!(server.mailbox_count(), 0);
-    assert_eq!(gw.archive.count().unwrap(), N);
-    let mut duplicated = 0;
-    gw.archive
-        .for_each(|_, record| {
-            duplicated += record.duplicates;
-            Ok(())
-        })
-        .unwrap();
+    assert_eq!(gw.archive().count(), N);
+    let duplicated: u64 = gw
+        .archive()
+        .records()
+        .iter()
+        .map(|(_, record)| record.duplicates)
+        .sum();
     assert_eq!(duplicated, 0, "no message was archived twice");
 }
 
@@ -429,7 +407,7 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
     let mut server = Dovecot::new(Options::default());
     server.seed(0, 100, 9_000);
     server.start();
-    let (_dir, gw) = gateway().await;
+    let gw = gateway().await;
     // Another report of the same originals 0..50, with a recipient the POP3 copy does not list.
     for i in 0..50 {
         let msg = sample::numbered(i, 9_000);
@@ -440,13 +418,12 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
             forwarded: None,
         };
         let report = sample::report_2007(&msg, &[extra]);
-        gw.ingest
-            .ingest_bytes(
-                Delivery::smtp(String::new(), vec!["journal@journal.example.com".into()]),
-                &report,
-            )
-            .await
-            .unwrap();
+        gw.ingest(
+            Delivery::smtp(String::new(), vec!["journal@journal.example.com".into()]),
+            &report,
+        )
+        .await
+        .unwrap();
     }
     let cfg = server.collector("overlap", "implicit", "");
     let summary = collector(&cfg, &gw)
@@ -467,8 +444,8 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
         0,
         "duplicates are deleted from the mailbox too"
     );
-    assert_eq!(gw.archive.count().unwrap(), 100);
-    let record = gw.archive.get(&key(7)).unwrap().unwrap();
+    assert_eq!(gw.archive().count(), 100);
+    let record = gw.archive().record(&key(7)).unwrap();
     let addresses: Vec<&str> = record
         .recipients
         .iter()
@@ -511,7 +488,7 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     )
     .unwrap();
     let collect = |name: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+        let out = Command::new(crate::gateway_bin())
             .args(["collector", "collect", name, "--offline", "--config"])
             .arg(&config)
             .env("JOURNAL_GATEWAY_LOG", "warn")
@@ -536,17 +513,15 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     );
     assert_eq!(server.mailbox_count(), 0, "mailbox drained and emptied");
     {
-        let archive = journal_gateway::archive::Archive::open(&data).unwrap();
-        assert_eq!(archive.count().unwrap(), N);
+        let archive = ArchiveView::open(&data).unwrap();
+        assert_eq!(archive.count(), N);
         for i in [0, 150, N - 1] {
-            assert!(archive.get(&key(i)).unwrap().is_some(), "message {i}");
+            assert!(archive.record(&key(i)).is_some(), "message {i}");
         }
-        let runs = CollectorStore::new(archive.index().clone())
-            .runs("cli", 10)
-            .unwrap();
+        let runs = archive.runs("cli", 10);
         assert_eq!(runs.len(), 1, "{runs:?}");
         let run = &runs[0];
-        assert_eq!(run.kind, Kind::Normal);
+        assert_eq!(run.kind, journal_gateway::index::RunKind::Normal);
         assert_eq!(
             (
                 run.on_server,
@@ -565,11 +540,9 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     let (ok, stdout, stderr) = collect("cli");
     assert!(ok, "second offline collect failed:\n{stdout}\n{stderr}");
     {
-        let archive = journal_gateway::archive::Archive::open(&data).unwrap();
-        assert_eq!(archive.count().unwrap(), N);
-        let runs = CollectorStore::new(archive.index().clone())
-            .runs("cli", 10)
-            .unwrap();
+        let archive = ArchiveView::open(&data).unwrap();
+        assert_eq!(archive.count(), N);
+        let runs = archive.runs("cli", 10);
         assert_eq!(runs.len(), 2, "{runs:?}");
         let newest = &runs[0];
         assert_eq!(
@@ -582,9 +555,7 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
             (Some(0), 0, 0, 1),
             "{newest:?}"
         );
-        CollectorStore::new(archive.index().clone())
-            .retire("cli")
-            .unwrap();
+        archive.retire("cli");
     }
 
     // Refused, without touching the mailbox, for a retired or unknown collector.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Real-client scenarios against the gateway's SMTP endpoint (driven by tests/smtp_clients.rs).
+"""Real-client scenarios against the gateway's SMTP endpoint (driven by tests/it/smtp_clients.rs).
 
 Usage: clients.py SCENARIO HOST PORT CERT [ARGS...]
 

@@ -1,19 +1,18 @@
 //! The SMTP endpoint against real clients: Python's smtplib (and raw-socket sessions for
 //! pipelining, BDAT and smuggling) and swaks. Every accepted message is checked in the archive.
 
-#[path = "smtp/common.rs"]
-mod common;
-
 use std::process::Command;
 
-use common::{python, python_output, reply, require, run_ok, TestGateway, JOURNAL};
+use crate::smtp_common::{
+    python, python_output, reply, require, run_ok, start, TestGateway, JOURNAL,
+};
 
 const LIMIT: &str = "max_message_size = 100000";
 
 #[test]
 fn smtplib_plain_message_is_archived_with_its_envelope() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("plain", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("plain", &gw, gw.smtp_addr().port());
     let ehlo = reply(&r, "ehlo");
     for ext in [
         "PIPELINING",
@@ -29,6 +28,7 @@ fn smtplib_plain_message_is_archived_with_its_envelope() {
     assert_eq!(reply(&r, "refused"), "0 ");
     assert!(reply(&r, "noop").starts_with("250"));
     let raw = gw
+        .archive()
         .raw_by_message_id("py-plain@corp.test")
         .expect("archived");
     assert!(
@@ -36,7 +36,7 @@ fn smtplib_plain_message_is_archived_with_its_envelope() {
         "{}",
         String::from_utf8_lossy(&raw)
     );
-    let (_, rec) = gw.records().into_iter().next().unwrap();
+    let (_, rec) = gw.archive().records().into_iter().next().unwrap();
     assert_eq!(rec.sightings[0].source.to_string(), "smtp");
     assert_eq!(
         rec.sightings[0].mail_from.as_deref(),
@@ -47,8 +47,8 @@ fn smtplib_plain_message_is_archived_with_its_envelope() {
 
 #[test]
 fn smtplib_starttls_and_implicit_tls() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("starttls", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("starttls", &gw, gw.smtp_addr().port());
     assert!(reply(&r, "starttls").starts_with("220"));
     assert!(
         !reply(&r, "ehlo-tls").contains("STARTTLS"),
@@ -59,19 +59,26 @@ fn smtplib_starttls_and_implicit_tls() {
         version.contains("TLSv1.3") || version.contains("TLSv1.2"),
         "{version}"
     );
-    let r = python("implicit", &gw, gw.tls_addr.port());
+    let r = python("implicit", &gw, gw.smtps_addr().port());
     assert!(reply(&r, "ehlo").starts_with("250"));
-    assert!(gw.raw_by_message_id("py-starttls@corp.test").is_some());
-    assert!(gw.raw_by_message_id("py-implicit@corp.test").is_some());
-    assert_eq!(gw.archived(), 2);
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-starttls@corp.test")
+        .is_some());
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-implicit@corp.test")
+        .is_some());
+    assert_eq!(gw.archive().count(), 2);
 }
 
 #[test]
 fn smtplib_8bitmime_and_smtputf8_are_stored_as_sent() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("8bitmime", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("8bitmime", &gw, gw.smtp_addr().port());
     assert_eq!(reply(&r, "has8bitmime"), "1 ");
     let raw = gw
+        .archive()
         .raw_by_message_id("py-8bit@corp.test")
         .expect("8bit archived");
     let expected_tail = "Grüße aus Köln, naïve café\r\n"
@@ -86,10 +93,14 @@ fn smtplib_8bitmime_and_smtputf8_are_stored_as_sent() {
         String::from_utf8_lossy(&raw)
     );
 
-    let r = python("smtputf8", &gw, gw.addr.port());
+    let r = python("smtputf8", &gw, gw.smtp_addr().port());
     assert_eq!(reply(&r, "hasutf8"), "1 ");
-    assert!(gw.raw_by_message_id("py-utf8@corp.test").is_some());
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-utf8@corp.test")
+        .is_some());
     let rec = gw
+        .archive()
         .records()
         .into_iter()
         .find(|(_, r)| r.message_id.as_deref() == Some("py-utf8@corp.test"))
@@ -103,8 +114,8 @@ fn smtplib_8bitmime_and_smtputf8_are_stored_as_sent() {
 
 #[test]
 fn pipelined_session_gets_ordered_replies() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("pipelining", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("pipelining", &gw, gw.smtp_addr().port());
     let codes: Vec<&str> = [
         "mail", "rcpt-bad", "rcpt", "data", "end1", "mail2", "rcpt2", "data2", "end2", "quit",
     ]
@@ -115,15 +126,21 @@ fn pipelined_session_gets_ordered_replies() {
         codes,
         ["250", "550", "250", "354", "250", "250", "250", "354", "250", "221"]
     );
-    assert!(gw.raw_by_message_id("py-pipe-1@corp.test").is_some());
-    assert!(gw.raw_by_message_id("py-pipe-2@corp.test").is_some());
-    assert_eq!(gw.archived(), 2);
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-pipe-1@corp.test")
+        .is_some());
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-pipe-2@corp.test")
+        .is_some());
+    assert_eq!(gw.archive().count(), 2);
 }
 
 #[test]
 fn handwritten_bdat_session_is_stored_byte_exact() {
-    let gw = TestGateway::start(LIMIT);
-    let out = python_output("bdat", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let out = python_output("bdat", &gw, gw.smtp_addr().port());
     for line in out.lines().filter(|l| l.starts_with("REPLY ")) {
         let code = line.split(' ').nth(2).unwrap_or("");
         assert!(
@@ -137,11 +154,12 @@ fn handwritten_bdat_session_is_stored_byte_exact() {
         .expect("script prints the body");
     let sent = hex::decode(sent).unwrap();
     let raw = gw
+        .archive()
         .raw_by_message_id("py-bdat@corp.test")
         .expect("BDAT message archived");
     assert_eq!(raw, sent, "BDAT bytes are stored exactly as sent");
     assert_eq!(
-        gw.archived(),
+        gw.archive().count(),
         1,
         "the fake end-of-data inside the chunk started nothing"
     );
@@ -149,15 +167,16 @@ fn handwritten_bdat_session_is_stored_byte_exact() {
 
 #[test]
 fn smuggled_end_of_data_yields_one_message() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("smuggle", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("smuggle", &gw, gw.smtp_addr().port());
     assert!(reply(&r, "end").starts_with("250"));
     assert!(
         reply(&r, "quit").starts_with("221"),
         "the injected commands got no replies of their own"
     );
-    assert_eq!(gw.archived(), 1);
+    assert_eq!(gw.archive().count(), 1);
     let raw = gw
+        .archive()
         .raw_by_message_id("py-smuggle-outer@corp.test")
         .expect("outer message archived");
     let text = String::from_utf8_lossy(&raw);
@@ -166,14 +185,15 @@ fn smuggled_end_of_data_yields_one_message() {
         "{text}"
     );
     assert!(gw
+        .archive()
         .raw_by_message_id("py-smuggle-inner@attacker.test")
         .is_none());
 }
 
 #[test]
 fn rejections_are_clear_and_store_nothing() {
-    let gw = TestGateway::start(LIMIT);
-    let r = python("rejections", &gw, gw.addr.port());
+    let gw = start(LIMIT);
+    let r = python("rejections", &gw, gw.smtp_addr().port());
     assert!(
         reply(&r, "mail-before-ehlo").starts_with("503 5.5.1"),
         "{r:?}"
@@ -184,7 +204,7 @@ fn rejections_are_clear_and_store_nothing() {
     assert!(reply(&r, "data").starts_with("354"), "{r:?}");
     assert!(reply(&r, "size-data").starts_with("552 5.3.4"), "{r:?}");
     assert!(reply(&r, "quit").starts_with("221"), "{r:?}");
-    assert_eq!(gw.archived(), 0);
+    assert_eq!(gw.archive().count(), 0);
     assert_eq!(gw.rejected("recipient"), 1);
     assert_eq!(gw.rejected("size"), 2);
     assert!(gw.rejected("protocol") >= 2);
@@ -192,16 +212,19 @@ fn rejections_are_clear_and_store_nothing() {
 
 #[test]
 fn starttls_required_refuses_mail_in_clear() {
-    let gw = TestGateway::start(&format!("{LIMIT}\nrequire_starttls = true"));
-    let r = python("starttls-required", &gw, gw.addr.port());
+    let gw = start(&format!("{LIMIT}\nrequire_starttls = true"));
+    let r = python("starttls-required", &gw, gw.smtp_addr().port());
     assert!(reply(&r, "mail-clear").starts_with("530 5.7.0"), "{r:?}");
-    assert!(gw.raw_by_message_id("py-required@corp.test").is_some());
+    assert!(gw
+        .archive()
+        .raw_by_message_id("py-required@corp.test")
+        .is_some());
     assert_eq!(gw.rejected("starttls_required"), 1);
 }
 
 #[test]
 fn allowed_clients_refuses_other_peers_with_554() {
-    let gw = TestGateway::start(&format!("{LIMIT}\nallowed_clients = [\"192.0.2.0/24\"]"));
+    let gw = start(&format!("{LIMIT}\nallowed_clients = [\"192.0.2.0/24\"]"));
     let swaks = require("swaks", "swaks");
     let out = Command::new(swaks)
         .args([
@@ -220,18 +243,18 @@ fn allowed_clients_refuses_other_peers_with_554() {
     assert!(!out.status.success());
     assert!(text.contains("554 5.7.1"), "{text}");
     assert_eq!(gw.rejected("client"), 1);
-    assert_eq!(gw.archived(), 0);
+    assert_eq!(gw.archive().count(), 0);
 }
 
 #[test]
 fn max_connections_answers_421() {
     use std::io::{BufRead, BufReader};
-    let gw = TestGateway::start(&format!("{LIMIT}\nmax_connections = 1"));
-    let first = std::net::TcpStream::connect(gw.addr).unwrap();
+    let gw = start(&format!("{LIMIT}\nmax_connections = 1"));
+    let first = std::net::TcpStream::connect(gw.smtp_addr()).unwrap();
     let mut greeting = String::new();
     BufReader::new(&first).read_line(&mut greeting).unwrap();
     assert!(greeting.starts_with("220"), "{greeting}");
-    let second = std::net::TcpStream::connect(gw.addr).unwrap();
+    let second = std::net::TcpStream::connect(gw.smtp_addr()).unwrap();
     let mut refused = String::new();
     BufReader::new(&second).read_line(&mut refused).unwrap();
     assert!(refused.starts_with("421 4.7.0"), "{refused}");
@@ -270,7 +293,7 @@ fn swaks(gw: &TestGateway, args: &[&str]) -> String {
 
 #[test]
 fn swaks_plain_starttls_and_pipelining() {
-    let gw = TestGateway::start(LIMIT);
+    let gw = start(LIMIT);
     let t = swaks(
         &gw,
         &[
@@ -311,15 +334,21 @@ fn swaks_plain_starttls_and_pipelining() {
         "swaks-tls@corp.test",
         "swaks-pipe@corp.test",
     ] {
-        assert!(gw.raw_by_message_id(id).is_some(), "{id} not archived");
+        assert!(
+            gw.archive().raw_by_message_id(id).is_some(),
+            "{id} not archived"
+        );
     }
-    let raw = gw.raw_by_message_id("swaks-pipe@corp.test").unwrap();
+    let raw = gw
+        .archive()
+        .raw_by_message_id("swaks-pipe@corp.test")
+        .unwrap();
     assert!(String::from_utf8_lossy(&raw).contains("pipelined body"));
 }
 
 #[test]
 fn swaks_8bit_body_and_refused_recipient() {
-    let gw = TestGateway::start(LIMIT);
+    let gw = start(LIMIT);
     let body = "8-bit: Grüße, café, 日本語";
     swaks(
         &gw,
@@ -333,6 +362,7 @@ fn swaks_8bit_body_and_refused_recipient() {
         ],
     );
     let raw = gw
+        .archive()
         .raw_by_message_id("swaks-8bit@corp.test")
         .expect("archived");
     assert!(
@@ -355,21 +385,21 @@ fn swaks_8bit_body_and_refused_recipient() {
         .unwrap();
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(t.contains("550 5.1.1"), "{t}");
-    assert_eq!(gw.archived(), 1);
+    assert_eq!(gw.archive().count(), 1);
 }
 
 /// Stalwart's own Rust client (`mail-send`): STARTTLS, then the message in one `BDAT n LAST`.
 /// (swaks 20201014 cannot send BDAT; the raw-socket Python session above covers multi-chunk BDAT.)
 #[test]
 fn mail_send_bdat_over_starttls() {
-    let gw = TestGateway::start(LIMIT);
+    let gw = start(LIMIT);
     let message = b"From: rust@corp.test\r\nMessage-ID: <mail-send-bdat@corp.test>\r\n\r\nbare\nLF\r\n.\r\nend\r\n";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let reply = runtime.block_on(async {
-        let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", gw.addr.port())
+        let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", gw.smtp_addr().port())
             .unwrap()
             .implicit_tls(false)
             .allow_invalid_certs() // self-signed, generated on first start
@@ -388,7 +418,9 @@ fn mail_send_bdat_over_starttls() {
     });
     assert_eq!(reply.code(), 250, "{reply:?}");
     assert_eq!(
-        gw.raw_by_message_id("mail-send-bdat@corp.test").as_deref(),
+        gw.archive()
+            .raw_by_message_id("mail-send-bdat@corp.test")
+            .as_deref(),
         Some(&message[..])
     );
 }

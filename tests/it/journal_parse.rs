@@ -1,10 +1,10 @@
 //! Journal report parsing against fixtures built from the documented Exchange formats
 //! (`journal::sample`), plus truncated, corrupted and garbage input.
 
-use journal_gateway::journal::sample::{
+use journal_gateway::journal::{parse, sha256_key, Format, Recipient, RecipientKind};
+use journal_gateway_testkit::sample::{
     self, EnvelopeMessageId, JournalHeader, Options2003, Options2007,
 };
-use journal_gateway::journal::{parse, sha256_key, Format, Recipient, RecipientKind};
 
 fn rcpt(address: &str, kind: RecipientKind) -> Recipient {
     Recipient {

@@ -6,7 +6,7 @@
 //! GUID per report (derived from a process-wide counter and the clock, no randomness needed).
 //!
 //! ```
-//! use journal_gateway::journal::sample;
+//! use journal_gateway_testkit::sample;
 //! let msg = sample::numbered(7, 9_000);
 //! let report = sample::report_2007(&msg, &[]); // recipients default to the message's To/Cc/Bcc
 //! assert!(report.len() > 8_000);
@@ -22,12 +22,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{Recipient, RecipientKind};
+use journal_gateway::journal::{Recipient, RecipientKind};
 
 /// An original message, before journaling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SampleMessage {
-    /// The Message-ID *without* angle brackets (what [`super::parse`] reports as the key), or
+    /// The Message-ID *without* angle brackets (what `journal::parse` reports as the key), or
     /// None for a message without a Message-ID header.
     pub message_id: Option<String>,
     /// Sender address (bare `local@domain`).

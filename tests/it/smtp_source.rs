@@ -2,15 +2,13 @@
 //! exactly 2,000 archive entries. Prints the rate next to Postfix's own `smtp-sink` on the same
 //! machine in the same run (a figure, never asserted).
 
-#[path = "smtp/common.rs"]
-mod common;
-
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require, run_ok, TestGateway, JOURNAL};
+use crate::smtp_common::{require, run_ok, start, JOURNAL};
+use journal_gateway_testkit::peers::SmtpSink;
 
 const MESSAGES: usize = 2000;
 const SESSIONS: usize = 20;
@@ -46,24 +44,20 @@ fn rate(d: Duration) -> f64 {
 
 #[test]
 fn smtp_source_2000_messages_over_20_connections_all_archived() {
-    let gw = TestGateway::start("max_connections = 100");
-    let gateway_time = smtp_source(gw.addr);
+    let gw = start("max_connections = 100");
+    let gateway_time = smtp_source(gw.smtp_addr());
 
-    let records = gw.records();
+    let records = gw.archive().records();
     let ids: HashSet<_> = records
         .iter()
         .filter_map(|(_, r)| r.message_id.clone())
         .collect();
     // smtp-source numbers its Message-Ids (<pid.xxxx.counter@host>), so all 2,000 are distinct.
     assert_eq!(ids.len(), MESSAGES, "distinct Message-IDs archived");
-    assert_eq!(gw.archived(), MESSAGES as u64);
-    let received = gw.gw().metrics.received.with_label_values(&["smtp"]).get();
+    assert_eq!(gw.archive().count(), MESSAGES as u64);
+    let received = gw.metrics().received.with_label_values(&["smtp"]).get();
     assert_eq!(received, MESSAGES as u64, "one ingest per message");
-    assert_eq!(
-        gw.gw().metrics.smtp_sessions_active.get(),
-        0,
-        "every session ended"
-    );
+    assert_eq!(gw.smtp_sessions_active(), 0, "every session ended");
     for (_, r) in records.iter().take(5) {
         assert_eq!(r.sightings[0].rcpt_to, vec![JOURNAL]);
         assert!(
@@ -86,33 +80,6 @@ fn smtp_source_2000_messages_over_20_connections_all_archived() {
 }
 
 fn smtp_sink_time() -> Duration {
-    let bin = require("/usr/sbin/smtp-sink", "postfix");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new(bin);
-    // smtp-sink refuses to run as root without a user to switch to.
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.args(["-u", "nobody"]);
-    }
-    let mut sink = cmd
-        .args([&format!("127.0.0.1:{port}"), "256"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting smtp-sink");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "smtp-sink did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let t = smtp_source(addr);
-    let _ = sink.kill();
-    let _ = sink.wait();
-    t
+    let sink = SmtpSink::start(256);
+    smtp_source(sink.addr())
 }

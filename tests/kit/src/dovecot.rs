@@ -4,9 +4,7 @@
 //! The mailbox belongs to `nobody` (Dovecot refuses root as a mail user); the test process runs as
 //! root and seeds the Maildir, then hands it over.
 
-#![allow(dead_code)]
-
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use journal_gateway::config::{CollectorConfig, Config};
+
+use crate::peers::free_port;
 
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
 pub const USER: &str = "journal";
@@ -48,13 +48,6 @@ pub fn require_dovecot() {
         Path::new(DOVECOT).exists(),
         "{DOVECOT} not found: install the Debian package dovecot-pop3d (listed in scripts/test-deps.txt)"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 impl Dovecot {
@@ -169,9 +162,9 @@ service stats {{
     }
 
     /// Seeds `count` ~`size`-byte journal reports numbered from `start` (via
-    /// `journal::sample::write_maildir`).
+    /// `sample::write_maildir`).
     pub fn seed(&self, start: u64, count: u64, size: usize) {
-        journal_gateway::journal::sample::write_maildir(&self.maildir, start..start + count, size)
+        crate::sample::write_maildir(&self.maildir, start..start + count, size)
             .expect("seed Maildir");
         self.hand_over();
     }

@@ -2,88 +2,59 @@
 //! metrics` on a live scrape, a real Prometheus server scraping the gateway on loopback, and the
 //! shipped alert rules and Grafana dashboard (valid, and naming only metrics the gateway exports).
 
-#[path = "support/http_gateway.rs"]
-mod http_gateway;
-
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_gateway::{start, Method, Running};
 use journal_gateway::ingest::Delivery;
-use journal_gateway::journal::sample;
+use journal_gateway_testkit::http::{request, Method};
+use journal_gateway_testkit::peers::{free_port, KillOnDrop};
+use journal_gateway_testkit::{sample, TestGateway};
 
 const PROMTOOL: &str = "/usr/bin/promtool";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const COLLECTOR: &str = "[[collector]]\nname = \"exch\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\nallow_insecure = true\nusername = \"u\"\npassword = \"p\"\n";
 
 fn require(binary: &str) {
-    assert!(
-        Path::new(binary).exists(),
-        "{binary} not found: install the Debian package prometheus (listed in scripts/test-deps.txt)"
-    );
+    journal_gateway_testkit::peers::require(binary, "prometheus");
 }
 
 /// A gateway with traffic from both sources and a collector, so every metric family has series.
-async fn busy_gateway() -> Running {
-    let gw = start(COLLECTOR).await;
+async fn busy_gateway() -> TestGateway {
+    let gw = TestGateway::builder()
+        .config(COLLECTOR)
+        .http()
+        .start()
+        .await;
     for i in 0..3 {
         let report = sample::report_2007(&sample::numbered(i, 2000), &[]);
-        gw.gateway
-            .ingest
-            .ingest_bytes(
-                Delivery::smtp(
-                    "ex@corp.example".into(),
-                    vec!["journal@journal.localhost".into()],
-                ),
-                &report,
-            )
-            .await
-            .unwrap();
-    }
-    let report = sample::report_2007(&sample::numbered(0, 2000), &[]);
-    gw.gateway
-        .ingest
-        .ingest_bytes(Delivery::pop3("exch", Some("u0".into())), &report)
+        gw.ingest(
+            Delivery::smtp(
+                "ex@corp.example".into(),
+                vec!["journal@journal.localhost".into()],
+            ),
+            &report,
+        )
         .await
         .unwrap();
-    gw.gateway
-        .metrics
+    }
+    let report = sample::report_2007(&sample::numbered(0, 2000), &[]);
+    gw.ingest(Delivery::pop3("exch", Some("u0".into())), &report)
+        .await
+        .unwrap();
+    gw.metrics()
         .smtp_rejected
         .with_label_values(&["recipient"])
         .inc();
     // A finished collection run in the history: collectors built at a (re)start seed the queue
     // depth and last-success gauges from it.
-    let now = journal_gateway::clock::UnixMs::now();
-    gw.gateway
-        .collector_store
-        .record_run(&journal_gateway::index::Run {
-            collector: "exch".into(),
-            id: now.0 * 1000,
-            kind: journal_gateway::index::RunKind::Normal,
-            started_ms: journal_gateway::clock::UnixMs(now.0 - 1000),
-            ended_ms: now,
-            on_server: Some(1),
-            on_server_at_end: Some(0),
-            ..Default::default()
-        })
-        .unwrap();
-    journal_gateway::pop3::Collectors::new(
-        &gw.config.collectors,
-        &journal_gateway::pop3::CollectorContext {
-            ingest: gw.gateway.ingest.clone(),
-            store: gw.gateway.collector_store.clone(),
-            metrics: gw.gateway.metrics.clone(),
-            shutdown: gw.gateway.shutdown.clone(),
-        },
-    )
-    .unwrap();
+    gw.record_finished_run("exch", 1, 0);
+    gw.rebuild_collectors();
     gw
 }
 
-async fn scrape(gw: &Running) -> String {
+async fn scrape(gw: &TestGateway) -> String {
     let r = gw.get("/metrics").await;
     assert_eq!(r.status, 200);
     String::from_utf8(r.body).expect("UTF-8 metrics")
@@ -156,22 +127,6 @@ async fn promtool_accepts_the_live_metrics() {
     gw.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Kills the Prometheus child when the test ends, however it ends.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn query_string(q: &str) -> String {
     let mut out = String::new();
     for b in q.bytes() {
@@ -194,13 +149,13 @@ async fn a_real_prometheus_scrapes_the_gateway() {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: journal-gateway\n    static_configs:\n      - targets: ['{}']\n",
-            gw.addr
+            gw.http_addr()
         ),
     )
     .unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prom = Child(
+    let _prom = KillOnDrop(
         Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -223,7 +178,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(r) = http_gateway::request(&prom, Method::GET, "/api/v1/targets", None).await else {
+        let Ok(r) = request(&prom, Method::GET, "/api/v1/targets", None).await else {
             continue;
         };
         last = String::from_utf8_lossy(&r.body).into_owned();
@@ -239,12 +194,15 @@ async fn a_real_prometheus_scrapes_the_gateway() {
         }
     };
     println!("target: {target}");
-    assert_eq!(target["scrapeUrl"], format!("http://{}/metrics", gw.addr));
+    assert_eq!(
+        target["scrapeUrl"],
+        format!("http://{}/metrics", gw.http_addr())
+    );
     assert_eq!(target["lastError"], "");
 
     // The scraped values are queryable.
     let q = query_string("journal_gateway_messages_archived_total{source=\"smtp\"}");
-    let r = http_gateway::request(
+    let r = request(
         &prom,
         Method::GET,
         &format!("/api/v1/query?query={q}"),
@@ -281,7 +239,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alert_rules_and_dashboard_are_valid_and_use_real_metrics() {
     require(PROMTOOL);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = journal_gateway_testkit::project_root();
     let rules = root.join("docs/prometheus/alerts.yml");
     let out = Command::new(PROMTOOL)
         .args(["check", "rules"])

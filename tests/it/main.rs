@@ -1,0 +1,29 @@
+//! The integration tests: one crate (one link of the library) with a module per area. Gateways,
+//! fixtures and real peers come from the test kit (`tests/kit`, `journal_gateway_testkit`).
+
+mod crash;
+mod http_api;
+mod http_cutover;
+mod http_prometheus;
+mod ingest;
+mod journal_parse;
+mod journal_stream;
+mod pop3_dovecot;
+mod smtp_clients;
+mod smtp_common;
+mod smtp_sigkill;
+mod smtp_source;
+
+use std::path::Path;
+
+/// The product binary under test (`journal-gateway serve`, the CLI verbs).
+pub fn gateway_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_journal-gateway"))
+}
+
+/// A file of this test crate (`tests/it/<relative>`), e.g. the Python SMTP clients.
+pub fn it_file(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it")
+        .join(relative)
+}

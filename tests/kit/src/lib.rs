@@ -1,0 +1,28 @@
+//! The dev-only test kit of journal-gateway, used by the integration tests (`tests/it`) and the
+//! benchmarks (`benches/`); never a dependency of the product.
+//!
+//! - [`TestGateway`]: the one way tests start a gateway (in process, on ephemeral ports, data in
+//!   a temp dir). It is the only code here that knows how the library wires a gateway; what tests
+//!   read from the archive goes through [`ArchiveView`], so a change of the library's wiring or
+//!   index is ported here, not in every test.
+//! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
+//! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
+//! - [`peers`]: finding peer programs, running them, free ports.
+//! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
+//! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
+//! - [`machine`]: the machine description printed with benchmark figures.
+
+pub mod crash;
+pub mod dovecot;
+mod gateway;
+pub mod http;
+pub mod machine;
+pub mod peers;
+pub mod sample;
+
+pub use gateway::{ArchiveView, Builder, TestGateway, JOURNAL};
+
+/// The journal-gateway source tree (where `docs/`, `tests/` and `config/` are).
+pub fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

@@ -1,0 +1,126 @@
+//! Peer programs (Debian packages listed in scripts/test-deps.txt) and loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+/// Fails (never skips) when a peer program is missing, naming the Debian package. `program` is a
+/// path (`/usr/sbin/smtp-source`) or a name looked up in `PATH`.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let found = if program.contains('/') {
+        Path::new(program).is_file().then(|| PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    found.unwrap_or_else(|| {
+        panic!("{program} is missing: install the Debian package `{package}` (see scripts/test-deps.txt)")
+    })
+}
+
+/// Runs a command, failing the test with its output when it does not exit 0.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A free loopback TCP port (bound and released: free unless someone takes it meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A child process killed (and reaped) when the guard drops, however the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether something on 127.0.0.1:`port` answers with an SMTP greeting (then says QUIT).
+pub fn accepts_smtp(port: u16) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let ok = BufReader::new(&s).read_line(&mut line).is_ok() && line.starts_with("220");
+    let _ = (&s).write_all(b"QUIT\r\n");
+    ok
+}
+
+/// Postfix's `smtp-sink` (Debian `postfix`) on a free loopback port: accepts every message and
+/// discards it. Killed when dropped.
+pub struct SmtpSink {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl SmtpSink {
+    /// Starts it with a listen `backlog` and waits for its greeting.
+    pub fn start(backlog: u32) -> SmtpSink {
+        use std::time::{Duration, Instant};
+        let bin = require("/usr/sbin/smtp-sink", "postfix");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        // smtp-sink refuses to run as root without a user to switch to.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .args([&format!("127.0.0.1:{port}"), &backlog.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting smtp-sink");
+        let sink = SmtpSink { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !accepts_smtp(port) {
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sink
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
