@@ -413,19 +413,25 @@ fn qp_and_base64_encoded_large_envelopes() {
 }
 
 #[test]
-fn wrapped_2003_list_of_20k_recipients() {
+fn wrapped_2003_list_of_20k_recipients_text_and_html() {
     let msg = sample::numbered(22, 3_000);
     let want: Vec<Recipient> = many_recipients(20_000)
         .into_iter()
         .map(|r| rcpt(&r.address, RecipientKind::Recipient))
         .collect();
-    let raw = sample::report_2003(&msg, &want);
-    assert!(raw.len() > MEMORY_LIMIT);
-    let r = parse_input(&raw[..]).expect("memory");
-    assert_eq!(r.format, Format::Exchange2003);
-    assert_eq!(r.key, "sample-22@example.com");
-    assert!(r.envelope.recipients == want);
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    for html in [false, true] {
+        let opts = Options2003 {
+            html,
+            misspelt: false,
+        };
+        let raw = sample::report_2003_with(&msg, &want, opts);
+        assert!(raw.len() > MEMORY_LIMIT);
+        let r = parse_input(&raw[..]).expect("memory");
+        assert_eq!(r.format, Format::Exchange2003, "html={html}");
+        assert_eq!(r.key, "sample-22@example.com", "html={html}");
+        assert!(r.envelope.recipients == want, "html={html}");
+        assert!(r.warnings.is_empty(), "html={html}: {:?}", r.warnings);
+    }
 }
 
 #[test]
