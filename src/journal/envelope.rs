@@ -558,4 +558,62 @@ mod tests {
             ["Sender: \"A\" <smtp:a@x>", "Subject: s&t", "x", "y"]
         );
     }
+
+    #[test]
+    fn html_in_pieces_gives_the_same_lines() {
+        let html = "<html><body>\r\n<p>Sender: &quot;A&quot; &lt;smtp:a@x&gt;</p><div\r\nclass=x>Subject: s&amp;t</div>x<br/>y<\r\n/body></html>\r\ntail &amp; <unclosed";
+        let whole = html_to_lines(html);
+        for step in [1, 2, 3, 7, 50] {
+            let mut lines = HtmlLines::new(usize::MAX);
+            let mut text = String::new();
+            let chars: Vec<char> = html.chars().collect();
+            for piece in chars.chunks(step) {
+                let piece: String = piece.iter().collect();
+                lines.push(&piece, |l| {
+                    text.push_str(l);
+                    text.push('\n');
+                });
+            }
+            if let Some(last) = lines.finish() {
+                text.push_str(&last);
+            }
+            assert_eq!(text, whole, "step {step}");
+        }
+        assert!(whole.ends_with("tail & "), "{whole:?}");
+    }
+
+    #[test]
+    fn wrapped_2003_list_line_by_line_and_bounded() {
+        let text = "Recipients: \"Doe, John\" <SMTP:jd@x.com>, \"Bo\"\n <smtp:bo@x.com>,\n\"Cy\" <smtp:cy@x.com>, Expanded: dl@x.com\nTo: z@x.com\n";
+        let whole = parse(text);
+        let got: Vec<_> = whole
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| (r.address.as_str(), r.expanded.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("jd@x.com", None),
+                ("bo@x.com", None),
+                ("cy@x.com", Some("dl@x.com")),
+                ("z@x.com", None)
+            ]
+        );
+        // A bound larger than any item changes nothing; a tiny one cuts and counts.
+        let mut p = EnvelopeParser::new(60);
+        for line in text.lines() {
+            p.push_line(line);
+        }
+        assert_eq!(p.cut_values(), 0);
+        assert_eq!(p.finish(), whole);
+        let mut p = EnvelopeParser::new(8);
+        p.push_line("Subject: a subject longer than eight");
+        p.push_line("To: z@x.com");
+        assert_eq!(p.cut_values(), 1);
+        let cut = p.finish();
+        assert_eq!(cut.subject.as_deref(), Some("a subjec"));
+        assert_eq!(cut.envelope.recipients.len(), 1);
+    }
 }

@@ -374,8 +374,16 @@ impl Walk {
     fn end_at_eof(&mut self, tail: &[u8]) {
         // A part whose header section the input cut off is no part (as mail-parser sees it).
         let soft_break = tail.ends_with(b"=\r\n") || tail.ends_with(b"=\n");
-        let cut_off = !tail.ends_with(b"\n")
-            || soft_break && matches!(&self.phase, Phase::Envelope(sink) if sink.decoder.is_qp());
+        // Base64 lines say nothing about the decoded text's lines: a cut-off base64 envelope
+        // always ends in the middle of one.
+        let cut_off = match &self.phase {
+            Phase::Envelope(sink) => match sink.decoder {
+                Decoder::Base64(_) => true,
+                Decoder::Qp(_) => soft_break || !tail.ends_with(b"\n"),
+                Decoder::None => !tail.ends_with(b"\n"),
+            },
+            _ => !tail.ends_with(b"\n"),
+        };
         self.end_part(PartEnd::Eof { cut_off });
     }
 
@@ -462,10 +470,6 @@ impl Decoder {
             Some(c) if c.eq_ignore_ascii_case("quoted-printable") => Decoder::Qp(Qp::default()),
             _ => Decoder::None,
         }
-    }
-
-    fn is_qp(&self) -> bool {
-        matches!(self, Decoder::Qp(_))
     }
 
     /// Decodes `input` (any piece of the part body) onto `out`.

@@ -415,19 +415,25 @@ fn qp_and_base64_encoded_large_envelopes() {
 }
 
 #[test]
-fn wrapped_2003_list_of_20k_recipients() {
+fn wrapped_2003_list_of_20k_recipients_text_and_html() {
     let msg = sample::numbered(22, 3_000);
     let want: Vec<Recipient> = many_recipients(20_000)
         .into_iter()
         .map(|r| rcpt(&r.address, RecipientKind::Recipient))
         .collect();
-    let raw = sample::report_2003(&msg, &want);
-    assert!(raw.len() > MEMORY_LIMIT);
-    let r = parse_input(&raw[..]).expect("memory");
-    assert_eq!(r.format, Format::Exchange2003);
-    assert_eq!(r.key, "sample-22@example.com");
-    assert!(r.envelope.recipients == want);
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    for html in [false, true] {
+        let opts = Options2003 {
+            html,
+            misspelt: false,
+        };
+        let raw = sample::report_2003_with(&msg, &want, opts);
+        assert!(raw.len() > MEMORY_LIMIT);
+        let r = parse_input(&raw[..]).expect("memory");
+        assert_eq!(r.format, Format::Exchange2003, "html={html}");
+        assert_eq!(r.key, "sample-22@example.com", "html={html}");
+        assert!(r.envelope.recipients == want, "html={html}");
+        assert!(r.warnings.is_empty(), "html={html}: {:?}", r.warnings);
+    }
 }
 
 #[test]
@@ -598,4 +604,45 @@ fn windowed_parser_never_panics_on_flipped_and_cut_input() {
         }
     }
     assert_eq!(cases, 400);
+}
+
+#[test]
+fn every_prefix_of_a_qp_report_keeps_no_partial_recipient() {
+    // Where the windowed path differs from mail-parser (a cut-off QP envelope is decoded), it
+    // keeps the same guarantees: no half address, the key is the original's or a content hash.
+    let msg = sample::numbered(14, 2_500);
+    let qp = Options2007 {
+        envelope_qp: true,
+        ..Default::default()
+    };
+    let long = rcpt(
+        &format!("{}@example.com", "x".repeat(90)),
+        RecipientKind::To,
+    );
+    let mut recipients = sample::default_recipients(&msg);
+    recipients.push(long);
+    let env = envelope_text(&msg, &recipients);
+    let reports = [
+        sample::report_2007_with(&msg, &recipients, &qp),
+        handmade(&msg, &env, "quoted-printable", true, false),
+        handmade(&msg, &env, "base64", false, false),
+    ];
+    let addresses: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+    for raw in &reports {
+        for len in 0..=raw.len() {
+            let r = parse_windowed(&raw[..len], MIN_WINDOW).expect("memory");
+            assert!(
+                r.key == "sample-14@example.com" || r.key.starts_with("sha256:"),
+                "prefix {len}: {}",
+                r.key
+            );
+            for got in &r.envelope.recipients {
+                assert!(
+                    addresses.contains(&got.address.as_str()),
+                    "prefix {len}: {got:?} {:?}",
+                    String::from_utf8_lossy(&raw[len.saturating_sub(60)..len])
+                );
+            }
+        }
+    }
 }
