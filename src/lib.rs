@@ -17,4 +17,5 @@ pub mod net;
 pub mod pop3;
 pub mod server;
 pub mod smtp;
+pub mod systemd;
 pub mod tls;

@@ -69,6 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tasks.spawn(http.run());
     // Every listener is bound: /readyz may answer 200.
     readiness.set_listeners_bound();
+    crate::systemd::ready("listening; collectors started", gateway.shutdown.clone());
 
     let shutdown = gateway.shutdown.clone();
     tasks.spawn(async move {
