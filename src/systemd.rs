@@ -161,6 +161,12 @@ fn send_abstract(_: &UnixDatagram, _: &[u8], _: &[u8]) -> std::io::Result<usize>
 /// Announces that every listener is bound (`READY=1` with `status`), and `STOPPING=1` once
 /// `shutdown` is cancelled. Called once by `serve`, inside the runtime. No-op without
 /// `$NOTIFY_SOCKET`.
+///
+/// Under a service manager, SIGHUP (the unit's `ExecReload`) is answered with `RELOADING=1`, then
+/// `READY=1` and a warning: live reload is not implemented yet, the running configuration stays.
+/// Without this, SIGHUP's default action would end the process, and systemd counts SIGHUP as a
+/// clean exit (no `Restart=on-failure`): `systemctl reload` would stop the gateway. The real reload
+/// replaces [`supervise`]'s hangup branch.
 pub fn ready(status: &str, shutdown: CancellationToken) {
     ready_with(Notifier::from_env(), status, shutdown);
 }
@@ -170,14 +176,58 @@ pub fn ready_with(notifier: Notifier, status: &str, shutdown: CancellationToken)
     if !notifier.is_enabled() {
         return;
     }
+    let (hangups, hangup_rx) = tokio::sync::mpsc::unbounded_channel();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut signal) => {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        got = signal.recv() => {
+                            if got.is_none() || hangups.send(()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(
+            "cannot listen for SIGHUP ({e}); `systemctl reload` would stop the gateway"
+        ),
+    }
     notifier.notify_logged(&[State::Ready, State::Status(status.to_owned())]);
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        notifier.notify_logged(&[
-            State::Stopping,
-            State::Status("shutting down: finishing in-flight messages".to_owned()),
-        ]);
-    });
+    tokio::spawn(supervise(notifier, status.to_owned(), shutdown, hangup_rx));
+}
+
+/// Answers each hangup (reload request) until `shutdown`, then sends `STOPPING=1`.
+async fn supervise(
+    notifier: Notifier,
+    status: String,
+    shutdown: CancellationToken,
+    mut hangups: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = hangups.recv() => {
+                tracing::warn!(
+                    "SIGHUP: configuration reload is not implemented yet; the running configuration \
+                     stays (restart the service to apply changes)"
+                );
+                notifier.notify_logged(&[State::Reloading]);
+                notifier.notify_logged(&[
+                    State::Ready,
+                    State::Status(format!("{status} (reload not supported: restart to apply changes)")),
+                ]);
+            }
+        }
+    }
+    notifier.notify_logged(&[
+        State::Stopping,
+        State::Status("shutting down: finishing in-flight messages".to_owned()),
+    ]);
 }
 
 #[cfg(test)]
@@ -276,5 +326,41 @@ mod tests {
             socket,
             "STOPPING=1\nSTATUS=shutting down: finishing in-flight messages"
         );
+    }
+
+    #[tokio::test]
+    async fn hangup_is_answered_and_the_gateway_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier::from_var(Some(path.into_os_string())).unwrap();
+        let shutdown = CancellationToken::new();
+        let (hangups, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(
+            notifier,
+            "listening".into(),
+            shutdown.clone(),
+            rx,
+        ));
+        hangups.send(()).unwrap();
+        let (socket, first, second) = tokio::task::spawn_blocking(move || {
+            let first = receive(&socket);
+            let second = receive(&socket);
+            (socket, first, second)
+        })
+        .await
+        .unwrap();
+        assert_eq!(first, "RELOADING=1");
+        assert_eq!(
+            second,
+            "READY=1\nSTATUS=listening (reload not supported: restart to apply changes)"
+        );
+        assert!(!task.is_finished(), "a hangup must not end the supervisor");
+        shutdown.cancel();
+        task.await.unwrap();
+        let last = tokio::task::spawn_blocking(move || receive(&socket))
+            .await
+            .unwrap();
+        assert!(last.starts_with("STOPPING=1\n"), "{last}");
     }
 }
