@@ -32,4 +32,5 @@ pub mod pop3;
 pub mod server;
 pub mod smtp;
 pub mod store;
+pub mod systemd;
 pub mod tls;

@@ -213,6 +213,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for addr in &running.smtp_tls_addrs {
         tracing::info!("SMTP (implicit TLS) listening on {addr}");
     }
+    crate::systemd::ready("listening; collectors started", running.shutdown.clone());
     let shutdown = running.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
