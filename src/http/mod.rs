@@ -11,11 +11,14 @@
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
 //!
+//! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
+//!
 //! Mutating calls, and the message endpoints (they expose archived mail), need
 //! `Authorization: Bearer <token>` ([`auth`]). Errors are JSON: `{"error": "..."}`.
 
 mod api;
 pub mod auth;
+mod console;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -73,6 +76,8 @@ pub(crate) struct AppState {
     pub token: Arc<auth::Token>,
     pub readiness: Readiness,
     pub started: std::time::Instant,
+    /// The web console's sessions and what it shows of the SMTP endpoint.
+    pub console: console::Console,
 }
 
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
@@ -98,6 +103,7 @@ impl HttpServer {
                 token: Arc::new(token),
                 readiness: Readiness::default(),
                 started: std::time::Instant::now(),
+                console: console::Console::new(config),
             },
         })
     }
@@ -115,7 +121,7 @@ impl HttpServer {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.state.ctx.shutdown.clone();
         let addr = self.local_addr()?;
-        tracing::info!("HTTP (metrics, admin API) on http://{addr}");
+        tracing::info!("HTTP (metrics, admin API, console) on http://{addr}");
         axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
