@@ -40,6 +40,7 @@ pub struct Builder {
     smtp: Option<String>,
     http: bool,
     announce_ready: bool,
+    poll: bool,
 }
 
 impl Builder {
@@ -78,6 +79,13 @@ impl Builder {
     pub fn http_unannounced(mut self) -> Builder {
         self.http = true;
         self.announce_ready = false;
+        self
+    }
+
+    /// Starts each collector's polling loop, as `serve` does (without it collectors only run
+    /// when a test or an operator asks).
+    pub fn poll_collectors(mut self) -> Builder {
+        self.poll = true;
         self
     }
 
@@ -122,7 +130,7 @@ impl Builder {
             Start {
                 smtp: self.smtp.is_some(),
                 http: self.http && self.announce_ready,
-                poll_collectors: false,
+                poll_collectors: self.poll,
             },
         )
         .await
