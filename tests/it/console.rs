@@ -1,4 +1,4 @@
-//! The web console in a real headless Chromium (WebDriver, the kit's [`Browser`]), against a
+//! The web console in a real headless Chromium (`WebDriver`, the kit's [`Browser`]), against a
 //! gateway with SMTP and a real Dovecot journal mailbox: log in, the overview's totals and
 //! "Data collected since", a test collection and an activation on the collector page, the
 //! migration page from "not safe" to "safe", retire through the page, and the console's
@@ -15,7 +15,7 @@ use journal_gateway_testkit::{TestGateway, JOURNAL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIZE: usize = 3000;
-const MAILBOX: u64 = 250;
+const MAILBOX: usize = 250;
 
 /// One raw HTTP/1.1 request (with an optional cookie and form body): the status line's code
 /// and the `Location` header (the kit's client hides headers).
@@ -98,13 +98,14 @@ async fn shot(b: &Browser, name: &str) {
     );
 }
 
-const LONG: Duration = Duration::from_secs(60);
+const LONG: Duration = Duration::from_mins(1);
 const SHORT: Duration = Duration::from_secs(20);
 
+#[allow(clippy::too_many_lines)] // one walk through the console, step by step
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn console_in_chromium() {
     let mut d = Dovecot::new(Options::default());
-    d.seed(0, MAILBOX, SIZE);
+    d.seed(0, MAILBOX as u64, SIZE);
     d.start();
     let collector = format!(
         "[[collector]]\nname = \"exchange\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\npin_sha256 = \"{}\"\ninterval = \"1s\"\ntimeout = \"20s\"\nactive = false\n",
@@ -148,7 +149,7 @@ async fn console_in_chromium() {
             "POST {path}"
         );
     }
-    assert_eq!(d.mailbox_count(), MAILBOX as usize);
+    assert_eq!(d.mailbox_count(), MAILBOX);
     assert_eq!(gw.archive().runs("exchange", 10).len(), 0);
 
     let b = Browser::start(1280, 1000).await.unwrap();
@@ -259,7 +260,7 @@ async fn console_in_chromium() {
     let runs = gw.archive().runs("exchange", 10);
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].retrieved, runs[0].deleted), (200, 0));
-    assert_eq!(d.mailbox_count(), MAILBOX as usize);
+    assert_eq!(d.mailbox_count(), MAILBOX);
     shot(&b, "collector-test").await;
 
     // Switch Active on: the collector polls and drains the mailbox.

@@ -8,14 +8,14 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::markup::num;
-use super::{Authed, CsrfForm, WithCsrf};
+use super::{refused, Authed, CsrfForm, WithCsrf};
 use crate::http::api;
 use crate::http::{ApiError, AppState};
 use crate::index::Run;
 use crate::pop3::RunFailure;
 
 fn back_to(name: &str) -> Response {
-    Redirect::to(&format!("/collectors/{}", name)).into_response()
+    Redirect::to(&format!("/collectors/{name}")).into_response()
 }
 
 /// The error of an operation, in words (a 409's reasons included).
@@ -79,9 +79,8 @@ pub(super) async fn set_active(
     Path(name): Path<String>,
     form: Result<Form<ActiveForm>, FormRejection>,
 ) -> Response {
-    let form = match authed.accept(form) {
-        Ok(f) => f,
-        Err(refused) => return refused,
+    let Some(form) = authed.accept(form) else {
+        return refused();
     };
     let active = form.active == "on";
     match api::set_collector_active(&state, &name, active).await {
@@ -119,24 +118,23 @@ pub(super) async fn test_collection(
     Path(name): Path<String>,
     form: Result<Form<TestForm>, FormRejection>,
 ) -> Response {
-    let form = match authed.accept(form) {
-        Ok(f) => f,
-        Err(refused) => return refused,
+    let Some(form) = authed.accept(form) else {
+        return refused();
     };
-    let limit = match form
+    let limit = form
         .limit
         .as_deref()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
-        None => None,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                authed.flash(&state, false, format!("{l:?} is not a number of messages."));
-                return back_to(&name);
-            }
-        },
+        .filter(|l| !l.is_empty());
+    let limit = if let Some(l) = limit {
+        if let Ok(n) = l.parse::<u32>() {
+            Some(n)
+        } else {
+            authed.flash(&state, false, format!("{l:?} is not a number of messages."));
+            return back_to(&name);
+        }
+    } else {
+        None
     };
     match api::run_test_collection(&state, &name, limit).await {
         Ok(result) => {
@@ -155,8 +153,8 @@ pub(super) async fn collect_now(
     Path(name): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = authed.accept(form) {
-        return refused;
+    if authed.accept(form).is_none() {
+        return refused();
     }
     match api::run_collection(&state, &name).await {
         Ok(result) => {
@@ -190,9 +188,8 @@ pub(super) async fn retire(
     Path(name): Path<String>,
     form: Result<Form<RetireForm>, FormRejection>,
 ) -> Response {
-    let form = match authed.accept(form) {
-        Ok(f) => f,
-        Err(refused) => return refused,
+    let Some(form) = authed.accept(form) else {
+        return refused();
     };
     let force = form.force.as_deref() == Some("1");
     if force && form.understand.as_deref() != Some("1") {

@@ -70,7 +70,7 @@ pub(super) fn num(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -123,9 +123,10 @@ pub(super) fn utc_text(at: UnixMs) -> Option<(String, String)> {
 /// A time: UTC as rendered by the server; the script shows it in the browser's zone and keeps
 /// UTC in the hover title.
 pub(super) fn time(at: Option<UnixMs>) -> Markup {
-    match at.and_then(utc_text) {
-        Some((iso, text)) => html! { time datetime=(iso) title=(text) { (text) } },
-        None => html! { span.muted { "never" } },
+    if let Some((iso, text)) = at.and_then(utc_text) {
+        html! { time datetime=(iso) title=(text) { (text) } }
+    } else {
+        html! { span.muted { "never" } }
     }
 }
 

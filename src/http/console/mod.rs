@@ -158,7 +158,7 @@ impl FromRequestParts<AppState> for Authed {
         state
             .console
             .sessions
-            .from_headers(&parts.headers)
+            .find(&parts.headers)
             .map(Authed)
             .ok_or_else(|| Redirect::to("/login").into_response())
     }
@@ -171,11 +171,11 @@ impl Authed {
     }
 
     /// Accepts a submitted form only with this session's CSRF token; otherwise (no token, a
-    /// wrong one, or no form at all) the answer is 403 and nothing is done.
-    fn accept<T: WithCsrf>(&self, form: Result<Form<T>, FormRejection>) -> Result<T, Response> {
+    /// wrong one, or no form at all) the caller answers [`refused`] and does nothing.
+    fn accept<T: WithCsrf>(&self, form: Result<Form<T>, FormRejection>) -> Option<T> {
         match form {
-            Ok(Form(f)) if f.csrf().is_some_and(|p| session::same(p, &self.0.csrf)) => Ok(f),
-            _ => Err(refused()),
+            Ok(Form(f)) if f.csrf().is_some_and(|p| session::same(p, &self.0.csrf)) => Some(f),
+            _ => None,
         }
     }
 
@@ -247,12 +247,7 @@ fn login_form(error: Option<&str>) -> maud::Markup {
 }
 
 async fn login_page(State(state): State<AppState>, parts: Parts) -> Response {
-    if state
-        .console
-        .sessions
-        .from_headers(&parts.headers)
-        .is_some()
-    {
+    if state.console.sessions.find(&parts.headers).is_some() {
         return Redirect::to("/").into_response();
     }
     login_form(None).into_response()
@@ -301,8 +296,8 @@ async fn logout(
     authed: Authed,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Err(refused) = authed.accept(form) {
-        return refused;
+    if authed.accept(form).is_none() {
+        return refused();
     }
     state.console.sessions.remove(&authed.0.id);
     (

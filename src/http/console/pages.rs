@@ -71,6 +71,7 @@ fn collector_state_badge(c: &CollectorInfo) -> Markup {
 }
 
 /// `GET /`.
+#[allow(clippy::too_many_lines)] // one page's markup, read top to bottom
 pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> Response {
     let data = {
         let state = state.clone();
@@ -247,6 +248,7 @@ fn check_title(name: &str) -> &'static str {
 }
 
 /// `GET /collectors/{name}`.
+#[allow(clippy::too_many_lines)] // one page's markup, read top to bottom
 pub(super) async fn collector(
     State(state): State<AppState>,
     authed: Authed,
@@ -487,21 +489,22 @@ fn step(id: &str, n: u32, title: &str, done: bool, content: &Markup) -> Markup {
 }
 
 /// `GET /migration`.
+#[allow(clippy::too_many_lines)] // one page's markup, read top to bottom
 pub(super) async fn migration(State(state): State<AppState>, authed: Authed) -> Response {
     let data = async {
         let verdict = api::migration_verdict_of(&state).await?;
         let st = state.clone();
-        let (stats, infos) = blocking(move || {
+        let (totals, infos) = blocking(move || {
             Ok((
                 st.ctx.archive.stats()?,
                 views::collector_infos(&st.ctx.store, &st.ctx.collectors)?,
             ))
         })
         .await?;
-        Ok::<(Verdict, Stats, Vec<CollectorInfo>), ApiError>((verdict, stats, infos))
+        Ok::<(Verdict, Stats, Vec<CollectorInfo>), ApiError>((verdict, totals, infos))
     }
     .await;
-    let (verdict, stats, infos) = match data {
+    let (verdict, totals, infos) = match data {
         Ok(d) => d,
         Err(e) => return error_page(&authed, &e),
     };
@@ -509,7 +512,7 @@ pub(super) async fn migration(State(state): State<AppState>, authed: Authed) -> 
     let flash = authed.take_flash(&state);
     let first_by = |entry: &str| -> Option<UnixMs> {
         let entry = entry.to_ascii_lowercase();
-        stats
+        totals
             .first_smtp_by_address
             .iter()
             .filter(|(a, _)| {
@@ -549,11 +552,11 @@ pub(super) async fn migration(State(state): State<AppState>, authed: Authed) -> 
                         } } }
                     }
                 }))
-                (step("step-confirm", 2, "Confirm journal reports arrive over SMTP", stats.first_smtp_ms.is_some(), &html! {
+                (step("step-confirm", 2, "Confirm journal reports arrive over SMTP", totals.first_smtp_ms.is_some(), &html! {
                     dl {
-                        dt { "First SMTP arrival" } dd { (time(stats.first_smtp_ms)) }
-                        dt { "Last SMTP arrival" } dd { (time(stats.last_smtp_ms)) }
-                        dt { "Archived over SMTP" } dd { (num(stats.archived_smtp)) " (" (num(stats.duplicates_smtp)) " duplicates)" }
+                        dt { "First SMTP arrival" } dd { (time(totals.first_smtp_ms)) }
+                        dt { "Last SMTP arrival" } dd { (time(totals.last_smtp_ms)) }
+                        dt { "Archived over SMTP" } dd { (num(totals.archived_smtp)) " (" (num(totals.duplicates_smtp)) " duplicates)" }
                     }
                 }))
                 (step("step-drain", 3, "Let each collector drain its mailbox", drained && !live.is_empty(), &html! {
@@ -733,12 +736,13 @@ pub(super) async fn message_raw(
 
 /// Percent-encodes a query value.
 fn urlencode(s: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -1,4 +1,4 @@
-//! Console sessions: an HttpOnly, SameSite=Strict cookie naming a random session id kept in
+//! Console sessions: an `HttpOnly`, `SameSite=Strict` cookie naming a random session id kept in
 //! memory (a restart logs everyone out), each session with its CSRF token and one flash message.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 /// The session cookie's name.
 pub(super) const COOKIE: &str = "jg_console";
 /// How long a session lives after login.
-pub(super) const LIFETIME: Duration = Duration::from_secs(8 * 3600);
+pub(super) const LIFETIME: Duration = Duration::from_hours(8);
 /// Most sessions kept at once; the oldest go first (a flood of logins cannot grow memory).
 const MAX_SESSIONS: usize = 1024;
 
@@ -96,7 +96,7 @@ impl Sessions {
     }
 
     /// The live session named by the request's cookie.
-    pub fn from_headers(&self, headers: &HeaderMap) -> Option<Session> {
+    pub fn find(&self, headers: &HeaderMap) -> Option<Session> {
         let id = cookie(headers)?;
         let map = self.lock();
         let entry = map.get(id)?;
@@ -186,7 +186,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("other=1; {COOKIE}={}", s.id)).unwrap(),
         );
-        let found = sessions.from_headers(&headers).unwrap();
+        let found = sessions.find(&headers).unwrap();
         assert_eq!(found.csrf, s.csrf);
         assert!(found.max_age() > LIFETIME.as_secs() - 5);
         sessions.set_flash(
@@ -199,9 +199,9 @@ mod tests {
         assert_eq!(sessions.take_flash(&s.id).unwrap().text, "done");
         assert!(sessions.take_flash(&s.id).is_none());
         sessions.remove(&s.id);
-        assert!(sessions.from_headers(&headers).is_none());
+        assert!(sessions.find(&headers).is_none());
         headers.insert(header::COOKIE, HeaderValue::from_static("jg_console=nope"));
-        assert!(sessions.from_headers(&headers).is_none());
+        assert!(sessions.find(&headers).is_none());
     }
 
     #[test]

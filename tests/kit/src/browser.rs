@@ -1,6 +1,6 @@
-//! A real headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`):
-//! a small W3C WebDriver client on hyper (a handful of REST calls), so the kit needs no
-//! WebDriver crate and no TLS stack (chromedriver listens on loopback, plain HTTP).
+//! A real headless Chromium driven over `WebDriver` (Debian's `chromium` and `chromium-driver`):
+//! a small W3C `WebDriver` client on hyper (a handful of REST calls), so the kit needs no
+//! `WebDriver` crate and no TLS stack (chromedriver listens on loopback, plain HTTP).
 //!
 //! Every wait is bounded and says what it waited for; [`Browser::screenshot`] writes PNGs under
 //! `target/console-screenshots/` (see [`screenshot_dir`]).
@@ -25,8 +25,7 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Where screenshots go: `$CARGO_TARGET_DIR/console-screenshots`, else `target/` of the project.
 pub fn screenshot_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::project_root().join("target"))
+        .map_or_else(|| crate::project_root().join("target"), PathBuf::from)
         .join("console-screenshots")
 }
 
@@ -285,7 +284,7 @@ impl Browser {
     }
 }
 
-/// One WebDriver command: returns its `value`, or an error with WebDriver's error and message.
+/// One `WebDriver` command: returns its `value`, or an error with the driver's error and message.
 async fn call(port: u16, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
@@ -302,9 +301,9 @@ async fn call(port: u16, method: Method, path: &str, body: Option<Value>) -> any
         .header(HOST, format!("127.0.0.1:{port}"))
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
         .body(body.map(|b| b.to_string()).unwrap_or_default())?;
-    let resp = tokio::time::timeout(Duration::from_secs(120), sender.send_request(req))
+    let resp = tokio::time::timeout(Duration::from_mins(2), sender.send_request(req))
         .await
-        .map_err(|_| anyhow!("WebDriver {path}: no answer within 120s"))??;
+        .map_err(|_| anyhow!("WebDriver {path}: no answer within 2 minutes"))??;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
     drop(sender);
