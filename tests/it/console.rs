@@ -152,7 +152,7 @@ async fn console_in_chromium() {
     assert_eq!(d.mailbox_count(), MAILBOX);
     assert_eq!(gw.archive().runs("exchange", 10).len(), 0);
 
-    let b = Browser::start(1280, 1000).await.unwrap();
+    let b = Browser::start(1280, 1200).await.unwrap();
     b.goto(&format!("{base}/")).await.unwrap();
     b.wait_url("the redirect to /login", SHORT, |u| u.ends_with("/login"))
         .await
@@ -333,7 +333,7 @@ async fn console_in_chromium() {
     b.resize(390, 844).await.unwrap();
     b.goto(&format!("{base}/")).await.unwrap();
     shot(&b, "overview-phone").await;
-    b.resize(1280, 1000).await.unwrap();
+    b.resize(1280, 1200).await.unwrap();
 
     // Migration: safe once the mailbox is empty at two polls after the first SMTP arrival.
     let deadline = std::time::Instant::now() + LONG;
