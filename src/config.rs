@@ -90,6 +90,11 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// File holding the admin bearer token. Unset: one is generated in `<data_dir>/admin.token`.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the listener then speaks HTTPS only (metrics, API,
+    /// console). Both unset: plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,6 +237,9 @@ impl Config {
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             bail!("smtp.tls_cert and smtp.tls_key: set both or neither");
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            bail!("http.tls_cert and http.tls_key: set both or neither");
         }
         if self.smtp.max_connections == 0 {
             bail!("smtp.max_connections: must be at least 1");

@@ -403,3 +403,109 @@ async fn console_in_chromium() {
     b.quit().await.unwrap();
     gw.stop().await;
 }
+
+/// One request over TLS to the gateway's HTTPS listener, trusting `cert` for `localhost`:
+/// the status, the `Location` and the `Set-Cookie` header.
+async fn https_raw(
+    gw: &TestGateway,
+    cert: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Option<String>, Option<String>) {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the HTTPS listener");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    // The answer is complete even if the peer closes without close_notify.
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut out))
+        .await
+        .expect("an answer within 20s");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let header = |name: &str| {
+        text.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    (status, header("location"), header("set-cookie"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_serves_the_console_with_a_secure_cookie() {
+    let certs = tempfile::tempdir().unwrap();
+    let generated = journal_gateway::tls::generate(
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+        certs.path(),
+    )
+    .unwrap();
+    let gw = TestGateway::builder()
+        .http_tls(&generated.cert_path, &generated.key_path)
+        .http()
+        .start()
+        .await;
+    let cert = &generated.cert_path;
+    assert_eq!(https_raw(&gw, cert, "GET", "/healthz", "").await.0, 200);
+    assert_eq!(
+        https_raw(&gw, cert, "GET", "/", "").await,
+        (303, Some("/login".into()), None)
+    );
+    let (status, location, cookie) = https_raw(
+        &gw,
+        cert,
+        "POST",
+        "/login",
+        &format!("token={}", gw.token()),
+    )
+    .await;
+    assert_eq!((status, location.as_deref()), (303, Some("/")));
+    let cookie = cookie.expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Max-Age=", "Secure"] {
+        assert!(cookie.contains(flag), "{flag} missing from {cookie}");
+    }
+    let (status, _, cookie) = https_raw(&gw, cert, "POST", "/login", "token=wrong").await;
+    assert_eq!((status, cookie), (401, None));
+    assert_eq!(gw.metrics().console_logins_refused.get(), 1);
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let r = journal_gateway_testkit::http::request(
+        gw.base(),
+        journal_gateway_testkit::http::Method::GET,
+        "/healthz",
+        None,
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "plain HTTP answered on the HTTPS listener: {r:?}"
+    );
+    gw.stop().await;
+}

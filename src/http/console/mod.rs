@@ -275,7 +275,7 @@ async fn login(
     }
     let session = state.console.sessions.create();
     tracing::info!("console: login");
-    let cookie = session::set_cookie(&session, session::over_tls(&headers));
+    let cookie = session::set_cookie(&session, state.https || session::over_tls(&headers));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
