@@ -188,6 +188,56 @@ async fn console_in_chromium() {
     .await
     .unwrap();
 
+    // A new collector's form: "Test connection" logs in and counts, retrieving nothing.
+    b.click("#new-collector").await.unwrap();
+    b.wait_url("the new-collector form", SHORT, |u| {
+        u.ends_with("/collectors/new")
+    })
+    .await
+    .unwrap();
+    b.fill("#name", "second").await.unwrap();
+    b.fill("#host", "127.0.0.1").await.unwrap();
+    b.fill("#port", &d.pop3s_port.to_string()).await.unwrap();
+    b.fill("#username", USER).await.unwrap();
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.fill("#pin_sha256", &d.fingerprint).await.unwrap();
+    b.click("#test-connection").await.unwrap();
+    let probe = b
+        .wait_text("#probe", "the test connection's report", LONG, |t| {
+            t.contains("holds")
+        })
+        .await
+        .unwrap();
+    assert!(
+        probe.contains("over TLS; certificate accepted (pin_sha256 check)"),
+        "{probe}"
+    );
+    assert!(probe.contains(&format!("Logged in as {USER}")), "{probe}");
+    assert!(probe.contains("The mailbox holds 250 messages"), "{probe}");
+    let snippet = b.text("#snippet pre").await.unwrap();
+    assert!(
+        snippet.contains("name = \"second\"") && snippet.contains("active = false"),
+        "{snippet}"
+    );
+    assert!(!snippet.contains(PASSWORD) && !b.text("main").await.unwrap().contains(PASSWORD));
+    // The password field comes back empty: the password is not echoed into the page.
+    assert_eq!(
+        b.attribute("#password", "value")
+            .await
+            .unwrap()
+            .unwrap_or_default(),
+        ""
+    );
+    shot(&b, "collector-new").await;
+    b.fill("#password", "wrong-password").await.unwrap();
+    b.click("#test-connection").await.unwrap();
+    b.wait_text("#probe", "the failed login's report", LONG, |t| {
+        t.contains("Login:")
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.mailbox_count(), MAILBOX);
+
     // Before any SMTP traffic the migration is not safe, and says why.
     b.goto(&format!("{base}/migration")).await.unwrap();
     b.wait_text("#verdict-exchange", "the verdict 'not safe'", SHORT, |t| {
@@ -302,6 +352,12 @@ async fn console_in_chromium() {
         Some("true")
     );
     shot(&b, "collector").await;
+    b.run_async(
+        "document.getElementById('history').scrollIntoView(); arguments[arguments.length - 1](null);",
+    )
+    .await
+    .unwrap();
+    shot(&b, "collector-history").await;
 
     // SMTP traffic: the overview (left open, refreshing itself) shows it without a reload.
     b.goto(&format!("{base}/")).await.unwrap();

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET/POST /login`, `POST /logout` | the admin token (form field `token`) opens a session |
 //! | `GET /` | overview: totals, "Data collected since", the SMTP endpoint, the collectors |
+//! | `GET/POST /collectors/new` | a new collector's form, "Test connection" (retrieves nothing) |
 //! | `GET /collectors/{name}` | settings, Active switch, test collection, collect now, history, retire |
 //! | `POST /collectors/{name}/{active,test,collect,retire}` | the actions (CSRF token) |
 //! | `GET /collectors/{name}/retire[?force=1]` | the confirmation step of a retirement |
@@ -21,6 +22,7 @@
 
 mod actions;
 mod markup;
+mod new;
 mod pages;
 mod session;
 
@@ -85,6 +87,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/", get(pages::overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route(
+            "/collectors/new",
+            get(new::new_form).post(new::test_connection),
+        )
         .route("/collectors/{name}", get(pages::collector))
         .route("/collectors/{name}/active", post(actions::set_active))
         .route("/collectors/{name}/test", post(actions::test_collection))

@@ -134,6 +134,7 @@ pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> R
             }
             section.card {
                 h2 { "POP3 collectors" }
+                p { a #new-collector href="/collectors/new" { "Add a journal mailbox collector…" } }
                 @if data.collectors.is_empty() {
                     p.muted { "No collector is configured." }
                 } @else {
