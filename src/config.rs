@@ -565,4 +565,20 @@ mod example_file {
         assert_eq!(c.collectors.len(), 1);
         assert!(c.smtp.tls_cert.is_some());
     }
+
+    #[test]
+    fn http_tls_needs_both_cert_and_key() {
+        let err = super::Config::parse("[http]\ntls_cert = \"c.pem\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("http.tls_cert and http.tls_key"),
+            "{err}"
+        );
+        let c =
+            super::Config::parse("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        assert_eq!(
+            c.http.tls_key.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        assert!(super::Config::parse("").unwrap().http.tls_cert.is_none());
+    }
 }
