@@ -90,6 +90,11 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// File holding the admin bearer token. Unset: one is generated in `<data_dir>/admin.token`.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: the listener then speaks HTTPS only (metrics, API,
+    /// console). Both unset: plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,6 +237,9 @@ impl Config {
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             bail!("smtp.tls_cert and smtp.tls_key: set both or neither");
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            bail!("http.tls_cert and http.tls_key: set both or neither");
         }
         if self.smtp.max_connections == 0 {
             bail!("smtp.max_connections: must be at least 1");
@@ -556,5 +564,21 @@ mod example_file {
         .unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
         assert_eq!(c.collectors.len(), 1);
         assert!(c.smtp.tls_cert.is_some());
+    }
+
+    #[test]
+    fn http_tls_needs_both_cert_and_key() {
+        let err = super::Config::parse("[http]\ntls_cert = \"c.pem\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("http.tls_cert and http.tls_key"),
+            "{err}"
+        );
+        let c =
+            super::Config::parse("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        assert_eq!(
+            c.http.tls_key.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        assert!(super::Config::parse("").unwrap().http.tls_cert.is_none());
     }
 }

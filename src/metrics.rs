@@ -26,6 +26,8 @@ pub struct Metrics {
     pub pop3_errors: IntCounterVec,
     pub collector_active: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Web console logins refused (wrong admin token).
+    pub console_logins_refused: IntCounter,
 }
 
 const NS: &str = "journal_gateway";
@@ -143,6 +145,17 @@ impl Metrics {
                 &["collector"],
             ),
             build_info: gauge_vec("build_info", "Build information (always 1).", &["version"]),
+            console_logins_refused: reg(
+                &registry,
+                IntCounter::with_opts(
+                    Opts::new(
+                        "console_logins_refused_total",
+                        "Web console logins refused (wrong admin token).",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         m.build_info

@@ -36,14 +36,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/collectors/{name}", get(collector))
         .route("/api/v1/collectors/{name}/history", get(collector_history))
         .merge(protected)
+        .merge(super::console::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 /// Runs blocking index or file work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await?
@@ -142,7 +143,7 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
 }
 
 async fn migration_verdict(State(state): State<AppState>) -> ApiResult<Json<migration::Verdict>> {
-    blocking(move || Ok(Json(migration::verdict(&migration_input(&state)?)))).await
+    Ok(Json(migration_verdict_of(&state).await?))
 }
 
 async fn collectors(State(state): State<AppState>) -> ApiResult<Json<Vec<views::CollectorInfo>>> {
@@ -222,28 +223,55 @@ async fn test_collection(
     q: Result<Query<TestQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let c = find_collector(&state, &name)?.clone();
-    not_retired(&state, &name, "run a test collection").await?;
-    let limit = q.limit.unwrap_or(c.config().test_limit);
+    Ok(run_response(
+        run_test_collection(&state, &name, q.limit).await?,
+    ))
+}
+
+/// A test collection of up to `limit` messages (default: the collector's `test_limit`); refused
+/// for an unknown or retired collector and a limit of 0. Shared by the admin API and the console.
+pub(crate) async fn run_test_collection(
+    state: &AppState,
+    name: &str,
+    limit: Option<u32>,
+) -> ApiResult<Result<Run, crate::pop3::RunFailure>> {
+    let c = find_collector(state, name)?.clone();
+    not_retired(state, name, "run a test collection").await?;
+    let limit = limit.unwrap_or(c.config().test_limit);
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
     tracing::info!(collector = %name, limit, "admin API: test collection");
-    Ok(run_response(c.collect(RunKind::Test { limit }).await))
+    Ok(c.collect(RunKind::Test { limit }).await)
 }
 
 async fn collect_now(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    let c = find_collector(&state, &name)?.clone();
-    not_retired(&state, &name, "collect").await?;
-    tracing::info!(collector = %name, "admin API: collect now");
-    Ok(run_response(c.collect(RunKind::Normal).await))
+    Ok(run_response(run_collection(&state, &name).await?))
 }
 
-async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
-    let c = find_collector(&state, &name)?.clone();
+/// A normal collection now (refused for an unknown or retired collector). Shared by the admin
+/// API and the console.
+pub(crate) async fn run_collection(
+    state: &AppState,
+    name: &str,
+) -> ApiResult<Result<Run, crate::pop3::RunFailure>> {
+    let c = find_collector(state, name)?.clone();
+    not_retired(state, name, "collect").await?;
+    tracing::info!(collector = %name, "admin API: collect now");
+    Ok(c.collect(RunKind::Normal).await)
+}
+
+/// The operator's activate/deactivate (refused for an unknown or retired collector); wakes the
+/// collector's polling loop. Shared by the admin API and the console.
+pub(crate) async fn set_collector_active(
+    state: &AppState,
+    name: &str,
+    active: bool,
+) -> ApiResult<()> {
+    let c = find_collector(state, name)?.clone();
     not_retired(
-        &state,
-        &name,
+        state,
+        name,
         if active {
             "be activated"
         } else {
@@ -251,16 +279,21 @@ async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
         },
     )
     .await?;
-    let (store, n) = (state.ctx.store.clone(), name.clone());
+    let (store, n) = (state.ctx.store.clone(), name.to_string());
     blocking(move || Ok(store.set_active(&n, Some(active))?)).await?;
     state
         .ctx
         .metrics
         .collector_active
-        .with_label_values(&[&name])
-        .set(active as i64);
+        .with_label_values(&[name])
+        .set(i64::from(active));
     c.trigger();
     tracing::info!(collector = %name, active, "admin API: collector {}", if active { "activated" } else { "deactivated" });
+    Ok(())
+}
+
+async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
+    set_collector_active(&state, &name, active).await?;
     Ok(Json(collector_info(&state, &name).await?).into_response())
 }
 
@@ -285,22 +318,44 @@ async fn retire(
     q: Result<Query<RetireQuery>, QueryRejection>,
 ) -> ApiResult {
     let force = query(q)?.force;
-    let c = find_collector(&state, &name)?.clone();
-    let verdict = {
-        let state = state.clone();
-        blocking(move || Ok(migration::verdict(&migration_input(&state)?))).await?
-    };
-    let Some(cv) = verdict.collector(&name).cloned() else {
+    let retired = retire_collector(&state, &name, force).await?;
+    Ok(Json(serde_json::json!({
+        "collector": collector_info(&state, &name).await?,
+        "already_retired": retired.already,
+        "forced": retired.forced,
+        "verdict": retired.verdict,
+    }))
+    .into_response())
+}
+
+/// What [`retire_collector`] did.
+pub(crate) struct Retired {
+    /// It was retired before.
+    pub already: bool,
+    /// Retired although the verdict said not safe.
+    pub forced: bool,
+    /// The collector's verdict at the time.
+    pub verdict: migration::CollectorVerdict,
+}
+
+/// Retires a collector when its cutover verdict says it is safe, or with `force` (logged);
+/// otherwise 409 with the reasons. Shared by the admin API and the console.
+pub(crate) async fn retire_collector(
+    state: &AppState,
+    name: &str,
+    force: bool,
+) -> ApiResult<Retired> {
+    let c = find_collector(state, name)?.clone();
+    let verdict = migration_verdict_of(state).await?;
+    let Some(cv) = verdict.collector(name).cloned() else {
         return Err(ApiError::not_found(format!("no collector named {name:?}")));
     };
     if cv.retired {
-        return Ok(Json(serde_json::json!({
-            "collector": collector_info(&state, &name).await?,
-            "already_retired": true,
-            "forced": false,
-            "verdict": cv,
-        }))
-        .into_response());
+        return Ok(Retired {
+            already: true,
+            forced: false,
+            verdict: cv,
+        });
     }
     let reasons = cv.reasons();
     if !cv.safe_to_retire {
@@ -319,22 +374,26 @@ async fn retire(
     } else {
         tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
     }
-    let (store, n) = (state.ctx.store.clone(), name.clone());
+    let (store, n) = (state.ctx.store.clone(), name.to_string());
     blocking(move || Ok(store.retire(&n)?)).await?;
     state
         .ctx
         .metrics
         .collector_active
-        .with_label_values(&[&name])
+        .with_label_values(&[name])
         .set(0);
     c.trigger();
-    Ok(Json(serde_json::json!({
-        "collector": collector_info(&state, &name).await?,
-        "already_retired": false,
-        "forced": force && !cv.safe_to_retire,
-        "verdict": cv,
-    }))
-    .into_response())
+    Ok(Retired {
+        already: false,
+        forced: force && !cv.safe_to_retire,
+        verdict: cv,
+    })
+}
+
+/// The cutover verdict now (blocking index reads off the async workers).
+pub(crate) async fn migration_verdict_of(state: &AppState) -> ApiResult<migration::Verdict> {
+    let state = state.clone();
+    blocking(move || Ok(migration::verdict(&migration_input(&state)?))).await
 }
 
 /// `GET /api/v1/messages/{message-id}` and `.../{message-id}/raw`. The ID arrives

@@ -11,11 +11,15 @@
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
 //!
+//! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
+//!
 //! Mutating calls, and the message endpoints (they expose archived mail), need
 //! `Authorization: Bearer <token>` ([`auth`]). Errors are JSON: `{"error": "..."}`.
 
 mod api;
 pub mod auth;
+mod console;
+mod https;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -73,11 +77,17 @@ pub(crate) struct AppState {
     pub token: Arc<auth::Token>,
     pub readiness: Readiness,
     pub started: std::time::Instant,
+    /// The listener speaks HTTPS (`[http] tls_cert`): console cookies are marked `Secure`.
+    pub https: bool,
+    /// The web console's sessions and what it shows of the SMTP endpoint.
+    pub console: console::Console,
 }
 
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
+    /// Set with `[http] tls_cert`/`tls_key`: the listener speaks HTTPS only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
 }
 
@@ -86,19 +96,29 @@ impl HttpServer {
     pub async fn bind(config: &Config, ctx: HttpContext) -> anyhow::Result<HttpServer> {
         let addr = config.http.listen;
         let token = auth::Token::load_or_generate(config)?;
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                https::acceptor(cert, key)
+                    .context("loading the HTTPS certificate ([http] tls_cert, tls_key)")?,
+            ),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP listener on {addr} ([http] listen)"))?;
         Ok(HttpServer {
             listener,
             state: AppState {
+                https: tls.is_some(),
                 ctx,
                 accepted: Arc::new(config.smtp.accept.clone()),
                 archive_dir: config.archive_dir(),
                 token: Arc::new(token),
                 readiness: Readiness::default(),
                 started: std::time::Instant::now(),
+                console: console::Console::new(config),
             },
+            tls,
         })
     }
 
@@ -115,8 +135,17 @@ impl HttpServer {
     pub async fn run(self) -> anyhow::Result<()> {
         let shutdown = self.state.ctx.shutdown.clone();
         let addr = self.local_addr()?;
-        tracing::info!("HTTP (metrics, admin API) on http://{addr}");
-        axum::serve(self.listener, api::router(self.state))
+        let router = api::router(self.state);
+        if let Some(acceptor) = self.tls {
+            tracing::info!("HTTPS (metrics, admin API, console) on https://{addr}");
+            let listener = https::TlsListener::new(self.listener, acceptor, shutdown.clone())?;
+            return axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("serving HTTPS");
+        }
+        tracing::info!("HTTP (metrics, admin API, console) on http://{addr}");
+        axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")

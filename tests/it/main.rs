@@ -1,6 +1,7 @@
 //! The integration tests: one crate (one link of the library) with a module per area. Gateways,
 //! fixtures and real peers come from the test kit (`tests/kit`, `journal_gateway_testkit`).
 
+mod console;
 mod crash;
 mod http_api;
 mod http_cutover;

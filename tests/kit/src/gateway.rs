@@ -40,6 +40,8 @@ pub struct Builder {
     smtp: Option<String>,
     http: bool,
     announce_ready: bool,
+    poll: bool,
+    http_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Builder {
@@ -81,6 +83,20 @@ impl Builder {
         self
     }
 
+    /// Serves HTTPS with this certificate and key (`[http] tls_cert`, `tls_key`) instead of
+    /// plain HTTP; use with [`Builder::http`]. (The kit's HTTP client speaks plain HTTP only.)
+    pub fn http_tls(mut self, cert: &Path, key: &Path) -> Builder {
+        self.http_tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+
+    /// Starts each collector's polling loop, as `serve` does (without it collectors only run
+    /// when a test or an operator asks).
+    pub fn poll_collectors(mut self) -> Builder {
+        self.poll = true;
+        self
+    }
+
     /// Starts the gateway on the current tokio runtime; end it with [`TestGateway::stop`].
     pub async fn start(self) -> TestGateway {
         self.start_inner(None).await
@@ -112,6 +128,9 @@ impl Builder {
         }
         if self.http {
             text.push_str("[http]\nlisten = \"127.0.0.1:0\"\n");
+            if let Some((cert, key)) = &self.http_tls {
+                text.push_str(&format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"));
+            }
         }
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"));
         std::fs::create_dir_all(&config.data_dir).expect("data dir");
@@ -122,7 +141,7 @@ impl Builder {
             Start {
                 smtp: self.smtp.is_some(),
                 http: self.http && self.announce_ready,
-                poll_collectors: false,
+                poll_collectors: self.poll,
             },
         )
         .await

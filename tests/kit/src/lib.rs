@@ -9,9 +9,11 @@
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
+//! - [`browser`]: a headless Chromium over WebDriver (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
 //! - [`machine`]: the machine description printed with benchmark figures.
 
+pub mod browser;
 pub mod crash;
 pub mod dovecot;
 mod gateway;
