@@ -6,7 +6,13 @@
 //! entry are on disk. Callers acknowledge (SMTP 250, POP3 DELE) only after that.
 //!
 //! Bytes arrive through a [`MessageWriter`], which keeps small messages in memory and spools large
-//! ones to a file in the archive's `tmp/`, so a 150 MB message never sits in memory.
+//! ones to a file in the archive's `tmp/`, so a 150 MB message never sits in memory. A spooled
+//! message is parsed from its file, whole, with [`journal::parse_input`] (windowed: every
+//! envelope recipient, bounded memory). When the parser hits one of its bounds (an envelope line
+//! or value longer than [`journal::WINDOW`], a header section longer than
+//! [`journal::HEADER_LIMIT`]) the ingest logs it at warn with the key, counts it in
+//! `journal_gateway_envelope_truncated_total` and keeps the warning on the record
+//! ([`Record::envelope_warnings`]), which the admin API shows.
 
 use std::io;
 use std::path::PathBuf;
@@ -27,9 +33,10 @@ use crate::migration::CutoverFacts;
 
 pub use crate::index::Source;
 
-/// Messages up to this size stay in memory; larger ones are spooled to `tmp/`. It is also how
-/// much of a message is parsed: the envelope and the original's headers come first.
-pub const MEMORY_LIMIT: usize = 256 * 1024;
+/// Messages up to this size stay in memory (and are parsed there); larger ones are spooled to
+/// `tmp/` and parsed from the file through a window. The parser's own limit, so a message is
+/// parsed the same way whichever path it took.
+pub const MEMORY_LIMIT: usize = journal::MEMORY_LIMIT;
 
 /// Most arrivals recorded in one index transaction.
 const MAX_BATCH: usize = 1024;
@@ -257,21 +264,37 @@ impl Ingest {
         let archive = &self.inner.archive;
         let MessageWriter {
             head,
-            spool,
+            mut spool,
             hasher,
             len,
             ..
         } = message;
         let sha256 = hex::encode(hasher.finalize());
-        let report = journal::parse(&head);
+        let report = match &mut spool {
+            Some(spool) => parse_spooled(spool).await?,
+            None => journal::parse(&head),
+        };
+        let label = delivery.source.label();
+        let envelope_warnings = bound_warnings(&report.warnings);
         for w in &report.warnings {
-            tracing::debug!(key = %report.key, "journal report: {w}");
+            if envelope_warnings.contains(w) {
+                tracing::warn!(
+                    key = %report.key,
+                    source = label,
+                    "journal report hit a parser bound, recipients may be incomplete: {w}"
+                );
+            } else {
+                tracing::debug!(key = %report.key, "journal report: {w}");
+            }
         }
-        let mut key = report.key.clone();
-        if spool.is_some() && key.starts_with("sha256:") {
-            // Only the head was parsed: hash the whole message instead of part of it.
-            key = format!("sha256:{sha256}");
+        if !envelope_warnings.is_empty() {
+            self.inner
+                .metrics
+                .envelope_truncated
+                .with_label_values(&[label])
+                .inc();
         }
+        let key = report.key.clone();
         let identity = report.identity();
         let variant_key = format!(
             "{key}#{}",
@@ -303,6 +326,7 @@ impl Ingest {
                 .journaled_unix
                 .and_then(|s| u64::try_from(s).ok())
                 .map(|s| UnixMs(s.saturating_mul(1000))),
+            envelope_warnings,
         };
         let mut arrival = Arrival {
             key,
@@ -469,6 +493,30 @@ impl Ingest {
     }
 }
 
+/// Parses a spooled message from its file, whole (windowed above [`MEMORY_LIMIT`]), off the
+/// async workers. The spool is flushed first; the parser reads a second handle of the file with
+/// positioned reads, so the writer's cursor is untouched.
+async fn parse_spooled(spool: &mut Spool) -> Result<journal::Report, IngestError> {
+    spool.file.flush().await?;
+    let file = spool.file.get_ref().try_clone().await?.into_std().await;
+    let report = tokio::task::spawn_blocking(move || journal::parse_input(&file))
+        .await
+        .map_err(blocking_failed)??;
+    Ok(report)
+}
+
+/// The parser's warnings that say one of its bounds was hit (see `src/journal/stream.rs`): an
+/// envelope line or field value longer than the window was "cut there", a header section
+/// longer than [`journal::HEADER_LIMIT`] was "not read" to its end. Other warnings (Message-ID
+/// mismatch, no original part, ...) lose no recipient.
+fn bound_warnings(warnings: &[String]) -> Vec<String> {
+    warnings
+        .iter()
+        .filter(|w| w.ends_with("cut there") || w.ends_with("not read"))
+        .cloned()
+        .collect()
+}
+
 /// The committer thread: takes every arrival waiting, records them in one transaction (one fsync
 /// for all of them: group commit), answers each.
 fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
@@ -540,7 +588,7 @@ impl Drop for Spool {
 /// the archive's `tmp/` directory (same file system, so archiving it is a rename).
 pub struct MessageWriter {
     archive: Arc<Archive>,
-    /// The first [`MEMORY_LIMIT`] bytes (all of them unless spooled).
+    /// The bytes while they fit in [`MEMORY_LIMIT`]; empty once spooled.
     head: Vec<u8>,
     spool: Option<Spool>,
     hasher: Sha256,
@@ -566,10 +614,10 @@ impl MessageWriter {
                 keep: false,
             };
             spool.file.write_all(&self.head).await?;
+            // From here the file holds everything; the message is parsed from it.
+            self.head = Vec::new();
             self.spool = Some(spool);
         }
-        let room = MEMORY_LIMIT.saturating_sub(self.head.len()).min(data.len());
-        self.head.extend_from_slice(&data[..room]);
         if let Some(spool) = &mut self.spool {
             spool.file.write_all(data).await?;
         }
@@ -583,5 +631,63 @@ impl MessageWriter {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2007 report whose envelope is `envelope` (CRLF lines), padded past the memory limit
+    /// with `X-Pad` lines so it takes the windowed path.
+    fn report(envelope: &str, top_extra: &str) -> Vec<u8> {
+        let mut out = String::from(
+            "From: journal@example.com\r\nSubject: r\r\nMessage-ID: <g@journal.report.generator>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\nX-MS-Journal-Report:\r\n",
+        );
+        out.push_str(top_extra);
+        out.push_str("\r\n--b\r\nContent-Type: text/plain\r\n\r\n");
+        out.push_str("Sender: a@example.com\r\nMessage-Id: <orig@example.com>\r\n");
+        out.push_str(envelope);
+        out.push_str(&format!("X-Pad: {}\r\n", "p".repeat(1_000)).repeat(300));
+        out.push_str("To: last@example.com\r\n");
+        out.push_str("--b\r\nContent-Type: message/rfc822\r\n\r\n");
+        out.push_str(
+            "From: a@example.com\r\nMessage-ID: <orig@example.com>\r\nSubject: s\r\n\r\nbody\r\n",
+        );
+        out.push_str("--b--\r\n");
+        out.into_bytes()
+    }
+
+    /// The texts `bound_warnings` looks for are the ones the windowed parser writes: a line
+    /// longer than the window, a field value longer than it, a header section longer than
+    /// HEADER_LIMIT are each recognised; a well-formed large report has none.
+    #[test]
+    fn the_parsers_bound_warnings_are_recognised() {
+        let clean = report("To: b@example.com\r\n", "");
+        assert!(clean.len() > MEMORY_LIMIT);
+        let r = journal::parse_input(&clean[..]).unwrap();
+        assert_eq!(r.key, "orig@example.com");
+        assert_eq!(r.envelope.recipients.len(), 2);
+        assert!(bound_warnings(&r.warnings).is_empty(), "{:?}", r.warnings);
+
+        let long_line = format!("To: {}@example.com\r\n", "y".repeat(journal::WINDOW));
+        let long_value = format!(
+            "To: b@example.com\r\nRecipients: \"{}",
+            "\r\n\tx@example.com,".repeat(journal::WINDOW / 10)
+        );
+        let long_header = format!("X-Long: {}\r\n", "h".repeat(journal::HEADER_LIMIT));
+        for (name, raw) in [
+            ("line", report(&long_line, "")),
+            ("value", report(&long_value, "")),
+            ("header", report("To: b@example.com\r\n", &long_header)),
+        ] {
+            let r = journal::parse_input(&raw[..]).unwrap();
+            let bounds = bound_warnings(&r.warnings);
+            assert_eq!(bounds.len(), 1, "{name}: {:?}", r.warnings);
+            assert_eq!(bounds.len(), r.warnings.len(), "{name}: {:?}", r.warnings);
+        }
+        let other = vec!["journal report has no envelope text part".to_string()];
+        assert!(bound_warnings(&other).is_empty());
     }
 }

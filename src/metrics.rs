@@ -26,6 +26,9 @@ pub struct Metrics {
     pub pop3_errors: IntCounterVec,
     pub collector_active: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Arrivals whose envelope hit a bound of the parser (a line or value cut at the window, a
+    /// header section not read to its end), by source: their recipients may be incomplete.
+    pub envelope_truncated: IntCounterVec,
 }
 
 const NS: &str = "journal_gateway";
@@ -143,6 +146,11 @@ impl Metrics {
                 &["collector"],
             ),
             build_info: gauge_vec("build_info", "Build information (always 1).", &["version"]),
+            envelope_truncated: counter_vec(
+                "envelope_truncated_total",
+                "Arrivals whose journal envelope hit a parser bound (recipients may be incomplete).",
+                &["source"],
+            ),
             registry,
         };
         m.build_info
@@ -154,6 +162,7 @@ impl Metrics {
             m.duplicates.with_label_values(&[source]);
             m.ingest_errors.with_label_values(&[source]);
             m.archive_bytes.with_label_values(&[source]);
+            m.envelope_truncated.with_label_values(&[source]);
         }
         m
     }
