@@ -606,7 +606,14 @@ impl MessageWriter {
         if self.spool.is_none() {
             let name = self.archive.store().new_file_name();
             let path = self.archive.store().tmp_path(&name);
-            let file = tokio::fs::File::create(&path).await?;
+            // Readable too: the message is parsed from it ([`parse_spooled`]).
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .await?;
             let mut spool = Spool {
                 name,
                 path,
