@@ -340,9 +340,9 @@ impl Ingest {
         let mut body = None;
         match spool {
             Some(spool) => {
-                let (index, a) = (archive.index().clone(), arrival.clone());
+                let (index, a) = (archive.index().clone(), Lookup::of(&arrival));
                 let known = tokio::task::spawn_blocking(move || {
-                    index.find(&a.key, &a.variant_key, &a.record.identity)
+                    index.find(&a.key, &a.variant_key, &a.identity)
                 })
                 .await
                 .map_err(blocking_failed)??;
@@ -357,14 +357,11 @@ impl Ingest {
                 }
             }
             None => {
-                let (archive, a) = (archive.clone(), arrival.clone());
+                let (archive, a) = (archive.clone(), Lookup::of(&arrival));
                 // Ok(file written) or Err(the bytes back: the original is known).
                 let written = tokio::task::spawn_blocking(
                     move || -> Result<Result<String, Vec<u8>>, IngestError> {
-                        let known =
-                            archive
-                                .index()
-                                .find(&a.key, &a.variant_key, &a.record.identity)?;
+                        let known = archive.index().find(&a.key, &a.variant_key, &a.identity)?;
                         if known.is_some() {
                             return Ok(Err(head));
                         }
@@ -560,6 +557,24 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
     }
     if let Err(e) = archive.sync() {
         tracing::warn!("final index sync failed ({e}); the next start finishes it");
+    }
+}
+
+/// What the "known original?" lookup needs of an arrival (not its recipients, which may be
+/// 100,000 long).
+struct Lookup {
+    key: String,
+    variant_key: String,
+    identity: String,
+}
+
+impl Lookup {
+    fn of(a: &Arrival) -> Lookup {
+        Lookup {
+            key: a.key.clone(),
+            variant_key: a.variant_key.clone(),
+            identity: a.record.identity.clone(),
+        }
     }
 }
 
