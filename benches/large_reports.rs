@@ -69,10 +69,9 @@ async fn ingest(gw: &TestGateway, report: &[u8]) -> (f64, Outcome) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.replace('_', "").parse::<usize>().expect(name))
-            .unwrap_or(default)
+        std::env::var(name).ok().map_or(default, |v| {
+            v.replace('_', "").parse::<usize>().expect(name)
+        })
     };
     let (n, repeat) = if full {
         (

@@ -44,6 +44,7 @@ const MAX_BATCH: usize = 1024;
 /// The facts of one arrival that are not in the message bytes.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// Where it came from.
     pub source: Source,
     /// SMTP envelope sender (`MAIL FROM`), empty string for `<>`.
     pub mail_from: Option<String>,
@@ -54,6 +55,8 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// An SMTP arrival with its envelope (`MAIL FROM`, `RCPT TO`).
+    #[must_use]
     pub fn smtp(mail_from: String, rcpt_to: Vec<String>) -> Delivery {
         Delivery {
             source: Source::Smtp,
@@ -63,6 +66,8 @@ impl Delivery {
         }
     }
 
+    /// A POP3 arrival of `collector`, with the message's UIDL when the server gave one.
+    #[must_use]
     pub fn pop3(collector: &str, uidl: Option<String>) -> Delivery {
         Delivery {
             source: Source::Pop3 {
@@ -80,12 +85,22 @@ impl Delivery {
 pub enum Outcome {
     /// Stored as a new archive entry under `key` (`variant`: Message-ID reuse, stored as
     /// `<msgid>#<hash>`).
-    Archived { key: String, variant: bool },
+    Archived {
+        /// The archive key (`<msgid>#<hash>` for a variant).
+        key: String,
+        /// Stored as a variant (Message-ID reuse).
+        variant: bool,
+    },
     /// The original was already archived; its recipients were merged into the entry.
-    Duplicate { key: String },
+    Duplicate {
+        /// The archive key of the entry the arrival was merged into.
+        key: String,
+    },
 }
 
 impl Outcome {
+    /// The archive key, whichever the outcome.
+    #[must_use]
     pub fn key(&self) -> &str {
         match self {
             Outcome::Archived { key, .. } | Outcome::Duplicate { key } => key,
@@ -107,6 +122,7 @@ pub enum IngestError {
     /// The index answered that a stored original needs its file, twice.
     #[error("index lost track of a stored file")]
     LostFile,
+    /// The ingest path is closed (shutdown); the sender retries later.
     #[error("gateway is shutting down")]
     ShuttingDown,
 }
@@ -133,6 +149,8 @@ impl From<ArchiveError> for IngestError {
     }
 }
 
+// By value: it is the `map_err` of a `JoinHandle`.
+#[allow(clippy::needless_pass_by_value)]
 fn blocking_failed(e: tokio::task::JoinError) -> IngestError {
     IngestError::Storage(Arc::new(io::Error::other(format!(
         "blocking archive task failed: {e}"
@@ -160,10 +178,15 @@ enum Job {
 
 impl Ingest {
     /// Starts the committer thread and seeds the counters from the index.
+    ///
+    /// # Panics
+    ///
+    /// When the committer thread cannot be spawned (the process is out of threads or memory).
+    #[must_use]
     pub fn new(archive: Arc<Archive>, metrics: Metrics) -> Ingest {
         if let Ok(stats) = archive.stats() {
             let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
-                c.with_label_values(&[label]).inc_by(v)
+                c.with_label_values(&[label]).inc_by(v);
             };
             seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
             seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
@@ -196,7 +219,7 @@ impl Ingest {
             let archive = archive.clone();
             std::thread::Builder::new()
                 .name("index-commit".into())
-                .spawn(move || commit_loop(&archive, rx))
+                .spawn(move || commit_loop(&archive, &rx))
                 .expect("spawning the index committer thread")
         };
         Ingest {
@@ -212,6 +235,7 @@ impl Ingest {
 
     /// A writer for one incoming message: write the bytes as they arrive, then pass it to
     /// [`Ingest::ingest`]. Dropping it unfinished removes any spool file.
+    #[must_use]
     pub fn writer(&self) -> MessageWriter {
         MessageWriter {
             archive: self.inner.archive.clone(),
@@ -338,44 +362,41 @@ impl Ingest {
         // A known original needs no file: only its index entry changes. The lookup (and, for a
         // message in memory, the file) is blocking work, done off the async workers.
         let mut body = None;
-        match spool {
-            Some(spool) => {
-                let (index, a) = (archive.index().clone(), Lookup::of(&arrival));
-                let known = tokio::task::spawn_blocking(move || {
-                    index.find(&a.key, &a.variant_key, &a.identity)
-                })
-                .await
-                .map_err(blocking_failed)??;
-                let body_now = Body {
-                    head: Vec::new(),
-                    spool: Some(spool),
-                };
-                if known.is_none() {
-                    arrival.tmp_file = Some(self.store(body_now).await?);
-                } else {
-                    body = Some(body_now);
-                }
+        if let Some(spool) = spool {
+            let (index, a) = (archive.index().clone(), Lookup::of(&arrival));
+            let known = tokio::task::spawn_blocking(move || {
+                index.find(&a.key, &a.variant_key, &a.identity)
+            })
+            .await
+            .map_err(blocking_failed)??;
+            let body_now = Body {
+                head: Vec::new(),
+                spool: Some(spool),
+            };
+            if known.is_none() {
+                arrival.tmp_file = Some(self.store(body_now).await?);
+            } else {
+                body = Some(body_now);
             }
-            None => {
-                let (archive, a) = (archive.clone(), Lookup::of(&arrival));
-                // Ok(file written) or Err(the bytes back: the original is known).
-                let written = tokio::task::spawn_blocking(
-                    move || -> Result<Result<String, Vec<u8>>, IngestError> {
-                        let known = archive.index().find(&a.key, &a.variant_key, &a.identity)?;
-                        if known.is_some() {
-                            return Ok(Err(head));
-                        }
-                        let name = archive.store().new_file_name();
-                        archive.store().write_tmp(&name, &head)?;
-                        Ok(Ok(name))
-                    },
-                )
-                .await
-                .map_err(blocking_failed)??;
-                match written {
-                    Ok(name) => arrival.tmp_file = Some(name),
-                    Err(head) => body = Some(Body { head, spool: None }),
-                }
+        } else {
+            let (archive, a) = (archive.clone(), Lookup::of(&arrival));
+            // Ok(file written) or Err(the bytes back: the original is known).
+            let written = tokio::task::spawn_blocking(
+                move || -> Result<Result<String, Vec<u8>>, IngestError> {
+                    let known = archive.index().find(&a.key, &a.variant_key, &a.identity)?;
+                    if known.is_some() {
+                        return Ok(Err(head));
+                    }
+                    let name = archive.store().new_file_name();
+                    archive.store().write_tmp(&name, &head)?;
+                    Ok(Ok(name))
+                },
+            )
+            .await
+            .map_err(blocking_failed)??;
+            match written {
+                Ok(name) => arrival.tmp_file = Some(name),
+                Err(head) => body = Some(Body { head, spool: None }),
             }
         }
         loop {
@@ -394,23 +415,20 @@ impl Ingest {
 
     /// Puts the message bytes in a fsynced file in `tmp/` and returns its name.
     async fn store(&self, body: Body) -> Result<String, IngestError> {
-        match body.spool {
-            Some(mut spool) => {
-                spool.file.flush().await?;
-                spool.file.get_mut().sync_all().await?;
-                spool.keep = true; // From here the archive renames or removes it.
-                Ok(spool.name.clone())
-            }
-            None => {
-                let archive = self.inner.archive.clone();
-                let name = archive.store().new_file_name();
-                let head = body.head;
-                let n = name.clone();
-                tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
-                    .await
-                    .map_err(blocking_failed)??;
-                Ok(name)
-            }
+        if let Some(mut spool) = body.spool {
+            spool.file.flush().await?;
+            spool.file.get_mut().sync_all().await?;
+            spool.keep = true; // From here the archive renames or removes it.
+            Ok(spool.name.clone())
+        } else {
+            let archive = self.inner.archive.clone();
+            let name = archive.store().new_file_name();
+            let head = body.head;
+            let n = name.clone();
+            tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
+                .await
+                .map_err(blocking_failed)??;
+            Ok(name)
         }
     }
 
@@ -485,6 +503,7 @@ impl Ingest {
     }
 
     /// The archive behind the ingest path.
+    #[must_use]
     pub fn archive(&self) -> &Arc<Archive> {
         &self.inner.archive
     }
@@ -516,7 +535,7 @@ fn bound_warnings(warnings: &[String]) -> Vec<String> {
 
 /// The committer thread: takes every arrival waiting, records them in one transaction (one fsync
 /// for all of them: group commit), answers each.
-fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
+fn commit_loop(archive: &Archive, jobs: &mpsc::Receiver<Job>) {
     let mut stop = false;
     while !stop {
         let Ok(first) = jobs.recv() else { break };
@@ -611,6 +630,8 @@ pub struct MessageWriter {
 }
 
 impl MessageWriter {
+    /// Appends the next bytes of the message (in memory, or to the spool file once it is larger
+    /// than [`MEMORY_LIMIT`]).
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.hasher.update(data);
         self.len += data.len() as u64;
@@ -647,10 +668,13 @@ impl MessageWriter {
     }
 
     /// Bytes written so far.
+    #[must_use]
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// No byte written yet.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -683,7 +707,7 @@ mod tests {
 
     /// The texts `bound_warnings` looks for are the ones the windowed parser writes: a line
     /// longer than the window, a field value longer than it, a header section longer than
-    /// HEADER_LIMIT are each recognised; a well-formed large report has none.
+    /// `HEADER_LIMIT` are each recognised; a well-formed large report has none.
     #[test]
     fn the_parsers_bound_warnings_are_recognised() {
         let clean = report("To: b@example.com\r\n", "");

@@ -28,6 +28,7 @@ impl Source {
     pub const POP3_LABEL: &'static str = "pop3";
 
     /// The metrics label and counter suffix: `smtp` or `pop3`.
+    #[must_use]
     pub fn label(&self) -> &'static str {
         match self {
             Source::Smtp => Source::SMTP_LABEL,
@@ -36,6 +37,7 @@ impl Source {
     }
 
     /// The collector, for a POP3 source.
+    #[must_use]
     pub fn collector(&self) -> Option<&str> {
         match self {
             Source::Smtp => None,
@@ -99,11 +101,15 @@ pub struct Record {
     pub size: u64,
     /// SHA-256 of the stored file, hex.
     pub sha256: String,
+    /// Which kind of report the first arrival was.
     pub format: Format,
     /// The original's normalised Message-ID (None when the key is a content hash).
     pub message_id: Option<String>,
+    /// The original's Subject, decoded.
     pub subject: Option<String>,
+    /// The original's From address.
     pub from: Option<String>,
+    /// The original's Date header as written.
     pub date: Option<String>,
     /// Normalised From/Date/Subject: a different identity under the same key is Message-ID reuse.
     pub identity: String,
@@ -135,8 +141,9 @@ pub struct Sighting {
     pub source: Source,
     /// When it arrived.
     pub at_ms: UnixMs,
-    /// SMTP envelope sender and recipients, when it came over SMTP.
+    /// SMTP envelope sender (`MAIL FROM`), when it came over SMTP.
     pub mail_from: Option<String>,
+    /// SMTP envelope recipients (`RCPT TO`), when it came over SMTP.
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL, when it was collected.
     pub uidl: Option<String>,
@@ -144,35 +151,40 @@ pub struct Sighting {
 
 impl Record {
     /// Where the first arrival came from.
+    #[must_use]
     pub fn first_source(&self) -> Option<&Source> {
         self.sightings.first().map(|s| &s.source)
     }
 
     /// When the first arrival came.
+    #[must_use]
     pub fn first_seen_ms(&self) -> UnixMs {
         self.sightings.first().map(|s| s.at_ms).unwrap_or_default()
     }
 
     /// When the message was journaled, Unix ms: [`Record::journaled_ms`], or for records from
     /// before version 2, which do not have it, the original's Date.
+    #[must_use]
     pub fn journaled_or_dated_ms(&self) -> Option<UnixMs> {
         self.journaled_ms.or_else(|| {
             self.date
                 .as_deref()
                 .and_then(mail_parser::DateTime::parse_rfc822)
-                .filter(|d| d.is_valid())
+                .filter(mail_parser::DateTime::is_valid)
                 .and_then(|d| u64::try_from(d.to_timestamp()).ok())
                 .map(|s| UnixMs(s * 1000))
         })
     }
 
     /// True when any arrival came over SMTP.
+    #[must_use]
     pub fn seen_over_smtp(&self) -> bool {
         self.sightings.iter().any(|s| s.source == Source::Smtp)
     }
 
     /// True when a bound was hit reading some arrival's envelope (see
     /// [`Record::envelope_warnings`]): the recipient list may be incomplete.
+    #[must_use]
     pub fn recipients_incomplete(&self) -> bool {
         !self.envelope_warnings.is_empty()
     }

@@ -165,13 +165,13 @@ fn assert_stored_exact(gw: &TestGateway, key: &str, sent: &[u8]) {
 /// stores it.
 fn put_in_maildir(maildir: &Path, i: u64, report: &[u8]) {
     let lf = sample::lf_only(report);
-    let lines = lf.iter().filter(|&&b| b == b'\n').count();
+    // W= is the size with CRLF line ends: the report's own (it has no bare LF).
     let name = format!(
         "{}.M{i}P{}.large,S={},W={}",
         1_767_225_600 + i,
         std::process::id(),
         lf.len(),
-        lf.len() + lines
+        report.len()
     );
     let tmp = maildir.join("tmp").join(&name);
     let mut f = std::fs::File::create(&tmp).unwrap();
