@@ -11,7 +11,8 @@
 //! 5), each with a fresh original; the API figure is the median of `LARGE_REPEAT` x 4 requests.
 //!
 //! Environment: `LARGE_RECIPIENTS` (default 100000), `LARGE_REPEAT`. Without `--bench` (as
-//! `cargo test --all-targets` runs it): a smoke run with 2,000 recipients, one repeat.
+//! `cargo test --all-targets` runs it): a smoke run with 10,000 recipients (above the in-memory
+//! limit, so the spooled path), one repeat.
 
 use std::time::Instant;
 
@@ -79,7 +80,7 @@ fn main() {
             env("LARGE_REPEAT", 5).max(1),
         )
     } else {
-        (2_000, 1)
+        (10_000, 1)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
