@@ -111,6 +111,7 @@ fn prefill_record(i: u64, key: &str) -> Record {
         }],
         duplicates: 0,
         journaled_ms: Some(journal_gateway::clock::UnixMs(1_795_000_000_000)),
+        envelope_warnings: Vec::new(),
     }
 }
 

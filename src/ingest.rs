@@ -6,7 +6,13 @@
 //! entry are on disk. Callers acknowledge (SMTP 250, POP3 DELE) only after that.
 //!
 //! Bytes arrive through a [`MessageWriter`], which keeps small messages in memory and spools large
-//! ones to a file in the archive's `tmp/`, so a 150 MB message never sits in memory.
+//! ones to a file in the archive's `tmp/`, so a 150 MB message never sits in memory. A spooled
+//! message is parsed from its file, whole, with [`journal::parse_input`] (windowed: every
+//! envelope recipient, bounded memory). When the parser hits one of its bounds (an envelope line
+//! or value longer than [`journal::WINDOW`], a header section longer than
+//! [`journal::HEADER_LIMIT`]) the ingest logs it at warn with the key, counts it in
+//! `journal_gateway_envelope_truncated_total` and keeps the warning on the record
+//! ([`Record::envelope_warnings`]), which the admin API shows.
 
 use std::io;
 use std::path::PathBuf;
@@ -27,9 +33,10 @@ use crate::migration::CutoverFacts;
 
 pub use crate::index::Source;
 
-/// Messages up to this size stay in memory; larger ones are spooled to `tmp/`. It is also how
-/// much of a message is parsed: the envelope and the original's headers come first.
-pub const MEMORY_LIMIT: usize = 256 * 1024;
+/// Messages up to this size stay in memory (and are parsed there); larger ones are spooled to
+/// `tmp/` and parsed from the file through a window. The parser's own limit, so a message is
+/// parsed the same way whichever path it took.
+pub const MEMORY_LIMIT: usize = journal::MEMORY_LIMIT;
 
 /// Most arrivals recorded in one index transaction.
 const MAX_BATCH: usize = 1024;
@@ -37,6 +44,7 @@ const MAX_BATCH: usize = 1024;
 /// The facts of one arrival that are not in the message bytes.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// Where it came from.
     pub source: Source,
     /// SMTP envelope sender (`MAIL FROM`), empty string for `<>`.
     pub mail_from: Option<String>,
@@ -47,6 +55,8 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// An SMTP arrival with its envelope (`MAIL FROM`, `RCPT TO`).
+    #[must_use]
     pub fn smtp(mail_from: String, rcpt_to: Vec<String>) -> Delivery {
         Delivery {
             source: Source::Smtp,
@@ -56,6 +66,8 @@ impl Delivery {
         }
     }
 
+    /// A POP3 arrival of `collector`, with the message's UIDL when the server gave one.
+    #[must_use]
     pub fn pop3(collector: &str, uidl: Option<String>) -> Delivery {
         Delivery {
             source: Source::Pop3 {
@@ -73,12 +85,22 @@ impl Delivery {
 pub enum Outcome {
     /// Stored as a new archive entry under `key` (`variant`: Message-ID reuse, stored as
     /// `<msgid>#<hash>`).
-    Archived { key: String, variant: bool },
+    Archived {
+        /// The archive key (`<msgid>#<hash>` for a variant).
+        key: String,
+        /// Stored as a variant (Message-ID reuse).
+        variant: bool,
+    },
     /// The original was already archived; its recipients were merged into the entry.
-    Duplicate { key: String },
+    Duplicate {
+        /// The archive key of the entry the arrival was merged into.
+        key: String,
+    },
 }
 
 impl Outcome {
+    /// The archive key, whichever the outcome.
+    #[must_use]
     pub fn key(&self) -> &str {
         match self {
             Outcome::Archived { key, .. } | Outcome::Duplicate { key } => key,
@@ -100,6 +122,7 @@ pub enum IngestError {
     /// The index answered that a stored original needs its file, twice.
     #[error("index lost track of a stored file")]
     LostFile,
+    /// The ingest path is closed (shutdown); the sender retries later.
     #[error("gateway is shutting down")]
     ShuttingDown,
 }
@@ -126,6 +149,8 @@ impl From<ArchiveError> for IngestError {
     }
 }
 
+// By value: it is the `map_err` of a `JoinHandle`.
+#[allow(clippy::needless_pass_by_value)]
 fn blocking_failed(e: tokio::task::JoinError) -> IngestError {
     IngestError::Storage(Arc::new(io::Error::other(format!(
         "blocking archive task failed: {e}"
@@ -153,10 +178,15 @@ enum Job {
 
 impl Ingest {
     /// Starts the committer thread and seeds the counters from the index.
+    ///
+    /// # Panics
+    ///
+    /// When the committer thread cannot be spawned (the process is out of threads or memory).
+    #[must_use]
     pub fn new(archive: Arc<Archive>, metrics: Metrics) -> Ingest {
         if let Ok(stats) = archive.stats() {
             let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
-                c.with_label_values(&[label]).inc_by(v)
+                c.with_label_values(&[label]).inc_by(v);
             };
             seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
             seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
@@ -189,7 +219,7 @@ impl Ingest {
             let archive = archive.clone();
             std::thread::Builder::new()
                 .name("index-commit".into())
-                .spawn(move || commit_loop(&archive, rx))
+                .spawn(move || commit_loop(&archive, &rx))
                 .expect("spawning the index committer thread")
         };
         Ingest {
@@ -205,6 +235,7 @@ impl Ingest {
 
     /// A writer for one incoming message: write the bytes as they arrive, then pass it to
     /// [`Ingest::ingest`]. Dropping it unfinished removes any spool file.
+    #[must_use]
     pub fn writer(&self) -> MessageWriter {
         MessageWriter {
             archive: self.inner.archive.clone(),
@@ -257,21 +288,37 @@ impl Ingest {
         let archive = &self.inner.archive;
         let MessageWriter {
             head,
-            spool,
+            mut spool,
             hasher,
             len,
             ..
         } = message;
         let sha256 = hex::encode(hasher.finalize());
-        let report = journal::parse(&head);
+        let report = match &mut spool {
+            Some(spool) => parse_spooled(spool).await?,
+            None => journal::parse(&head),
+        };
+        let label = delivery.source.label();
+        let envelope_warnings = bound_warnings(&report.warnings);
         for w in &report.warnings {
-            tracing::debug!(key = %report.key, "journal report: {w}");
+            if envelope_warnings.contains(w) {
+                tracing::warn!(
+                    key = %report.key,
+                    source = label,
+                    "journal report hit a parser bound, recipients may be incomplete: {w}"
+                );
+            } else {
+                tracing::debug!(key = %report.key, "journal report: {w}");
+            }
         }
-        let mut key = report.key.clone();
-        if spool.is_some() && key.starts_with("sha256:") {
-            // Only the head was parsed: hash the whole message instead of part of it.
-            key = format!("sha256:{sha256}");
+        if !envelope_warnings.is_empty() {
+            self.inner
+                .metrics
+                .envelope_truncated
+                .with_label_values(&[label])
+                .inc();
         }
+        let key = report.key.clone();
         let identity = report.identity();
         let variant_key = format!(
             "{key}#{}",
@@ -303,6 +350,7 @@ impl Ingest {
                 .journaled_unix
                 .and_then(|s| u64::try_from(s).ok())
                 .map(|s| UnixMs(s.saturating_mul(1000))),
+            envelope_warnings,
         };
         let mut arrival = Arrival {
             key,
@@ -314,47 +362,41 @@ impl Ingest {
         // A known original needs no file: only its index entry changes. The lookup (and, for a
         // message in memory, the file) is blocking work, done off the async workers.
         let mut body = None;
-        match spool {
-            Some(spool) => {
-                let (index, a) = (archive.index().clone(), arrival.clone());
-                let known = tokio::task::spawn_blocking(move || {
-                    index.find(&a.key, &a.variant_key, &a.record.identity)
-                })
-                .await
-                .map_err(blocking_failed)??;
-                let body_now = Body {
-                    head: Vec::new(),
-                    spool: Some(spool),
-                };
-                if known.is_none() {
-                    arrival.tmp_file = Some(self.store(body_now).await?);
-                } else {
-                    body = Some(body_now);
-                }
+        if let Some(spool) = spool {
+            let (index, a) = (archive.index().clone(), Lookup::of(&arrival));
+            let known = tokio::task::spawn_blocking(move || {
+                index.find(&a.key, &a.variant_key, &a.identity)
+            })
+            .await
+            .map_err(blocking_failed)??;
+            let body_now = Body {
+                head: Vec::new(),
+                spool: Some(spool),
+            };
+            if known.is_none() {
+                arrival.tmp_file = Some(self.store(body_now).await?);
+            } else {
+                body = Some(body_now);
             }
-            None => {
-                let (archive, a) = (archive.clone(), arrival.clone());
-                // Ok(file written) or Err(the bytes back: the original is known).
-                let written = tokio::task::spawn_blocking(
-                    move || -> Result<Result<String, Vec<u8>>, IngestError> {
-                        let known =
-                            archive
-                                .index()
-                                .find(&a.key, &a.variant_key, &a.record.identity)?;
-                        if known.is_some() {
-                            return Ok(Err(head));
-                        }
-                        let name = archive.store().new_file_name();
-                        archive.store().write_tmp(&name, &head)?;
-                        Ok(Ok(name))
-                    },
-                )
-                .await
-                .map_err(blocking_failed)??;
-                match written {
-                    Ok(name) => arrival.tmp_file = Some(name),
-                    Err(head) => body = Some(Body { head, spool: None }),
-                }
+        } else {
+            let (archive, a) = (archive.clone(), Lookup::of(&arrival));
+            // Ok(file written) or Err(the bytes back: the original is known).
+            let written = tokio::task::spawn_blocking(
+                move || -> Result<Result<String, Vec<u8>>, IngestError> {
+                    let known = archive.index().find(&a.key, &a.variant_key, &a.identity)?;
+                    if known.is_some() {
+                        return Ok(Err(head));
+                    }
+                    let name = archive.store().new_file_name();
+                    archive.store().write_tmp(&name, &head)?;
+                    Ok(Ok(name))
+                },
+            )
+            .await
+            .map_err(blocking_failed)??;
+            match written {
+                Ok(name) => arrival.tmp_file = Some(name),
+                Err(head) => body = Some(Body { head, spool: None }),
             }
         }
         loop {
@@ -373,23 +415,20 @@ impl Ingest {
 
     /// Puts the message bytes in a fsynced file in `tmp/` and returns its name.
     async fn store(&self, body: Body) -> Result<String, IngestError> {
-        match body.spool {
-            Some(mut spool) => {
-                spool.file.flush().await?;
-                spool.file.get_mut().sync_all().await?;
-                spool.keep = true; // From here the archive renames or removes it.
-                Ok(spool.name.clone())
-            }
-            None => {
-                let archive = self.inner.archive.clone();
-                let name = archive.store().new_file_name();
-                let head = body.head;
-                let n = name.clone();
-                tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
-                    .await
-                    .map_err(blocking_failed)??;
-                Ok(name)
-            }
+        if let Some(mut spool) = body.spool {
+            spool.file.flush().await?;
+            spool.file.get_mut().sync_all().await?;
+            spool.keep = true; // From here the archive renames or removes it.
+            Ok(spool.name.clone())
+        } else {
+            let archive = self.inner.archive.clone();
+            let name = archive.store().new_file_name();
+            let head = body.head;
+            let n = name.clone();
+            tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
+                .await
+                .map_err(blocking_failed)??;
+            Ok(name)
         }
     }
 
@@ -464,14 +503,39 @@ impl Ingest {
     }
 
     /// The archive behind the ingest path.
+    #[must_use]
     pub fn archive(&self) -> &Arc<Archive> {
         &self.inner.archive
     }
 }
 
+/// Parses a spooled message from its file, whole (windowed above [`MEMORY_LIMIT`]), off the
+/// async workers. The spool is flushed first; the parser reads a second handle of the file with
+/// positioned reads, so the writer's cursor is untouched.
+async fn parse_spooled(spool: &mut Spool) -> Result<journal::Report, IngestError> {
+    spool.file.flush().await?;
+    let file = spool.file.get_ref().try_clone().await?.into_std().await;
+    let report = tokio::task::spawn_blocking(move || journal::parse_input(&file))
+        .await
+        .map_err(blocking_failed)??;
+    Ok(report)
+}
+
+/// The parser's warnings that say one of its bounds was hit (see `src/journal/stream.rs`): an
+/// envelope line or field value longer than the window was "cut there", a header section
+/// longer than [`journal::HEADER_LIMIT`] was "not read" to its end. Other warnings (Message-ID
+/// mismatch, no original part, ...) lose no recipient.
+fn bound_warnings(warnings: &[String]) -> Vec<String> {
+    warnings
+        .iter()
+        .filter(|w| w.ends_with("cut there") || w.ends_with("not read"))
+        .cloned()
+        .collect()
+}
+
 /// The committer thread: takes every arrival waiting, records them in one transaction (one fsync
 /// for all of them: group commit), answers each.
-fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
+fn commit_loop(archive: &Archive, jobs: &mpsc::Receiver<Job>) {
     let mut stop = false;
     while !stop {
         let Ok(first) = jobs.recv() else { break };
@@ -515,6 +579,24 @@ fn commit_loop(archive: &Archive, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// What the "known original?" lookup needs of an arrival (not its recipients, which may be
+/// 100,000 long).
+struct Lookup {
+    key: String,
+    variant_key: String,
+    identity: String,
+}
+
+impl Lookup {
+    fn of(a: &Arrival) -> Lookup {
+        Lookup {
+            key: a.key.clone(),
+            variant_key: a.variant_key.clone(),
+            identity: a.record.identity.clone(),
+        }
+    }
+}
+
 struct Body {
     head: Vec<u8>,
     spool: Option<Spool>,
@@ -540,7 +622,7 @@ impl Drop for Spool {
 /// the archive's `tmp/` directory (same file system, so archiving it is a rename).
 pub struct MessageWriter {
     archive: Arc<Archive>,
-    /// The first [`MEMORY_LIMIT`] bytes (all of them unless spooled).
+    /// The bytes while they fit in [`MEMORY_LIMIT`]; empty once spooled.
     head: Vec<u8>,
     spool: Option<Spool>,
     hasher: Sha256,
@@ -548,6 +630,8 @@ pub struct MessageWriter {
 }
 
 impl MessageWriter {
+    /// Appends the next bytes of the message (in memory, or to the spool file once it is larger
+    /// than [`MEMORY_LIMIT`]).
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.hasher.update(data);
         self.len += data.len() as u64;
@@ -558,7 +642,14 @@ impl MessageWriter {
         if self.spool.is_none() {
             let name = self.archive.store().new_file_name();
             let path = self.archive.store().tmp_path(&name);
-            let file = tokio::fs::File::create(&path).await?;
+            // Readable too: the message is parsed from it ([`parse_spooled`]).
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .await?;
             let mut spool = Spool {
                 name,
                 path,
@@ -566,10 +657,10 @@ impl MessageWriter {
                 keep: false,
             };
             spool.file.write_all(&self.head).await?;
+            // From here the file holds everything; the message is parsed from it.
+            self.head = Vec::new();
             self.spool = Some(spool);
         }
-        let room = MEMORY_LIMIT.saturating_sub(self.head.len()).min(data.len());
-        self.head.extend_from_slice(&data[..room]);
         if let Some(spool) = &mut self.spool {
             spool.file.write_all(data).await?;
         }
@@ -577,11 +668,72 @@ impl MessageWriter {
     }
 
     /// Bytes written so far.
+    #[must_use]
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// No byte written yet.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2007 report whose envelope is `envelope` (CRLF lines), padded past the memory limit
+    /// with `X-Pad` lines so it takes the windowed path.
+    fn report(envelope: &str, top_extra: &str) -> Vec<u8> {
+        let mut out = String::from(
+            "From: journal@example.com\r\nSubject: r\r\nMessage-ID: <g@journal.report.generator>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\nX-MS-Journal-Report:\r\n",
+        );
+        out.push_str(top_extra);
+        out.push_str("\r\n--b\r\nContent-Type: text/plain\r\n\r\n");
+        out.push_str("Sender: a@example.com\r\nMessage-Id: <orig@example.com>\r\n");
+        out.push_str(envelope);
+        out.push_str(&format!("X-Pad: {}\r\n", "p".repeat(1_000)).repeat(300));
+        out.push_str("To: last@example.com\r\n");
+        out.push_str("--b\r\nContent-Type: message/rfc822\r\n\r\n");
+        out.push_str(
+            "From: a@example.com\r\nMessage-ID: <orig@example.com>\r\nSubject: s\r\n\r\nbody\r\n",
+        );
+        out.push_str("--b--\r\n");
+        out.into_bytes()
+    }
+
+    /// The texts `bound_warnings` looks for are the ones the windowed parser writes: a line
+    /// longer than the window, a field value longer than it, a header section longer than
+    /// `HEADER_LIMIT` are each recognised; a well-formed large report has none.
+    #[test]
+    fn the_parsers_bound_warnings_are_recognised() {
+        let clean = report("To: b@example.com\r\n", "");
+        assert!(clean.len() > MEMORY_LIMIT);
+        let r = journal::parse_input(&clean[..]).unwrap();
+        assert_eq!(r.key, "orig@example.com");
+        assert_eq!(r.envelope.recipients.len(), 2);
+        assert!(bound_warnings(&r.warnings).is_empty(), "{:?}", r.warnings);
+
+        let long_line = format!("To: {}@example.com\r\n", "y".repeat(journal::WINDOW));
+        let long_value = format!(
+            "To: b@example.com\r\nRecipients: \"{}",
+            "\r\n\tx@example.com,".repeat(journal::WINDOW / 10)
+        );
+        let long_header = format!("X-Long: {}\r\n", "h".repeat(journal::HEADER_LIMIT));
+        for (name, raw) in [
+            ("line", report(&long_line, "")),
+            ("value", report(&long_value, "")),
+            ("header", report("To: b@example.com\r\n", &long_header)),
+        ] {
+            let r = journal::parse_input(&raw[..]).unwrap();
+            let bounds = bound_warnings(&r.warnings);
+            assert_eq!(bounds.len(), 1, "{name}: {:?}", r.warnings);
+            assert_eq!(bounds.len(), r.warnings.len(), "{name}: {:?}", r.warnings);
+        }
+        let other = vec!["journal report has no envelope text part".to_string()];
+        assert!(bound_warnings(&other).is_empty());
     }
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Web console logins refused (wrong admin token).
     pub console_logins_refused: IntCounter,
+    /// Arrivals whose envelope hit a bound of the parser (a line or value cut at the window, a
+    /// header section not read to its end), by source: their recipients may be incomplete.
+    pub envelope_truncated: IntCounterVec,
 }
 
 const NS: &str = "journal_gateway";
@@ -156,6 +159,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            envelope_truncated: counter_vec(
+                "envelope_truncated_total",
+                "Arrivals whose journal envelope hit a parser bound (recipients may be incomplete).",
+                &["source"],
+            ),
             registry,
         };
         m.build_info
@@ -167,6 +175,7 @@ impl Metrics {
             m.duplicates.with_label_values(&[source]);
             m.ingest_errors.with_label_values(&[source]);
             m.archive_bytes.with_label_values(&[source]);
+            m.envelope_truncated.with_label_values(&[source]);
         }
         m
     }

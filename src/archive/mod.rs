@@ -367,7 +367,7 @@ fn record_one(
     let (result, previous) = match existing {
         Some(previous) => {
             let mut rec = previous.clone();
-            rec.merge(&a.record.recipients, a.sighting.clone());
+            rec.merge(&a.record, a.sighting.clone());
             w.put_record(target, &rec)?;
             w.count_duplicate(source);
             (

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::IndexError;
 use crate::clock::UnixMs;
-use crate::journal::{Format, Recipient};
+use crate::journal::{union_recipients, Format, Recipient};
 
 /// Where an arrival came from. Stored and shown as `smtp` or `pop3:<collector>` (its
 /// [`Display`](std::fmt::Display) and [`FromStr`](std::str::FromStr) are the one place that
@@ -28,6 +28,7 @@ impl Source {
     pub const POP3_LABEL: &'static str = "pop3";
 
     /// The metrics label and counter suffix: `smtp` or `pop3`.
+    #[must_use]
     pub fn label(&self) -> &'static str {
         match self {
             Source::Smtp => Source::SMTP_LABEL,
@@ -36,6 +37,7 @@ impl Source {
     }
 
     /// The collector, for a POP3 source.
+    #[must_use]
     pub fn collector(&self) -> Option<&str> {
         match self {
             Source::Smtp => None,
@@ -84,7 +86,11 @@ impl TryFrom<String> for Source {
 }
 
 /// The encoding version [`Record::encode`] writes.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+
+/// Most entries [`Record::envelope_warnings`] keeps (the first ones; later arrivals that hit a
+/// bound are still logged and counted).
+pub const MAX_ENVELOPE_WARNINGS: usize = 16;
 
 /// One index entry: an archived original and everything learnt from every arrival of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,11 +101,15 @@ pub struct Record {
     pub size: u64,
     /// SHA-256 of the stored file, hex.
     pub sha256: String,
+    /// Which kind of report the first arrival was.
     pub format: Format,
     /// The original's normalised Message-ID (None when the key is a content hash).
     pub message_id: Option<String>,
+    /// The original's Subject, decoded.
     pub subject: Option<String>,
+    /// The original's From address.
     pub from: Option<String>,
+    /// The original's Date header as written.
     pub date: Option<String>,
     /// Normalised From/Date/Subject: a different identity under the same key is Message-ID reuse.
     pub identity: String,
@@ -115,8 +125,13 @@ pub struct Record {
     pub duplicates: u64,
     /// When Exchange journaled the first arrival (its report's Date), Unix ms; see
     /// [`crate::journal::Report::journaled_unix`]. None in records written before version 2.
-    /// Must stay the last field (see [`Record::decode`]).
     pub journaled_ms: Option<UnixMs>,
+    /// The parser's warnings of a bound hit while reading an arrival's envelope (a line or value
+    /// longer than the window cut there, a header section not read to its end): when not
+    /// empty, [`Record::recipients`] may lack what the cut text held. Distinct texts of every
+    /// arrival, at most [`MAX_ENVELOPE_WARNINGS`]. Empty in records written before version 3.
+    /// Must stay the last field (see [`Record::decode`]).
+    pub envelope_warnings: Vec<String>,
 }
 
 /// One arrival of a message.
@@ -126,8 +141,9 @@ pub struct Sighting {
     pub source: Source,
     /// When it arrived.
     pub at_ms: UnixMs,
-    /// SMTP envelope sender and recipients, when it came over SMTP.
+    /// SMTP envelope sender (`MAIL FROM`), when it came over SMTP.
     pub mail_from: Option<String>,
+    /// SMTP envelope recipients (`RCPT TO`), when it came over SMTP.
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL, when it was collected.
     pub uidl: Option<String>,
@@ -135,42 +151,64 @@ pub struct Sighting {
 
 impl Record {
     /// Where the first arrival came from.
+    #[must_use]
     pub fn first_source(&self) -> Option<&Source> {
         self.sightings.first().map(|s| &s.source)
     }
 
     /// When the first arrival came.
+    #[must_use]
     pub fn first_seen_ms(&self) -> UnixMs {
         self.sightings.first().map(|s| s.at_ms).unwrap_or_default()
     }
 
     /// When the message was journaled, Unix ms: [`Record::journaled_ms`], or for records from
     /// before version 2, which do not have it, the original's Date.
+    #[must_use]
     pub fn journaled_or_dated_ms(&self) -> Option<UnixMs> {
         self.journaled_ms.or_else(|| {
             self.date
                 .as_deref()
                 .and_then(mail_parser::DateTime::parse_rfc822)
-                .filter(|d| d.is_valid())
+                .filter(mail_parser::DateTime::is_valid)
                 .and_then(|d| u64::try_from(d.to_timestamp()).ok())
                 .map(|s| UnixMs(s * 1000))
         })
     }
 
     /// True when any arrival came over SMTP.
+    #[must_use]
     pub fn seen_over_smtp(&self) -> bool {
         self.sightings.iter().any(|s| s.source == Source::Smtp)
     }
 
-    /// Records another arrival of the same original: unions its recipients, keeps the sighting.
-    pub fn merge(&mut self, recipients: &[Recipient], sighting: Sighting) {
-        for r in recipients {
-            if !self.recipients.contains(r) {
-                self.recipients.push(r.clone());
-            }
-        }
+    /// True when a bound was hit reading some arrival's envelope (see
+    /// [`Record::envelope_warnings`]): the recipient list may be incomplete.
+    #[must_use]
+    pub fn recipients_incomplete(&self) -> bool {
+        !self.envelope_warnings.is_empty()
+    }
+
+    /// Records another arrival of the same original (`arrival`: the record it would have
+    /// made): unions its recipients (linear time, [`union_recipients`]) and its envelope
+    /// warnings, keeps the sighting.
+    pub fn merge(&mut self, arrival: &Record, sighting: Sighting) {
+        union_recipients(&mut self.recipients, &arrival.recipients);
+        self.add_envelope_warnings(&arrival.envelope_warnings);
         self.sightings.push(sighting);
         self.duplicates += 1;
+    }
+
+    /// Adds the warnings not kept yet, up to [`MAX_ENVELOPE_WARNINGS`] in all.
+    pub fn add_envelope_warnings(&mut self, warnings: &[String]) {
+        for w in warnings {
+            if self.envelope_warnings.len() >= MAX_ENVELOPE_WARNINGS {
+                break;
+            }
+            if !self.envelope_warnings.contains(w) {
+                self.envelope_warnings.push(w.clone());
+            }
+        }
     }
 
     /// Storage encoding: a version byte, then postcard.
@@ -180,18 +218,22 @@ impl Record {
         out
     }
 
-    /// Reads version 2 and version 1 (which lacks the last field, `journaled_ms`: postcard
-    /// writes fields in order and `None` as one zero byte, so a version 1 body followed by a zero
-    /// byte is the same record in version 2 with `journaled_ms: None`).
+    /// Reads version 3, version 2 (which lacks the last field, `envelope_warnings`) and
+    /// version 1 (which also lacks `journaled_ms`): postcard writes fields in order, `None` as
+    /// one zero byte and an empty list as its length 0, so a version 2 body followed by a zero
+    /// byte is the same record in version 3 with no warnings, and a version 1 body followed by
+    /// two zero bytes the same with `journaled_ms: None` too.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, IndexError> {
+        let older = |rest: &[u8], missing: usize| {
+            let mut v3 = Vec::with_capacity(rest.len() + missing);
+            v3.extend_from_slice(rest);
+            v3.resize(rest.len() + missing, 0);
+            postcard::from_bytes(&v3)
+        };
         match bytes.split_first() {
             Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
-            Some((1, rest)) => {
-                let mut v2 = Vec::with_capacity(rest.len() + 1);
-                v2.extend_from_slice(rest);
-                v2.push(0);
-                Ok(postcard::from_bytes(&v2)?)
-            }
+            Some((2, rest)) => Ok(older(rest, 1)?),
+            Some((1, rest)) => Ok(older(rest, 2)?),
             Some((&v, _)) => Err(IndexError::RecordVersion(v)),
             None => Err(IndexError::Corrupt("empty index record")),
         }
@@ -235,6 +277,7 @@ mod tests {
             }],
             duplicates: 0,
             journaled_ms: Some(UnixMs(1_700_000_000_000)),
+            envelope_warnings: vec![],
         }
     }
 
@@ -249,6 +292,72 @@ mod tests {
             .contains("newer"));
         assert!(Record::decode(&[1, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[2, 0xff, 0xff]).is_err());
+        assert!(Record::decode(&[3, 0xff, 0xff]).is_err());
+        let mut warned = record();
+        warned.envelope_warnings =
+            vec!["1 envelope line(s) longer than 65536 bytes cut there".into()];
+        assert_eq!(Record::decode(&warned.encode()).unwrap(), warned);
+    }
+
+    /// Indexes written by version 2 (before `envelope_warnings`) still read, with none.
+    #[test]
+    fn version_2_records_still_decode() {
+        /// The record as version 2 wrote it: the same fields, without the last one.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            file: &'a str,
+            size: u64,
+            sha256: &'a str,
+            format: Format,
+            message_id: &'a Option<String>,
+            subject: &'a Option<String>,
+            from: &'a Option<String>,
+            date: &'a Option<String>,
+            identity: &'a str,
+            variant: bool,
+            sender: &'a Option<String>,
+            recipients: &'a [Recipient],
+            sightings: &'a [Sighting],
+            duplicates: u64,
+            journaled_ms: Option<UnixMs>,
+        }
+        let mut r = record();
+        r.recipients.push(Recipient {
+            address: "m@x".into(),
+            kind: RecipientKind::Bcc,
+            expanded: Some("all@x".into()),
+            forwarded: None,
+        });
+        let v2 = V2 {
+            file: &r.file,
+            size: r.size,
+            sha256: &r.sha256,
+            format: r.format,
+            message_id: &r.message_id,
+            subject: &r.subject,
+            from: &r.from,
+            date: &r.date,
+            identity: &r.identity,
+            variant: r.variant,
+            sender: &r.sender,
+            recipients: &r.recipients,
+            sightings: &r.sightings,
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+        };
+        let mut bytes = vec![2u8];
+        bytes.extend(postcard::to_stdvec(&v2).unwrap());
+        let decoded = Record::decode(&bytes).unwrap();
+        assert_eq!(decoded, r);
+        assert!(!decoded.recipients_incomplete());
+        // Written again, it is version 3: the version 2 body and an empty warning list.
+        let mut v3 = bytes.clone();
+        v3[0] = 3;
+        v3.push(0);
+        assert_eq!(decoded.encode(), v3);
+        // A version 2 record is not a version 3 one: the version byte matters.
+        bytes[0] = 3;
+        assert!(Record::decode(&bytes).is_err());
     }
 
     /// Indexes written by version 1 (before `journaled_ms`) still read, with it None.
@@ -328,17 +437,33 @@ mod tests {
             rcpt_to: vec![],
             uidl: Some("u".into()),
         };
-        r.merge(
-            &[
-                rcpt("b@x", RecipientKind::To),
-                rcpt("c@x", RecipientKind::Bcc),
-            ],
-            s,
-        );
+        let mut arrival = record();
+        arrival.recipients = vec![
+            rcpt("b@x", RecipientKind::To),
+            rcpt("c@x", RecipientKind::Bcc),
+        ];
+        r.merge(&arrival, s.clone());
         assert_eq!(r.recipients.len(), 2);
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.sightings.len(), 2);
         assert!(r.seen_over_smtp());
+        assert!(!r.recipients_incomplete());
+        // An arrival that hit a bound makes the record say so; the same text is kept once, and
+        // at most MAX_ENVELOPE_WARNINGS of them.
+        arrival.envelope_warnings = vec!["w0".into()];
+        r.merge(&arrival, s.clone());
+        r.merge(&arrival, s.clone());
+        assert_eq!(r.envelope_warnings, vec!["w0".to_string()]);
+        assert!(r.recipients_incomplete());
+        assert_eq!(r.recipients.len(), 2);
+        arrival.envelope_warnings = (0..40).map(|i| format!("w{i}")).collect();
+        r.merge(&arrival, s);
+        assert_eq!(r.envelope_warnings.len(), MAX_ENVELOPE_WARNINGS);
+        assert_eq!(
+            r.envelope_warnings[..2],
+            ["w0".to_string(), "w1".to_string()]
+        );
+        assert_eq!(r.duplicates, 4);
     }
 
     /// A record as earlier versions wrote it (sources and times as plain strings and numbers)
@@ -416,6 +541,9 @@ mod tests {
         let mut bytes = vec![2u8];
         bytes.extend(postcard::to_stdvec(&old).unwrap());
         assert_eq!(Record::decode(&bytes).unwrap(), r);
+        // It is written the same way (in version 3: the same body and an empty warning list).
+        bytes[0] = 3;
+        bytes.push(0);
         assert_eq!(r.encode(), bytes, "and it is written the same way");
     }
 

@@ -9,6 +9,7 @@ mod http_prometheus;
 mod ingest;
 mod journal_parse;
 mod journal_stream;
+mod large_reports;
 mod pop3_dovecot;
 mod smtp_clients;
 mod smtp_common;
