@@ -7,11 +7,11 @@
 //!   deletes only what is durably archived, records history ([`crate::history`]).
 //! - [`Collectors`]: every configured collector by name, and their polling tasks.
 
-pub mod client;
-pub mod collector;
+mod client;
+mod collector;
 mod collectors;
-pub mod error;
-pub mod trust;
+mod error;
+mod trust;
 
 pub use collector::{Collector, CollectorContext, RunFailure, RunKind, RunSummary};
 pub use collectors::Collectors;

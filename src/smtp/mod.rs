@@ -9,9 +9,7 @@
 //! (421 4.7.0 beyond it).
 
 mod accept;
-pub mod session;
-
-pub use accept::AcceptList;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,15 +108,6 @@ impl SmtpServer {
             tls,
             shared,
         })
-    }
-
-    /// Every bound address, plain listeners first (useful with port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.plain
-            .iter()
-            .chain(&self.implicit)
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
     }
 
     /// The bound plain (STARTTLS) addresses.
