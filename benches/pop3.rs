@@ -9,7 +9,7 @@
 //! each on an identical copy of the same mailbox (seeded once into a template Maildir, copied in
 //! before each tool, Dovecot restarted, `sync` before the clock starts). Each run checks that the
 //! mailbox is empty afterwards and that every message was delivered (files / BSMTP transactions /
-//! archive entries), and measures wall time, the tool's CPU time and peak RSS (VmHWM sampled from
+//! archive entries), and measures wall time, the tool's CPU time and peak RSS (`VmHWM` sampled from
 //! `/proc/<pid>/status`), and Dovecot's CPU time over the run.
 //!
 //! `cargo bench --bench pop3` runs the full benchmark; without `--bench` (`cargo test
@@ -287,7 +287,7 @@ impl Bench {
         server.stop();
         let maildir = server.maildir.clone();
         if maildir.exists() {
-            let n = std::fs::read_dir(self.graveyard.path()).map_or(0, |d| d.count());
+            let n = std::fs::read_dir(self.graveyard.path()).map_or(0, std::iter::Iterator::count);
             std::fs::rename(&maildir, self.graveyard.path().join(n.to_string()))
                 .expect("move the old Maildir aside");
         }
@@ -396,7 +396,7 @@ fn seed(maildir: &Path, count: u64, size: usize) {
     for sub in ["tmp", "new", "cur"] {
         std::fs::create_dir_all(maildir.join(sub)).expect("create template Maildir");
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
@@ -562,7 +562,7 @@ struct Measured {
     stderr: String,
 }
 
-/// Runs `cmd` to completion: wall time, CPU (wait4), peak RSS (VmHWM sampled every 10 ms; it
+/// Runs `cmd` to completion: wall time, CPU (wait4), peak RSS (`VmHWM` sampled every 10 ms; it
 /// only grows, so the last sample is within 10 ms of the end).
 fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Measured {
     let stdout_path = work.join("stdout");
@@ -599,7 +599,7 @@ fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Meas
     std::thread::spawn(move || {
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
         assert_eq!(r, pid, "wait4");
         let _ = tx.send((Instant::now(), status, usage));
     });
@@ -665,7 +665,7 @@ fn group_cpu(master: u32) -> f64 {
                 .unwrap_or(0)
         };
         // Field 5 is the process group; 14/15 utime/stime; 16/17 cutime/cstime.
-        if num(5) != master as u64 {
+        if num(5) != u64::from(master) {
             continue;
         }
         ticks += num(14) + num(15);

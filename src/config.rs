@@ -145,10 +145,12 @@ pub struct CollectorConfig {
 }
 
 impl CollectorConfig {
+    #[must_use]
     pub fn name(&self) -> &str {
         self.name.get_ref()
     }
 
+    #[must_use]
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(match self.tls {
             TlsMode::Implicit => 995,
@@ -197,6 +199,7 @@ impl Default for HttpConfig {
 
 impl Config {
     /// `index_cache_mb` in bytes.
+    #[must_use]
     pub fn index_cache_bytes(&self) -> usize {
         usize::try_from(self.index_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
@@ -216,10 +219,12 @@ impl Config {
     }
 
     /// The embedded default (used when `serve` gets no `--config`).
+    #[must_use]
     pub fn embedded_default() -> Config {
         Self::parse(EMBEDDED_DEFAULT).expect("embedded default configuration is valid")
     }
 
+    #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorConfig> {
         self.collectors.iter().find(|c| c.name() == name)
     }
@@ -287,16 +292,19 @@ impl Config {
         Ok(())
     }
 
+    #[must_use]
     pub fn archive_dir(&self) -> PathBuf {
         self.data_dir.join("archive")
     }
 
+    #[must_use]
     pub fn index_path(&self) -> PathBuf {
         self.data_dir.join("index.redb")
     }
 }
 
 /// Parses a SHA-256 fingerprint written as hex, with or without colons.
+#[must_use]
 pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(hex).ok()?;
@@ -402,10 +410,10 @@ fn default_max_connections() -> usize {
     100
 }
 fn default_command_timeout() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 fn default_data_timeout() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_mins(10)
 }
 fn default_max_errors() -> u32 {
     10
@@ -420,14 +428,14 @@ fn default_index_cache_mb() -> u64 {
     crate::archive::DEFAULT_CACHE_BYTES as u64 >> 20
 }
 fn default_interval() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 fn default_true() -> bool {
     true
 }
 /// The default: a long drain commits its deletions every 1,000 messages. Each session
 /// lists the whole mailbox (UIDL) and the server applies its deletions at QUIT, so with a backlog of
-/// N messages the sessions cost O(N² / reconnect_every) on the server: a large backlog drains
+/// N messages the sessions cost O(N² / `reconnect_every`) on the server: a large backlog drains
 /// faster with a larger value (docs/performance.md). A cut session leaves at most this many
 /// archived messages undeleted, which the next one DELEs by UIDL without downloading them again.
 fn default_reconnect_every() -> u32 {
@@ -442,7 +450,7 @@ fn default_test_limit() -> u32 {
     200
 }
 fn default_pop3_timeout() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_mins(2)
 }
 
 #[cfg(test)]
@@ -524,7 +532,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_mins(5));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("m5").is_err());

@@ -120,6 +120,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorVerdict> {
         self.collectors.iter().find(|c| c.name == name)
     }
@@ -127,6 +128,7 @@ impl Verdict {
 
 impl CollectorVerdict {
     /// The failing checks' details, for a 409 answer or a log line.
+    #[must_use]
     pub fn reasons(&self) -> Vec<String> {
         self.checks
             .iter()
@@ -137,6 +139,7 @@ impl CollectorVerdict {
 }
 
 /// Computes the verdict for every collector.
+#[must_use]
 pub fn verdict(input: &MigrationInput) -> Verdict {
     let collectors: Vec<CollectorVerdict> = input
         .collectors

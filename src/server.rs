@@ -248,6 +248,7 @@ async fn wait_for_signal() {
 
 /// A human summary of what a configuration makes the gateway do (printed at start and by
 /// `check-config`).
+#[must_use]
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();

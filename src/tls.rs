@@ -41,6 +41,7 @@ pub struct Generated {
 }
 
 /// The directory a certificate is generated in when `smtp.tls_cert`/`tls_key` are unset.
+#[must_use]
 pub fn default_cert_dir(config: &Config) -> PathBuf {
     config.data_dir.join("certs")
 }
@@ -144,7 +145,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)
-        .and_then(|_| f.sync_all())
+        .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -198,6 +199,7 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
     /// The fingerprint of a DER certificate.
+    #[must_use]
     pub fn of(der: &[u8]) -> Fingerprint {
         Fingerprint(Sha256::digest(der).into())
     }

@@ -1,5 +1,5 @@
 //! A private Postfix instance receiving into a virtual Maildir: what an operator would otherwise
-//! run in front of an archive. Everything (config_directory, queue_directory, data_directory,
+//! run in front of an archive. Everything (`config_directory`, `queue_directory`, `data_directory`,
 //! the Maildir) lives in one temporary directory; `postfix -c DIR start` runs it, and the Drop
 //! guard stops it (also when the benchmark panics).
 //!
@@ -230,7 +230,7 @@ fn count_tree(dir: &Path) -> usize {
     let Ok(d) = fs::read_dir(dir) else { return 0 };
     d.flatten()
         .map(|e| {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 count_tree(&e.path())
             } else {
                 1

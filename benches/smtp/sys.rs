@@ -63,7 +63,7 @@ pub fn tree_cpu(pid: u32) -> Duration {
 fn rusage(who: libc::c_int) -> Duration {
     // SAFETY: getrusage writes into the struct we pass.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(who, &mut r) };
+    unsafe { libc::getrusage(who, &raw mut r) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(r.ru_utime) + tv(r.ru_stime)
 }
@@ -77,7 +77,7 @@ pub fn children_cpu() -> Duration {
 pub fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes into the struct we pass.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -137,7 +137,7 @@ pub fn fs_type(dir: &Path) -> String {
     };
     // SAFETY: statfs writes into the struct we pass; the path is NUL-terminated.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut s) } != 0 {
         return "?".into();
     }
     match s.f_type as u64 {
@@ -152,5 +152,5 @@ pub fn fs_type(dir: &Path) -> String {
 
 /// Files in a directory (0 when it does not exist).
 pub fn count_files(dir: &Path) -> usize {
-    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }

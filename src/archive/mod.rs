@@ -332,7 +332,9 @@ impl Archive {
                 n += 1;
                 Ok(())
             })?;
-        tsv.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        tsv.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
         Ok(n)
     }
 }
@@ -364,38 +366,35 @@ fn record_one(
         }
     }
     let source = &a.sighting.source;
-    let (result, previous) = match existing {
-        Some(previous) => {
-            let mut rec = previous.clone();
-            rec.merge(&a.record.recipients, a.sighting.clone());
-            w.put_record(target, &rec)?;
-            w.count_duplicate(source);
-            (
-                Applied::Duplicate {
-                    key: target.to_string(),
-                },
-                Some(previous),
-            )
-        }
-        None => {
-            let Some(tmp_file) = &a.tmp_file else {
-                return Ok(Applied::NeedsFile);
-            };
-            let mut rec = a.record.clone();
-            rec.file = tmp_file.clone();
-            rec.variant = variant;
-            rec.sightings = vec![a.sighting.clone()];
-            w.put_record(target, &rec)?;
-            w.add_pending(tmp_file, target)?;
-            w.count_archived(source, rec.size, variant, rec.first_seen_ms());
-            (
-                Applied::Archived {
-                    key: target.to_string(),
-                    variant,
-                },
-                None,
-            )
-        }
+    let (result, previous) = if let Some(previous) = existing {
+        let mut rec = previous.clone();
+        rec.merge(&a.record.recipients, a.sighting.clone());
+        w.put_record(target, &rec)?;
+        w.count_duplicate(source);
+        (
+            Applied::Duplicate {
+                key: target.to_string(),
+            },
+            Some(previous),
+        )
+    } else {
+        let Some(tmp_file) = &a.tmp_file else {
+            return Ok(Applied::NeedsFile);
+        };
+        let mut rec = a.record.clone();
+        rec.file = tmp_file.clone();
+        rec.variant = variant;
+        rec.sightings = vec![a.sighting.clone()];
+        w.put_record(target, &rec)?;
+        w.add_pending(tmp_file, target)?;
+        w.count_archived(source, rec.size, variant, rec.first_seen_ms());
+        (
+            Applied::Archived {
+                key: target.to_string(),
+                variant,
+            },
+            None,
+        )
     };
     if let (Some(collector), Some(uidl)) = (source.collector(), &a.sighting.uidl) {
         w.set_uidl(collector, uidl, target)?;

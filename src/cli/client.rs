@@ -73,8 +73,7 @@ impl Reply {
         match self.json() {
             Ok(v) => v["error"]
                 .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string()),
+                .map_or_else(|| v.to_string(), str::to_string),
             Err(_) => String::from_utf8_lossy(&self.body).trim().to_string(),
         }
     }
@@ -263,7 +262,7 @@ fn time_ms(ms: Option<UnixMs>) -> String {
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// Left-aligned columns, two spaces apart.

@@ -100,7 +100,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         });
         let probe = tmp.join(format!("readyz.{}.probe", std::process::id()));
         let writable = std::fs::write(&probe, b"ok")
-            .and_then(|_| std::fs::remove_file(&probe))
+            .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| {
                 tracing::warn!("readyz: {}: {e}", tmp.display());
                 "archive/tmp does not take files".to_string()
@@ -258,7 +258,7 @@ async fn set_active(state: AppState, name: String, active: bool) -> ApiResult {
         .metrics
         .collector_active
         .with_label_values(&[&name])
-        .set(active as i64);
+        .set(i64::from(active));
     c.trigger();
     tracing::info!(collector = %name, active, "admin API: collector {}", if active { "activated" } else { "deactivated" });
     Ok(Json(collector_info(&state, &name).await?).into_response())
@@ -303,7 +303,9 @@ async fn retire(
         .into_response());
     }
     let reasons = cv.reasons();
-    if !cv.safe_to_retire {
+    if cv.safe_to_retire {
+        tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
+    } else {
         if !force {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -316,8 +318,6 @@ async fn retire(
             reasons = ?reasons,
             "admin API: collector retired with force although the cutover verdict says not safe"
         );
-    } else {
-        tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
     }
     let (store, n) = (state.ctx.store.clone(), name.clone());
     blocking(move || Ok(store.retire(&n)?)).await?;

@@ -29,6 +29,7 @@ impl std::fmt::Debug for Token {
 }
 
 /// Where the token is read from: the configured file, or `<data_dir>/admin.token`.
+#[must_use]
 pub fn token_path(config: &Config) -> PathBuf {
     config
         .http
@@ -69,7 +70,7 @@ impl Token {
             .open(&path)
             .with_context(|| format!("creating the admin token {}", path.display()))?;
         writeln!(file, "{secret}")
-            .and_then(|_| file.sync_all())
+            .and_then(|()| file.sync_all())
             .with_context(|| format!("writing the admin token {}", path.display()))?;
         tracing::info!(
             "generated an admin API token into {} (mode 0600); the CLI reads it from there",
@@ -79,6 +80,7 @@ impl Token {
     }
 
     /// Constant-time comparison with a presented token.
+    #[must_use]
     pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

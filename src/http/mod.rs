@@ -43,6 +43,7 @@ impl Readiness {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    #[must_use]
     pub fn listeners_bound(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }

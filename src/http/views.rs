@@ -130,6 +130,7 @@ pub struct MessageView {
 }
 
 impl MessageView {
+    #[must_use]
     pub fn new(key: String, record: Record) -> MessageView {
         let mut sources: Vec<Source> = Vec::new();
         for s in &record.sightings {

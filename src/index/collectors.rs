@@ -38,6 +38,7 @@ pub enum RunKind {
 
 impl RunKind {
     /// `normal` or `test`, as stored.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Normal => "normal",
@@ -46,6 +47,7 @@ impl RunKind {
     }
 
     /// The limit of a test collection.
+    #[must_use]
     pub fn limit(self) -> Option<u32> {
         match self {
             RunKind::Normal => None,
@@ -100,11 +102,13 @@ pub struct Run {
 
 impl Run {
     /// The limit of a test collection (the row's `limit` field).
+    #[must_use]
     pub fn limit(&self) -> Option<u32> {
         self.kind.limit()
     }
 
     /// How long the run took, in milliseconds.
+    #[must_use]
     pub fn duration_ms(&self) -> u64 {
         self.ended_ms.since(self.started_ms)
     }
@@ -217,6 +221,7 @@ pub struct CollectorState {
 
 impl CollectorState {
     /// Whether the collector polls, given the configuration's `active`.
+    #[must_use]
     pub fn active(&self, configured: bool) -> bool {
         !self.retired && self.active_override.unwrap_or(configured)
     }
@@ -240,6 +245,7 @@ fn decode_state(bytes: &[u8]) -> Result<CollectorState, IndexError> {
 
 impl CollectorStore {
     /// The store kept in `index`.
+    #[must_use]
     pub fn new(index: Arc<Index>) -> CollectorStore {
         CollectorStore { index }
     }

@@ -422,11 +422,7 @@ impl<'txn> Writer<'txn> {
     fn flush_counters(&mut self) -> Result<(), IndexError> {
         let counters = std::mem::take(&mut self.counters);
         for (name, by) in counters.add {
-            let old = self
-                .stats
-                .get(name.as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let old = self.stats.get(name.as_str())?.map_or(0, |v| v.value());
             self.stats.insert(name.as_str(), old + by)?;
         }
         for (name, value) in counters.set_once {

@@ -59,6 +59,7 @@ pub enum Format {
 }
 
 impl Format {
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Exchange2007 => "exchange2007",
@@ -135,6 +136,7 @@ impl Report {
     /// From address lower-cased, the Date as Unix seconds when it parses (else its text with
     /// white space collapsed), the decoded Subject with white space collapsed. The result is the
     /// hex SHA-256 of those three fields.
+    #[must_use]
     pub fn identity(&self) -> String {
         let from = self.from.as_deref().unwrap_or("").to_lowercase();
         let date = match (self.date_unix, &self.date) {
@@ -158,22 +160,21 @@ impl Report {
 /// Never panics: should the MIME parser itself panic on some input, the bytes are treated as a
 /// plain message keyed by their SHA-256.
 pub fn parse(raw: &[u8]) -> Report {
-    match std::panic::catch_unwind(|| parse_unguarded(raw)) {
-        Ok(report) => report,
-        Err(_) => {
-            tracing::warn!(len = raw.len(), "mail parser panicked; archiving as plain");
-            Report {
-                format: Format::Plain,
-                key: sha256_key(raw),
-                message_id: None,
-                subject: None,
-                from: None,
-                date: None,
-                date_unix: None,
-                journaled_unix: None,
-                envelope: Envelope::default(),
-                warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
-            }
+    if let Ok(report) = std::panic::catch_unwind(|| parse_unguarded(raw)) {
+        report
+    } else {
+        tracing::warn!(len = raw.len(), "mail parser panicked; archiving as plain");
+        Report {
+            format: Format::Plain,
+            key: sha256_key(raw),
+            message_id: None,
+            subject: None,
+            from: None,
+            date: None,
+            date_unix: None,
+            journaled_unix: None,
+            envelope: Envelope::default(),
+            warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
         }
     }
 }
@@ -212,7 +213,7 @@ pub fn parse_input(input: &(impl Input + ?Sized)) -> io::Result<Report> {
 /// the original's first bytes): about 0.5 MiB with the defaults. Apart from that only the
 /// recipients grow: per recipient 80 bytes of [`Recipient`] plus its address and any
 /// `Expanded:`/`Forwarded:` value (one heap allocation each), the `Vec` growing by doubling.
-/// Measured (benches/journal_parse.rs): 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
+/// Measured (`benches/journal_parse.rs)`: 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
 /// read from a file, against 21.3 MiB for reading it whole and calling [`parse`].
 ///
 /// Differences from [`parse`], only on malformed input: boundaries count only at the start of a
@@ -220,24 +221,23 @@ pub fn parse_input(input: &(impl Input + ?Sized)) -> io::Result<Report> {
 /// by the end of the input is still decoded (mail-parser gives it raw); an envelope line longer
 /// than `window` is cut there (warning).
 pub fn parse_windowed(input: &(impl Input + ?Sized), window: usize) -> io::Result<Report> {
-    match catch_unwind(AssertUnwindSafe(|| stream::parse(input, window))) {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("windowed journal parser panicked; archiving as plain");
-            let size = input.size()?;
-            Ok(Report {
-                format: Format::Plain,
-                key: stream::whole_key(input, size, window)?,
-                message_id: None,
-                subject: None,
-                from: None,
-                date: None,
-                date_unix: None,
-                journaled_unix: None,
-                envelope: Envelope::default(),
-                warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
-            })
-        }
+    if let Ok(result) = catch_unwind(AssertUnwindSafe(|| stream::parse(input, window))) {
+        result
+    } else {
+        tracing::warn!("windowed journal parser panicked; archiving as plain");
+        let size = input.size()?;
+        Ok(Report {
+            format: Format::Plain,
+            key: stream::whole_key(input, size, window)?,
+            message_id: None,
+            subject: None,
+            from: None,
+            date: None,
+            date_unix: None,
+            journaled_unix: None,
+            envelope: Envelope::default(),
+            warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
+        })
     }
 }
 
@@ -249,6 +249,7 @@ fn is_report_generator_id(id: &str) -> bool {
 }
 
 /// `sha256:<hex>` of `bytes`: the key of a message without a usable Message-ID.
+#[must_use]
 pub fn sha256_key(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -473,7 +474,7 @@ impl Headers {
 fn valid_date(msg: &Message<'_>) -> Option<i64> {
     msg.date()
         .filter(|d| d.is_valid())
-        .map(|d| d.to_timestamp())
+        .map(mail_parser::DateTime::to_timestamp)
 }
 
 /// `Local@Example.COM` -> `Local@example.com` (the local part is case-sensitive in theory).

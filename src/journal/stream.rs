@@ -583,7 +583,7 @@ impl Base64 {
                     match self.n {
                         2 => out.push((self.acc >> 4) as u8),
                         3 => {
-                            out.extend_from_slice(&[(self.acc >> 10) as u8, (self.acc >> 2) as u8])
+                            out.extend_from_slice(&[(self.acc >> 10) as u8, (self.acc >> 2) as u8]);
                         }
                         _ => {}
                     }

@@ -58,7 +58,7 @@ impl Capabilities {
             let Some(name) = words.next() else { continue };
             match name.to_ascii_uppercase().as_str() {
                 "USER" => c.user = true,
-                "SASL" => c.sasl = words.map(|w| w.to_ascii_uppercase()).collect(),
+                "SASL" => c.sasl = words.map(str::to_ascii_uppercase).collect(),
                 "PIPELINING" => c.pipelining = true,
                 "UIDL" => c.uidl = true,
                 "STLS" => c.stls = true,
@@ -396,7 +396,7 @@ mod tests {
             "LOGIN-DELAY 900",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let c = Capabilities::parse(&lines);
         assert!(c.user && c.uidl && c.pipelining && c.stls && c.known);

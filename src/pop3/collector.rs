@@ -50,7 +50,7 @@ pub struct RunFailure {
 /// How often an inactive collector looks at its state again (an operator may activate it).
 const INACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest back-off after repeated failures (unless the interval is longer).
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_hours(1);
 
 /// What a collector works with, handed over by whoever wires the gateway.
 #[derive(Clone)]
@@ -130,10 +130,12 @@ impl Collector {
         })
     }
 
+    #[must_use]
     pub fn name(&self) -> &str {
         self.inner.config.name()
     }
 
+    #[must_use]
     pub fn config(&self) -> &CollectorConfig {
         &self.inner.config
     }
@@ -171,10 +173,8 @@ impl Collector {
             metrics
                 .collector_active
                 .with_label_values(&[&name])
-                .set(active as i64);
-            let wait = if !active {
-                INACTIVE_RECHECK
-            } else {
+                .set(i64::from(active));
+            let wait = if active {
                 match self.collect(RunKind::Normal).await {
                     Ok(_) => {
                         failures = 0;
@@ -188,11 +188,13 @@ impl Collector {
                         wait
                     }
                 }
+            } else {
+                INACTIVE_RECHECK
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         tracing::info!(collector = %name, "collector stopped");
@@ -325,8 +327,8 @@ impl Collector {
             .set(count as i64);
 
         let budget = match kind {
-            RunKind::Normal => cfg.reconnect_every as u64,
-            RunKind::Test { limit } => (limit as u64).saturating_sub(run.retrieved),
+            RunKind::Normal => u64::from(cfg.reconnect_every),
+            RunKind::Test { limit } => u64::from(limit).saturating_sub(run.retrieved),
         };
         let plan = self.plan(&mut client, kind, budget).await?;
         if plan.items.is_empty() {
@@ -614,7 +616,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let five_min = Duration::from_secs(300);
+        let five_min = Duration::from_mins(5);
         assert_eq!(
             backoff(ErrorKind::Connect, 1, five_min),
             Duration::from_secs(5)
@@ -626,11 +628,11 @@ mod tests {
         assert_eq!(backoff(ErrorKind::Connect, 40, five_min), MAX_BACKOFF);
         assert_eq!(
             backoff(ErrorKind::Auth, 1, five_min),
-            Duration::from_secs(300)
+            Duration::from_mins(5)
         );
         assert_eq!(
-            backoff(ErrorKind::Connect, 40, Duration::from_secs(7200)),
-            Duration::from_secs(7200)
+            backoff(ErrorKind::Connect, 40, Duration::from_hours(2)),
+            Duration::from_hours(2)
         );
     }
 }

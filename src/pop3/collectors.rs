@@ -28,6 +28,7 @@ impl Collectors {
         })
     }
 
+    #[must_use]
     pub fn get(&self, name: &str) -> Option<&Collector> {
         self.by_name.get(name)
     }
@@ -63,7 +64,7 @@ fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
     };
     m.collector_active
         .with_label_values(&[name])
-        .set(state.active(c.config().active) as i64);
+        .set(i64::from(state.active(c.config().active)));
     if let Some(depth) = state.queue_depth {
         m.pop3_queue.with_label_values(&[name]).set(depth as i64);
     }

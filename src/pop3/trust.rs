@@ -5,7 +5,7 @@
 //!   self-signed Exchange certificate). Nothing else is accepted; name and validity dates are not
 //!   checked because the pin already names the one certificate. The handshake signature is still
 //!   verified against that certificate's key, so a server must hold the private key.
-//! - `ca_file`: the CA certificates in a PEM file, with normal WebPKI checks (chain, name, dates).
+//! - `ca_file`: the CA certificates in a PEM file, with normal `WebPKI` checks (chain, name, dates).
 //! - neither: the system roots (`rustls-native-certs`), or the Mozilla roots (`webpki-roots`) when
 //!   the system has none.
 //!
@@ -167,7 +167,7 @@ pub struct SeenCertificate(Arc<Mutex<Option<Fingerprint>>>);
 impl SeenCertificate {
     /// The fingerprint, once the server has shown its certificate.
     pub fn get(&self) -> Option<Fingerprint> {
-        self.0.lock().map(|g| *g).unwrap_or(None)
+        self.0.lock().map_or(None, |g| *g)
     }
 
     fn set(&self, fp: Fingerprint) {

@@ -153,7 +153,7 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
     let shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {

@@ -178,7 +178,9 @@ impl Maildir {
     }
 
     fn published_list(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.published.lock().unwrap_or_else(|p| p.into_inner())
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -169,7 +169,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             .expect("start prometheus"),
     );
     let prom = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let mut last = String::new();
     let target = loop {
         assert!(
@@ -216,7 +216,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     gw.stop().await;
 }
 
-/// Metric names used in a PromQL text (histogram suffixes folded onto their family).
+/// Metric names used in a `PromQL` text (histogram suffixes folded onto their family).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;

@@ -109,7 +109,7 @@ fn envelope_text(msg: &sample::SampleMessage, recipients: &[Recipient]) -> Strin
     env
 }
 
-/// Every fixture shape the crate's tests use (tests/journal_parse.rs, journal::sample).
+/// Every fixture shape the crate's tests use (`tests/journal_parse.rs`, `journal::sample`).
 fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     let msg = sample::numbered(42, 4_000);

@@ -52,6 +52,7 @@ pub fn require_dovecot() {
 
 impl Dovecot {
     /// Creates the configuration and an empty Maildir; call [`Dovecot::start`] after seeding.
+    #[must_use]
     pub fn new(options: Options) -> Dovecot {
         require_dovecot();
         let dir = tempfile::Builder::new()
@@ -102,7 +103,7 @@ impl Dovecot {
             ("plain", "yes")
         };
         let conf = format!(
-            r#"protocols = pop3
+            r"protocols = pop3
 listen = 127.0.0.1
 base_dir = {r}/run
 state_dir = {r}/state
@@ -145,7 +146,7 @@ service stats {{
     mode = 0666
   }}
 }}
-"#
+"
         );
         let conf_path = root.join("dovecot.conf");
         std::fs::write(&conf_path, conf).expect("write dovecot.conf");
@@ -253,15 +254,18 @@ service stats {{
 
     /// The Dovecot master's pid while it runs (its `/proc/<pid>/stat` counts the CPU time of
     /// the pop3 processes it has reaped).
+    #[must_use]
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(std::process::Child::id)
     }
 
+    #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
     }
 
     /// Files in the Maildir's `new/` and `cur/`: the messages in the mailbox.
+    #[must_use]
     pub fn mailbox_files(&self) -> Vec<String> {
         let mut names = Vec::new();
         for sub in ["new", "cur"] {
@@ -278,11 +282,13 @@ service stats {{
         names
     }
 
+    #[must_use]
     pub fn mailbox_count(&self) -> usize {
         self.mailbox_files().len()
     }
 
     /// The sample numbers of the messages still in the mailbox (`...M{i}P...` file names).
+    #[must_use]
     pub fn mailbox_numbers(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .mailbox_files()
@@ -297,6 +303,7 @@ service stats {{
     }
 
     /// A collector for this server; `extra` is appended to its TOML table.
+    #[must_use]
     pub fn collector(&self, name: &str, tls: &str, extra: &str) -> CollectorConfig {
         let port = if tls == "implicit" {
             self.pop3s_port

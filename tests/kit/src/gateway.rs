@@ -88,6 +88,7 @@ impl Builder {
 
     /// Starts the gateway on a runtime of its own (two workers), for tests that drive blocking
     /// peers; it stops when dropped.
+    #[must_use]
     pub fn start_blocking(self) -> TestGateway {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -522,22 +523,26 @@ impl ArchiveView {
     }
 
     /// Index entries.
+    #[must_use]
     pub fn count(&self) -> u64 {
         self.archive.count().expect("archive count")
     }
 
     /// The record stored under `key` (the original's Message-ID without brackets, a variant
     /// key, or `sha256:<hex>`).
+    #[must_use]
     pub fn record(&self, key: &str) -> Option<Record> {
         self.archive.get(key).expect("archive read")
     }
 
     /// The stored bytes of the message under `key`.
+    #[must_use]
     pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
         self.archive.read_raw(key).expect("read archived message")
     }
 
     /// Every record, with its key, in key order.
+    #[must_use]
     pub fn records(&self) -> Vec<(String, Record)> {
         let mut all = Vec::new();
         self.archive
@@ -550,6 +555,7 @@ impl ArchiveView {
     }
 
     /// The raw bytes of the archived message whose Message-ID is `id` (without brackets).
+    #[must_use]
     pub fn raw_by_message_id(&self, id: &str) -> Option<Vec<u8>> {
         let key = self
             .records()
@@ -561,11 +567,13 @@ impl ArchiveView {
     }
 
     /// The Maildir file names the index points at.
+    #[must_use]
     pub fn indexed_files(&self) -> BTreeSet<String> {
         self.records().into_iter().map(|(_, r)| r.file).collect()
     }
 
     /// The Maildir file names in `archive/new` (archived) and `archive/tmp` (in flight).
+    #[must_use]
     pub fn maildir_files(&self, sub: &str) -> BTreeSet<String> {
         assert!(
             ["new", "tmp", "cur"].contains(&sub),
@@ -584,6 +592,7 @@ impl ArchiveView {
     }
 
     /// Totals per source, conflicts.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         self.archive.stats().expect("archive stats")
     }
@@ -595,6 +604,7 @@ impl ArchiveView {
     }
 
     /// The newest `limit` collection runs of `collector`, newest first.
+    #[must_use]
     pub fn runs(&self, collector: &str, limit: usize) -> Vec<Run> {
         self.collector_store()
             .runs(collector, limit)
@@ -606,6 +616,7 @@ impl ArchiveView {
     }
 
     /// What is stored about `collector` between runs.
+    #[must_use]
     pub fn collector_state(&self, collector: &str) -> CollectorState {
         self.collector_store()
             .state(collector)

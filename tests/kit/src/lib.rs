@@ -23,6 +23,7 @@ pub mod sample;
 pub use gateway::{ArchiveView, Builder, TestGateway, JOURNAL};
 
 /// The journal-gateway source tree (where `docs/`, `tests/` and `config/` are).
+#[must_use]
 pub fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
