@@ -23,8 +23,14 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod index;
+// Issue 18 edits this file on another branch: its lint findings are fixed there or when merging;
+// remove this `allow` then.
+#[allow(missing_docs, clippy::pedantic)]
 pub mod ingest;
 pub mod journal;
+// Issue 18 edits this file on another branch: its lint findings are fixed there or when merging;
+// remove this `allow` then.
+#[allow(missing_docs, clippy::pedantic)]
 pub mod metrics;
 pub mod migration;
 pub(crate) mod net;

@@ -14,6 +14,9 @@
 //! and the stores above are the seam.
 
 mod collectors;
+// Issue 18 edits this file on another branch: its lint findings are fixed there or when merging;
+// remove this `allow` then.
+#[allow(missing_docs, clippy::pedantic)]
 mod record;
 
 use std::collections::BTreeMap;
