@@ -44,7 +44,10 @@ pub struct Trust {
 
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Trust").field("mode", &self.mode).finish()
+        // The provider and verifier print nothing useful.
+        f.debug_struct("Trust")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +63,7 @@ impl Trust {
                 );
             };
             let verifier = Arc::new(PinnedVerifier {
-                pin: Fingerprint(pin),
+                pin,
                 algorithms: provider.signature_verification_algorithms,
             });
             return Ok(Trust {

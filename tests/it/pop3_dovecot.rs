@@ -136,9 +136,8 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
         message.contains(&format!("127.0.0.1:{}", server.pop3s_port)),
         "{message}"
     );
-    let normalised = message.replace(':', "").to_ascii_lowercase();
     assert!(
-        normalised.contains(&server.fingerprint),
+        message.contains(&server.fingerprint.to_string()),
         "error must name the fingerprint {}: {message}",
         server.fingerprint
     );
@@ -157,9 +156,7 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
     assert!(failure
         .error
         .to_string()
-        .replace(':', "")
-        .to_ascii_lowercase()
-        .contains(&server.fingerprint));
+        .contains(&server.fingerprint.to_string()));
 
     // With the certificate as CA file (it is its own issuer), the name 127.0.0.1 in its SANs checks out.
     let ca = server.dir.path().join("cert.pem");

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use journal_gateway::config::{CollectorConfig, Config};
+use journal_gateway::tls::Fingerprint;
 
 use crate::peers::free_port;
 
@@ -35,9 +36,10 @@ pub struct Dovecot {
     /// POP3 (STLS) and POP3S ports on 127.0.0.1.
     pub pop3_port: u16,
     pub pop3s_port: u16,
-    /// DER of the server's self-signed certificate and its SHA-256 (hex, no colons).
+    /// DER of the server's self-signed certificate.
     pub cert_der: Vec<u8>,
-    pub fingerprint: String,
+    /// Its SHA-256 (displayed `AB:CD:...`, as `pin_sha256` accepts and errors print it).
+    pub fingerprint: Fingerprint,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -79,10 +81,7 @@ impl Dovecot {
         std::fs::write(root.join("cert.pem"), key.cert.pem()).expect("write cert");
         std::fs::write(root.join("key.pem"), key.signing_key.serialize_pem()).expect("write key");
         let cert_der = key.cert.der().to_vec();
-        let fingerprint = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&cert_der))
-        };
+        let fingerprint = Fingerprint::of(&cert_der);
 
         std::fs::write(
             root.join("passwd"),
