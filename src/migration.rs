@@ -403,7 +403,7 @@ pub fn gather_input<'a>(
     collectors: impl IntoIterator<Item = &'a CollectorConfig>,
     accepted: &[String],
 ) -> Result<MigrationInput, IndexError> {
-    let stats = index.stats()?;
+    let totals = index.stats()?;
     let mut views = Vec::new();
     for c in collectors {
         let state = store.state(c.name())?;
@@ -422,23 +422,23 @@ pub fn gather_input<'a>(
             name: c.name().to_string(),
             active: state.active(c.active),
             retired: state.retired,
-            interval_ms: c.interval.as_millis() as u64,
+            interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
             polls,
         });
     }
     Ok(MigrationInput {
         now_ms: crate::clock::UnixMs::now().0,
         smtp: SmtpView {
-            first_ms: stats.first_smtp_ms.map(|t| t.0),
-            last_ms: stats.last_smtp_ms.map(|t| t.0),
-            first_by_address: stats
+            first_ms: totals.first_smtp_ms.map(|t| t.0),
+            last_ms: totals.last_smtp_ms.map(|t| t.0),
+            first_by_address: totals
                 .first_smtp_by_address
                 .iter()
                 .map(|(a, t)| (a.clone(), t.0))
                 .collect(),
             accepted: accepted.to_vec(),
         },
-        pop3_after_smtp: stats.pop3_after_smtp,
+        pop3_after_smtp: totals.pop3_after_smtp,
         unmatched: unmatched_after_smtp(index)?,
         collectors: views,
     })

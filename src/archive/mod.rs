@@ -382,7 +382,7 @@ fn record_one(
             return Ok(Applied::NeedsFile);
         };
         let mut rec = a.record.clone();
-        rec.file = tmp_file.clone();
+        rec.file.clone_from(tmp_file);
         rec.variant = variant;
         rec.sightings = vec![a.sighting.clone()];
         w.put_record(target, &rec)?;

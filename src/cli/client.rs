@@ -165,6 +165,11 @@ fn segment(s: &str) -> String {
     out
 }
 
+/// The server's JSON answer as `T`.
+fn parse<T: DeserializeOwned>(r: &Reply) -> anyhow::Result<T> {
+    serde_json::from_slice(&r.body).context("unexpected answer from the server")
+}
+
 /// Runs a verb against the server and returns what to print. A refused or failed call is an
 /// error whose message carries the server's explanation (e.g. the retire verdict's reasons).
 pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
@@ -225,9 +230,6 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     }
     if remote.json {
         return Ok(serde_json::to_string_pretty(&reply.json()?)? + "\n");
-    }
-    fn parse<T: DeserializeOwned>(r: &Reply) -> anyhow::Result<T> {
-        serde_json::from_slice(&r.body).context("unexpected answer from the server")
     }
     Ok(match verb {
         Verb::Status => format_status(&parse(&reply)?),

@@ -134,9 +134,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
     let uptime = state.started.elapsed().as_secs();
     blocking(move || {
-        let stats = state.ctx.archive.stats()?;
+        let totals = state.ctx.archive.stats()?;
         let collectors = views::collector_infos(&state.ctx.store, &state.ctx.collectors)?;
-        Ok(Json(Status::new(&stats, uptime, collectors)))
+        Ok(Json(Status::new(&totals, uptime, collectors)))
     })
     .await
 }

@@ -19,12 +19,16 @@ use crate::config::Config;
 /// The token and where it lives.
 pub struct Token {
     secret: String,
+    /// The file the token was read from (or generated into).
     pub path: PathBuf,
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("path", &self.path).finish()
+        // The secret stays out of logs.
+        f.debug_struct("Token")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 

@@ -34,12 +34,17 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// What the server said it can do (`CAPA`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // one flag per CAPA line the server may send
 pub struct Capabilities {
+    /// `USER`: USER/PASS login.
     pub user: bool,
     /// SASL mechanisms, upper case.
     pub sasl: Vec<String>,
+    /// `PIPELINING`.
     pub pipelining: bool,
+    /// `UIDL`.
     pub uidl: bool,
+    /// `STLS`.
     pub stls: bool,
     /// `LOGIN-DELAY n`: seconds the server wants between sessions.
     pub login_delay: Option<u64>,

@@ -209,7 +209,7 @@ impl Collector {
         let started = time::OffsetDateTime::now_utc();
         let mut run = Run {
             collector: name.clone(),
-            id: (started.unix_timestamp_nanos() / 1000).max(0) as u64,
+            id: u64::try_from(started.unix_timestamp_nanos() / 1000).unwrap_or(0),
             kind,
             started_ms: UnixMs::now(),
             ..Default::default()
@@ -227,13 +227,13 @@ impl Collector {
             gw.metrics
                 .pop3_last_success
                 .with_label_values(&[&name])
-                .set(run.ended_ms.as_secs() as i64);
+                .set(i64::try_from(run.ended_ms.as_secs()).unwrap_or(i64::MAX));
         }
         if let Some(depth) = run.on_server_at_end {
             gw.metrics
                 .pop3_queue
                 .with_label_values(&[&name])
-                .set(depth as i64);
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         let recorded = {
             let (store, run) = (gw.store.clone(), run.clone());
@@ -324,7 +324,7 @@ impl Collector {
         gw.metrics
             .pop3_queue
             .with_label_values(&[self.name()])
-            .set(count as i64);
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
 
         let budget = match kind {
             RunKind::Normal => u64::from(cfg.reconnect_every),

@@ -129,6 +129,7 @@ enum Flow {
 }
 
 /// What waiting for more input gave.
+#[derive(Clone, Copy)]
 enum Fill {
     Data,
     Eof,
