@@ -38,16 +38,20 @@ pub const BACKLOG_MARGIN_MS: u64 = 60_000;
 /// start of the run, i.e. what had accumulated since the previous poll).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PollView {
+    /// When, Unix ms.
     pub at_ms: u64,
+    /// Messages in the mailbox.
     pub queue_depth: u64,
 }
 
 /// What the verdict needs to know about one collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CollectorView {
+    /// The collector's name.
     pub name: String,
     /// Polls on schedule (configuration, or the operator's override).
     pub active: bool,
+    /// Retired already.
     pub retired: bool,
     /// Time between polls, in milliseconds.
     pub interval_ms: u64,
@@ -58,6 +62,7 @@ pub struct CollectorView {
 /// A message first archived over POP3 after the first SMTP arrival and never received over SMTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnmatchedView {
+    /// Its archive key.
     pub key: String,
     /// The collector that archived it (None when the record does not say).
     pub collector: Option<String>,
@@ -68,7 +73,9 @@ pub struct UnmatchedView {
 /// SMTP traffic as the archive saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SmtpView {
+    /// The first SMTP arrival, Unix ms.
     pub first_ms: Option<u64>,
+    /// The latest SMTP arrival, Unix ms.
     pub last_ms: Option<u64>,
     /// First arrival per envelope recipient (lower-cased).
     pub first_by_address: Vec<(String, u64)>,
@@ -79,12 +86,15 @@ pub struct SmtpView {
 /// Everything the verdict is computed from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrationInput {
+    /// The time the verdict is computed for, Unix ms.
     pub now_ms: u64,
+    /// SMTP traffic so far.
     pub smtp: SmtpView,
     /// Messages first archived over POP3 after the first SMTP arrival (all collectors).
     pub pop3_after_smtp: u64,
     /// Those of them never received over SMTP.
     pub unmatched: Vec<UnmatchedView>,
+    /// Every configured collector.
     pub collectors: Vec<CollectorView>,
 }
 
@@ -93,33 +103,42 @@ pub struct MigrationInput {
 pub struct Check {
     /// `smtp_traffic`, `queue_empty` or `overlap`.
     pub name: String,
+    /// The check passes.
     pub ok: bool,
     /// One sentence an operator can act on.
     pub detail: String,
+    /// The numbers the check looked at (JSON, per check).
     pub figures: serde_json::Value,
 }
 
 /// The verdict for one collector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectorVerdict {
+    /// The collector's name.
     pub name: String,
+    /// It polls on schedule.
     pub active: bool,
+    /// Retired already.
     pub retired: bool,
     /// All checks pass: retiring it loses nothing.
     pub safe_to_retire: bool,
+    /// Each check with its figures.
     pub checks: Vec<Check>,
 }
 
 /// The whole verdict: one entry per collector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
+    /// The time it was computed for, Unix ms.
     pub now_ms: u64,
     /// Every collector that is not retired yet is safe to retire (true when none is left).
     pub cutover_complete_when_retired: bool,
+    /// One verdict per collector.
     pub collectors: Vec<CollectorVerdict>,
 }
 
 impl Verdict {
+    /// The verdict of the collector named `name`.
     #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorVerdict> {
         self.collectors.iter().find(|c| c.name == name)

@@ -17,16 +17,19 @@ use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::config::Config;
 
-/// File names used in a generated certificate directory.
+/// The certificate's file name in a generated certificate directory.
 pub const CERT_FILE: &str = "cert.pem";
+/// The private key's file name in a generated certificate directory.
 pub const KEY_FILE: &str = "key.pem";
 
 /// A certificate ready to serve, with where it came from.
 #[derive(Clone)]
 pub struct TlsIdentity {
+    /// The rustls server configuration serving it.
     pub config: Arc<ServerConfig>,
     /// SHA-256 of the leaf certificate (DER).
     pub fingerprint: Fingerprint,
+    /// The certificate file (PEM).
     pub cert_path: PathBuf,
     /// True when this run created the certificate.
     pub generated: bool,
@@ -35,8 +38,11 @@ pub struct TlsIdentity {
 /// Paths and fingerprint of a freshly generated certificate.
 #[derive(Debug, Clone)]
 pub struct Generated {
+    /// The certificate (PEM).
     pub cert_path: PathBuf,
+    /// Its private key (PEM, mode 0600).
     pub key_path: PathBuf,
+    /// SHA-256 of the certificate (DER).
     pub fingerprint: Fingerprint,
 }
 

@@ -43,7 +43,9 @@ pub enum ArchiveError {
     /// The index could not be opened.
     #[error("opening the index {}: {source}", path.display())]
     OpenIndex {
+        /// The index file.
         path: PathBuf,
+        /// Why it could not be opened.
         #[source]
         source: IndexError,
     },
@@ -67,11 +69,16 @@ pub struct Arrival {
 /// What [`Archive::apply`] did with one arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
+    /// A new original (or a new variant of a reused Message-ID) was recorded.
     Archived {
+        /// The key it is stored under (`<msgid>#<hash>` for a variant).
         key: String,
+        /// Stored as a variant: the Message-ID was taken by another message.
         variant: bool,
     },
+    /// The original was archived already: recipients and sighting merged into its record.
     Duplicate {
+        /// The key of the record it merged into.
         key: String,
     },
     /// The arrival carried no file but its original is not archived: write the file and retry.

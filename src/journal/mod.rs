@@ -59,6 +59,7 @@ pub enum Format {
 }
 
 impl Format {
+    /// The name in logs, metrics and the index: `exchange2007`, `exchange2003`, `plain`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,8 +73,11 @@ impl Format {
 /// How a recipient line of the envelope named the recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecipientKind {
+    /// `To:`.
     To,
+    /// `Cc:`.
     Cc,
+    /// `Bcc:` (only the journal report knows these).
     Bcc,
     /// `Recipient:` lines (2007+ reports when the header kind is unknown) and 2003 `Recipients:`.
     Recipient,
@@ -84,6 +88,7 @@ pub enum RecipientKind {
 pub struct Recipient {
     /// SMTP address, as written (no `smtp:` prefix, no angle brackets).
     pub address: String,
+    /// The header it was named in.
     pub kind: RecipientKind,
     /// `Expanded: <distribution list>` when the recipient came from a DL expansion.
     pub expanded: Option<String>,
@@ -96,13 +101,16 @@ pub struct Recipient {
 pub struct Envelope {
     /// `Sender:` (None for `Unspecified Address` or when absent).
     pub sender: Option<String>,
+    /// `On-Behalf-Of:`, when someone sent as a delegate.
     pub on_behalf_of: Option<String>,
+    /// Every recipient line, in order.
     pub recipients: Vec<Recipient>,
 }
 
 /// What [`parse`] learnt about one received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// What kind of report it was.
     pub format: Format,
     /// The deduplication key: the original's normalised Message-ID, or `sha256:<hex>` of the
     /// original part's bytes when it has none.
@@ -122,6 +130,7 @@ pub struct Report {
     /// original's Date, which the sender's client writes, it comes from the journaling server's
     /// clock.
     pub journaled_unix: Option<i64>,
+    /// The report's envelope (empty for a plain message).
     pub envelope: Envelope,
     /// Things worth a log line that did not stop parsing (e.g. envelope and embedded Message-ID
     /// disagree, report had no original part).

@@ -43,7 +43,9 @@ pub type RunSummary = Run;
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct RunFailure {
+    /// What went wrong.
     pub error: Pop3Error,
+    /// The run as recorded in the history (what it did before the error).
     pub summary: RunSummary,
 }
 
@@ -59,6 +61,7 @@ pub struct CollectorContext {
     pub ingest: Ingest,
     /// Its state between runs and its run history.
     pub store: CollectorStore,
+    /// The `pop3_*` metrics it updates.
     pub metrics: Metrics,
     /// Cancelled when the gateway shuts down: finish the current messages, QUIT, stop.
     pub shutdown: CancellationToken,
@@ -130,11 +133,13 @@ impl Collector {
         })
     }
 
+    /// The collector's name (`[[collector]] name`).
     #[must_use]
     pub fn name(&self) -> &str {
         self.inner.config.name()
     }
 
+    /// Its configuration.
     #[must_use]
     pub fn config(&self) -> &CollectorConfig {
         &self.inner.config

@@ -28,6 +28,7 @@ impl Collectors {
         })
     }
 
+    /// The collector named `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&Collector> {
         self.by_name.get(name)

@@ -69,11 +69,14 @@ impl ErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Pop3Error {
+    /// The kind (metrics label, back-off).
     pub kind: ErrorKind,
+    /// What happened, naming the server.
     pub message: String,
 }
 
 impl Pop3Error {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Pop3Error {
         Pop3Error {
             kind,
