@@ -188,7 +188,7 @@ fn lookups(archive: &Archive, filled: u64, n: u64, fallback: &[String]) -> f64 {
             if filled > 0 {
                 prefill_key(mix(j ^ 0x5EED) % filled)
             } else {
-                fallback[j as usize % fallback.len()].clone()
+                fallback[usize::try_from(j).expect("small n") % fallback.len()].clone()
             }
         })
         .collect();
@@ -225,7 +225,11 @@ fn main() {
     let dir = tempfile::tempdir_in(base).expect("bench dir");
     let cache_mb = env_num("INDEX_CACHE_MB", (DEFAULT_CACHE_BYTES >> 20) as u64);
     let archive = Arc::new(
-        Archive::open_with_cache(dir.path(), (cache_mb as usize) << 20).expect("open archive"),
+        Archive::open_with_cache(
+            dir.path(),
+            usize::try_from(cache_mb).expect("cache size fits usize") << 20,
+        )
+        .expect("open archive"),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

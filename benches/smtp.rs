@@ -133,9 +133,10 @@ impl GatewayProc {
         fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"gateway.bench.test\"\n\
+                "data_dir = \"{data_dir}\"\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"gateway.bench.test\"\n\
                  accept = [\"{RCPT}\"]\nmax_connections = 500\n[http]\nlisten = \"127.0.0.1:{}\"\n",
-                free_port()
+                free_port(),
+                data_dir = data.display(),
             ),
         )
         .expect("gateway config");
@@ -188,7 +189,7 @@ impl GatewayProc {
 impl Drop for GatewayProc {
     fn drop(&mut self) {
         // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -620,7 +621,7 @@ fn profile(servers: &Servers, sizes: &Sizes, path: &Path, out: &mut String) {
         sizes.messages,
     );
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(rec.id() as libc::pid_t, libc::SIGINT) };
+    unsafe { libc::kill(rec.id().cast_signed(), libc::SIGINT) };
     let _ = rec.wait();
     let _ = writeln!(
         out,

@@ -214,7 +214,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             }
             if Path::new(&format!("/proc/{pid}")).exists() {
                 // SAFETY: plain kill(2) of the master we started.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
             }
         }
     }

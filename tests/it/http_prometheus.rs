@@ -128,12 +128,13 @@ async fn promtool_accepts_the_live_metrics() {
 }
 
 fn query_string(q: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for b in q.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -357,7 +357,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     // Nothing left the mailbox that is not archived.
     let remaining = server.mailbox_numbers();
     assert!(
-        remaining.len() < N as usize && !remaining.is_empty(),
+        remaining.len() < usize::try_from(N).unwrap() && !remaining.is_empty(),
         "kill landed mid-drain: {} left",
         remaining.len()
     );
@@ -371,7 +371,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     }
     let archived_before = gw.archive().count();
     assert!(
-        archived_before as usize > N as usize - remaining.len(),
+        usize::try_from(archived_before).unwrap() > usize::try_from(N).unwrap() - remaining.len(),
         "the cut session archived messages it could not delete: archived {archived_before}, \
          {} left on the server of {N}",
         remaining.len()
