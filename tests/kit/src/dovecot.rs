@@ -16,8 +16,11 @@ use journal_gateway::tls::Fingerprint;
 
 use crate::peers::free_port;
 
+/// The Dovecot binary (Debian `dovecot-pop3d`).
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
+/// The mailbox's login.
 pub const USER: &str = "journal";
+/// The mailbox's password.
 pub const PASSWORD: &str = "s3cret-journal";
 /// `nobody`: a non-root uid for the mailbox.
 const MAIL_UID: u32 = 65534;
@@ -30,11 +33,15 @@ pub struct Options {
     pub apop: bool,
 }
 
+/// A Dovecot POP3 server of its own (configuration, certificate, Maildir in a temp dir).
 pub struct Dovecot {
+    /// Everything of this server: configuration, certificate, log, Maildir.
     pub dir: tempfile::TempDir,
+    /// The mailbox (a Maildir).
     pub maildir: PathBuf,
-    /// POP3 (STLS) and POP3S ports on 127.0.0.1.
+    /// POP3 (STLS) port on 127.0.0.1.
     pub pop3_port: u16,
+    /// POP3S (implicit TLS) port on 127.0.0.1.
     pub pop3s_port: u16,
     /// DER of the server's self-signed certificate.
     pub cert_der: Vec<u8>,
@@ -93,9 +100,8 @@ impl Dovecot {
         )
         .expect("write passwd");
 
-        let pop3_port = free_port();
-        let pop3s_port = free_port();
-        let r = root.display();
+        let (plain_port, tls_port) = (free_port(), free_port());
+        let root_dir = root.display();
         let (mechanisms, plaintext) = if options.apop {
             ("plain apop", "no")
         } else {
@@ -104,33 +110,33 @@ impl Dovecot {
         let conf = format!(
             r"protocols = pop3
 listen = 127.0.0.1
-base_dir = {r}/run
-state_dir = {r}/state
-log_path = {r}/dovecot.log
+base_dir = {root_dir}/run
+state_dir = {root_dir}/state
+log_path = {root_dir}/dovecot.log
 first_valid_uid = 1000
 first_valid_gid = 1000
 ssl = yes
-ssl_cert = <{r}/cert.pem
-ssl_key = <{r}/key.pem
+ssl_cert = <{root_dir}/cert.pem
+ssl_key = <{root_dir}/key.pem
 disable_plaintext_auth = {plaintext}
 auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
-mail_location = maildir:{r}/Maildir
+mail_location = maildir:{root_dir}/Maildir
 pop3_uidl_format = %08Xu%08Xv
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {r}/passwd
+  args = scheme=PLAIN username_format=%u {root_dir}/passwd
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {r}/passwd
+  args = username_format=%u {root_dir}/passwd
 }}
 service pop3-login {{
   inet_listener pop3 {{
-    port = {pop3_port}
+    port = {plain_port}
   }}
   inet_listener pop3s {{
-    port = {pop3s_port}
+    port = {tls_port}
     ssl = yes
   }}
 }}
@@ -152,8 +158,8 @@ service stats {{
         Dovecot {
             dir,
             maildir,
-            pop3_port,
-            pop3s_port,
+            pop3_port: plain_port,
+            pop3s_port: tls_port,
             cert_der,
             fingerprint,
             conf: conf_path,
@@ -258,6 +264,7 @@ service stats {{
         self.child.as_ref().map(std::process::Child::id)
     }
 
+    /// The server's log so far.
     #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
@@ -281,6 +288,7 @@ service stats {{
         names
     }
 
+    /// Messages in the mailbox.
     #[must_use]
     pub fn mailbox_count(&self) -> usize {
         self.mailbox_files().len()

@@ -11,6 +11,7 @@
 //! `Archive::{open, index, get, read_raw, for_each, count, stats, export}`.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,11 +106,12 @@ impl Builder {
             .data_dir
             .clone()
             .unwrap_or_else(|| temp.path().join("data"));
-        let mut text = format!("data_dir = {data_dir:?}\n{}\n", self.top);
+        let mut text = format!("data_dir = \"{}\"\n{}\n", data_dir.display(), self.top);
         if let Some(extra) = &self.smtp {
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 "[smtp]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\", \"@archive.test\"]\n{extra}\n"
-            ));
+            );
         }
         if self.http {
             text.push_str("[http]\nlisten = \"127.0.0.1:0\"\n");
@@ -624,6 +626,7 @@ impl ArchiveView {
     }
 
     /// Retires `collector` (as the admin API does).
+    #[allow(clippy::must_use_candidate)] // called for the change; the state is a convenience
     pub fn retire(&self, collector: &str) -> CollectorState {
         self.collector_store().retire(collector).expect("retire")
     }

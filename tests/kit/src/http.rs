@@ -14,7 +14,9 @@ pub use hyper::Method;
 /// One HTTP answer.
 #[derive(Debug)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 

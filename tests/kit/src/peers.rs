@@ -5,6 +5,7 @@ use std::process::{Child, Command, Output};
 
 /// Fails (never skips) when a peer program is missing, naming the Debian package. `program` is a
 /// path (`/usr/sbin/smtp-source`) or a name looked up in `PATH`.
+#[allow(clippy::must_use_candidate)] // called for the check; the path is a convenience
 pub fn require(program: &str, package: &str) -> PathBuf {
     let found = if program.contains('/') {
         Path::new(program).is_file().then(|| PathBuf::from(program))

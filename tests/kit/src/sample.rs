@@ -32,7 +32,9 @@ pub struct SampleMessage {
     pub message_id: Option<String>,
     /// Sender address (bare `local@domain`).
     pub from: String,
+    /// `To:` addresses.
     pub to: Vec<String>,
+    /// `Cc:` addresses.
     pub cc: Vec<String>,
     /// Bcc recipients: not in the sent message's header, but Exchange adds them to the journaled
     /// copy and lists them in the envelope.
@@ -59,7 +61,7 @@ pub fn numbered(i: u64, size: usize) -> SampleMessage {
         cc: vec!["bob@example.org".to_string()],
         bcc: vec!["carol@example.net".to_string()],
         subject: format!("Sample message {i}: quarterly figures"),
-        date: rfc5322_date(BASE_UNIX + i as i64 * 60),
+        date: rfc5322_date(BASE_UNIX + i64::try_from(i).expect("sample number") * 60),
         body: String::new(),
     };
     let overhead = report_2007(&msg, &[]).len();
@@ -105,9 +107,9 @@ pub fn rfc5322_date(unix: i64) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[days.rem_euclid(7) as usize],
+        DAYS[usize::try_from(days.rem_euclid(7)).expect("0..7")],
         day,
-        MONTHS[(month - 1) as usize],
+        MONTHS[usize::try_from(month - 1).expect("0..12")],
         year,
         secs / 3600,
         secs % 3600 / 60,
@@ -277,10 +279,13 @@ pub struct Options2007 {
     pub envelope_qp: bool,
     /// `Content-Transfer-Encoding: binary` on the `message/rfc822` part (Office 365).
     pub binary_original: bool,
+    /// The envelope's `Message-Id:` line: the original's, another, or `Unknown Message-ID`.
     pub envelope_message_id: EnvelopeMessageId,
     /// `Sender:` line: None = the message's From; `Some("Unspecified Address")` for the placeholder.
     pub sender: Option<String>,
+    /// `On-Behalf-Of:` line, when set.
     pub on_behalf_of: Option<String>,
+    /// Which journal-report header the report carries.
     pub header: JournalHeader,
     /// Leave out the `message/rfc822` part (a broken report).
     pub omit_original: bool,
@@ -345,11 +350,12 @@ pub fn report_2007_with(
     }
     header(&mut env, "Subject", &msg.subject);
     let id_line = match (&opts.envelope_message_id, &msg.message_id) {
-        (EnvelopeMessageId::Same, Some(id)) => Some(format!("<{id}>")),
+        (EnvelopeMessageId::Same, Some(id)) | (EnvelopeMessageId::Other(id), _) => {
+            Some(format!("<{id}>"))
+        }
         (EnvelopeMessageId::Same, None) | (EnvelopeMessageId::Unknown, _) => {
             Some("Unknown Message-ID".to_string())
         }
-        (EnvelopeMessageId::Other(id), _) => Some(format!("<{id}>")),
         (EnvelopeMessageId::Missing, _) => None,
     };
     if let Some(line) = id_line {
@@ -579,10 +585,10 @@ pub fn write_maildir(dir: &Path, range: Range<u64>, size: usize) -> io::Result<(
     for i in range {
         let crlf_bytes = report_2007(&numbered(i, size), &[]);
         let lf = lf_only(&crlf_bytes);
-        let lines = lf.iter().filter(|&&b| b == b'\n').count();
+        let lines = memchr::memchr_iter(b'\n', &lf).count();
         let name = format!(
             "{}.M{i}P{pid}.journal-sample,S={},W={}",
-            BASE_UNIX + i as i64,
+            BASE_UNIX + i64::try_from(i).expect("sample number"),
             lf.len(),
             lf.len() + lines
         );
