@@ -1,4 +1,4 @@
-//! The archive: the message store ([`Maildir`]) and the index ([`Index`]) kept in agreement by
+//! The archive: the message store (`store::Maildir`) and the index ([`Index`]) kept in agreement by
 //! one durability protocol. It records arrivals; it knows nothing of SMTP or POP3 (what an
 //! arrival means for the migration is recorded by the caller's [`FactRecorder`], in the same
 //! transaction).
