@@ -454,7 +454,7 @@ fn default_tls_mode() -> TlsMode {
     TlsMode::Implicit
 }
 fn default_index_cache_mb() -> u64 {
-    crate::archive::DEFAULT_CACHE_BYTES as u64 >> 20
+    crate::index::DEFAULT_CACHE_BYTES as u64 >> 20
 }
 fn default_interval() -> Duration {
     Duration::from_mins(5)
