@@ -324,12 +324,6 @@ impl Config {
     pub fn archive_dir(&self) -> PathBuf {
         self.data_dir.join("archive")
     }
-
-    /// The index database: `<data_dir>/index.redb`.
-    #[must_use]
-    pub fn index_path(&self) -> PathBuf {
-        self.data_dir.join("index.redb")
-    }
 }
 
 /// Parses a SHA-256 fingerprint written as hex, with or without colons (`pin_sha256`).
