@@ -5,7 +5,7 @@
 //! Reports are written to a temporary file line by line (never whole in memory). Each size is
 //! parsed `JOURNAL_REPEAT` times (default 5; the median shown) with `journal::parse_input` (in
 //! memory up to `MEMORY_LIMIT`, windowed above) and with `journal::parse_windowed`. Peak RSS is
-//! `VmHWM` of /proc/self/status, reset through /`proc/self/clear_refs` just before the parse, so it
+//! `VmHWM` of /proc/self/status, reset through `/proc/self/clear_refs` just before the parse, so it
 //! is the peak of this process while parsing (baseline RSS shown too); the in-memory parse of
 //! the same file is shown for comparison.
 //!

@@ -222,7 +222,7 @@ pub fn parse_input(input: &(impl Input + ?Sized)) -> io::Result<Report> {
 /// the original's first bytes): about 0.5 MiB with the defaults. Apart from that only the
 /// recipients grow: per recipient 80 bytes of [`Recipient`] plus its address and any
 /// `Expanded:`/`Forwarded:` value (one heap allocation each), the `Vec` growing by doubling.
-/// Measured (`benches/journal_parse.rs)`: 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
+/// Measured (`benches/journal_parse.rs`): 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
 /// read from a file, against 21.3 MiB for reading it whole and calling [`parse`].
 ///
 /// Differences from [`parse`], only on malformed input: boundaries count only at the start of a

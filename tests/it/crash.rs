@@ -1,4 +1,4 @@
-//! Crash safety: a child process ingests in a loop and is `SIGKILLed` at random moments. After each
+//! Crash safety: a child process ingests in a loop and is `SIGKILL`ed at random moments. After each
 //! kill, every ingest that had returned must be archived and readable, and the index and the
 //! Maildir must agree (nothing left in tmp/ counts as archived).
 //!
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 const CHILD_ENV: &str = "JOURNAL_GATEWAY_IT_CRASH_CHILD";
 const TASKS: u64 = 8;
 
-/// In the child ([`CHILD_ENV`] set): ingests in a loop until `SIGKILLed`, printing `acked <key>`.
+/// In the child ([`CHILD_ENV`] set): ingests in a loop until `SIGKILL`ed, printing `acked <key>`.
 /// Run as an ordinary test: a bounded run of the same loop, whose every acknowledged key must be
 /// archived and intact.
 #[test]
