@@ -53,7 +53,7 @@ pub enum ArchiveError {
 
 /// One arrival handed to [`Archive::apply`].
 #[derive(Debug, Clone)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// The original's key (Message-ID or content hash).
     pub key: String,
     /// Where it goes if `key` is taken by a message with another identity.
@@ -68,7 +68,7 @@ pub struct Arrival {
 
 /// What [`Archive::apply`] did with one arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// A new original (or a new variant of a reused Message-ID) was recorded.
     Archived {
         /// The key it is stored under (`<msgid>#<hash>` for a variant).
@@ -87,7 +87,7 @@ pub enum Applied {
 
 /// One recorded arrival, as a [`FactRecorder`] sees it.
 #[derive(Debug)]
-pub struct Recorded<'a> {
+pub(crate) struct Recorded<'a> {
     /// The key it was recorded under.
     pub key: &'a str,
     /// The arrival.
@@ -98,13 +98,13 @@ pub struct Recorded<'a> {
 
 /// Records what an arrival means beyond the archive (e.g. for the migration), inside the
 /// batch's transaction, so those facts and the records never disagree.
-pub trait FactRecorder: Send + Sync {
+pub(crate) trait FactRecorder: Send + Sync {
     /// Called once per recorded arrival, in arrival order.
     fn record(&self, facts: &mut Facts<'_, '_>, arrival: &Recorded<'_>) -> Result<(), IndexError>;
 }
 
 /// Records no facts.
-pub struct NoFacts;
+pub(crate) struct NoFacts;
 
 impl FactRecorder for NoFacts {
     fn record(&self, _: &mut Facts<'_, '_>, _: &Recorded<'_>) -> Result<(), IndexError> {
@@ -184,7 +184,7 @@ impl Archive {
 
     /// Records a batch of arrivals durably (see the module docs for the protocol). One fsync of
     /// the index for the whole batch. Results are in arrival order.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         batch: &[Arrival],
         facts: &dyn FactRecorder,
