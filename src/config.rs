@@ -328,14 +328,14 @@ impl Config {
 
 /// Parses a SHA-256 fingerprint written as hex, with or without colons (`pin_sha256`).
 #[must_use]
-pub fn parse_fingerprint(s: &str) -> Option<Fingerprint> {
+pub(crate) fn parse_fingerprint(s: &str) -> Option<Fingerprint> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(hex).ok()?;
     bytes.try_into().ok().map(Fingerprint)
 }
 
 /// Parses `30s`, `5m`, `2h`, `1d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num

@@ -32,12 +32,12 @@ use crate::index::{CollectorStore, Facts, Index, IndexError, Source};
 /// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
 /// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
 /// cutover is treated as journaled after it (the safe side: the check fails).
-pub const BACKLOG_MARGIN_MS: u64 = 60_000;
+pub(crate) const BACKLOG_MARGIN_MS: u64 = 60_000;
 
 /// One recent poll of a collector: when, and how many messages the mailbox held (STAT at the
 /// start of the run, i.e. what had accumulated since the previous poll).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PollView {
+pub(crate) struct PollView {
     /// When, Unix ms.
     pub at_ms: u64,
     /// Messages in the mailbox.
@@ -46,7 +46,7 @@ pub struct PollView {
 
 /// What the verdict needs to know about one collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CollectorView {
+pub(crate) struct CollectorView {
     /// The collector's name.
     pub name: String,
     /// Polls on schedule (configuration, or the operator's override).
@@ -61,7 +61,7 @@ pub struct CollectorView {
 
 /// A message first archived over POP3 after the first SMTP arrival and never received over SMTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnmatchedView {
+pub(crate) struct UnmatchedView {
     /// Its archive key.
     pub key: String,
     /// The collector that archived it (None when the record does not say).
@@ -72,7 +72,7 @@ pub struct UnmatchedView {
 
 /// SMTP traffic as the archive saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SmtpView {
+pub(crate) struct SmtpView {
     /// The first SMTP arrival, Unix ms.
     pub first_ms: Option<u64>,
     /// The latest SMTP arrival, Unix ms.
@@ -85,7 +85,7 @@ pub struct SmtpView {
 
 /// Everything the verdict is computed from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MigrationInput {
+pub(crate) struct MigrationInput {
     /// The time the verdict is computed for, Unix ms.
     pub now_ms: u64,
     /// SMTP traffic so far.
@@ -159,7 +159,7 @@ impl CollectorVerdict {
 
 /// Computes the verdict for every collector.
 #[must_use]
-pub fn verdict(input: &MigrationInput) -> Verdict {
+pub(crate) fn verdict(input: &MigrationInput) -> Verdict {
     let collectors: Vec<CollectorVerdict> = input
         .collectors
         .iter()
@@ -368,7 +368,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
 /// The facts the verdict needs, recorded with every arrival in the archive's transaction:
 /// the first and last SMTP arrival (and the first per journal address), and which originals
 /// were first archived over POP3 after SMTP traffic began without (yet) arriving over SMTP.
-pub struct CutoverFacts;
+pub(crate) struct CutoverFacts;
 
 impl FactRecorder for CutoverFacts {
     fn record(&self, facts: &mut Facts<'_, '_>, a: &Recorded<'_>) -> Result<(), IndexError> {
@@ -390,7 +390,7 @@ impl FactRecorder for CutoverFacts {
 }
 
 /// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
-pub fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
+pub(crate) fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
     let keys = index.pop3_only_keys()?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
@@ -416,7 +416,7 @@ const RUNS_FOR_POLLS: usize = 20;
 /// Gathers everything the cutover verdict needs from the index (totals, facts, the
 /// collectors' state and history), the configured collectors and the accepted journal
 /// addresses. Blocking index reads.
-pub fn gather_input<'a>(
+pub(crate) fn gather_input<'a>(
     index: &Index,
     store: &CollectorStore,
     collectors: impl IntoIterator<Item = &'a CollectorConfig>,

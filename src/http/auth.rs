@@ -17,7 +17,7 @@ use super::{ApiError, AppState};
 use crate::config::Config;
 
 /// The token and where it lives.
-pub struct Token {
+pub(crate) struct Token {
     secret: String,
     /// The file the token was read from (or generated into).
     pub path: PathBuf,
