@@ -18,9 +18,9 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use crate::config::Config;
 
 /// The certificate's file name in a generated certificate directory.
-pub const CERT_FILE: &str = "cert.pem";
+pub(crate) const CERT_FILE: &str = "cert.pem";
 /// The private key's file name in a generated certificate directory.
-pub const KEY_FILE: &str = "key.pem";
+pub(crate) const KEY_FILE: &str = "key.pem";
 
 /// A certificate ready to serve, with where it came from.
 #[derive(Clone)]
@@ -48,13 +48,13 @@ pub struct Generated {
 
 /// The directory a certificate is generated in when `smtp.tls_cert`/`tls_key` are unset.
 #[must_use]
-pub fn default_cert_dir(config: &Config) -> PathBuf {
+pub(crate) fn default_cert_dir(config: &Config) -> PathBuf {
     config.data_dir.join("certs")
 }
 
 /// Loads the configured certificate, or the one generated earlier in `<data_dir>/certs/`, or
 /// generates one there (hostname and non-wildcard listen addresses as SANs).
-pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
+pub(crate) fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
     if let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) {
         return load(cert, key, false);
     }
@@ -71,7 +71,7 @@ pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
 
 /// The SANs for a generated certificate: the hostname, then each distinct listen IP that a client
 /// can actually connect to (wildcard addresses are skipped).
-pub fn subject_names<'a>(
+pub(crate) fn subject_names<'a>(
     hostname: &str,
     listen: impl Iterator<Item = &'a SocketAddr>,
 ) -> Vec<String> {
@@ -156,7 +156,11 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Loads a PEM certificate chain and private key and builds the server configuration.
-pub fn load(cert_path: &Path, key_path: &Path, generated: bool) -> anyhow::Result<TlsIdentity> {
+pub(crate) fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    generated: bool,
+) -> anyhow::Result<TlsIdentity> {
     let certs = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -184,7 +188,7 @@ pub fn load(cert_path: &Path, key_path: &Path, generated: bool) -> anyhow::Resul
 
 /// A rustls server configuration with the aws-lc-rs provider, TLS 1.2 and 1.3 only, no client
 /// certificates.
-pub fn server_config(
+pub(crate) fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
