@@ -43,7 +43,7 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// A well-mixed 64-bit hash of `i` (SplitMix64), for random-looking keys.
+/// A well-mixed 64-bit hash of `i` (`SplitMix64`), for random-looking keys.
 fn mix(i: u64) -> u64 {
     let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -189,7 +189,7 @@ fn lookups(archive: &Archive, filled: u64, n: u64, fallback: &[String]) -> f64 {
             if filled > 0 {
                 prefill_key(mix(j ^ 0x5EED) % filled)
             } else {
-                fallback[j as usize % fallback.len()].clone()
+                fallback[usize::try_from(j).expect("small n") % fallback.len()].clone()
             }
         })
         .collect();
@@ -221,13 +221,16 @@ fn main() {
         scales.windows(2).all(|w| w[0] < w[1]),
         "INDEX_SCALES must increase"
     );
-    let base = std::env::var_os("BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base =
+        std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(base).expect("bench dir");
     let cache_mb = env_num("INDEX_CACHE_MB", (DEFAULT_CACHE_BYTES >> 20) as u64);
     let archive = Arc::new(
-        Archive::open_with_cache(dir.path(), (cache_mb as usize) << 20).expect("open archive"),
+        Archive::open_with_cache(
+            dir.path(),
+            usize::try_from(cache_mb).expect("cache size fits usize") << 20,
+        )
+        .expect("open archive"),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,7 @@
 //! Reports are written to a temporary file line by line (never whole in memory). Each size is
 //! parsed `JOURNAL_REPEAT` times (default 5; the median shown) with `journal::parse_input` (in
 //! memory up to `MEMORY_LIMIT`, windowed above) and with `journal::parse_windowed`. Peak RSS is
-//! `VmHWM` of /proc/self/status, reset through /proc/self/clear_refs just before the parse, so it
+//! `VmHWM` of /proc/self/status, reset through `/proc/self/clear_refs` just before the parse, so it
 //! is the peak of this process while parsing (baseline RSS shown too); the in-memory parse of
 //! the same file is shown for comparison.
 //!
@@ -84,7 +84,7 @@ fn status_kb(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Resets VmHWM to the current RSS (Linux: write 5 to clear_refs).
+/// Resets `VmHWM` to the current RSS (Linux: write 5 to `clear_refs`).
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
@@ -96,7 +96,7 @@ fn thread_cpu() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
@@ -120,12 +120,11 @@ fn rss_child(spec: &str) {
     let file = File::open(path).expect("open");
     let before = status_kb("VmRSS:");
     reset_peak();
-    let report = match mode {
-        "windowed" => journal::parse_input(&file).expect("parse"),
-        _ => {
-            let raw = std::fs::read(path).expect("read");
-            journal::parse(&raw)
-        }
+    let report = if mode == "windowed" {
+        journal::parse_input(&file).expect("parse")
+    } else {
+        let raw = std::fs::read(path).expect("read");
+        journal::parse(&raw)
     };
     let peak = status_kb("VmHWM:");
     println!("{before} {peak} {}", report.envelope.recipients.len());
@@ -154,9 +153,8 @@ fn main() {
         .split(',')
         .map(|s| s.trim().replace('_', "").parse().expect("JOURNAL_SIZES"))
         .collect();
-    let base = std::env::var_os("BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base =
+        std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(base).expect("bench dir");
 
     println!("## Journal report parse time (from a file, median of {repeat})\n");

@@ -9,7 +9,7 @@
 //! each on an identical copy of the same mailbox (seeded once into a template Maildir, copied in
 //! before each tool, Dovecot restarted, `sync` before the clock starts). Each run checks that the
 //! mailbox is empty afterwards and that every message was delivered (files / BSMTP transactions /
-//! archive entries), and measures wall time, the tool's CPU time and peak RSS (VmHWM sampled from
+//! archive entries), and measures wall time, the tool's CPU time and peak RSS (`VmHWM` sampled from
 //! `/proc/<pid>/status`), and Dovecot's CPU time over the run.
 //!
 //! `cargo bench --bench pop3` runs the full benchmark; without `--bench` (`cargo test
@@ -275,7 +275,7 @@ impl Bench {
                 .prefix("jg-pop3-old-")
                 .tempdir()
                 .expect("temp dir"),
-            buried: Default::default(),
+            buried: std::cell::RefCell::default(),
             template,
             server: std::cell::RefCell::new(Dovecot::new(Options::default())),
         }
@@ -287,7 +287,7 @@ impl Bench {
         server.stop();
         let maildir = server.maildir.clone();
         if maildir.exists() {
-            let n = std::fs::read_dir(self.graveyard.path()).map_or(0, |d| d.count());
+            let n = std::fs::read_dir(self.graveyard.path()).map_or(0, std::iter::Iterator::count);
             std::fs::rename(&maildir, self.graveyard.path().join(n.to_string()))
                 .expect("move the old Maildir aside");
         }
@@ -347,7 +347,7 @@ impl Bench {
             std::fs::create_dir_all(dir).expect("create perf dir");
             (dir.to_path_buf(), self.count)
         });
-        let mut m = measure(&mut cmd, work.path(), perf_label);
+        let mut m = measure(&mut cmd, work.path(), perf_label.as_ref());
         // The last pop3 process finishes its QUIT and is reaped by the master.
         std::thread::sleep(Duration::from_millis(300));
         m.dovecot_cpu = group_cpu(dovecot_pid) - cpu_before;
@@ -396,17 +396,17 @@ fn seed(maildir: &Path, count: u64, size: usize) {
     for sub in ["tmp", "new", "cur"] {
         std::fs::create_dir_all(maildir.join(sub)).expect("create template Maildir");
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u64;
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
                 let mut i = t;
                 while i < count {
                     let lf = sample::lf_only(&sample::report_2007(&sample::numbered(i, size), &[]));
-                    let lines = lf.iter().filter(|&&b| b == b'\n').count();
+                    let lines = memchr::memchr_iter(b'\n', &lf).count();
                     let name = format!(
                         "{}.M{i}P1.journal-sample,S={},W={}",
-                        1_767_225_600 + i as i64,
+                        1_767_225_600 + i,
                         lf.len(),
                         lf.len() + lines
                     );
@@ -431,8 +431,8 @@ fn gateway_command(server: &Dovecot, work: &Path) -> Command {
     write_private(
         &config,
         &format!(
-            "data_dir = {data:?}\n\n[[collector]]\nname = \"bench\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\npin_sha256 = \"{pin}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\ndelete = true\n{extra}\n",
-            data = work.join("data"),
+            "data_dir = \"{data}\"\n\n[[collector]]\nname = \"bench\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"implicit\"\npin_sha256 = \"{pin}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\ndelete = true\n{extra}\n",
+            data = work.join("data").display(),
             port = server.pop3s_port,
             pin = server.fingerprint,
         ),
@@ -444,8 +444,8 @@ fn gateway_command(server: &Dovecot, work: &Path) -> Command {
     cmd
 }
 
-/// `AA:BB:...` of a digest.
-fn colons(bytes: &[u8]) -> String {
+/// `AA:BB:...` of an MD5 digest (fetchmail pins MD5; SHA-256 pins are `tls::Fingerprint`s).
+fn md5_colons(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02X}"))
@@ -458,7 +458,7 @@ fn mpop_command(server: &Dovecot, work: &Path) -> Command {
     for sub in ["tmp", "new", "cur"] {
         std::fs::create_dir_all(out.join(sub)).expect("create mpop Maildir");
     }
-    let fingerprint = colons(&hex::decode(&server.fingerprint).expect("hex fingerprint"));
+    let fingerprint = server.fingerprint; // `AB:CD:...`, what mpop's tls_fingerprint takes
     let config = work.join("mpoprc");
     write_private(
         &config,
@@ -479,7 +479,7 @@ fn fetchmail_command(server: &Dovecot, work: &Path, mda: bool) -> Command {
     let home = work.join("fetchmail-home");
     std::fs::create_dir_all(&home).expect("create FETCHMAILHOME");
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let fingerprint = colons(&md5::Md5::digest(&server.cert_der));
+    let fingerprint = md5_colons(&md5::Md5::digest(&server.cert_der));
     let delivery = if mda {
         let out = work.join("Maildir/new");
         std::fs::create_dir_all(&out).expect("create mda dir");
@@ -562,9 +562,9 @@ struct Measured {
     stderr: String,
 }
 
-/// Runs `cmd` to completion: wall time, CPU (wait4), peak RSS (VmHWM sampled every 10 ms; it
+/// Runs `cmd` to completion: wall time, CPU (wait4), peak RSS (`VmHWM` sampled every 10 ms; it
 /// only grows, so the last sample is within 10 ms of the end).
-fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Measured {
+fn measure(cmd: &mut Command, work: &Path, perf: Option<&(PathBuf, u64)>) -> Measured {
     let stdout_path = work.join("stdout");
     let stderr_path = work.join("stderr");
     cmd.stdin(Stdio::null())
@@ -572,9 +572,9 @@ fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Meas
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
     let started = Instant::now();
     let child = cmd.spawn().expect("spawn tool");
-    let pid = child.id() as i32;
+    let pid = i32::try_from(child.id()).expect("a pid fits in i32");
     let mut perfs = Vec::new();
-    if let Some((dir, count)) = &perf {
+    if let Some((dir, count)) = perf {
         for (name, args) in [
             (
                 "gateway",
@@ -599,7 +599,7 @@ fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Meas
     std::thread::spawn(move || {
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
         assert_eq!(r, pid, "wait4");
         let _ = tx.send((Instant::now(), status, usage));
     });
@@ -610,7 +610,7 @@ fn measure(cmd: &mut Command, work: &Path, perf: Option<(PathBuf, u64)>) -> Meas
         }
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(done) => break done,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(e) => panic!("waiting for the tool: {e}"),
         }
     };
@@ -665,7 +665,7 @@ fn group_cpu(master: u32) -> f64 {
                 .unwrap_or(0)
         };
         // Field 5 is the process group; 14/15 utime/stime; 16/17 cutime/cstime.
-        if num(5) != master as u64 {
+        if num(5) != u64::from(master) {
             continue;
         }
         ticks += num(14) + num(15);

@@ -2,7 +2,7 @@
 //!
 //! Three servers on loopback, in the same run, with the same load:
 //! - **gateway**: the real `journal-gateway serve` binary in a child process (release build under
-//!   `cargo bench`), archiving into a temp data_dir; 250 only after the file and the index commit
+//!   `cargo bench`), archiving into a temp `data_dir`; 250 only after the file and the index commit
 //!   are fsynced;
 //! - **smtp-sink**: Postfix's test server, which discards (the protocol ceiling on this machine);
 //! - **Postfix**: a private instance delivering into a virtual Maildir (`smtp/postfix.rs`), timed
@@ -13,7 +13,7 @@
 //! 2007 journal reports with unique original Message-IDs (smtp-source `-F` would send one file with
 //! one Message-ID, which the gateway rightly deduplicates).
 //!
-//! Then memory: a fresh gateway's idle RSS, and its peak RSS (VmHWM) while ten journal reports of
+//! Then memory: a fresh gateway's idle RSS, and its peak RSS (`VmHWM`) while ten journal reports of
 //! 50 MiB stream in at once over ten connections; all ten must be archived byte-exact.
 //!
 //! `cargo bench --bench smtp` runs the full benchmark; without `--bench` (`cargo test
@@ -112,7 +112,7 @@ impl Sizes {
 // ---------------------------------------------------------------------------------------------
 // The servers
 
-/// `journal-gateway serve` in a child process with its own temp data_dir.
+/// `journal-gateway serve` in a child process with its own temp `data_dir`.
 struct GatewayProc {
     child: Child,
     port: u16,
@@ -133,9 +133,10 @@ impl GatewayProc {
         fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"gateway.bench.test\"\n\
+                "data_dir = \"{data_dir}\"\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"gateway.bench.test\"\n\
                  accept = [\"{RCPT}\"]\nmax_connections = 500\n[http]\nlisten = \"127.0.0.1:{}\"\n",
-                free_port()
+                free_port(),
+                data_dir = data.display(),
             ),
         )
         .expect("gateway config");
@@ -188,7 +189,7 @@ impl GatewayProc {
 impl Drop for GatewayProc {
     fn drop(&mut self) {
         // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -290,7 +291,7 @@ fn smtp_source(port: u16, connections: usize, count: usize, size: usize) -> Clie
     );
     ClientDone {
         elapsed,
-        cpu: sys::children_cpu() - cpu0,
+        cpu: sys::children_cpu().checked_sub(cpu0).unwrap(),
     }
 }
 
@@ -439,7 +440,7 @@ impl Workload {
 
 fn human_size(n: usize) -> String {
     if n >= 1 << 20 {
-        format!("{:.0} MiB", n as f64 / (1 << 20) as f64)
+        format!("{:.0} MiB", n as f64 / f64::from(1 << 20))
     } else if n >= 1_000_000 {
         format!("{:.0} MB", n as f64 / 1e6)
     } else {
@@ -525,9 +526,7 @@ fn ingest(sizes: &Sizes, out: &mut String) {
             g / p
         );
     }
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let _ = writeln!(out, "\n### Where the time went (best round of each; CPU in cores = CPU seconds / wall seconds; the machine has {cpus} CPUs)\n");
     let _ = writeln!(
         out,
@@ -622,7 +621,7 @@ fn profile(servers: &Servers, sizes: &Sizes, path: &Path, out: &mut String) {
         sizes.messages,
     );
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(rec.id() as libc::pid_t, libc::SIGINT) };
+    unsafe { libc::kill(rec.id().cast_signed(), libc::SIGINT) };
     let _ = rec.wait();
     let _ = writeln!(
         out,

@@ -12,26 +12,29 @@ pub struct UnixMs(pub u64);
 
 impl UnixMs {
     /// Now (0 if the clock is before 1970).
+    #[must_use]
     pub fn now() -> UnixMs {
         UnixMs(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         )
     }
 
     /// Whole seconds since the epoch.
+    #[must_use]
     pub fn as_secs(self) -> u64 {
         self.0 / 1000
     }
 
     /// Milliseconds from `earlier` to `self` (0 if `earlier` is later).
+    #[must_use]
     pub fn since(self, earlier: UnixMs) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
 
     /// RFC 3339 (UTC), for humans reading JSON or tables.
+    #[must_use]
     pub fn rfc3339(self) -> Option<String> {
         let t =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).ok()?;

@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::tls::Fingerprint;
+
 /// The configuration used when `serve` is started without `--config`.
 pub const EMBEDDED_DEFAULT: &str = r#"
 data_dir = "./data"
@@ -25,6 +27,7 @@ accept = ["journal@journal.localhost"]
 listen = "127.0.0.1:9898"
 "#;
 
+/// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -34,14 +37,18 @@ pub struct Config {
     /// Memory for the index's page cache, in MiB (the operating system caches the file too).
     #[serde(default = "default_index_cache_mb")]
     pub index_cache_mb: u64,
+    /// `[smtp]`: the journal endpoint.
     #[serde(default)]
     pub smtp: SmtpConfig,
+    /// `[http]`: metrics, health and the admin API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Every `[[collector]]` (POP3 journal mailboxes).
     #[serde(default, rename = "collector")]
     pub collectors: Vec<CollectorConfig>,
 }
 
+/// `[smtp]`: the SMTP journal endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
@@ -68,6 +75,7 @@ pub struct SmtpConfig {
     pub require_starttls: bool,
     /// PEM certificate chain and key. Both unset: a self-signed pair is generated in `certs/`.
     pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
     /// Peers allowed to connect (CIDRs). Empty: everyone.
     #[serde(default)]
@@ -83,9 +91,11 @@ pub struct SmtpConfig {
     pub max_errors: u32,
 }
 
+/// `[http]`: metrics, health and the admin API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// The HTTP listener.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
     /// File holding the admin bearer token. Unset: one is generated in `<data_dir>/admin.token`.
@@ -97,6 +107,7 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+/// How a collector secures its POP3 connection (`tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
@@ -108,25 +119,35 @@ pub enum TlsMode {
     None,
 }
 
+/// One `[[collector]]`: a POP3 journal mailbox to drain.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
+    /// The collector's name (letters, digits, `-_.`), with its place in the file for errors.
     pub name: toml::Spanned<String>,
+    /// The POP3 server.
     pub host: String,
     /// Default: 995 for implicit TLS, 110 otherwise.
     pub port: Option<u16>,
+    /// Implicit TLS (default), STLS or none.
     #[serde(default = "default_tls_mode")]
     pub tls: TlsMode,
+    /// Allows `tls = "none"` (the password in clear).
     #[serde(default)]
     pub allow_insecure: bool,
+    /// The mailbox login.
     pub username: String,
+    /// The password, written in the file (one of the three password sources).
     pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
     pub password_env: Option<String>,
     /// PEM file of the CA(s) to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// SHA-256 fingerprint (hex, colons allowed) of the server certificate to accept.
     pub pin_sha256: Option<String>,
+    /// Time between polls.
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
     /// Inactive collectors do not poll; a test collection still works.
@@ -150,10 +171,14 @@ pub struct CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// The collector's name.
+    #[must_use]
     pub fn name(&self) -> &str {
         self.name.get_ref()
     }
 
+    /// The configured port, or the default of the TLS mode (995 implicit, 110 otherwise).
+    #[must_use]
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(match self.tls {
             TlsMode::Implicit => 995,
@@ -202,6 +227,7 @@ impl Default for HttpConfig {
 
 impl Config {
     /// `index_cache_mb` in bytes.
+    #[must_use]
     pub fn index_cache_bytes(&self) -> usize {
         usize::try_from(self.index_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
@@ -221,10 +247,16 @@ impl Config {
     }
 
     /// The embedded default (used when `serve` gets no `--config`).
+    ///
+    /// # Panics
+    /// Never: the embedded text is checked by a unit test.
+    #[must_use]
     pub fn embedded_default() -> Config {
         Self::parse(EMBEDDED_DEFAULT).expect("embedded default configuration is valid")
     }
 
+    /// The collector named `name`.
+    #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorConfig> {
         self.collectors.iter().find(|c| c.name() == name)
     }
@@ -295,24 +327,23 @@ impl Config {
         Ok(())
     }
 
+    /// The Maildir of the archived messages: `<data_dir>/archive`.
+    #[must_use]
     pub fn archive_dir(&self) -> PathBuf {
         self.data_dir.join("archive")
     }
-
-    pub fn index_path(&self) -> PathBuf {
-        self.data_dir.join("index.redb")
-    }
 }
 
-/// Parses a SHA-256 fingerprint written as hex, with or without colons.
-pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+/// Parses a SHA-256 fingerprint written as hex, with or without colons (`pin_sha256`).
+#[must_use]
+pub(crate) fn parse_fingerprint(s: &str) -> Option<Fingerprint> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(hex).ok()?;
-    bytes.try_into().ok()
+    bytes.try_into().ok().map(Fingerprint)
 }
 
 /// Parses `30s`, `5m`, `2h`, `1d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -410,10 +441,10 @@ fn default_max_connections() -> usize {
     100
 }
 fn default_command_timeout() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 fn default_data_timeout() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_mins(10)
 }
 fn default_max_errors() -> u32 {
     10
@@ -425,17 +456,17 @@ fn default_tls_mode() -> TlsMode {
     TlsMode::Implicit
 }
 fn default_index_cache_mb() -> u64 {
-    crate::archive::DEFAULT_CACHE_BYTES as u64 >> 20
+    crate::index::DEFAULT_CACHE_BYTES as u64 >> 20
 }
 fn default_interval() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 fn default_true() -> bool {
     true
 }
 /// The issue's default: a long drain commits its deletions every 1,000 messages. Each session
 /// lists the whole mailbox (UIDL) and the server applies its deletions at QUIT, so with a backlog of
-/// N messages the sessions cost O(N² / reconnect_every) on the server: a large backlog drains
+/// N messages the sessions cost O(N² / `reconnect_every`) on the server: a large backlog drains
 /// faster with a larger value (docs/performance.md). A cut session leaves at most this many
 /// archived messages undeleted, which the next one DELEs by UIDL without downloading them again.
 fn default_reconnect_every() -> u32 {
@@ -450,7 +481,7 @@ fn default_test_limit() -> u32 {
     200
 }
 fn default_pop3_timeout() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_mins(2)
 }
 
 #[cfg(test)]
@@ -532,7 +563,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_mins(5));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("m5").is_err());

@@ -1,11 +1,46 @@
 //! journal-gateway: archives Exchange journal reports received over SMTP and collected over POP3S.
 //!
-//! Data flows one way: a listener ([`smtp`]) or collector ([`pop3`]) hands raw bytes to the one
-//! ingest path ([`ingest`]), which parses them ([`journal`]), deduplicates and stores them durably
-//! ([`archive`]: the message files in [`store`], the records in [`index`]) and only then lets the
-//! caller acknowledge. [`server`] wires the parts together.
+//! Data flows one way: a listener (`smtp`) or collector ([`pop3`]) hands raw bytes to the one
+//! ingest path ([`ingest`]), which parses them ([`journal`]), deduplicates and stores them
+//! durably ([`archive`]: the message files in the store, the records in [`index`]) and only then
+//! lets the caller acknowledge. [`server`] wires the parts together.
 //!
-//! Starting a gateway in-process (what `serve`, the offline CLI runs and the tests do):
+//! # Layout
+//!
+//! Read top down, in the order a message travels:
+//!
+//! - [`server`]: the wiring. `start` opens the archive and the ingest path, builds the
+//!   collectors, binds SMTP and HTTP and returns a `Running`; `serve` is `start` plus signals.
+//! - [`config`]: the TOML configuration, errors naming the key and line.
+//! - `smtp` (crate-private): the SMTP journal endpoint: listener, admission, one session per
+//!   connection, one file per verb under `smtp/session/`. It takes an [`ingest::Ingest`], its
+//!   settings, [`metrics::Metrics`] and a shutdown token; nothing outside the wiring uses it.
+//! - [`pop3`]: the POP3 client (private), one [`pop3::Collector`] per `[[collector]]` and the
+//!   [`pop3::Collectors`] registry with their polling tasks.
+//! - `net` (crate-private): what both protocols share below their commands: the plain-or-TLS
+//!   connection and the `BodyWriter` message bodies stream into.
+//! - [`ingest`]: the one ingest path: `MessageWriter` (memory, then a spool file), dedupe, the
+//!   committer thread (group commit).
+//! - [`journal`]: the journal-report parser (Exchange 2007+/2003, plain messages), windowed over
+//!   an [`journal::Input`] so any size parses in bounded memory.
+//! - [`archive`]: the durability protocol over the store and the index: a batch is applied,
+//!   crash recovery, export.
+//! - [`index`]: the one owner of the redb database: records, UIDLs, counters, migration facts,
+//!   collector state and history.
+//! - `store` (crate-private): the message files, a Maildir (tmp/new/cur, fsync, recovery).
+//! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
+//! - [`http`]: metrics, health and the admin API (axum).
+//! - [`metrics`], [`clock`] (`UnixMs`, the one time type), [`tls`] (the SMTP certificate and
+//!   the SHA-256 [`tls::Fingerprint`]).
+//!
+//! Public modules are what the binary (`src/main.rs`, `src/cli/`), the integration tests
+//! (`tests/it`), the test kit (`tests/kit`) and the benchmarks use; `smtp`, `net` and `store`
+//! are reached only through the wiring and stay crate-private, so the compiler reports their dead
+//! code. `docs/architecture.md` draws the data flow and the durability protocol.
+//!
+//! # Starting a gateway
+//!
+//! In process (what `serve`, the offline CLI runs and the tests do):
 //!
 //! ```no_run
 //! # async fn example(config: journal_gateway::config::Config) -> anyhow::Result<()> {
@@ -27,10 +62,10 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod migration;
-pub mod net;
+pub(crate) mod net;
 pub mod pop3;
 pub mod server;
-pub mod smtp;
-pub mod store;
-pub mod systemd;
+pub(crate) mod smtp;
+pub(crate) mod store;
+pub(crate) mod systemd;
 pub mod tls;

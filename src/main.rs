@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 use cli::client::{Remote, Verb};
-use cli::offline_run;
+use cli::{offline_run, Offline};
 use journal_gateway::config::Config;
 
 #[derive(Parser)]
@@ -239,7 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     offline: true,
                     remote,
                 },
-        } => offline_run(remote.config.as_ref(), name, Some(limit)),
+        } => offline_run(remote.config.as_ref(), name, Offline::Test { limit }),
         Command::Collector {
             action:
                 CollectorCommand::Collect {
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     offline: true,
                     remote,
                 },
-        } => offline_run(remote.config.as_ref(), name, None),
+        } => offline_run(remote.config.as_ref(), name, Offline::Collect),
         Command::Collector { action } => {
             let (remote, verb) = match action {
                 CollectorCommand::List { remote } => (remote, Verb::CollectorList),

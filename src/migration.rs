@@ -32,22 +32,26 @@ use crate::index::{CollectorStore, Facts, Index, IndexError, Source};
 /// How long before the first SMTP arrival a POP3-only message must have been journaled to count as
 /// pre-cutover backlog. Dates have second resolution and clocks drift; a message journaled near the
 /// cutover is treated as journaled after it (the safe side: the check fails).
-pub const BACKLOG_MARGIN_MS: u64 = 60_000;
+pub(crate) const BACKLOG_MARGIN_MS: u64 = 60_000;
 
 /// One recent poll of a collector: when, and how many messages the mailbox held (STAT at the
 /// start of the run, i.e. what had accumulated since the previous poll).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PollView {
+pub(crate) struct PollView {
+    /// When, Unix ms.
     pub at_ms: u64,
+    /// Messages in the mailbox.
     pub queue_depth: u64,
 }
 
 /// What the verdict needs to know about one collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CollectorView {
+pub(crate) struct CollectorView {
+    /// The collector's name.
     pub name: String,
     /// Polls on schedule (configuration, or the operator's override).
     pub active: bool,
+    /// Retired already.
     pub retired: bool,
     /// Time between polls, in milliseconds.
     pub interval_ms: u64,
@@ -57,7 +61,8 @@ pub struct CollectorView {
 
 /// A message first archived over POP3 after the first SMTP arrival and never received over SMTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnmatchedView {
+pub(crate) struct UnmatchedView {
+    /// Its archive key.
     pub key: String,
     /// The collector that archived it (None when the record does not say).
     pub collector: Option<String>,
@@ -67,8 +72,10 @@ pub struct UnmatchedView {
 
 /// SMTP traffic as the archive saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SmtpView {
+pub(crate) struct SmtpView {
+    /// The first SMTP arrival, Unix ms.
     pub first_ms: Option<u64>,
+    /// The latest SMTP arrival, Unix ms.
     pub last_ms: Option<u64>,
     /// First arrival per envelope recipient (lower-cased).
     pub first_by_address: Vec<(String, u64)>,
@@ -78,13 +85,16 @@ pub struct SmtpView {
 
 /// Everything the verdict is computed from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MigrationInput {
+pub(crate) struct MigrationInput {
+    /// The time the verdict is computed for, Unix ms.
     pub now_ms: u64,
+    /// SMTP traffic so far.
     pub smtp: SmtpView,
     /// Messages first archived over POP3 after the first SMTP arrival (all collectors).
     pub pop3_after_smtp: u64,
     /// Those of them never received over SMTP.
     pub unmatched: Vec<UnmatchedView>,
+    /// Every configured collector.
     pub collectors: Vec<CollectorView>,
 }
 
@@ -93,33 +103,43 @@ pub struct MigrationInput {
 pub struct Check {
     /// `smtp_traffic`, `queue_empty` or `overlap`.
     pub name: String,
+    /// The check passes.
     pub ok: bool,
     /// One sentence an operator can act on.
     pub detail: String,
+    /// The numbers the check looked at (JSON, per check).
     pub figures: serde_json::Value,
 }
 
 /// The verdict for one collector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectorVerdict {
+    /// The collector's name.
     pub name: String,
+    /// It polls on schedule.
     pub active: bool,
+    /// Retired already.
     pub retired: bool,
     /// All checks pass: retiring it loses nothing.
     pub safe_to_retire: bool,
+    /// Each check with its figures.
     pub checks: Vec<Check>,
 }
 
 /// The whole verdict: one entry per collector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
+    /// The time it was computed for, Unix ms.
     pub now_ms: u64,
     /// Every collector that is not retired yet is safe to retire (true when none is left).
     pub cutover_complete_when_retired: bool,
+    /// One verdict per collector.
     pub collectors: Vec<CollectorVerdict>,
 }
 
 impl Verdict {
+    /// The verdict of the collector named `name`.
+    #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorVerdict> {
         self.collectors.iter().find(|c| c.name == name)
     }
@@ -127,6 +147,7 @@ impl Verdict {
 
 impl CollectorVerdict {
     /// The failing checks' details, for a 409 answer or a log line.
+    #[must_use]
     pub fn reasons(&self) -> Vec<String> {
         self.checks
             .iter()
@@ -137,7 +158,8 @@ impl CollectorVerdict {
 }
 
 /// Computes the verdict for every collector.
-pub fn verdict(input: &MigrationInput) -> Verdict {
+#[must_use]
+pub(crate) fn verdict(input: &MigrationInput) -> Verdict {
     let collectors: Vec<CollectorVerdict> = input
         .collectors
         .iter()
@@ -346,7 +368,7 @@ fn overlap(input: &MigrationInput, c: &CollectorView) -> Check {
 /// The facts the verdict needs, recorded with every arrival in the archive's transaction:
 /// the first and last SMTP arrival (and the first per journal address), and which originals
 /// were first archived over POP3 after SMTP traffic began without (yet) arriving over SMTP.
-pub struct CutoverFacts;
+pub(crate) struct CutoverFacts;
 
 impl FactRecorder for CutoverFacts {
     fn record(&self, facts: &mut Facts<'_, '_>, a: &Recorded<'_>) -> Result<(), IndexError> {
@@ -368,7 +390,7 @@ impl FactRecorder for CutoverFacts {
 }
 
 /// The messages collected over POP3 only after the first SMTP arrival, with collector and date.
-pub fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
+pub(crate) fn unmatched_after_smtp(index: &Index) -> Result<Vec<UnmatchedView>, IndexError> {
     let keys = index.pop3_only_keys()?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
@@ -394,13 +416,13 @@ const RUNS_FOR_POLLS: usize = 20;
 /// Gathers everything the cutover verdict needs from the index (totals, facts, the
 /// collectors' state and history), the configured collectors and the accepted journal
 /// addresses. Blocking index reads.
-pub fn gather_input<'a>(
+pub(crate) fn gather_input<'a>(
     index: &Index,
     store: &CollectorStore,
     collectors: impl IntoIterator<Item = &'a CollectorConfig>,
     accepted: &[String],
 ) -> Result<MigrationInput, IndexError> {
-    let stats = index.stats()?;
+    let totals = index.stats()?;
     let mut views = Vec::new();
     for c in collectors {
         let state = store.state(c.name())?;
@@ -419,23 +441,23 @@ pub fn gather_input<'a>(
             name: c.name().to_string(),
             active: state.active(c.active),
             retired: state.retired,
-            interval_ms: c.interval.as_millis() as u64,
+            interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
             polls,
         });
     }
     Ok(MigrationInput {
         now_ms: crate::clock::UnixMs::now().0,
         smtp: SmtpView {
-            first_ms: stats.first_smtp_ms.map(|t| t.0),
-            last_ms: stats.last_smtp_ms.map(|t| t.0),
-            first_by_address: stats
+            first_ms: totals.first_smtp_ms.map(|t| t.0),
+            last_ms: totals.last_smtp_ms.map(|t| t.0),
+            first_by_address: totals
                 .first_smtp_by_address
                 .iter()
                 .map(|(a, t)| (a.clone(), t.0))
                 .collect(),
             accepted: accepted.to_vec(),
         },
-        pop3_after_smtp: stats.pop3_after_smtp,
+        pop3_after_smtp: totals.pop3_after_smtp,
         unmatched: unmatched_after_smtp(index)?,
         collectors: views,
     })

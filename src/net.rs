@@ -117,15 +117,3 @@ impl BodyWriter for Vec<u8> {
         async { Ok(()) }
     }
 }
-
-/// Counts and discards (for measuring a protocol alone).
-#[derive(Debug, Default)]
-pub struct Discard(pub u64);
-
-impl BodyWriter for Discard {
-    #[allow(clippy::manual_async_fn)]
-    fn write_chunk(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
-        self.0 += data.len() as u64;
-        async { Ok(()) }
-    }
-}

@@ -59,8 +59,11 @@ pub struct Running {
     pub smtp_cert: Option<PathBuf>,
     /// The bound HTTP address (None without HTTP).
     pub http_addr: Option<SocketAddr>,
+    /// The archive (store and index).
     pub archive: Arc<Archive>,
+    /// The one ingest path.
     pub ingest: Ingest,
+    /// The Prometheus registry.
     pub metrics: Metrics,
     /// Collector state and history.
     pub collector_store: CollectorStore,
@@ -249,6 +252,7 @@ async fn wait_for_signal() {
 
 /// A human summary of what a configuration makes the gateway do (printed at start and by
 /// `check-config`).
+#[must_use]
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();

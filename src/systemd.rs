@@ -1,4 +1,4 @@
-//! sd_notify: tells the service manager (systemd `Type=notify`) when the gateway is listening, what
+//! `sd_notify`: tells the service manager (systemd `Type=notify`) when the gateway is listening, what
 //! it is doing, and when it stops.
 //!
 //! The protocol is one unix datagram per notification, sent to the socket named by `$NOTIFY_SOCKET`
@@ -183,7 +183,7 @@ pub fn ready_with(notifier: Notifier, status: &str, shutdown: CancellationToken)
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        () = stop.cancelled() => break,
                         got = signal.recv() => {
                             if got.is_none() || hangups.send(()).is_err() {
                                 break;
@@ -210,7 +210,7 @@ async fn supervise(
 ) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             Some(()) = hangups.recv() => {
                 tracing::warn!(
                     "SIGHUP: configuration reload is not implemented yet; the running configuration \

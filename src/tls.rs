@@ -17,16 +17,19 @@ use tokio_rustls::rustls::{self, ServerConfig};
 
 use crate::config::Config;
 
-/// File names used in a generated certificate directory.
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
+/// The certificate's file name in a generated certificate directory.
+pub(crate) const CERT_FILE: &str = "cert.pem";
+/// The private key's file name in a generated certificate directory.
+pub(crate) const KEY_FILE: &str = "key.pem";
 
 /// A certificate ready to serve, with where it came from.
 #[derive(Clone)]
 pub struct TlsIdentity {
+    /// The rustls server configuration serving it.
     pub config: Arc<ServerConfig>,
     /// SHA-256 of the leaf certificate (DER).
     pub fingerprint: Fingerprint,
+    /// The certificate file (PEM).
     pub cert_path: PathBuf,
     /// True when this run created the certificate.
     pub generated: bool,
@@ -35,19 +38,23 @@ pub struct TlsIdentity {
 /// Paths and fingerprint of a freshly generated certificate.
 #[derive(Debug, Clone)]
 pub struct Generated {
+    /// The certificate (PEM).
     pub cert_path: PathBuf,
+    /// Its private key (PEM, mode 0600).
     pub key_path: PathBuf,
+    /// SHA-256 of the certificate (DER).
     pub fingerprint: Fingerprint,
 }
 
 /// The directory a certificate is generated in when `smtp.tls_cert`/`tls_key` are unset.
-pub fn default_cert_dir(config: &Config) -> PathBuf {
+#[must_use]
+pub(crate) fn default_cert_dir(config: &Config) -> PathBuf {
     config.data_dir.join("certs")
 }
 
 /// Loads the configured certificate, or the one generated earlier in `<data_dir>/certs/`, or
 /// generates one there (hostname and non-wildcard listen addresses as SANs).
-pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
+pub(crate) fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
     if let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) {
         return load(cert, key, false);
     }
@@ -64,7 +71,7 @@ pub fn load_or_generate(config: &Config) -> anyhow::Result<TlsIdentity> {
 
 /// The SANs for a generated certificate: the hostname, then each distinct listen IP that a client
 /// can actually connect to (wildcard addresses are skipped).
-pub fn subject_names<'a>(
+pub(crate) fn subject_names<'a>(
     hostname: &str,
     listen: impl Iterator<Item = &'a SocketAddr>,
 ) -> Vec<String> {
@@ -144,12 +151,16 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(data)
-        .and_then(|_| f.sync_all())
+        .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Loads a PEM certificate chain and private key and builds the server configuration.
-pub fn load(cert_path: &Path, key_path: &Path, generated: bool) -> anyhow::Result<TlsIdentity> {
+pub(crate) fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    generated: bool,
+) -> anyhow::Result<TlsIdentity> {
     let certs = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -177,7 +188,7 @@ pub fn load(cert_path: &Path, key_path: &Path, generated: bool) -> anyhow::Resul
 
 /// A rustls server configuration with the aws-lc-rs provider, TLS 1.2 and 1.3 only, no client
 /// certificates.
-pub fn server_config(
+pub(crate) fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
@@ -198,6 +209,7 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
     /// The fingerprint of a DER certificate.
+    #[must_use]
     pub fn of(der: &[u8]) -> Fingerprint {
         Fingerprint(Sha256::digest(der).into())
     }

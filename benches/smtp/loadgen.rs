@@ -82,7 +82,7 @@ pub fn run(load: &Load) -> anyhow::Result<Done> {
             })?;
             Ok(Done {
                 elapsed: start.elapsed(),
-                cpu: crate::sys::thread_cpu() - cpu0,
+                cpu: crate::sys::thread_cpu().checked_sub(cpu0).unwrap(),
             })
         })
         .join()

@@ -1,5 +1,5 @@
 //! A private Postfix instance receiving into a virtual Maildir: what an operator would otherwise
-//! run in front of an archive. Everything (config_directory, queue_directory, data_directory,
+//! run in front of an archive. Everything (`config_directory`, `queue_directory`, `data_directory`,
 //! the Maildir) lives in one temporary directory; `postfix -c DIR start` runs it, and the Drop
 //! guard stops it (also when the benchmark panics).
 //!
@@ -214,7 +214,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             }
             if Path::new(&format!("/proc/{pid}")).exists() {
                 // SAFETY: plain kill(2) of the master we started.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
             }
         }
     }
@@ -230,7 +230,7 @@ fn count_tree(dir: &Path) -> usize {
     let Ok(d) = fs::read_dir(dir) else { return 0 };
     d.flatten()
         .map(|e| {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 count_tree(&e.path())
             } else {
                 1

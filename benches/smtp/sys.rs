@@ -22,12 +22,12 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state); ppid is field 4, utime..cstime fields 14..17.
-    let ppid = f.get(1)?.parse().ok()?;
+    let parent = f.get(1)?.parse().ok()?;
     let cpu = f[11..15]
         .iter()
         .map(|v| v.parse::<u64>().unwrap_or(0))
         .sum();
-    Some((ppid, cpu))
+    Some((parent, cpu))
 }
 
 /// CPU time used by `pid` and everything under it: its own time, its reaped children's (cutime,
@@ -63,8 +63,11 @@ pub fn tree_cpu(pid: u32) -> Duration {
 fn rusage(who: libc::c_int) -> Duration {
     // SAFETY: getrusage writes into the struct we pass.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(who, &mut r) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    unsafe { libc::getrusage(who, &raw mut r) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
     tv(r.ru_utime) + tv(r.ru_stime)
 }
 
@@ -77,8 +80,9 @@ pub fn children_cpu() -> Duration {
 pub fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes into the struct we pass.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    Duration::from_secs(u64::try_from(ts.tv_sec).unwrap_or(0))
+        + Duration::from_nanos(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// Machine-wide CPU counters (`/proc/stat`, all CPUs): (busy, iowait, total) ticks.
@@ -137,10 +141,10 @@ pub fn fs_type(dir: &Path) -> String {
     };
     // SAFETY: statfs writes into the struct we pass; the path is NUL-terminated.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut s) } != 0 {
         return "?".into();
     }
-    match s.f_type as u64 {
+    match s.f_type.cast_unsigned() {
         0xEF53 => "ext4".into(),
         0x0102_1994 => "tmpfs (fsync is free: figures meaningless)".into(),
         0x5846_5342 => "xfs".into(),
@@ -152,5 +156,5 @@ pub fn fs_type(dir: &Path) -> String {
 
 /// Files in a directory (0 when it does not exist).
 pub fn count_files(dir: &Path) -> usize {
-    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(dir).map_or(0, std::iter::Iterator::count)
 }

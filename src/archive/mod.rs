@@ -1,4 +1,4 @@
-//! The archive: the message store ([`Maildir`]) and the index ([`Index`]) kept in agreement by
+//! The archive: the message store (`store::Maildir`) and the index ([`Index`]) kept in agreement by
 //! one durability protocol. It records arrivals; it knows nothing of SMTP or POP3 (what an
 //! arrival means for the migration is recorded by the caller's [`FactRecorder`], in the same
 //! transaction).
@@ -43,7 +43,9 @@ pub enum ArchiveError {
     /// The index could not be opened.
     #[error("opening the index {}: {source}", path.display())]
     OpenIndex {
+        /// The index file.
         path: PathBuf,
+        /// Why it could not be opened.
         #[source]
         source: IndexError,
     },
@@ -51,7 +53,7 @@ pub enum ArchiveError {
 
 /// One arrival handed to [`Archive::apply`].
 #[derive(Debug, Clone)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// The original's key (Message-ID or content hash).
     pub key: String,
     /// Where it goes if `key` is taken by a message with another identity.
@@ -66,12 +68,17 @@ pub struct Arrival {
 
 /// What [`Archive::apply`] did with one arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
+    /// A new original (or a new variant of a reused Message-ID) was recorded.
     Archived {
+        /// The key it is stored under (`<msgid>#<hash>` for a variant).
         key: String,
+        /// Stored as a variant: the Message-ID was taken by another message.
         variant: bool,
     },
+    /// The original was archived already: recipients and sighting merged into its record.
     Duplicate {
+        /// The key of the record it merged into.
         key: String,
     },
     /// The arrival carried no file but its original is not archived: write the file and retry.
@@ -80,7 +87,7 @@ pub enum Applied {
 
 /// One recorded arrival, as a [`FactRecorder`] sees it.
 #[derive(Debug)]
-pub struct Recorded<'a> {
+pub(crate) struct Recorded<'a> {
     /// The key it was recorded under.
     pub key: &'a str,
     /// The arrival.
@@ -91,13 +98,13 @@ pub struct Recorded<'a> {
 
 /// Records what an arrival means beyond the archive (e.g. for the migration), inside the
 /// batch's transaction, so those facts and the records never disagree.
-pub trait FactRecorder: Send + Sync {
+pub(crate) trait FactRecorder: Send + Sync {
     /// Called once per recorded arrival, in arrival order.
     fn record(&self, facts: &mut Facts<'_, '_>, arrival: &Recorded<'_>) -> Result<(), IndexError>;
 }
 
 /// Records no facts.
-pub struct NoFacts;
+pub(crate) struct NoFacts;
 
 impl FactRecorder for NoFacts {
     fn record(&self, _: &mut Facts<'_, '_>, _: &Recorded<'_>) -> Result<(), IndexError> {
@@ -177,7 +184,7 @@ impl Archive {
 
     /// Records a batch of arrivals durably (see the module docs for the protocol). One fsync of
     /// the index for the whole batch. Results are in arrival order.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         batch: &[Arrival],
         facts: &dyn FactRecorder,
@@ -332,7 +339,9 @@ impl Archive {
                 n += 1;
                 Ok(())
             })?;
-        tsv.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        tsv.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
         Ok(n)
     }
 }
@@ -364,38 +373,35 @@ fn record_one(
         }
     }
     let source = &a.sighting.source;
-    let (result, previous) = match existing {
-        Some(previous) => {
-            let mut rec = previous.clone();
-            rec.merge(&a.record, a.sighting.clone());
-            w.put_record(target, &rec)?;
-            w.count_duplicate(source);
-            (
-                Applied::Duplicate {
-                    key: target.to_string(),
-                },
-                Some(previous),
-            )
-        }
-        None => {
-            let Some(tmp_file) = &a.tmp_file else {
-                return Ok(Applied::NeedsFile);
-            };
-            let mut rec = a.record.clone();
-            rec.file = tmp_file.clone();
-            rec.variant = variant;
-            rec.sightings = vec![a.sighting.clone()];
-            w.put_record(target, &rec)?;
-            w.add_pending(tmp_file, target)?;
-            w.count_archived(source, rec.size, variant, rec.first_seen_ms());
-            (
-                Applied::Archived {
-                    key: target.to_string(),
-                    variant,
-                },
-                None,
-            )
-        }
+    let (result, previous) = if let Some(previous) = existing {
+        let mut rec = previous.clone();
+        rec.merge(&a.record, a.sighting.clone());
+        w.put_record(target, &rec)?;
+        w.count_duplicate(source);
+        (
+            Applied::Duplicate {
+                key: target.to_string(),
+            },
+            Some(previous),
+        )
+    } else {
+        let Some(tmp_file) = &a.tmp_file else {
+            return Ok(Applied::NeedsFile);
+        };
+        let mut rec = a.record.clone();
+        rec.file.clone_from(tmp_file);
+        rec.variant = variant;
+        rec.sightings = vec![a.sighting.clone()];
+        w.put_record(target, &rec)?;
+        w.add_pending(tmp_file, target)?;
+        w.count_archived(source, rec.size, variant, rec.first_seen_ms());
+        (
+            Applied::Archived {
+                key: target.to_string(),
+                variant,
+            },
+            None,
+        )
     };
     if let (Some(collector), Some(uidl)) = (source.collector(), &a.sighting.uidl) {
         w.set_uidl(collector, uidl, target)?;

@@ -73,8 +73,7 @@ impl Reply {
         match self.json() {
             Ok(v) => v["error"]
                 .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string()),
+                .map_or_else(|| v.to_string(), str::to_string),
             Err(_) => String::from_utf8_lossy(&self.body).trim().to_string(),
         }
     }
@@ -166,6 +165,11 @@ fn segment(s: &str) -> String {
     out
 }
 
+/// The server's JSON answer as `T`.
+fn parse<T: DeserializeOwned>(r: &Reply) -> anyhow::Result<T> {
+    serde_json::from_slice(&r.body).context("unexpected answer from the server")
+}
+
 /// Runs a verb against the server and returns what to print. A refused or failed call is an
 /// error whose message carries the server's explanation (e.g. the retire verdict's reasons).
 pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
@@ -227,9 +231,6 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
     if remote.json {
         return Ok(serde_json::to_string_pretty(&reply.json()?)? + "\n");
     }
-    fn parse<T: DeserializeOwned>(r: &Reply) -> anyhow::Result<T> {
-        serde_json::from_slice(&r.body).context("unexpected answer from the server")
-    }
     Ok(match verb {
         Verb::Status => format_status(&parse(&reply)?),
         Verb::CollectorList => format_collectors(&parse::<Vec<CollectorInfo>>(&reply)?),
@@ -263,7 +264,7 @@ fn time_ms(ms: Option<UnixMs>) -> String {
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// Left-aligned columns, two spaces apart.

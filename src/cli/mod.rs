@@ -5,23 +5,32 @@ pub mod client;
 
 use std::path::PathBuf;
 
-/// `collector test --offline` (`test = Some(limit)`) and `collector collect --offline` (`None`):
-/// one run in this process (the server must be stopped), recorded in the history like any other.
-pub fn offline_run(
-    config: Option<&PathBuf>,
-    name: String,
-    test: Option<Option<u32>>,
-) -> anyhow::Result<()> {
+/// Which run `offline_run` makes.
+#[derive(Clone, Copy)]
+pub enum Offline {
+    /// `collector test --offline`: up to `limit` messages (default: the collector's
+    /// `test_limit`), nothing deleted.
+    Test {
+        /// `--limit`.
+        limit: Option<u32>,
+    },
+    /// `collector collect --offline`: a normal run.
+    Collect,
+}
+
+/// `collector test --offline` and `collector collect --offline`: one run in this process (the
+/// server must be stopped), recorded in the history like any other.
+pub fn offline_run(config: Option<&PathBuf>, name: String, run: Offline) -> anyhow::Result<()> {
     use journal_gateway::pop3::RunKind;
     let config = super::load(config)?;
     let Some(cfg) = config.collector(&name).cloned() else {
         anyhow::bail!("no [[collector]] named {name:?} in the configuration");
     };
-    let kind = match test {
-        Some(limit) => RunKind::Test {
+    let kind = match run {
+        Offline::Test { limit } => RunKind::Test {
             limit: limit.unwrap_or(cfg.test_limit),
         },
-        None => RunKind::Normal,
+        Offline::Collect => RunKind::Normal,
     };
     super::runtime()?.block_on(async move {
         use journal_gateway::server::{start, Start};

@@ -101,7 +101,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         });
         let probe = tmp.join(format!("readyz.{}.probe", std::process::id()));
         let writable = std::fs::write(&probe, b"ok")
-            .and_then(|_| std::fs::remove_file(&probe))
+            .and_then(|()| std::fs::remove_file(&probe))
             .map_err(|e| {
                 tracing::warn!("readyz: {}: {e}", tmp.display());
                 "archive/tmp does not take files".to_string()
@@ -135,9 +135,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {
     let uptime = state.started.elapsed().as_secs();
     blocking(move || {
-        let stats = state.ctx.archive.stats()?;
+        let totals = state.ctx.archive.stats()?;
         let collectors = views::collector_infos(&state.ctx.store, &state.ctx.collectors)?;
-        Ok(Json(Status::new(&stats, uptime, collectors)))
+        Ok(Json(Status::new(&totals, uptime, collectors)))
     })
     .await
 }
@@ -358,7 +358,9 @@ pub(crate) async fn retire_collector(
         });
     }
     let reasons = cv.reasons();
-    if !cv.safe_to_retire {
+    if cv.safe_to_retire {
+        tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
+    } else {
         if !force {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -371,8 +373,6 @@ pub(crate) async fn retire_collector(
             reasons = ?reasons,
             "admin API: collector retired with force although the cutover verdict says not safe"
         );
-    } else {
-        tracing::info!(collector = %name, "admin API: collector retired (cutover verdict: safe)");
     }
     let (store, n) = (state.ctx.store.clone(), name.to_string());
     blocking(move || Ok(store.retire(&n)?)).await?;

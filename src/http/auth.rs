@@ -17,18 +17,23 @@ use super::{ApiError, AppState};
 use crate::config::Config;
 
 /// The token and where it lives.
-pub struct Token {
+pub(crate) struct Token {
     secret: String,
+    /// The file the token was read from (or generated into).
     pub path: PathBuf,
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("path", &self.path).finish()
+        // The secret stays out of logs.
+        f.debug_struct("Token")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 /// Where the token is read from: the configured file, or `<data_dir>/admin.token`.
+#[must_use]
 pub fn token_path(config: &Config) -> PathBuf {
     config
         .http
@@ -69,7 +74,7 @@ impl Token {
             .open(&path)
             .with_context(|| format!("creating the admin token {}", path.display()))?;
         writeln!(file, "{secret}")
-            .and_then(|_| file.sync_all())
+            .and_then(|()| file.sync_all())
             .with_context(|| format!("writing the admin token {}", path.display()))?;
         tracing::info!(
             "generated an admin API token into {} (mode 0600); the CLI reads it from there",
@@ -79,6 +84,7 @@ impl Token {
     }
 
     /// Constant-time comparison with a presented token.
+    #[must_use]
     pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

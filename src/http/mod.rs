@@ -43,10 +43,13 @@ use crate::pop3::Collectors;
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
+    /// Marks every listener bound: `/readyz` may answer 200 from now on.
     pub fn set_listeners_bound(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// Whether every listener is bound.
+    #[must_use]
     pub fn listeners_bound(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
@@ -61,6 +64,7 @@ pub struct HttpContext {
     pub store: CollectorStore,
     /// The configured collectors, operated by the admin API.
     pub collectors: Collectors,
+    /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// Cancelled when the gateway shuts down: the server stops, `/readyz` says 503.
     pub shutdown: CancellationToken,
@@ -122,6 +126,7 @@ impl HttpServer {
         })
     }
 
+    /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

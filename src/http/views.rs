@@ -1,5 +1,5 @@
 //! The JSON shapes of the admin API. Shapes are plain `serde` structs so the CLI can read them
-//! back ([`crate::client`]).
+//! back (the binary's admin-API client).
 
 use serde::{Deserialize, Serialize};
 
@@ -14,30 +14,43 @@ pub struct SourceTotals {
     pub archived: u64,
     /// Arrivals of an original that was already archived.
     pub duplicates: u64,
+    /// Bytes of the new archive entries.
     pub bytes: u64,
 }
 
 /// `GET /api/v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
+    /// The gateway's version (`CARGO_PKG_VERSION`).
     pub version: String,
+    /// Seconds since the server started.
     pub uptime_seconds: u64,
     /// Archived originals (index entries).
     pub messages: u64,
+    /// Totals of the SMTP listener.
     pub smtp: SourceTotals,
+    /// Totals of every POP3 collector together.
     pub pop3: SourceTotals,
     /// Message-IDs reused by a different message (stored as variants).
     pub conflicts: u64,
     /// "Data collected since": the first archived message.
     pub collected_since_ms: Option<UnixMs>,
+    /// `collected_since_ms` as RFC 3339.
     pub collected_since: Option<String>,
+    /// The first arrival over SMTP.
     pub first_smtp_ms: Option<UnixMs>,
+    /// The latest arrival over SMTP.
     pub last_smtp_ms: Option<UnixMs>,
+    /// Every configured collector.
     pub collectors: Vec<CollectorInfo>,
 }
 
 impl Status {
-    pub fn new(stats: &Stats, uptime_seconds: u64, collectors: Vec<CollectorInfo>) -> Status {
+    pub(crate) fn new(
+        stats: &Stats,
+        uptime_seconds: u64,
+        collectors: Vec<CollectorInfo>,
+    ) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds,
@@ -64,11 +77,17 @@ impl Status {
 
 /// One collector in `GET /api/v1/collectors` (configuration and state).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // a JSON shape: each flag is a field of the API
 pub struct CollectorInfo {
+    /// `[[collector]] name`.
     pub name: String,
+    /// The POP3 server.
     pub host: String,
+    /// Its port.
     pub port: u16,
+    /// The mailbox login.
     pub username: String,
+    /// Seconds between polls.
     pub interval_seconds: u64,
     /// `active` in the configuration.
     pub configured_active: bool,
@@ -76,18 +95,24 @@ pub struct CollectorInfo {
     pub active: bool,
     /// The operator's activate/deactivate, if any.
     pub active_override: Option<bool>,
+    /// Retired for good (never polls again).
     pub retired: bool,
+    /// When it was retired.
     pub retired_ms: Option<UnixMs>,
+    /// `delete` in the configuration: DELE what is archived.
     pub delete: bool,
     /// Mailbox count at the last poll.
     pub queue_depth: Option<u64>,
+    /// The end of the last run.
     pub last_run_ms: Option<UnixMs>,
+    /// The end of the last successful run.
     pub last_success_ms: Option<UnixMs>,
+    /// The last run's error, if it failed.
     pub last_error: Option<String>,
 }
 
 /// Configuration and state of every collector.
-pub fn collector_infos(
+pub(crate) fn collector_infos(
     store: &CollectorStore,
     collectors: &Collectors,
 ) -> Result<Vec<CollectorInfo>, IndexError> {
@@ -119,18 +144,21 @@ pub fn collector_infos(
 
 /// `GET /api/v1/messages/{id}`: the record, with its key and a summary of its sources.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MessageView {
+pub(crate) struct MessageView {
+    /// The archive key (the original's Message-ID, or `sha256:`).
     pub key: String,
     /// Distinct sources in arrival order (`smtp`, `pop3:<collector>`).
     pub sources: Vec<Source>,
+    /// The first arrival.
     pub first_seen_ms: UnixMs,
+    /// `first_seen_ms` as RFC 3339.
     pub first_seen: Option<String>,
     #[serde(flatten)]
     pub record: Record,
 }
 
 impl MessageView {
-    pub fn new(key: String, record: Record) -> MessageView {
+    pub(crate) fn new(key: String, record: Record) -> MessageView {
         let mut sources: Vec<Source> = Vec::new();
         for s in &record.sightings {
             if !sources.contains(&s.source) {
@@ -150,7 +178,10 @@ impl MessageView {
 
 /// Finds a message by a Message-ID as typed by an operator: with or without angle brackets,
 /// surrounding spaces ignored. Returns the archive key and the record.
-pub fn find_message(index: &Index, id: &str) -> Result<Option<(String, Record)>, IndexError> {
+pub(crate) fn find_message(
+    index: &Index,
+    id: &str,
+) -> Result<Option<(String, Record)>, IndexError> {
     let id = id.trim();
     let bare = id
         .strip_prefix('<')

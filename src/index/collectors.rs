@@ -38,6 +38,7 @@ pub enum RunKind {
 
 impl RunKind {
     /// `normal` or `test`, as stored.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Normal => "normal",
@@ -46,6 +47,7 @@ impl RunKind {
     }
 
     /// The limit of a test collection.
+    #[must_use]
     pub fn limit(self) -> Option<u32> {
         match self {
             RunKind::Normal => None,
@@ -70,12 +72,14 @@ pub struct Run {
     pub id: u64,
     /// Normal, or a test collection with its limit.
     pub kind: RunKind,
-    /// Start and end.
+    /// When the run started.
     pub started_ms: UnixMs,
+    /// When it ended.
     pub ended_ms: UnixMs,
     /// Messages (and octets) in the mailbox when the run started (`STAT` of its first session);
     /// `None` when it failed before that.
     pub on_server: Option<u64>,
+    /// Their size in octets (the same `STAT`).
     pub octets_on_server: Option<u64>,
     /// Mailbox count at the last `STAT` of the run (the queue depth it leaves behind).
     pub on_server_at_end: Option<u64>,
@@ -93,6 +97,7 @@ pub struct Run {
     pub bytes: u64,
     /// POP3 sessions (one per `reconnect_every` messages).
     pub sessions: u32,
+    /// Why the run failed (`None`: it succeeded).
     pub error: Option<String>,
     /// The error's kind label (as in `pop3_errors_total{kind}`).
     pub error_kind: Option<String>,
@@ -100,11 +105,13 @@ pub struct Run {
 
 impl Run {
     /// The limit of a test collection (the row's `limit` field).
+    #[must_use]
     pub fn limit(&self) -> Option<u32> {
         self.kind.limit()
     }
 
     /// How long the run took, in milliseconds.
+    #[must_use]
     pub fn duration_ms(&self) -> u64 {
         self.ended_ms.since(self.started_ms)
     }
@@ -194,7 +201,9 @@ impl TryFrom<RunRow> for Run {
 /// One poll: when, and how many messages were in the mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Poll {
+    /// When the mailbox was counted.
     pub at_ms: UnixMs,
+    /// Messages in it then.
     pub queue_depth: u64,
 }
 
@@ -205,18 +214,23 @@ pub struct CollectorState {
     pub queue_depth: Option<u64>,
     /// The last [`POLLS_KEPT`] polls, oldest first.
     pub polls: Vec<Poll>,
+    /// The end of the last run.
     pub last_run_ms: Option<UnixMs>,
+    /// The end of the last successful run.
     pub last_success_ms: Option<UnixMs>,
+    /// The last run's error (`None` after a success).
     pub last_error: Option<String>,
     /// Set by an operator (activate/deactivate); `None`: the configuration's `active`.
     pub active_override: Option<bool>,
     /// Retired collectors never poll again; their history stays.
     pub retired: bool,
+    /// When it was retired.
     pub retired_ms: Option<UnixMs>,
 }
 
 impl CollectorState {
     /// Whether the collector polls, given the configuration's `active`.
+    #[must_use]
     pub fn active(&self, configured: bool) -> bool {
         !self.retired && self.active_override.unwrap_or(configured)
     }
@@ -240,6 +254,7 @@ fn decode_state(bytes: &[u8]) -> Result<CollectorState, IndexError> {
 
 impl CollectorStore {
     /// The store kept in `index`.
+    #[must_use]
     pub fn new(index: Arc<Index>) -> CollectorStore {
         CollectorStore { index }
     }

@@ -96,18 +96,27 @@ from_redb!(
 /// Totals kept in the index (they seed the Prometheus counters at start).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
+    /// Archived originals (records in the index).
     pub messages: u64,
+    /// New originals that arrived over SMTP.
     pub archived_smtp: u64,
+    /// New originals collected over POP3.
     pub archived_pop3: u64,
+    /// SMTP arrivals of an original archived already.
     pub duplicates_smtp: u64,
+    /// POP3 arrivals of an original archived already.
     pub duplicates_pop3: u64,
+    /// Bytes of the originals archived from SMTP.
     pub bytes_smtp: u64,
+    /// Bytes of the originals archived from POP3.
     pub bytes_pop3: u64,
+    /// Message-IDs reused by another message (stored as variants).
     pub conflicts: u64,
     /// The first archived message ("data collected since").
     pub first_archive_ms: Option<UnixMs>,
-    /// The first and the latest SMTP arrival.
+    /// The first SMTP arrival.
     pub first_smtp_ms: Option<UnixMs>,
+    /// The latest SMTP arrival.
     pub last_smtp_ms: Option<UnixMs>,
     /// First SMTP arrival per journal address (RCPT TO, lower-cased).
     pub first_smtp_by_address: Vec<(String, UnixMs)>,
@@ -422,11 +431,7 @@ impl<'txn> Writer<'txn> {
     fn flush_counters(&mut self) -> Result<(), IndexError> {
         let counters = std::mem::take(&mut self.counters);
         for (name, by) in counters.add {
-            let old = self
-                .stats
-                .get(name.as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let old = self.stats.get(name.as_str())?.map_or(0, |v| v.value());
             self.stats.insert(name.as_str(), old + by)?;
         }
         for (name, value) in counters.set_once {

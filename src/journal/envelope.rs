@@ -223,7 +223,7 @@ impl EnvelopeParser {
                 }
             },
             Field::Recipients { kind, rest, .. } => {
-                push_recipients(&mut self.out.envelope.recipients, kind, &rest)
+                push_recipients(&mut self.out.envelope.recipients, kind, &rest);
             }
         }
     }

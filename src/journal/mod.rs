@@ -59,6 +59,8 @@ pub enum Format {
 }
 
 impl Format {
+    /// The name in logs, metrics and the index: `exchange2007`, `exchange2003`, `plain`.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Exchange2007 => "exchange2007",
@@ -71,8 +73,11 @@ impl Format {
 /// How a recipient line of the envelope named the recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecipientKind {
+    /// `To:`.
     To,
+    /// `Cc:`.
     Cc,
+    /// `Bcc:` (only the journal report knows these).
     Bcc,
     /// `Recipient:` lines (2007+ reports when the header kind is unknown) and 2003 `Recipients:`.
     Recipient,
@@ -83,6 +88,7 @@ pub enum RecipientKind {
 pub struct Recipient {
     /// SMTP address, as written (no `smtp:` prefix, no angle brackets).
     pub address: String,
+    /// The header it was named in.
     pub kind: RecipientKind,
     /// `Expanded: <distribution list>` when the recipient came from a DL expansion.
     pub expanded: Option<String>,
@@ -95,13 +101,16 @@ pub struct Recipient {
 pub struct Envelope {
     /// `Sender:` (None for `Unspecified Address` or when absent).
     pub sender: Option<String>,
+    /// `On-Behalf-Of:`, when someone sent as a delegate.
     pub on_behalf_of: Option<String>,
+    /// Every recipient line, in order.
     pub recipients: Vec<Recipient>,
 }
 
 /// What [`parse`] learnt about one received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// What kind of report it was.
     pub format: Format,
     /// The deduplication key: the original's normalised Message-ID, or `sha256:<hex>` of the
     /// original part's bytes when it has none.
@@ -121,6 +130,7 @@ pub struct Report {
     /// original's Date, which the sender's client writes, it comes from the journaling server's
     /// clock.
     pub journaled_unix: Option<i64>,
+    /// The report's envelope (empty for a plain message).
     pub envelope: Envelope,
     /// Things worth a log line that did not stop parsing (e.g. envelope and embedded Message-ID
     /// disagree, report had no original part).
@@ -135,6 +145,7 @@ impl Report {
     /// From address lower-cased, the Date as Unix seconds when it parses (else its text with
     /// white space collapsed), the decoded Subject with white space collapsed. The result is the
     /// hex SHA-256 of those three fields.
+    #[must_use]
     pub fn identity(&self) -> String {
         let from = self.from.as_deref().unwrap_or("").to_lowercase();
         let date = match (self.date_unix, &self.date) {
@@ -158,22 +169,21 @@ impl Report {
 /// Never panics: should the MIME parser itself panic on some input, the bytes are treated as a
 /// plain message keyed by their SHA-256.
 pub fn parse(raw: &[u8]) -> Report {
-    match std::panic::catch_unwind(|| parse_unguarded(raw)) {
-        Ok(report) => report,
-        Err(_) => {
-            tracing::warn!(len = raw.len(), "mail parser panicked; archiving as plain");
-            Report {
-                format: Format::Plain,
-                key: sha256_key(raw),
-                message_id: None,
-                subject: None,
-                from: None,
-                date: None,
-                date_unix: None,
-                journaled_unix: None,
-                envelope: Envelope::default(),
-                warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
-            }
+    if let Ok(report) = std::panic::catch_unwind(|| parse_unguarded(raw)) {
+        report
+    } else {
+        tracing::warn!(len = raw.len(), "mail parser panicked; archiving as plain");
+        Report {
+            format: Format::Plain,
+            key: sha256_key(raw),
+            message_id: None,
+            subject: None,
+            from: None,
+            date: None,
+            date_unix: None,
+            journaled_unix: None,
+            envelope: Envelope::default(),
+            warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
         }
     }
 }
@@ -212,7 +222,7 @@ pub fn parse_input(input: &(impl Input + ?Sized)) -> io::Result<Report> {
 /// the original's first bytes): about 0.5 MiB with the defaults. Apart from that only the
 /// recipients grow: per recipient 80 bytes of [`Recipient`] plus its address and any
 /// `Expanded:`/`Forwarded:` value (one heap allocation each), the `Vec` growing by doubling.
-/// Measured (benches/journal_parse.rs): 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
+/// Measured (`benches/journal_parse.rs`): 11.7 MiB peak for a 100,000-recipient, 3.3 MiB report
 /// read from a file, against 21.3 MiB for reading it whole and calling [`parse`].
 ///
 /// Differences from [`parse`], only on malformed input: boundaries count only at the start of a
@@ -220,24 +230,23 @@ pub fn parse_input(input: &(impl Input + ?Sized)) -> io::Result<Report> {
 /// by the end of the input is still decoded (mail-parser gives it raw); an envelope line longer
 /// than `window` is cut there (warning).
 pub fn parse_windowed(input: &(impl Input + ?Sized), window: usize) -> io::Result<Report> {
-    match catch_unwind(AssertUnwindSafe(|| stream::parse(input, window))) {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("windowed journal parser panicked; archiving as plain");
-            let size = input.size()?;
-            Ok(Report {
-                format: Format::Plain,
-                key: stream::whole_key(input, size, window)?,
-                message_id: None,
-                subject: None,
-                from: None,
-                date: None,
-                date_unix: None,
-                journaled_unix: None,
-                envelope: Envelope::default(),
-                warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
-            })
-        }
+    if let Ok(result) = catch_unwind(AssertUnwindSafe(|| stream::parse(input, window))) {
+        result
+    } else {
+        tracing::warn!("windowed journal parser panicked; archiving as plain");
+        let size = input.size()?;
+        Ok(Report {
+            format: Format::Plain,
+            key: stream::whole_key(input, size, window)?,
+            message_id: None,
+            subject: None,
+            from: None,
+            date: None,
+            date_unix: None,
+            journaled_unix: None,
+            envelope: Envelope::default(),
+            warnings: vec!["MIME parser panicked; archived as plain bytes".into()],
+        })
     }
 }
 
@@ -249,6 +258,7 @@ fn is_report_generator_id(id: &str) -> bool {
 }
 
 /// `sha256:<hex>` of `bytes`: the key of a message without a usable Message-ID.
+#[must_use]
 pub fn sha256_key(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -473,7 +483,7 @@ impl Headers {
 fn valid_date(msg: &Message<'_>) -> Option<i64> {
     msg.date()
         .filter(|d| d.is_valid())
-        .map(|d| d.to_timestamp())
+        .map(mail_parser::DateTime::to_timestamp)
 }
 
 /// `Local@Example.COM` -> `Local@example.com` (the local part is case-sensitive in theory).

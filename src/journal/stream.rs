@@ -120,7 +120,7 @@ pub(super) fn whole_key(
 /// The last (up to) three bytes of the input.
 fn tail_bytes(input: &(impl Input + ?Sized), size: u64) -> io::Result<Vec<u8>> {
     let start = size.saturating_sub(3);
-    let mut buf = vec![0u8; (size - start) as usize];
+    let mut buf = vec![0u8; usize::try_from(size - start).unwrap_or(3)]; // at most 3
     let n = input.read_at(start, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
@@ -581,10 +581,10 @@ impl Base64 {
                 b'/' => 63,
                 b'=' => {
                     match self.n {
-                        2 => out.push((self.acc >> 4) as u8),
-                        3 => {
-                            out.extend_from_slice(&[(self.acc >> 10) as u8, (self.acc >> 2) as u8])
-                        }
+                        // 12 bits: one byte and 4 padding bits.
+                        2 => out.push((self.acc >> 4).to_be_bytes()[3]),
+                        // 18 bits: two bytes and 2 padding bits.
+                        3 => out.extend_from_slice(&(self.acc >> 2).to_be_bytes()[2..]),
                         _ => {}
                     }
                     self.acc = 0;
@@ -596,11 +596,8 @@ impl Base64 {
             self.acc = self.acc << 6 | u32::from(v);
             self.n += 1;
             if self.n == 4 {
-                out.extend_from_slice(&[
-                    (self.acc >> 16) as u8,
-                    (self.acc >> 8) as u8,
-                    self.acc as u8,
-                ]);
+                // 24 bits: three bytes.
+                out.extend_from_slice(&self.acc.to_be_bytes()[1..]);
                 self.acc = 0;
                 self.n = 0;
             }

@@ -34,12 +34,17 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// What the server said it can do (`CAPA`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // one flag per CAPA line the server may send
 pub struct Capabilities {
+    /// `USER`: USER/PASS login.
     pub user: bool,
     /// SASL mechanisms, upper case.
     pub sasl: Vec<String>,
+    /// `PIPELINING`.
     pub pipelining: bool,
+    /// `UIDL`.
     pub uidl: bool,
+    /// `STLS`.
     pub stls: bool,
     /// `LOGIN-DELAY n`: seconds the server wants between sessions.
     pub login_delay: Option<u64>,
@@ -58,7 +63,7 @@ impl Capabilities {
             let Some(name) = words.next() else { continue };
             match name.to_ascii_uppercase().as_str() {
                 "USER" => c.user = true,
-                "SASL" => c.sasl = words.map(|w| w.to_ascii_uppercase()).collect(),
+                "SASL" => c.sasl = words.map(str::to_ascii_uppercase).collect(),
                 "PIPELINING" => c.pipelining = true,
                 "UIDL" => c.uidl = true,
                 "STLS" => c.stls = true,
@@ -396,7 +401,7 @@ mod tests {
             "LOGIN-DELAY 900",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let c = Capabilities::parse(&lines);
         assert!(c.user && c.uidl && c.pipelining && c.stls && c.known);

@@ -43,14 +43,16 @@ pub type RunSummary = Run;
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct RunFailure {
+    /// What went wrong.
     pub error: Pop3Error,
+    /// The run as recorded in the history (what it did before the error).
     pub summary: RunSummary,
 }
 
 /// How often an inactive collector looks at its state again (an operator may activate it).
 const INACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest back-off after repeated failures (unless the interval is longer).
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_hours(1);
 
 /// What a collector works with, handed over by whoever wires the gateway.
 #[derive(Clone)]
@@ -59,6 +61,7 @@ pub struct CollectorContext {
     pub ingest: Ingest,
     /// Its state between runs and its run history.
     pub store: CollectorStore,
+    /// The `pop3_*` metrics it updates.
     pub metrics: Metrics,
     /// Cancelled when the gateway shuts down: finish the current messages, QUIT, stop.
     pub shutdown: CancellationToken,
@@ -130,10 +133,14 @@ impl Collector {
         })
     }
 
+    /// The collector's name (`[[collector]] name`).
+    #[must_use]
     pub fn name(&self) -> &str {
         self.inner.config.name()
     }
 
+    /// Its configuration.
+    #[must_use]
     pub fn config(&self) -> &CollectorConfig {
         &self.inner.config
     }
@@ -171,10 +178,8 @@ impl Collector {
             metrics
                 .collector_active
                 .with_label_values(&[&name])
-                .set(active as i64);
-            let wait = if !active {
-                INACTIVE_RECHECK
-            } else {
+                .set(i64::from(active));
+            let wait = if active {
                 match self.collect(RunKind::Normal).await {
                     Ok(_) => {
                         failures = 0;
@@ -188,11 +193,13 @@ impl Collector {
                         wait
                     }
                 }
+            } else {
+                INACTIVE_RECHECK
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         tracing::info!(collector = %name, "collector stopped");
@@ -207,7 +214,7 @@ impl Collector {
         let started = time::OffsetDateTime::now_utc();
         let mut run = Run {
             collector: name.clone(),
-            id: (started.unix_timestamp_nanos() / 1000).max(0) as u64,
+            id: u64::try_from(started.unix_timestamp_nanos() / 1000).unwrap_or(0),
             kind,
             started_ms: UnixMs::now(),
             ..Default::default()
@@ -225,13 +232,13 @@ impl Collector {
             gw.metrics
                 .pop3_last_success
                 .with_label_values(&[&name])
-                .set(run.ended_ms.as_secs() as i64);
+                .set(i64::try_from(run.ended_ms.as_secs()).unwrap_or(i64::MAX));
         }
         if let Some(depth) = run.on_server_at_end {
             gw.metrics
                 .pop3_queue
                 .with_label_values(&[&name])
-                .set(depth as i64);
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
         let recorded = {
             let (store, run) = (gw.store.clone(), run.clone());
@@ -322,11 +329,11 @@ impl Collector {
         gw.metrics
             .pop3_queue
             .with_label_values(&[self.name()])
-            .set(count as i64);
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
 
         let budget = match kind {
-            RunKind::Normal => cfg.reconnect_every as u64,
-            RunKind::Test { limit } => (limit as u64).saturating_sub(run.retrieved),
+            RunKind::Normal => u64::from(cfg.reconnect_every),
+            RunKind::Test { limit } => u64::from(limit).saturating_sub(run.retrieved),
         };
         let plan = self.plan(&mut client, kind, budget).await?;
         if plan.items.is_empty() {
@@ -614,7 +621,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let five_min = Duration::from_secs(300);
+        let five_min = Duration::from_mins(5);
         assert_eq!(
             backoff(ErrorKind::Connect, 1, five_min),
             Duration::from_secs(5)
@@ -626,11 +633,11 @@ mod tests {
         assert_eq!(backoff(ErrorKind::Connect, 40, five_min), MAX_BACKOFF);
         assert_eq!(
             backoff(ErrorKind::Auth, 1, five_min),
-            Duration::from_secs(300)
+            Duration::from_mins(5)
         );
         assert_eq!(
-            backoff(ErrorKind::Connect, 40, Duration::from_secs(7200)),
-            Duration::from_secs(7200)
+            backoff(ErrorKind::Connect, 40, Duration::from_hours(2)),
+            Duration::from_hours(2)
         );
     }
 }

@@ -28,6 +28,8 @@ impl Collectors {
         })
     }
 
+    /// The collector named `name`.
+    #[must_use]
     pub fn get(&self, name: &str) -> Option<&Collector> {
         self.by_name.get(name)
     }
@@ -63,14 +65,16 @@ fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
     };
     m.collector_active
         .with_label_values(&[name])
-        .set(state.active(c.config().active) as i64);
+        .set(i64::from(state.active(c.config().active)));
     if let Some(depth) = state.queue_depth {
-        m.pop3_queue.with_label_values(&[name]).set(depth as i64);
+        m.pop3_queue
+            .with_label_values(&[name])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
     if let Some(ms) = state.last_success_ms {
         m.pop3_last_success
             .with_label_values(&[name])
-            .set(ms.as_secs() as i64);
+            .set(i64::try_from(ms.as_secs()).unwrap_or(i64::MAX));
     }
     m.pop3_errors.with_label_values(&[name, "connect"]);
 }

@@ -33,6 +33,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The `kind` label of `pop3_errors_total`.
+    #[must_use]
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Config => "config",
@@ -52,10 +53,11 @@ impl ErrorKind {
 
     /// The shortest wait before the next attempt after this kind of failure. Login refusals wait
     /// longer so a wrong password does not lock the journal account out.
+    #[must_use]
     pub fn min_backoff(self) -> Duration {
         match self {
-            ErrorKind::Auth | ErrorKind::Config => Duration::from_secs(300),
-            ErrorKind::LoginDelay => Duration::from_secs(60),
+            ErrorKind::Auth | ErrorKind::Config => Duration::from_mins(5),
+            ErrorKind::LoginDelay => Duration::from_mins(1),
             ErrorKind::InUse | ErrorKind::SysTemp => Duration::from_secs(30),
             _ => Duration::from_secs(5),
         }
@@ -67,11 +69,14 @@ impl ErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Pop3Error {
+    /// The kind (metrics label, back-off).
     pub kind: ErrorKind,
+    /// What happened, naming the server.
     pub message: String,
 }
 
 impl Pop3Error {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Pop3Error {
         Pop3Error {
             kind,

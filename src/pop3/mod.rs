@@ -1,17 +1,17 @@
 //! POP3S journal-mailbox collection.
 //!
-//! - [`client`]: a POP3 client (CAPA, STLS, USER/PASS, SASL PLAIN, APOP, UIDL, LIST, pipelined
+//! - `client`: a POP3 client (CAPA, STLS, USER/PASS, SASL PLAIN, APOP, UIDL, LIST, pipelined
 //!   RETR streamed with dot-unstuffing, DELE, QUIT).
-//! - [`trust`]: which server certificates are accepted (pin, CA file, system roots).
-//! - [`collector`]: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
-//!   deletes only what is durably archived, records history ([`crate::history`]).
+//! - `trust`: which server certificates are accepted (pin, CA file, system roots).
+//! - `collector`: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
+//!   deletes only what is durably archived, records history ([`crate::index::CollectorStore`]).
 //! - [`Collectors`]: every configured collector by name, and their polling tasks.
 
-pub mod client;
-pub mod collector;
+pub(crate) mod client;
+mod collector;
 mod collectors;
-pub mod error;
-pub mod trust;
+mod error;
+pub(crate) mod trust;
 
 pub use collector::{Collector, CollectorContext, RunFailure, RunKind, RunSummary};
 pub use collectors::Collectors;

@@ -5,7 +5,7 @@
 //!   self-signed Exchange certificate). Nothing else is accepted; name and validity dates are not
 //!   checked because the pin already names the one certificate. The handshake signature is still
 //!   verified against that certificate's key, so a server must hold the private key.
-//! - `ca_file`: the CA certificates in a PEM file, with normal WebPKI checks (chain, name, dates).
+//! - `ca_file`: the CA certificates in a PEM file, with normal `WebPKI` checks (chain, name, dates).
 //! - neither: the system roots (`rustls-native-certs`), or the Mozilla roots (`webpki-roots`) when
 //!   the system has none.
 //!
@@ -44,7 +44,10 @@ pub struct Trust {
 
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Trust").field("mode", &self.mode).finish()
+        // The provider and verifier print nothing useful.
+        f.debug_struct("Trust")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +63,7 @@ impl Trust {
                 );
             };
             let verifier = Arc::new(PinnedVerifier {
-                pin: Fingerprint(pin),
+                pin,
                 algorithms: provider.signature_verification_algorithms,
             });
             return Ok(Trust {
@@ -167,7 +170,7 @@ pub struct SeenCertificate(Arc<Mutex<Option<Fingerprint>>>);
 impl SeenCertificate {
     /// The fingerprint, once the server has shown its certificate.
     pub fn get(&self) -> Option<Fingerprint> {
-        self.0.lock().map(|g| *g).unwrap_or(None)
+        self.0.lock().map_or(None, |g| *g)
     }
 
     fn set(&self, fp: Fingerprint) {

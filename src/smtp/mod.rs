@@ -9,9 +9,7 @@
 //! (421 4.7.0 beyond it).
 
 mod accept;
-pub mod session;
-
-pub use accept::AcceptList;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,15 +110,6 @@ impl SmtpServer {
         })
     }
 
-    /// Every bound address, plain listeners first (useful with port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.plain
-            .iter()
-            .chain(&self.implicit)
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
-    }
-
     /// The bound plain (STARTTLS) addresses.
     pub fn plain_addrs(&self) -> Vec<SocketAddr> {
         self.plain
@@ -164,7 +153,7 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
     let shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {

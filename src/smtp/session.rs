@@ -129,6 +129,7 @@ enum Flow {
 }
 
 /// What waiting for more input gave.
+#[derive(Clone, Copy)]
 enum Fill {
     Data,
     Eof,
@@ -280,7 +281,7 @@ where
         self.input.reserve(READ_CHUNK);
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => Ok(Fill::Shutdown),
+            () = self.shutdown.cancelled() => Ok(Fill::Shutdown),
             read = timeout_at(deadline, self.conn.read_buf(&mut self.input)) => match read {
                 Err(_) => Ok(Fill::Timeout),
                 Ok(Ok(0)) => Ok(Fill::Eof),
@@ -325,7 +326,7 @@ where
         tokio::pin!(write);
         let result = tokio::select! {
             r = timeout(limit, &mut write) => r,
-            _ = shutdown.cancelled() => timeout(SHUTDOWN_GRACE.min(limit), &mut write).await,
+            () = shutdown.cancelled() => timeout(SHUTDOWN_GRACE.min(limit), &mut write).await,
         };
         self.output.clear();
         match result {

@@ -1,5 +1,5 @@
 //! Session state machine tests over an in-memory pipe, with an in-memory sink that can be told
-//! to fail. The real-client tests (smtplib, swaks, smtp-source) are in `tests/smtp_*.rs`.
+//! to fail. The real-client tests (smtplib, swaks, smtp-source) are in `tests/it/smtp_*.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -579,7 +579,7 @@ async fn shutdown_closes_idle_sessions_with_421() {
 #[tokio::test]
 async fn shutdown_does_not_wait_out_the_command_timeout_for_a_client_that_never_reads() {
     let mut s = settings();
-    s.command_timeout = Duration::from_secs(120);
+    s.command_timeout = Duration::from_mins(2);
     let mut h = started(s).await;
     // 30,000 pipelined NOOPs (180 KB) whose replies (> 256 KB) the client never reads: the
     // session blocks writing them.
@@ -587,7 +587,7 @@ async fn shutdown_does_not_wait_out_the_command_timeout_for_a_client_that_never_
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cancelled = std::time::Instant::now();
     h.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(60), h.session)
+    tokio::time::timeout(Duration::from_mins(1), h.session)
         .await
         .expect("the session ends within the shutdown grace, not the command timeout")
         .unwrap();
@@ -633,14 +633,15 @@ async fn large_message_is_streamed_in_bounded_pieces() {
 
 #[tokio::test]
 async fn starttls_discards_pipelined_clear_text_and_restarts() {
+    use rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls;
     let dir = tempfile::tempdir().unwrap();
     let generated = crate::tls::generate(&["journal.test".into()], dir.path()).unwrap();
     let identity = crate::tls::load(&generated.cert_path, &generated.key_path, true).unwrap();
-    let mut s = settings();
-    s.require_starttls = true;
-    s.tls = Some(tokio_rustls::TlsAcceptor::from(identity.config));
-    let mut h = started(s).await;
+    let mut conf = settings();
+    conf.require_starttls = true;
+    conf.tls = Some(tokio_rustls::TlsAcceptor::from(identity.config));
+    let mut h = started(conf).await;
     // A MAIL pipelined after STARTTLS in clear text must never be acted on.
     h.client
         .send("STARTTLS\r\nMAIL FROM:<injected@attacker.test>\r\n")
@@ -649,7 +650,6 @@ async fn starttls_discards_pipelined_clear_text_and_restarts() {
 
     let mut roots = rustls::RootCertStore::empty();
     let cert = std::fs::read(&generated.cert_path).unwrap();
-    use rustls::pki_types::pem::PemObject;
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_slice(&cert).unwrap())
         .unwrap();

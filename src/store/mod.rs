@@ -178,7 +178,9 @@ impl Maildir {
     }
 
     fn published_list(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.published.lock().unwrap_or_else(|p| p.into_inner())
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -226,22 +228,26 @@ mod tests {
     #[test]
     fn files_move_from_tmp_to_new_and_recovery_cleans_tmp() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Maildir::open(dir.path()).unwrap();
-        let (a, b, c) = (m.new_file_name(), m.new_file_name(), m.new_file_name());
+        let maildir = Maildir::open(dir.path()).unwrap();
+        let (a, b, c) = (
+            maildir.new_file_name(),
+            maildir.new_file_name(),
+            maildir.new_file_name(),
+        );
         assert_ne!(a, b);
         for f in [&a, &b, &c] {
-            m.write_tmp(f, b"x").unwrap();
+            maildir.write_tmp(f, b"x").unwrap();
         }
-        assert!(m.sync(true).unwrap().is_empty());
-        m.publish(&a).unwrap();
-        assert_eq!(m.read(&a).unwrap(), b"x");
-        assert_eq!(m.sync(false).unwrap(), vec![a.clone()]);
+        assert!(maildir.sync(true).unwrap().is_empty());
+        maildir.publish(&a).unwrap();
+        assert_eq!(maildir.read(&a).unwrap(), b"x");
+        assert_eq!(maildir.sync(false).unwrap(), vec![a.clone()]);
         // `b` was committed (pending), `c` never was, `gone` vanished.
         let pending = vec![(b.clone(), "kb".into()), ("gone".into(), "kg".into())];
-        let r = m.finish_pending(&pending).unwrap();
+        let r = maildir.finish_pending(&pending).unwrap();
         assert_eq!(r.finished, 1);
         assert_eq!(r.missing, vec!["kg".to_string()]);
-        assert_eq!(m.discard_unacknowledged().unwrap(), 1);
+        assert_eq!(maildir.discard_unacknowledged().unwrap(), 1);
         assert!(dir.path().join("new").join(&b).exists());
         assert!(!dir.path().join("tmp").join(&c).exists());
     }

@@ -1,4 +1,4 @@
-//! Crash safety: a child process ingests in a loop and is SIGKILLed at random moments. After each
+//! Crash safety: a child process ingests in a loop and is `SIGKILL`ed at random moments. After each
 //! kill, every ingest that had returned must be archived and readable, and the index and the
 //! Maildir must agree (nothing left in tmp/ counts as archived).
 //!
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 const CHILD_ENV: &str = "JOURNAL_GATEWAY_IT_CRASH_CHILD";
 const TASKS: u64 = 8;
 
-/// In the child ([`CHILD_ENV`] set): ingests in a loop until SIGKILLed, printing `acked <key>`.
+/// In the child ([`CHILD_ENV`] set): ingests in a loop until `SIGKILL`ed, printing `acked <key>`.
 /// Run as an ordinary test: a bounded run of the same loop, whose every acknowledged key must be
 /// archived and intact.
 #[test]
@@ -55,7 +55,7 @@ fn ingest_loop_child() {
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
     let mut acked_total = BTreeSet::new();
     for round in 0..24u64 {
         seed ^= seed << 13;

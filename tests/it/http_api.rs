@@ -220,9 +220,9 @@ async fn collector_operations_and_retire_refusal() {
     assert_eq!(v["run"]["kind"], "test");
     assert_eq!(v["run"]["limit"], 3);
     assert!(v["kind"].is_string());
-    let h = gw.json("/api/v1/collectors/exch/history?limit=5").await;
-    assert_eq!(h.as_array().unwrap().len(), 1);
-    assert!(h[0]["error"].is_string());
+    let history = gw.json("/api/v1/collectors/exch/history?limit=5").await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert!(history[0]["error"].is_string());
 
     // The verdict: not safe, each check with figures.
     let m = gw.json("/api/v1/migration").await;

@@ -128,12 +128,13 @@ async fn promtool_accepts_the_live_metrics() {
 }
 
 fn query_string(q: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for b in q.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -169,7 +170,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             .expect("start prometheus"),
     );
     let prom = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let mut last = String::new();
     let target = loop {
         assert!(
@@ -216,7 +217,7 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     gw.stop().await;
 }
 
-/// Metric names used in a PromQL text (histogram suffixes folded onto their family).
+/// Metric names used in a `PromQL` text (histogram suffixes folded onto their family).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;

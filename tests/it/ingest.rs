@@ -267,7 +267,7 @@ async fn sixty_four_tasks_ingest_ten_thousand_messages_exactly_once() {
             match o {
                 Outcome::Archived { variant: false, .. } => archived += 1,
                 Outcome::Duplicate { .. } => duplicates += 1,
-                other => panic!("unexpected {other:?}"),
+                other @ Outcome::Archived { .. } => panic!("unexpected {other:?}"),
             }
         }
     }

@@ -509,7 +509,7 @@ fn garbage_nul_bytes_and_empty_input() {
 
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     for len in [1, 2, 3, 17, 100, 1000, 10_000] {
-        let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let junk: Vec<u8> = (0..len).map(|_| rng.next().to_le_bytes()[0]).collect();
         let r = parse(&junk);
         assert!(r.key.starts_with("sha256:") || r.message_id.is_some());
     }
@@ -537,7 +537,7 @@ impl XorShift {
         self.0
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap()).unwrap()
     }
 }
 
@@ -547,7 +547,7 @@ fn property_truncations_and_byte_flips_never_panic() {
     let interesting = b"\0\r\n-<>:=\"?\xff \t";
     let mut cases = 0;
     for i in 0..40u64 {
-        let msg = sample::numbered(i, 1_000 + 200 * i as usize);
+        let msg = sample::numbered(i, 1_000 + 200 * usize::try_from(i).unwrap());
         let base = match i % 4 {
             0 => sample::report_2007(&msg, &[]),
             1 => sample::report_2003(&msg, &[]),
@@ -569,7 +569,7 @@ fn property_truncations_and_byte_flips_never_panic() {
                 raw[at] = if rng.below(2) == 0 {
                     interesting[rng.below(interesting.len())]
                 } else {
-                    rng.next() as u8
+                    rng.next().to_le_bytes()[0]
                 };
             }
             let cut = rng.below(raw.len() + 1);

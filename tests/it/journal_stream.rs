@@ -1,5 +1,6 @@
 //! The windowed parser against the in-memory one, and reports far larger than any window.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 
 use base64::Engine as _;
@@ -56,9 +57,10 @@ fn handmade(
         out.push_str("Content-Type: multipart/alternative; boundary=\"inner_b\"\r\n\r\n");
         out.push_str("--inner_b\r\n");
     }
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
-    ));
+    );
     out.push_str(&body);
     out.push_str("\r\n");
     if nested {
@@ -97,19 +99,19 @@ fn envelope_text(msg: &sample::SampleMessage, recipients: &[Recipient]) -> Strin
             RecipientKind::Bcc => "Bcc",
             RecipientKind::Recipient => "Recipient",
         };
-        env.push_str(&format!("{kind}: {}", r.address));
+        let _ = write!(env, "{kind}: {}", r.address);
         if let Some(dl) = &r.expanded {
-            env.push_str(&format!(", Expanded: {dl}"));
+            let _ = write!(env, ", Expanded: {dl}");
         }
         if let Some(f) = &r.forwarded {
-            env.push_str(&format!(", Forwarded: {f}"));
+            let _ = write!(env, ", Forwarded: {f}");
         }
         env.push_str("\r\n");
     }
     env
 }
 
-/// Every fixture shape the crate's tests use (tests/journal_parse.rs, journal::sample).
+/// Every fixture shape the crate's tests use (`tests/journal_parse.rs`, `journal::sample`).
 fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     let msg = sample::numbered(42, 4_000);
@@ -463,8 +465,8 @@ fn ten_mb_envelope_before_the_original() {
 fn a_line_longer_than_the_window_is_cut_with_a_warning() {
     let msg = sample::numbered(24, 3_000);
     let mut env = envelope_text(&msg, &many_recipients(3));
-    env.push_str(&format!("X-Long: {}\r\n", "z".repeat(5_000)));
-    env.push_str(&format!("To: {}@example.com\r\n", "y".repeat(3_000)));
+    let _ = write!(env, "X-Long: {}\r\n", "z".repeat(5_000));
+    let _ = write!(env, "To: {}@example.com\r\n", "y".repeat(3_000));
     env.push_str("Bcc: after@example.com\r\n");
     let raw = handmade(&msg, &env, "7bit", false, false);
     let r = parse_windowed(&raw[..], 1_000).expect("memory");
@@ -526,7 +528,7 @@ fn an_unbalanced_quote_in_a_2003_list_is_cut_at_the_bound_with_a_warning() {
         msg.from
     );
     for i in 0..200 {
-        env.push_str(&format!("\t\"B{i}\" <smtp:b{i}@example.com>,\r\n"));
+        let _ = write!(env, "\t\"B{i}\" <smtp:b{i}@example.com>,\r\n");
     }
     env.push_str("Subject: after the list\r\n");
     let raw = handmade(&msg, &env, "7bit", false, false);
@@ -555,7 +557,7 @@ impl XorShift {
         self.0
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap()).unwrap()
     }
 }
 
@@ -587,7 +589,7 @@ fn windowed_parser_never_panics_on_flipped_and_cut_input() {
                 raw[at] = if rng.below(2) == 0 {
                     interesting[rng.below(interesting.len())]
                 } else {
-                    rng.next() as u8
+                    rng.next().to_le_bytes()[0]
                 };
             }
             let cut = rng.below(raw.len() + 1);

@@ -19,11 +19,13 @@ mod smtp_source;
 use std::path::Path;
 
 /// The product binary under test (`journal-gateway serve`, the CLI verbs).
+#[must_use]
 pub fn gateway_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_journal-gateway"))
 }
 
 /// A file of this test crate (`tests/it/<relative>`), e.g. the Python SMTP clients.
+#[must_use]
 pub fn it_file(relative: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/it")

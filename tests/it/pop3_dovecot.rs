@@ -136,9 +136,8 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
         message.contains(&format!("127.0.0.1:{}", server.pop3s_port)),
         "{message}"
     );
-    let normalised = message.replace(':', "").to_ascii_lowercase();
     assert!(
-        normalised.contains(&server.fingerprint),
+        message.contains(&server.fingerprint.to_string()),
         "error must name the fingerprint {}: {message}",
         server.fingerprint
     );
@@ -157,9 +156,7 @@ async fn wrong_pin_is_refused_naming_host_and_fingerprint() {
     assert!(failure
         .error
         .to_string()
-        .replace(':', "")
-        .to_ascii_lowercase()
-        .contains(&server.fingerprint));
+        .contains(&server.fingerprint.to_string()));
 
     // With the certificate as CA file (it is its own issuer), the name 127.0.0.1 in its SANs checks out.
     let ca = server.dir.path().join("cert.pem");
@@ -341,7 +338,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
         async move { c.collect(RunKind::Normal).await }
     });
     // Kill Dovecot in the middle of the second session.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while gw.archive().count() < 1_500 {
         assert!(Instant::now() < deadline, "drain did not progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -360,7 +357,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     // Nothing left the mailbox that is not archived.
     let remaining = server.mailbox_numbers();
     assert!(
-        remaining.len() < N as usize && !remaining.is_empty(),
+        remaining.len() < usize::try_from(N).unwrap() && !remaining.is_empty(),
         "kill landed mid-drain: {} left",
         remaining.len()
     );
@@ -374,7 +371,7 @@ async fn dovecot_killed_mid_drain_loses_nothing_and_duplicates_nothing() {
     }
     let archived_before = gw.archive().count();
     assert!(
-        archived_before as usize > N as usize - remaining.len(),
+        usize::try_from(archived_before).unwrap() > usize::try_from(N).unwrap() - remaining.len(),
         "the cut session archived messages it could not delete: archived {archived_before}, \
          {} left on the server of {N}",
         remaining.len()

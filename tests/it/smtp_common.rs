@@ -45,9 +45,8 @@ pub fn python_output(scenario: &str, gw: &TestGateway, port: u16) -> String {
 
 /// The reply recorded under `label`, failing the test when there is none.
 pub fn reply<'a>(replies: &'a [(String, String)], label: &str) -> &'a str {
-    replies
-        .iter()
-        .find(|(l, _)| l == label)
-        .map(|(_, r)| r.as_str())
-        .unwrap_or_else(|| panic!("no reply labelled {label} in {replies:?}"))
+    replies.iter().find(|(l, _)| l == label).map_or_else(
+        || panic!("no reply labelled {label} in {replies:?}"),
+        |(_, r)| r.as_str(),
+    )
 }

@@ -61,7 +61,7 @@ fn smtp_source_2000_messages_over_20_connections_all_archived() {
     for (_, r) in records.iter().take(5) {
         assert_eq!(r.sightings[0].rcpt_to, vec![JOURNAL]);
         assert!(
-            r.size as usize > BODY,
+            usize::try_from(r.size).unwrap() > BODY,
             "whole message stored ({} bytes)",
             r.size
         );

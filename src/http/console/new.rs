@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
+use std::fmt::Write as _;
 
 use super::markup::{num, page, Nav};
 use super::{refused, Authed, WithCsrf};
@@ -63,40 +64,38 @@ impl NewCollector {
             quoted(self.host.trim())
         );
         if !self.port.trim().is_empty() {
-            t.push_str(&format!("port = {}\n", self.port.trim()));
+            let _ = writeln!(t, "port = {}", self.port.trim());
         }
         let tls = if self.tls.is_empty() {
             "implicit"
         } else {
             &self.tls
         };
-        t.push_str(&format!("tls = {}\n", quoted(tls)));
+        let _ = writeln!(t, "tls = {}", quoted(tls));
         if self.allow_insecure.is_some() {
             t.push_str("allow_insecure = true\n");
         }
-        t.push_str(&format!("username = {}\n", quoted(self.username.trim())));
+        let _ = writeln!(t, "username = {}", quoted(self.username.trim()));
         if for_check {
             t.push_str("password_env = \"UNUSED\"\n");
         } else {
-            t.push_str(&format!(
-                "password_file = {}  # mode 0600, the password on its first line\n",
+            let _ = writeln!(
+                t,
+                "password_file = {}  # mode 0600, the password on its first line",
                 quoted(&format!(
                     "/etc/journal-gateway/{}.password",
                     self.name.trim()
                 ))
-            ));
+            );
         }
         if !self.pin_sha256.trim().is_empty() {
-            t.push_str(&format!(
-                "pin_sha256 = {}\n",
-                quoted(self.pin_sha256.trim())
-            ));
+            let _ = writeln!(t, "pin_sha256 = {}", quoted(self.pin_sha256.trim()));
         }
         if !self.ca_file.trim().is_empty() {
-            t.push_str(&format!("ca_file = {}\n", quoted(self.ca_file.trim())));
+            let _ = writeln!(t, "ca_file = {}", quoted(self.ca_file.trim()));
         }
         if !self.interval.trim().is_empty() {
-            t.push_str(&format!("interval = {}\n", quoted(self.interval.trim())));
+            let _ = writeln!(t, "interval = {}", quoted(self.interval.trim()));
         }
         t.push_str(
             "active = false  # a new collector starts inactive: run a test collection first\n",

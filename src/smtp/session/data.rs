@@ -245,7 +245,7 @@ where
 /// A key (from an untrusted Message-ID) made safe for a reply line: printable ASCII, bounded.
 fn printable(key: &str) -> String {
     key.chars()
-        .filter(|c| c.is_ascii_graphic())
+        .filter(char::is_ascii_graphic)
         .take(200)
         .collect()
 }

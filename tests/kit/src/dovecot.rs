@@ -12,11 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use journal_gateway::config::{CollectorConfig, Config};
+use journal_gateway::tls::Fingerprint;
 
 use crate::peers::free_port;
 
+/// The Dovecot binary (Debian `dovecot-pop3d`).
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
+/// The mailbox's login.
 pub const USER: &str = "journal";
+/// The mailbox's password.
 pub const PASSWORD: &str = "s3cret-journal";
 /// `nobody`: a non-root uid for the mailbox.
 const MAIL_UID: u32 = 65534;
@@ -29,15 +33,20 @@ pub struct Options {
     pub apop: bool,
 }
 
+/// A Dovecot POP3 server of its own (configuration, certificate, Maildir in a temp dir).
 pub struct Dovecot {
+    /// Everything of this server: configuration, certificate, log, Maildir.
     pub dir: tempfile::TempDir,
+    /// The mailbox (a Maildir).
     pub maildir: PathBuf,
-    /// POP3 (STLS) and POP3S ports on 127.0.0.1.
+    /// POP3 (STLS) port on 127.0.0.1.
     pub pop3_port: u16,
+    /// POP3S (implicit TLS) port on 127.0.0.1.
     pub pop3s_port: u16,
-    /// DER of the server's self-signed certificate and its SHA-256 (hex, no colons).
+    /// DER of the server's self-signed certificate.
     pub cert_der: Vec<u8>,
-    pub fingerprint: String,
+    /// Its SHA-256 (displayed `AB:CD:...`, as `pin_sha256` accepts and errors print it).
+    pub fingerprint: Fingerprint,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -52,6 +61,7 @@ pub fn require_dovecot() {
 
 impl Dovecot {
     /// Creates the configuration and an empty Maildir; call [`Dovecot::start`] after seeding.
+    #[must_use]
     pub fn new(options: Options) -> Dovecot {
         require_dovecot();
         let dir = tempfile::Builder::new()
@@ -78,10 +88,7 @@ impl Dovecot {
         std::fs::write(root.join("cert.pem"), key.cert.pem()).expect("write cert");
         std::fs::write(root.join("key.pem"), key.signing_key.serialize_pem()).expect("write key");
         let cert_der = key.cert.der().to_vec();
-        let fingerprint = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&cert_der))
-        };
+        let fingerprint = Fingerprint::of(&cert_der);
 
         std::fs::write(
             root.join("passwd"),
@@ -93,44 +100,43 @@ impl Dovecot {
         )
         .expect("write passwd");
 
-        let pop3_port = free_port();
-        let pop3s_port = free_port();
-        let r = root.display();
+        let (plain_port, tls_port) = (free_port(), free_port());
+        let root_dir = root.display();
         let (mechanisms, plaintext) = if options.apop {
             ("plain apop", "no")
         } else {
             ("plain", "yes")
         };
         let conf = format!(
-            r#"protocols = pop3
+            r"protocols = pop3
 listen = 127.0.0.1
-base_dir = {r}/run
-state_dir = {r}/state
-log_path = {r}/dovecot.log
+base_dir = {root_dir}/run
+state_dir = {root_dir}/state
+log_path = {root_dir}/dovecot.log
 first_valid_uid = 1000
 first_valid_gid = 1000
 ssl = yes
-ssl_cert = <{r}/cert.pem
-ssl_key = <{r}/key.pem
+ssl_cert = <{root_dir}/cert.pem
+ssl_key = <{root_dir}/key.pem
 disable_plaintext_auth = {plaintext}
 auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
-mail_location = maildir:{r}/Maildir
+mail_location = maildir:{root_dir}/Maildir
 pop3_uidl_format = %08Xu%08Xv
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {r}/passwd
+  args = scheme=PLAIN username_format=%u {root_dir}/passwd
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {r}/passwd
+  args = username_format=%u {root_dir}/passwd
 }}
 service pop3-login {{
   inet_listener pop3 {{
-    port = {pop3_port}
+    port = {plain_port}
   }}
   inet_listener pop3s {{
-    port = {pop3s_port}
+    port = {tls_port}
     ssl = yes
   }}
 }}
@@ -145,15 +151,15 @@ service stats {{
     mode = 0666
   }}
 }}
-"#
+"
         );
         let conf_path = root.join("dovecot.conf");
         std::fs::write(&conf_path, conf).expect("write dovecot.conf");
         Dovecot {
             dir,
             maildir,
-            pop3_port,
-            pop3s_port,
+            pop3_port: plain_port,
+            pop3s_port: tls_port,
             cert_der,
             fingerprint,
             conf: conf_path,
@@ -253,15 +259,19 @@ service stats {{
 
     /// The Dovecot master's pid while it runs (its `/proc/<pid>/stat` counts the CPU time of
     /// the pop3 processes it has reaped).
+    #[must_use]
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(std::process::Child::id)
     }
 
+    /// The server's log so far.
+    #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
     }
 
     /// Files in the Maildir's `new/` and `cur/`: the messages in the mailbox.
+    #[must_use]
     pub fn mailbox_files(&self) -> Vec<String> {
         let mut names = Vec::new();
         for sub in ["new", "cur"] {
@@ -278,11 +288,14 @@ service stats {{
         names
     }
 
+    /// Messages in the mailbox.
+    #[must_use]
     pub fn mailbox_count(&self) -> usize {
         self.mailbox_files().len()
     }
 
     /// The sample numbers of the messages still in the mailbox (`...M{i}P...` file names).
+    #[must_use]
     pub fn mailbox_numbers(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .mailbox_files()
@@ -297,6 +310,7 @@ service stats {{
     }
 
     /// A collector for this server; `extra` is appended to its TOML table.
+    #[must_use]
     pub fn collector(&self, name: &str, tls: &str, extra: &str) -> CollectorConfig {
         let port = if tls == "implicit" {
             self.pop3s_port

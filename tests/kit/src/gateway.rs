@@ -11,6 +11,7 @@
 //! `Archive::{open, index, get, read_raw, for_each, count, stats, export}`.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,6 +105,7 @@ impl Builder {
 
     /// Starts the gateway on a runtime of its own (two workers), for tests that drive blocking
     /// peers; it stops when dropped.
+    #[must_use]
     pub fn start_blocking(self) -> TestGateway {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -120,16 +122,22 @@ impl Builder {
             .data_dir
             .clone()
             .unwrap_or_else(|| temp.path().join("data"));
-        let mut text = format!("data_dir = {data_dir:?}\n{}\n", self.top);
+        let mut text = format!("data_dir = \"{}\"\n{}\n", data_dir.display(), self.top);
         if let Some(extra) = &self.smtp {
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 "[smtp]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\", \"@archive.test\"]\n{extra}\n"
-            ));
+            );
         }
         if self.http {
             text.push_str("[http]\nlisten = \"127.0.0.1:0\"\n");
             if let Some((cert, key)) = &self.http_tls {
-                text.push_str(&format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"));
+                let _ = writeln!(
+                    text,
+                    "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                    cert.display(),
+                    key.display()
+                );
             }
         }
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"));
@@ -541,22 +549,26 @@ impl ArchiveView {
     }
 
     /// Index entries.
+    #[must_use]
     pub fn count(&self) -> u64 {
         self.archive.count().expect("archive count")
     }
 
     /// The record stored under `key` (the original's Message-ID without brackets, a variant
     /// key, or `sha256:<hex>`).
+    #[must_use]
     pub fn record(&self, key: &str) -> Option<Record> {
         self.archive.get(key).expect("archive read")
     }
 
     /// The stored bytes of the message under `key`.
+    #[must_use]
     pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
         self.archive.read_raw(key).expect("read archived message")
     }
 
     /// Every record, with its key, in key order.
+    #[must_use]
     pub fn records(&self) -> Vec<(String, Record)> {
         let mut all = Vec::new();
         self.archive
@@ -569,6 +581,7 @@ impl ArchiveView {
     }
 
     /// The raw bytes of the archived message whose Message-ID is `id` (without brackets).
+    #[must_use]
     pub fn raw_by_message_id(&self, id: &str) -> Option<Vec<u8>> {
         let key = self
             .records()
@@ -580,11 +593,13 @@ impl ArchiveView {
     }
 
     /// The Maildir file names the index points at.
+    #[must_use]
     pub fn indexed_files(&self) -> BTreeSet<String> {
         self.records().into_iter().map(|(_, r)| r.file).collect()
     }
 
     /// The Maildir file names in `archive/new` (archived) and `archive/tmp` (in flight).
+    #[must_use]
     pub fn maildir_files(&self, sub: &str) -> BTreeSet<String> {
         assert!(
             ["new", "tmp", "cur"].contains(&sub),
@@ -603,6 +618,7 @@ impl ArchiveView {
     }
 
     /// Totals per source, conflicts.
+    #[must_use]
     pub fn stats(&self) -> Stats {
         self.archive.stats().expect("archive stats")
     }
@@ -614,6 +630,7 @@ impl ArchiveView {
     }
 
     /// The newest `limit` collection runs of `collector`, newest first.
+    #[must_use]
     pub fn runs(&self, collector: &str, limit: usize) -> Vec<Run> {
         self.collector_store()
             .runs(collector, limit)
@@ -625,6 +642,7 @@ impl ArchiveView {
     }
 
     /// What is stored about `collector` between runs.
+    #[must_use]
     pub fn collector_state(&self, collector: &str) -> CollectorState {
         self.collector_store()
             .state(collector)
@@ -632,6 +650,7 @@ impl ArchiveView {
     }
 
     /// Retires `collector` (as the admin API does).
+    #[allow(clippy::must_use_candidate)] // called for the change; the state is a convenience
     pub fn retire(&self, collector: &str) -> CollectorState {
         self.collector_store().retire(collector).expect("retire")
     }

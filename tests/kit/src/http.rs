@@ -14,7 +14,9 @@ pub use hyper::Method;
 /// One HTTP answer.
 #[derive(Debug)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 
@@ -30,8 +32,7 @@ impl Reply {
         match self.json() {
             Ok(v) => v["error"]
                 .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string()),
+                .map_or_else(|| v.to_string(), str::to_string),
             Err(_) => String::from_utf8_lossy(&self.body).trim().to_string(),
         }
     }

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Output};
 
 /// Fails (never skips) when a peer program is missing, naming the Debian package. `program` is a
 /// path (`/usr/sbin/smtp-source`) or a name looked up in `PATH`.
+#[allow(clippy::must_use_candidate)] // called for the check; the path is a convenience
 pub fn require(program: &str, package: &str) -> PathBuf {
     let found = if program.contains('/') {
         Path::new(program).is_file().then(|| PathBuf::from(program))
@@ -25,18 +26,18 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 /// A free loopback TCP port (bound and released: free unless someone takes it meanwhile).
+#[must_use]
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -55,6 +56,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Whether something on 127.0.0.1:`port` answers with an SMTP greeting (then says QUIT).
+#[must_use]
 pub fn accepts_smtp(port: u16) -> bool {
     use std::io::{BufRead, BufReader, Write};
     use std::net::{SocketAddr, TcpStream};
@@ -80,6 +82,7 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     /// Starts it with a listen `backlog` and waits for its greeting.
+    #[must_use]
     pub fn start(backlog: u32) -> SmtpSink {
         use std::time::{Duration, Instant};
         let bin = require("/usr/sbin/smtp-sink", "postfix");
@@ -108,11 +111,13 @@ impl SmtpSink {
     }
 
     /// Its process id.
+    #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its address.
+    #[must_use]
     pub fn addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.port).into()
     }

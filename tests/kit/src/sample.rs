@@ -32,7 +32,9 @@ pub struct SampleMessage {
     pub message_id: Option<String>,
     /// Sender address (bare `local@domain`).
     pub from: String,
+    /// `To:` addresses.
     pub to: Vec<String>,
+    /// `Cc:` addresses.
     pub cc: Vec<String>,
     /// Bcc recipients: not in the sent message's header, but Exchange adds them to the journaled
     /// copy and lists them in the envelope.
@@ -50,6 +52,7 @@ const BASE_UNIX: i64 = 1_767_225_600;
 
 /// Message number `i`: Message-ID `<sample-{i}@example.com>`, a distinct sender and subject per
 /// `i`, and a body padded so that its [`report_2007`] is about `size` bytes.
+#[must_use]
 pub fn numbered(i: u64, size: usize) -> SampleMessage {
     let mut msg = SampleMessage {
         message_id: Some(format!("sample-{i}@example.com")),
@@ -58,7 +61,7 @@ pub fn numbered(i: u64, size: usize) -> SampleMessage {
         cc: vec!["bob@example.org".to_string()],
         bcc: vec!["carol@example.net".to_string()],
         subject: format!("Sample message {i}: quarterly figures"),
-        date: rfc5322_date(BASE_UNIX + i as i64 * 60),
+        date: rfc5322_date(BASE_UNIX + i64::try_from(i).expect("sample number") * 60),
         body: String::new(),
     };
     let overhead = report_2007(&msg, &[]).len();
@@ -84,6 +87,7 @@ fn padding(i: u64, len: usize) -> String {
 }
 
 /// Formats Unix seconds as an RFC 5322 date in UTC, e.g. `Thu, 01 Jan 2026 00:00:00 +0000`.
+#[must_use]
 pub fn rfc5322_date(unix: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
@@ -103,9 +107,9 @@ pub fn rfc5322_date(unix: i64) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[days.rem_euclid(7) as usize],
+        DAYS[usize::try_from(days.rem_euclid(7)).expect("0..7")],
         day,
-        MONTHS[(month - 1) as usize],
+        MONTHS[usize::try_from(month - 1).expect("0..12")],
         year,
         secs / 3600,
         secs % 3600 / 60,
@@ -114,6 +118,7 @@ pub fn rfc5322_date(unix: i64) -> String {
 }
 
 /// The envelope recipients Exchange would list for `msg`: its To, Cc and Bcc, in that order.
+#[must_use]
 pub fn default_recipients(msg: &SampleMessage) -> Vec<Recipient> {
     let kinds = [
         (RecipientKind::To, &msg.to),
@@ -134,11 +139,13 @@ pub fn default_recipients(msg: &SampleMessage) -> Vec<Recipient> {
 }
 
 /// The original message as sent: CRLF RFC 5322 bytes (no Bcc header).
+#[must_use]
 pub fn plain(msg: &SampleMessage) -> Vec<u8> {
     render_original(msg, false)
 }
 
 /// The original as Exchange embeds it in a journal report: like [`plain`] plus a `Bcc:` header.
+#[must_use]
 pub fn journaled_original(msg: &SampleMessage) -> Vec<u8> {
     render_original(msg, true)
 }
@@ -179,6 +186,7 @@ fn crlf(text: &str) -> String {
 }
 
 /// RFC 2047 Q-encodes `text` when it is not plain ASCII (folded, words of at most ~75 chars).
+#[must_use]
 pub fn encode_word(text: &str) -> String {
     if text.is_ascii() && !text.contains("=?") {
         return text.to_string();
@@ -211,6 +219,7 @@ pub fn encode_word(text: &str) -> String {
 }
 
 /// Quoted-printable body encoding (RFC 2045 6.7); input lines end in CRLF.
+#[must_use]
 pub fn encode_qp(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3 / 2);
     for (n, line) in text.split("\r\n").enumerate() {
@@ -270,10 +279,13 @@ pub struct Options2007 {
     pub envelope_qp: bool,
     /// `Content-Transfer-Encoding: binary` on the `message/rfc822` part (Office 365).
     pub binary_original: bool,
+    /// The envelope's `Message-Id:` line: the original's, another, or `Unknown Message-ID`.
     pub envelope_message_id: EnvelopeMessageId,
     /// `Sender:` line: None = the message's From; `Some("Unspecified Address")` for the placeholder.
     pub sender: Option<String>,
+    /// `On-Behalf-Of:` line, when set.
     pub on_behalf_of: Option<String>,
+    /// Which journal-report header the report carries.
     pub header: JournalHeader,
     /// Leave out the `message/rfc822` part (a broken report).
     pub omit_original: bool,
@@ -289,8 +301,7 @@ pub fn fresh_guid() -> String {
     let n = GUID_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_nanos());
     let mut h = Sha256::new();
     h.update(n.to_le_bytes());
     h.update(nanos.to_le_bytes());
@@ -308,11 +319,13 @@ pub fn fresh_guid() -> String {
 
 /// An Exchange 2007+ envelope journal report of `msg`. Empty `recipients` means
 /// [`default_recipients`].
+#[must_use]
 pub fn report_2007(msg: &SampleMessage, recipients: &[Recipient]) -> Vec<u8> {
     report_2007_with(msg, recipients, &Options2007::default())
 }
 
 /// [`report_2007`] with variations.
+#[must_use]
 pub fn report_2007_with(
     msg: &SampleMessage,
     recipients: &[Recipient],
@@ -337,11 +350,12 @@ pub fn report_2007_with(
     }
     header(&mut env, "Subject", &msg.subject);
     let id_line = match (&opts.envelope_message_id, &msg.message_id) {
-        (EnvelopeMessageId::Same, Some(id)) => Some(format!("<{id}>")),
+        (EnvelopeMessageId::Same, Some(id)) | (EnvelopeMessageId::Other(id), _) => {
+            Some(format!("<{id}>"))
+        }
         (EnvelopeMessageId::Same, None) | (EnvelopeMessageId::Unknown, _) => {
             Some("Unknown Message-ID".to_string())
         }
-        (EnvelopeMessageId::Other(id), _) => Some(format!("<{id}>")),
         (EnvelopeMessageId::Missing, _) => None,
     };
     if let Some(line) = id_line {
@@ -394,7 +408,7 @@ pub fn report_2007_with(
     match opts.header {
         JournalHeader::Journal => header(&mut out, "X-MS-Journal-Report", ""),
         JournalHeader::Organization => {
-            header(&mut out, "X-MS-Exchange-Organization-Journal-Report", "")
+            header(&mut out, "X-MS-Exchange-Organization-Journal-Report", "");
         }
     }
     header(
@@ -445,6 +459,7 @@ pub struct Options2003 {
 
 /// An Exchange 2003 journal report (`Content-Identifier: ExJournalReport`). Empty `recipients`
 /// means [`default_recipients`] (2003 does not tell To/Cc/Bcc apart: all go on `Recipients:`).
+#[must_use]
 pub fn report_2003(msg: &SampleMessage, recipients: &[Recipient]) -> Vec<u8> {
     report_2003_with(msg, recipients, Options2003::default())
 }
@@ -461,6 +476,7 @@ fn named_2003(address: &str) -> String {
 }
 
 /// [`report_2003`] with variations.
+#[must_use]
 pub fn report_2003_with(
     msg: &SampleMessage,
     recipients: &[Recipient],
@@ -569,10 +585,10 @@ pub fn write_maildir(dir: &Path, range: Range<u64>, size: usize) -> io::Result<(
     for i in range {
         let crlf_bytes = report_2007(&numbered(i, size), &[]);
         let lf = lf_only(&crlf_bytes);
-        let lines = lf.iter().filter(|&&b| b == b'\n').count();
+        let lines = memchr::memchr_iter(b'\n', &lf).count();
         let name = format!(
             "{}.M{i}P{pid}.journal-sample,S={},W={}",
-            BASE_UNIX + i as i64,
+            BASE_UNIX + i64::try_from(i).expect("sample number"),
             lf.len(),
             lf.len() + lines
         );
@@ -586,6 +602,7 @@ pub fn write_maildir(dir: &Path, range: Range<u64>, size: usize) -> io::Result<(
 }
 
 /// Converts CRLF to LF (bare CR bytes are kept).
+#[must_use]
 pub fn lf_only(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut k = 0;
