@@ -9,6 +9,8 @@ mod ingest;
 mod journal_parse;
 mod journal_stream;
 mod pop3_dovecot;
+mod pop3_limits;
+mod pop3_oauth;
 mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;

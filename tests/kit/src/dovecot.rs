@@ -29,6 +29,16 @@ pub struct Options {
     pub apop: bool,
 }
 
+/// More of the server's configuration (for OAuth2 and limit tests): see [`Dovecot::tuned`].
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// Adds the `oauth2` passdb (mechanisms XOAUTH2 and OAUTHBEARER), validating tokens with
+    /// RFC 7662 introspection (`introspection_mode = post`) at this URL.
+    pub oauth2_introspection_url: Option<String>,
+    /// Appended to `dovecot.conf` as is (e.g. `mail_max_userip_connections = 1`).
+    pub conf: String,
+}
+
 pub struct Dovecot {
     pub dir: tempfile::TempDir,
     pub maildir: PathBuf,
@@ -53,6 +63,11 @@ pub fn require_dovecot() {
 impl Dovecot {
     /// Creates the configuration and an empty Maildir; call [`Dovecot::start`] after seeding.
     pub fn new(options: Options) -> Dovecot {
+        Dovecot::tuned(options, &Tuning::default())
+    }
+
+    /// Like [`Dovecot::new`], with more configuration.
+    pub fn tuned(options: Options, tuning: &Tuning) -> Dovecot {
         require_dovecot();
         let dir = tempfile::Builder::new()
             .prefix("jg-dovecot-")
@@ -101,6 +116,21 @@ impl Dovecot {
         } else {
             ("plain", "yes")
         };
+        let mut mechanisms = mechanisms.to_string();
+        let mut oauth2_passdb = String::new();
+        if let Some(url) = &tuning.oauth2_introspection_url {
+            mechanisms.push_str(" xoauth2 oauthbearer");
+            std::fs::write(
+                root.join("oauth2.conf"),
+                format!("introspection_mode = post\nintrospection_url = {url}\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"),
+            )
+            .expect("write oauth2.conf");
+            oauth2_passdb = format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2.conf\n}}\n",
+                r = root.display()
+            );
+        }
+        let extra = &tuning.conf;
         let conf = format!(
             r#"protocols = pop3
 listen = 127.0.0.1
@@ -117,7 +147,7 @@ auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:{r}/Maildir
 pop3_uidl_format = %08Xu%08Xv
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {r}/passwd
 }}
@@ -145,6 +175,7 @@ service stats {{
     mode = 0666
   }}
 }}
+{extra}
 "#
         );
         let conf_path = root.join("dovecot.conf");
