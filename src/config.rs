@@ -142,22 +142,22 @@ pub struct CollectorConfig {
     /// Network timeout for one server response.
     #[serde(default = "default_pop3_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// How the collector logs in: a password (default) or an OAuth2 access token.
+    /// How the collector logs in: a password (default) or an `OAuth2` access token.
     #[serde(default)]
     pub auth: AuthMethod,
-    /// OAuth2: a file holding the access token, kept fresh by another tool (re-read each session).
+    /// `OAuth2`: a file holding the access token, kept fresh by another tool (re-read each session).
     pub token_file: Option<PathBuf>,
-    /// OAuth2 client-credentials grant: the token endpoint (`https://...`).
+    /// `OAuth2` client-credentials grant: the token endpoint (`https://...`).
     pub token_url: Option<String>,
-    /// OAuth2 client-credentials grant: the client id.
+    /// `OAuth2` client-credentials grant: the client id.
     pub client_id: Option<String>,
-    /// OAuth2 client-credentials grant: the client secret itself (one of three sources).
+    /// `OAuth2` client-credentials grant: the client secret itself (one of three sources).
     pub client_secret: Option<Secret>,
-    /// OAuth2 client-credentials grant: a file holding the client secret.
+    /// `OAuth2` client-credentials grant: a file holding the client secret.
     pub client_secret_file: Option<PathBuf>,
-    /// OAuth2 client-credentials grant: the environment variable holding the client secret.
+    /// `OAuth2` client-credentials grant: the environment variable holding the client secret.
     pub client_secret_env: Option<String>,
-    /// OAuth2 client-credentials grant: the scope asked for (unset: none sent).
+    /// `OAuth2` client-credentials grant: the scope asked for (unset: none sent).
     pub scope: Option<String>,
 }
 
@@ -168,14 +168,14 @@ pub enum AuthMethod {
     /// A password: SASL PLAIN, APOP or USER/PASS, whichever the server offers.
     #[default]
     Password,
-    /// An OAuth2 access token through SASL XOAUTH2.
+    /// An `OAuth2` access token through SASL XOAUTH2.
     Xoauth2,
-    /// An OAuth2 access token through SASL OAUTHBEARER (RFC 7628).
+    /// An `OAuth2` access token through SASL OAUTHBEARER (RFC 7628).
     Oauthbearer,
 }
 
 impl AuthMethod {
-    /// Whether the login uses an OAuth2 access token.
+    /// Whether the login uses an `OAuth2` access token.
     #[must_use]
     pub fn is_oauth(self) -> bool {
         self != AuthMethod::Password
@@ -252,7 +252,7 @@ impl CollectorConfig {
     }
 }
 
-/// The checks of the OAuth2 keys (`auth`, `token_file`, `token_url`, `client_*`, `scope`).
+/// The checks of the `OAuth2` keys (`auth`, `token_file`, `token_url`, `client_*`, `scope`).
 impl CollectorConfig {
     fn validate_oauth(&self, at: &str) -> anyhow::Result<()> {
         if self.password.is_some() || self.password_file.is_some() || self.password_env.is_some() {
@@ -331,7 +331,7 @@ impl CollectorConfig {
         }
     }
 
-    /// Resolves the OAuth2 client secret from whichever of the three sources is configured.
+    /// Resolves the `OAuth2` client secret from whichever of the three sources is configured.
     pub fn resolve_client_secret(&self) -> anyhow::Result<Secret> {
         if let Some(s) = &self.client_secret {
             return Ok(s.clone());

@@ -11,7 +11,7 @@
 //! log line or an error message.
 //!
 //! Files: this one has the session and its commands; `transport` the TCP connection and TLS
-//! (implicit or STLS); `login` the password mechanisms; `oauth` the OAuth2 ones (XOAUTH2,
+//! (implicit or STLS); `login` the password mechanisms; `oauth` the `OAuth2` ones (XOAUTH2,
 //! OAUTHBEARER); `retr` the dot-unstuffing body reader.
 
 mod login;

@@ -76,7 +76,7 @@ struct Inner {
     config: CollectorConfig,
     ctx: CollectorContext,
     trust: Trust,
-    /// The login (a password, or OAuth2 with its token cache).
+    /// The login (a password, or `OAuth2` with its token cache).
     credentials: Credentials,
     session: Mutex<()>,
     wake: Notify,
@@ -609,6 +609,7 @@ pub fn backoff(kind: ErrorKind, failures: u32, interval: Duration) -> Duration {
     doubled.min(cap)
 }
 
+#[must_use]
 /// Spreads a back-off so collectors refused together do not come back together: up to a quarter
 /// of `wait` is taken off (`fraction` in `[0, 1)`), never below the kind's minimum.
 pub fn jitter(wait: Duration, kind: ErrorKind, fraction: f64) -> Duration {
@@ -637,24 +638,18 @@ mod tests {
             jitter(wait, ErrorKind::Connect, 0.5),
             Duration::from_secs(350)
         );
-        assert!(jitter(wait, ErrorKind::Connect, 0.999_999) > Duration::from_secs(300));
+        assert!(jitter(wait, ErrorKind::Connect, 0.999_999) > Duration::from_mins(5));
         // The kind's minimum (5 min for a refused login) is kept.
         assert_eq!(
-            jitter(Duration::from_secs(300), ErrorKind::Auth, 0.9),
-            Duration::from_secs(300)
+            jitter(Duration::from_mins(5), ErrorKind::Auth, 0.9),
+            Duration::from_mins(5)
         );
         assert_eq!(
             jitter(Duration::from_secs(320), ErrorKind::Auth, 0.9),
-            Duration::from_secs(300)
+            Duration::from_mins(5)
         );
         let spread: std::collections::BTreeSet<Duration> = (0..50)
-            .map(|_| {
-                jitter(
-                    Duration::from_secs(3600),
-                    ErrorKind::InUse,
-                    random_fraction(),
-                )
-            })
+            .map(|_| jitter(Duration::from_hours(1), ErrorKind::InUse, random_fraction()))
             .collect();
         assert!(spread.len() > 1, "random jitter varies: {spread:?}");
     }

@@ -1,7 +1,7 @@
 //! How a collector proves who it is, once per session: a password (resolved from its source for
-//! every session) or an OAuth2 access token from the collector's [`TokenSource`].
+//! every session) or an `OAuth2` access token from the collector's [`TokenSource`].
 //!
-//! A login refused with an OAuth2 token is tried once more with a new token (the cached one may
+//! A login refused with an `OAuth2` token is tried once more with a new token (the cached one may
 //! have been revoked or have expired early); a second refusal is the run's error.
 
 use super::client::{Client, OAuthMechanism};
@@ -55,7 +55,7 @@ impl Credentials {
     /// Logs `client` in as `cfg.username`; gives the mechanism used.
     ///
     /// # Errors
-    /// The refusal (after one retry with a new token for OAuth2), or what stopped the login.
+    /// The refusal (after one retry with a new token for `OAuth2`), or what stopped the login.
     pub async fn log_in(
         &self,
         client: &mut Client,

@@ -3,7 +3,7 @@
 //! - [`client`]: a POP3 client (CAPA, STLS, USER/PASS, SASL PLAIN, APOP, UIDL, LIST, pipelined
 //!   RETR streamed with dot-unstuffing, DELE, QUIT).
 //! - [`trust`]: which server certificates are accepted (pin, CA file, system roots).
-//! - [`credentials`] and [`token`]: the login of a collector: a password, or an OAuth2 access
+//! - [`credentials`] and [`token`]: the login of a collector: a password, or an `OAuth2` access
 //!   token (a token file, or the client-credentials grant) for XOAUTH2 / OAUTHBEARER.
 //! - [`collector`]: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
 //!   deletes only what is durably archived, records history ([`crate::history`]).

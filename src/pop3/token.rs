@@ -1,4 +1,4 @@
-//! OAuth2 access tokens for XOAUTH2 / OAUTHBEARER logins: read from a file another tool keeps
+//! `OAuth2` access tokens for XOAUTH2 / OAUTHBEARER logins: read from a file another tool keeps
 //! fresh, or obtained with the client-credentials grant (RFC 6749 4.4) from a token endpoint.
 //!
 //! A [`TokenSource`] belongs to one collector and caches its token across sessions and runs: a
@@ -8,6 +8,7 @@
 //! token ever reaches a log line, an error message or a `Debug` output.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,9 +31,9 @@ use crate::net::Conn;
 /// Largest token endpoint answer read (a JSON object with a token of a few KiB).
 const MAX_ANSWER: usize = 64 * 1024;
 /// A granted token is renewed this long before it expires (or at half its lifetime if shorter).
-const RENEW_BEFORE: Duration = Duration::from_secs(60);
+const RENEW_BEFORE: Duration = Duration::from_mins(1);
 
-/// An OAuth2 access token. Its `Debug` does not show it.
+/// An `OAuth2` access token. Its `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(String);
 
@@ -100,7 +101,7 @@ impl fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    /// The token source of an OAuth2 collector (`None` for `auth = "password"` or when neither
+    /// The token source of an `OAuth2` collector (`None` for `auth = "password"` or when neither
     /// `token_file` nor `token_url` is set, which the configuration check refuses).
     #[must_use]
     pub fn from_config(cfg: &CollectorConfig) -> Option<TokenSource> {
@@ -259,7 +260,7 @@ impl TokenSource {
         );
         Ok(Cached {
             token: AccessToken(token.to_string()),
-            renew_at: lifetime.map(|l| Instant::now() + l - renew_margin(l)),
+            renew_at: lifetime.map(|l| Instant::now() + l.saturating_sub(renew_margin(l))),
         })
     }
 }
@@ -360,7 +361,9 @@ fn form_encode(s: &str) -> String {
                 out.push(char::from(b));
             }
             b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
     out
@@ -389,8 +392,8 @@ mod tests {
     #[test]
     fn renewal_margin_is_a_minute_or_half_a_short_lifetime() {
         assert_eq!(
-            renew_margin(Duration::from_secs(3600)),
-            Duration::from_secs(60)
+            renew_margin(Duration::from_hours(1)),
+            Duration::from_mins(1)
         );
         assert_eq!(renew_margin(Duration::from_secs(2)), Duration::from_secs(1));
     }

@@ -1,4 +1,4 @@
-//! OAuth2 logins (XOAUTH2, OAUTHBEARER) against a real Dovecot whose `oauth2` passdb validates
+//! `OAuth2` logins (XOAUTH2, OAUTHBEARER) against a real Dovecot whose `oauth2` passdb validates
 //! tokens by RFC 7662 introspection at a local token service (`token_service`), which also
 //! grants them (client-credentials). Both mechanisms drain a mailbox; a wrong client secret is
 //! an auth error in the history and the metrics; a token that dies mid-drain is replaced.
@@ -23,7 +23,7 @@ fn oauth_dovecot(tokens: &TokenService, count: u64) -> Dovecot {
     server
 }
 
-/// An OAuth2 collector for `server` (implicit TLS, pinned); `login` holds the `auth` and token
+/// An `OAuth2` collector for `server` (implicit TLS, pinned); `login` holds the `auth` and token
 /// keys.
 fn oauth_collector(server: &Dovecot, name: &str, login: &str) -> CollectorConfig {
     let text = format!(

@@ -1,4 +1,4 @@
-//! Logging in with an OAuth2 access token: SASL XOAUTH2 (Google's and Microsoft's mechanism) and
+//! Logging in with an `OAuth2` access token: SASL XOAUTH2 (Google's and Microsoft's mechanism) and
 //! OAUTHBEARER (RFC 7628), over POP3 AUTH (RFC 5034).
 //!
 //! The command is sent without an initial response and the token on the continuation line

@@ -29,7 +29,7 @@ pub struct Options {
     pub apop: bool,
 }
 
-/// More of the server's configuration (for OAuth2 and limit tests): see [`Dovecot::tuned`].
+/// More of the server's configuration (for `OAuth2` and limit tests): see [`Dovecot::tuned`].
 #[derive(Debug, Clone, Default)]
 pub struct Tuning {
     /// Adds the `oauth2` passdb (mechanisms XOAUTH2 and OAUTHBEARER), validating tokens with
@@ -67,6 +67,7 @@ impl Dovecot {
     }
 
     /// Like [`Dovecot::new`], with more configuration.
+    #[must_use]
     pub fn tuned(options: Options, tuning: &Tuning) -> Dovecot {
         require_dovecot();
         let dir = tempfile::Builder::new()

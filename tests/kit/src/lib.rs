@@ -7,7 +7,7 @@
 //!   index is ported here, not in every test.
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
-//! - [`token_service`]: a local OAuth2 token endpoint and RFC 7662 introspection service.
+//! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 /// The running proxy; stops accepting when dropped.
 pub struct CutProxy {
+    /// The loopback port to connect to instead of the target.
     pub port: u16,
     stop: Arc<AtomicBool>,
     cut: Arc<AtomicBool>,
@@ -18,6 +19,7 @@ pub struct CutProxy {
 impl CutProxy {
     /// Forwards `127.0.0.1:<port>` to `127.0.0.1:<target>`, cutting once `cut_after` bytes came
     /// from the target.
+    #[must_use]
     pub fn start(target: u16, cut_after: u64) -> CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("local addr").port();
@@ -56,7 +58,8 @@ impl CutProxy {
                             };
                             let before = sent.fetch_add(n as u64, Ordering::SeqCst);
                             if !cut.load(Ordering::SeqCst) && before + n as u64 >= cut_after {
-                                let keep = cut_after.saturating_sub(before) as usize;
+                                let keep = usize::try_from(cut_after.saturating_sub(before))
+                                    .unwrap_or(usize::MAX);
                                 let _ = to.write_all(&buf[..keep.min(n)]);
                                 cut.store(true, Ordering::SeqCst);
                                 let _ = to.shutdown(Shutdown::Both);
@@ -76,6 +79,7 @@ impl CutProxy {
     }
 
     /// Whether the cut has happened.
+    #[must_use]
     pub fn has_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
     }

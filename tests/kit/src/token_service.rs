@@ -1,4 +1,4 @@
-//! A small local OAuth2 authorization server for tests, on a loopback port (plain HTTP/1.1, one
+//! A small local `OAuth2` authorization server for tests, on a loopback port (plain HTTP/1.1, one
 //! request per connection):
 //!
 //! - `POST /token`: the client-credentials grant (RFC 6749 4.4), the client authenticated with
@@ -22,7 +22,9 @@ use base64::Engine;
 /// How the service behaves.
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
+    /// The one client allowed the grant.
     pub client_id: String,
+    /// Its secret.
     pub client_secret: String,
     /// The user every token belongs to (the introspection's `username`).
     pub username: String,
@@ -36,12 +38,13 @@ pub struct TokenPolicy {
 
 impl TokenPolicy {
     /// Client `gateway` / `client-s3cret`, tokens for `username` alive an hour.
+    #[must_use]
     pub fn new(username: &str) -> TokenPolicy {
         TokenPolicy {
             client_id: "gateway".into(),
             client_secret: "client-s3cret".into(),
             username: username.into(),
-            lifetime: Duration::from_secs(3600),
+            lifetime: Duration::from_hours(1),
             expires_in: 3600,
             max_uses: None,
         }
@@ -55,8 +58,9 @@ pub struct TokenCounts {
     pub granted: u32,
     /// Grants refused (wrong client).
     pub refused_clients: u32,
-    /// Introspections answered active / inactive.
+    /// Introspections answered active.
     pub active: u32,
+    /// Introspections answered inactive (expired, used up, unknown).
     pub inactive: u32,
 }
 
@@ -74,6 +78,7 @@ struct State {
 
 /// The running service; stops when dropped.
 pub struct TokenService {
+    /// The loopback port it listens on.
     pub port: u16,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
@@ -81,6 +86,7 @@ pub struct TokenService {
 
 impl TokenService {
     /// Starts the service on a free loopback port.
+    #[must_use]
     pub fn start(policy: TokenPolicy) -> TokenService {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token service");
         let port = listener.local_addr().expect("local addr").port();
@@ -110,20 +116,25 @@ impl TokenService {
     }
 
     /// `http://127.0.0.1:<port>/token`.
+    #[must_use]
     pub fn token_url(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.port)
     }
 
     /// `http://127.0.0.1:<port>/introspect`.
+    #[must_use]
     pub fn introspection_url(&self) -> String {
         format!("http://127.0.0.1:{}/introspect", self.port)
     }
 
     /// A token granted directly (as another tool would obtain one for a `token_file`).
+    #[must_use]
     pub fn issue(&self) -> String {
         issue(&mut self.state.lock().expect("token state"))
     }
 
+    /// What the service saw so far.
+    #[must_use]
     pub fn counts(&self) -> TokenCounts {
         self.state.lock().expect("token state").counts.clone()
     }
