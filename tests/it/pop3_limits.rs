@@ -219,3 +219,164 @@ async fn a_session_cut_mid_retr_loses_nothing_and_the_next_run_completes() {
         assert_eq!(record.duplicates, 0, "message {i} archived once");
     }
 }
+
+/// A message of the scripted server: its UIDL and bytes.
+type Scripted = (String, Vec<u8>);
+
+/// A scripted POP3 server (no PIPELINING) whose mailbox outlives its sessions: `RETR 2` is
+/// refused with `-ERR [SYS/TEMP]` in the first session only; DELEs apply at QUIT.
+struct ScriptedServer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    async fn start(messages: Vec<Vec<u8>>) -> ScriptedServer {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // (uidl, bytes) of the messages still in the mailbox.
+        let mailbox: Arc<Mutex<Vec<Scripted>>> = Arc::new(Mutex::new(
+            messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| (format!("uid-{i}"), m))
+                .collect(),
+        ));
+        let task = tokio::spawn(async move {
+            let mut session = 0u32;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                session += 1;
+                let mailbox = mailbox.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
+                    let snapshot = mailbox.lock().unwrap().clone();
+                    let mut deleted = std::collections::BTreeSet::new();
+                    write.write_all(b"+OK scripted ready\r\n").await.unwrap();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let mut words = line.split_whitespace();
+                        let verb = words.next().unwrap_or("").to_ascii_uppercase();
+                        let n: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                        let answer = match verb.as_str() {
+                            "CAPA" => "+OK\r\nUSER\r\nUIDL\r\nRESP-CODES\r\n.\r\n".to_string(),
+                            "USER" | "PASS" => "+OK\r\n".to_string(),
+                            "STAT" => {
+                                let octets: usize = snapshot.iter().map(|(_, m)| m.len()).sum();
+                                format!("+OK {} {octets}\r\n", snapshot.len())
+                            }
+                            "UIDL" => {
+                                let mut list = String::new();
+                                for (i, (uidl, _)) in snapshot.iter().enumerate() {
+                                    let _ = std::fmt::Write::write_fmt(
+                                        &mut list,
+                                        format_args!("{} {uidl}\r\n", i + 1),
+                                    );
+                                }
+                                format!("+OK\r\n{list}.\r\n")
+                            }
+                            "RETR" if session == 1 && n == 2 => {
+                                "-ERR [SYS/TEMP] backend busy, try later\r\n".to_string()
+                            }
+                            "RETR" if (1..=snapshot.len()).contains(&n) => {
+                                let mut out = b"+OK\r\n".to_vec();
+                                for l in snapshot[n - 1].1.split_inclusive(|b| *b == b'\n') {
+                                    if l.starts_with(b".") {
+                                        out.push(b'.');
+                                    }
+                                    out.extend_from_slice(l);
+                                }
+                                out.extend_from_slice(b".\r\n");
+                                write.write_all(&out).await.unwrap();
+                                continue;
+                            }
+                            "DELE" if (1..=snapshot.len()).contains(&n) => {
+                                deleted.insert(snapshot[n - 1].0.clone());
+                                "+OK\r\n".to_string()
+                            }
+                            "QUIT" => {
+                                mailbox
+                                    .lock()
+                                    .unwrap()
+                                    .retain(|(uidl, _)| !deleted.contains(uidl));
+                                write.write_all(b"+OK bye\r\n").await.unwrap();
+                                return;
+                            }
+                            _ => "-ERR unknown\r\n".to_string(),
+                        };
+                        write.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        ScriptedServer { port, task }
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `-ERR [SYS/TEMP]` to one RETR mid-session: the session finishes what it has, QUITs (the
+/// deletion of the message archived before is committed), and the refused message is neither
+/// deleted nor skipped: the next run archives it and the one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_refusal_of_one_retr_deletes_and_skips_nothing() {
+    use journal_gateway_testkit::sample;
+    let messages: Vec<Vec<u8>> = (0..3)
+        .map(|i| sample::report_2007(&sample::numbered(i, 3_000), &[]))
+        .collect();
+    let server = ScriptedServer::start(messages).await;
+    let gw = TestGateway::builder().start().await;
+    let text = format!(
+        "[[collector]]\nname = \"temp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_insecure = true\nusername = \"u\"\npassword = \"p\"\ntimeout = \"10s\"\n",
+        server.port
+    );
+    let cfg = journal_gateway::config::Config::parse(&text)
+        .unwrap()
+        .collectors
+        .remove(0);
+    let c = gw.collector(&cfg);
+
+    let failure = c
+        .collect(RunKind::Normal)
+        .await
+        .expect_err("the refusal is the run's error");
+    assert_eq!(failure.error.kind, ErrorKind::SysTemp, "{}", failure.error);
+    assert!(failure.error.to_string().contains("[SYS/TEMP]"));
+    let first = failure.summary;
+    assert_eq!(
+        (first.retrieved, first.archived, first.deleted),
+        (1, 1, 1),
+        "message 1 archived and its deletion committed by QUIT: {first:?}"
+    );
+    assert_eq!(first.error_kind.as_deref(), Some("sys_temp"));
+    assert_eq!(error_count(&gw, "temp", "sys_temp"), "1");
+    assert!(gw.archive().record(&key(0)).is_some());
+    assert!(
+        gw.archive().record(&key(1)).is_none(),
+        "refused, not archived"
+    );
+
+    let summary = c
+        .collect(RunKind::Normal)
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        (
+            summary.on_server,
+            summary.archived,
+            summary.deleted,
+            summary.duplicates
+        ),
+        (Some(2), 2, 2, 0),
+        "{summary:?}"
+    );
+    assert_eq!(gw.archive().count(), 3);
+}
