@@ -18,6 +18,7 @@
 //! an inactive collector. Every run, normal or test, is recorded in [`crate::history`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,9 @@ struct Inner {
     trust: Trust,
     /// The login (a password, or `OAuth2` with its token cache).
     credentials: Credentials,
+    /// The server's `LOGIN-DELAY` (RFC 2449 CAPA), in seconds (0: none): polls never come
+    /// sooner than this after the last one.
+    login_delay: AtomicU64,
     session: Mutex<()>,
     wake: Notify,
 }
@@ -128,6 +132,7 @@ impl Collector {
                 ctx,
                 trust,
                 credentials: Credentials::from_config(config),
+                login_delay: AtomicU64::new(0),
                 session: Mutex::new(()),
                 wake: Notify::new(),
             }),
@@ -154,6 +159,15 @@ impl Collector {
         };
         tracing::warn!(collector = self.name(), "reading collector state: {failed}");
         self.inner.config.active
+    }
+
+    /// The shortest time between logins the server asked for (`LOGIN-DELAY` in its last CAPA).
+    #[must_use]
+    pub fn login_delay(&self) -> Option<Duration> {
+        match self.inner.login_delay.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
     }
 
     /// Wakes [`Collector::run_forever`] for a poll now (after an activation or a "collect now").
@@ -197,6 +211,7 @@ impl Collector {
                     }
                 }
             };
+            let wait = wait.max(self.login_delay().unwrap_or_default());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
@@ -305,6 +320,10 @@ impl Collector {
         };
         run.sessions += 1;
         let mut client = Client::connect(&endpoint, &self.inner.trust).await?;
+        self.inner.login_delay.store(
+            client.capabilities().login_delay.unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let mechanism = self.inner.credentials.log_in(&mut client, cfg).await?;
         let (count, octets) = client.stat().await?;
         tracing::debug!(

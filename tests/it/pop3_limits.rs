@@ -263,7 +263,10 @@ impl ScriptedServer {
                         let verb = words.next().unwrap_or("").to_ascii_uppercase();
                         let n: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
                         let answer = match verb.as_str() {
-                            "CAPA" => "+OK\r\nUSER\r\nUIDL\r\nRESP-CODES\r\n.\r\n".to_string(),
+                            "CAPA" => {
+                                "+OK\r\nUSER\r\nUIDL\r\nRESP-CODES\r\nLOGIN-DELAY 900\r\n.\r\n"
+                                    .to_string()
+                            }
                             "USER" | "PASS" => "+OK\r\n".to_string(),
                             "STAT" => {
                                 let octets: usize = snapshot.iter().map(|(_, m)| m.len()).sum();
@@ -379,4 +382,9 @@ async fn a_temporary_refusal_of_one_retr_deletes_and_skips_nothing() {
         "{summary:?}"
     );
     assert_eq!(gw.archive().count(), 3);
+    assert_eq!(
+        c.login_delay(),
+        Some(Duration::from_mins(15)),
+        "the server's LOGIN-DELAY is the floor of the poll interval"
+    );
 }
