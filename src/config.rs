@@ -115,7 +115,8 @@ pub struct CollectorConfig {
     #[serde(default)]
     pub allow_insecure: bool,
     pub username: String,
-    pub password: Option<String>,
+    /// The password itself (its `Debug` is redacted).
+    pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
     /// PEM file of the CA(s) to trust instead of the system roots.
@@ -228,7 +229,7 @@ impl CollectorConfig {
     /// Resolves the password from whichever of the three sources is configured.
     pub fn resolve_password(&self) -> anyhow::Result<String> {
         if let Some(p) = &self.password {
-            return Ok(p.clone());
+            return Ok(p.expose().to_string());
         }
         if let Some(f) = &self.password_file {
             let s = std::fs::read_to_string(f).with_context(|| {
@@ -713,6 +714,13 @@ mod tests {
         assert_eq!(col.port(), 995);
         assert_eq!(col.interval, Duration::from_secs(90));
         assert!(col.active && col.delete);
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"hunter2\"\n";
+        let c = Config::parse(text).unwrap();
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug redacts the password"
+        );
+        assert_eq!(c.collectors[0].resolve_password().unwrap(), "hunter2");
         assert_eq!(col.test_limit, 200);
     }
 
