@@ -70,6 +70,19 @@ impl Credentials {
             }
             Method::OAuth(mechanism, tokens) => (*mechanism, tokens),
         };
+        let offered = &client.capabilities().sasl;
+        if !offered.is_empty() && !offered.iter().any(|m| m == mechanism.name()) {
+            // No token is asked for: the server would refuse any.
+            return Err(Pop3Error::new(
+                ErrorKind::Auth,
+                format!(
+                    "{}: the server offers SASL {}, not {} (check the collector's auth)",
+                    client.peer(),
+                    offered.join(" "),
+                    mechanism.name()
+                ),
+            ));
+        }
         let (host, port) = (cfg.host.as_str(), cfg.port());
         let token = tokens.token().await?;
         match client

@@ -91,6 +91,34 @@ async fn xoauth2_and_oauthbearer_drain_a_mailbox() {
     }
 }
 
+/// A server that does not offer the mechanism: a clear auth error, and no token is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_mechanism_is_a_clear_auth_error() {
+    let tokens = TokenService::start(TokenPolicy::new(dovecot::USER));
+    let mut server = Dovecot::new(Options::default());
+    server.seed(0, 2, 2_000);
+    server.start();
+    let gw = TestGateway::builder().start().await;
+    let cfg = oauth_collector(
+        &server,
+        "nomech",
+        &grant("oauthbearer", &tokens, "client-s3cret", ""),
+    );
+    let failure = gw
+        .collector(&cfg)
+        .collect(RunKind::Normal)
+        .await
+        .expect_err("OAUTHBEARER is not offered");
+    assert_eq!(failure.error.kind, ErrorKind::Auth);
+    let message = failure.error.to_string();
+    assert!(
+        message.contains("offers SASL PLAIN, not OAUTHBEARER"),
+        "{message}"
+    );
+    assert_eq!(tokens.counts().granted, 0);
+    assert_eq!(server.mailbox_count(), 2);
+}
+
 /// `token_file`: a token another tool keeps fresh, read again for every session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_file_is_read_for_every_session() {

@@ -83,9 +83,6 @@ impl Client {
                 ),
             )
         };
-        if !self.capabilities.sasl.is_empty() && !self.capabilities.sasl.iter().any(|m| m == name) {
-            tracing::warn!(peer = %self.peer, mechanism = name, offered = ?self.capabilities.sasl, "the server does not announce this SASL mechanism; trying it anyway");
-        }
         self.send_raw(&format!("AUTH {name}"));
         self.flush().await?;
         let line = self.read_line().await?;
