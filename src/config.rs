@@ -137,8 +137,8 @@ pub struct CollectorConfig {
     pub allow_insecure: bool,
     /// The mailbox login.
     pub username: String,
-    /// The password, written in the file (one of the three password sources).
-    pub password: Option<String>,
+    /// The password itself (one of the three password sources; its `Debug` is redacted).
+    pub password: Option<Secret>,
     /// A file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
     /// An environment variable holding the password.
@@ -168,6 +168,75 @@ pub struct CollectorConfig {
     /// Network timeout for one server response.
     #[serde(default = "default_pop3_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// How the collector logs in: a password (default) or an `OAuth2` access token.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// `OAuth2`: a file holding the access token, kept fresh by another tool (re-read each session).
+    pub token_file: Option<PathBuf>,
+    /// `OAuth2` client-credentials grant: the token endpoint (`https://...`).
+    pub token_url: Option<String>,
+    /// `OAuth2` client-credentials grant: the client id.
+    pub client_id: Option<String>,
+    /// `OAuth2` client-credentials grant: the client secret itself (one of three sources).
+    pub client_secret: Option<Secret>,
+    /// `OAuth2` client-credentials grant: a file holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// `OAuth2` client-credentials grant: the environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// `OAuth2` client-credentials grant: the scope asked for (unset: none sent).
+    pub scope: Option<String>,
+}
+
+/// How a collector logs in (`auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// A password: SASL PLAIN, APOP or USER/PASS, whichever the server offers.
+    #[default]
+    Password,
+    /// An `OAuth2` access token through SASL XOAUTH2.
+    Xoauth2,
+    /// An `OAuth2` access token through SASL OAUTHBEARER (RFC 7628).
+    Oauthbearer,
+}
+
+impl AuthMethod {
+    /// Whether the login uses an `OAuth2` access token.
+    #[must_use]
+    pub fn is_oauth(self) -> bool {
+        self != AuthMethod::Password
+    }
+}
+
+/// A secret from the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl CollectorConfig {
@@ -189,7 +258,7 @@ impl CollectorConfig {
     /// Resolves the password from whichever of the three sources is configured.
     pub fn resolve_password(&self) -> anyhow::Result<String> {
         if let Some(p) = &self.password {
-            return Ok(p.clone());
+            return Ok(p.expose().to_string());
         }
         if let Some(f) = &self.password_file {
             let s = std::fs::read_to_string(f).with_context(|| {
@@ -211,6 +280,124 @@ impl CollectorConfig {
             self.name()
         )
     }
+}
+
+/// The checks of the `OAuth2` keys (`auth`, `token_file`, `token_url`, `client_*`, `scope`).
+impl CollectorConfig {
+    fn validate_oauth(&self, at: &str) -> anyhow::Result<()> {
+        if self.password.is_some() || self.password_file.is_some() || self.password_env.is_some() {
+            bail!("{at}: auth = {:?} logs in with a token; remove password, password_file and password_env", self.auth_name());
+        }
+        let grant = self.token_url.is_some();
+        match (self.token_file.is_some(), grant) {
+            (true, true) => bail!("{at}: token_file and token_url are exclusive; set one"),
+            (false, false) => bail!(
+                "{at}: auth = {:?} needs token_file or token_url (with client_id and a client secret)",
+                self.auth_name()
+            ),
+            _ => {}
+        }
+        let secrets = [
+            self.client_secret.is_some(),
+            self.client_secret_file.is_some(),
+            self.client_secret_env.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if !grant {
+            if self.client_id.is_some() || secrets > 0 || self.scope.is_some() {
+                bail!("{at}: client_id, client_secret* and scope belong to token_url; with token_file they are unused");
+            }
+            return Ok(());
+        }
+        if self.client_id.is_none() {
+            bail!("{at}: token_url needs client_id");
+        }
+        match secrets {
+            1 => {}
+            0 => bail!("{at}: token_url needs one of client_secret, client_secret_file or client_secret_env"),
+            _ => bail!("{at}: client_secret, client_secret_file and client_secret_env are exclusive; set one"),
+        }
+        let url = self.token_url.as_deref().unwrap_or_default();
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{at}: token_url {url:?} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.allow_insecure || is_loopback(uri.host().unwrap_or_default()) => {}
+            Some("http") => bail!("{at}: token_url {url:?} would send the client secret in clear; use https (or allow_insecure = true)"),
+            _ => bail!("{at}: token_url {url:?} must be an http(s) URL"),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            bail!("{at}: token_url {url:?} has no host");
+        }
+        Ok(())
+    }
+
+    fn validate_no_oauth_keys(&self, at: &str) -> anyhow::Result<()> {
+        let oauth_keys = [
+            ("token_file", self.token_file.is_some()),
+            ("token_url", self.token_url.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("scope", self.scope.is_some()),
+        ];
+        if let Some((key, _)) = oauth_keys.iter().find(|(_, set)| *set) {
+            bail!(
+                "{at}: {key} is for auth = \"xoauth2\" or \"oauthbearer\" (auth is \"password\")"
+            );
+        }
+        Ok(())
+    }
+
+    fn auth_name(&self) -> &'static str {
+        match self.auth {
+            AuthMethod::Password => "password",
+            AuthMethod::Xoauth2 => "xoauth2",
+            AuthMethod::Oauthbearer => "oauthbearer",
+        }
+    }
+
+    /// Resolves the `OAuth2` client secret from whichever of the three sources is configured.
+    pub fn resolve_client_secret(&self) -> anyhow::Result<Secret> {
+        if let Some(s) = &self.client_secret {
+            return Ok(s.clone());
+        }
+        if let Some(f) = &self.client_secret_file {
+            let s = std::fs::read_to_string(f).with_context(|| {
+                format!(
+                    "collector {}: reading client_secret_file {}",
+                    self.name(),
+                    f.display()
+                )
+            })?;
+            return Ok(Secret(s.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(v) = &self.client_secret_env {
+            return std::env::var(v).map(Secret).with_context(|| {
+                format!(
+                    "collector {}: client_secret_env {v} is not set",
+                    self.name()
+                )
+            });
+        }
+        bail!(
+            "collector {}: no client_secret, client_secret_file or client_secret_env",
+            self.name()
+        )
+    }
+}
+
+/// `localhost` or a loopback address (where plain-HTTP token endpoints are allowed).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Default for SmtpConfig {
@@ -304,10 +491,17 @@ impl Config {
                 c.password_file.is_some(),
                 c.password_env.is_some(),
             ];
-            match sources.iter().filter(|s| **s).count() {
-                1 => {}
-                0 => bail!("{at}: one of password, password_file or password_env is needed"),
-                _ => bail!("{at}: password, password_file and password_env are exclusive; set one"),
+            if c.auth.is_oauth() {
+                c.validate_oauth(&at)?;
+            } else {
+                match sources.iter().filter(|s| **s).count() {
+                    1 => {}
+                    0 => bail!("{at}: one of password, password_file or password_env is needed"),
+                    _ => bail!(
+                        "{at}: password, password_file and password_env are exclusive; set one"
+                    ),
+                }
+                c.validate_no_oauth_keys(&at)?;
             }
             if c.tls == TlsMode::None && !c.allow_insecure {
                 bail!("{at}: tls = \"none\" sends the password in clear; it needs allow_insecure = true");
@@ -558,7 +752,46 @@ mod tests {
         assert_eq!(col.port(), 995);
         assert_eq!(col.interval, Duration::from_secs(90));
         assert!(col.active && col.delete);
+        let text = "[[collector]]\nname = \"exch\"\nhost = \"h\"\nusername = \"u\"\npassword = \"hunter2\"\n";
+        let c = Config::parse(text).unwrap();
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug redacts the password"
+        );
+        assert_eq!(c.collectors[0].resolve_password().unwrap(), "hunter2");
         assert_eq!(col.test_limit, 200);
+    }
+
+    #[test]
+    fn oauth_keys_are_checked() {
+        let base = "[[collector]]\nname = \"o\"\nhost = \"h\"\nusername = \"u\"\n";
+        let ok = |extra: &str| Config::parse(&format!("{base}{extra}"));
+        let c = ok("auth = \"xoauth2\"\ntoken_file = \"/run/token\"\n").unwrap();
+        assert_eq!(c.collectors[0].auth, AuthMethod::Xoauth2);
+        let c = ok("auth = \"oauthbearer\"\ntoken_url = \"https://login.example.com/t\"\nclient_id = \"id\"\nclient_secret = \"hunter2\"\nscope = \"pop\"\n").unwrap();
+        assert!(
+            !format!("{:?}", c.collectors[0]).contains("hunter2"),
+            "Debug redacts the secret"
+        );
+        assert_eq!(
+            c.collectors[0].resolve_client_secret().unwrap().expose(),
+            "hunter2"
+        );
+        ok("auth = \"xoauth2\"\ntoken_url = \"http://127.0.0.1:8080/t\"\nclient_id = \"id\"\nclient_secret_env = \"S\"\n").unwrap();
+        for (extra, needle) in [
+            ("auth = \"xoauth2\"\n", "token_file or token_url"),
+            ("auth = \"xoauth2\"\npassword = \"p\"\ntoken_file = \"t\"\n", "remove password"),
+            ("auth = \"xoauth2\"\ntoken_file = \"t\"\ntoken_url = \"https://x/t\"\n", "exclusive"),
+            ("auth = \"xoauth2\"\ntoken_url = \"https://x/t\"\nclient_secret = \"s\"\n", "client_id"),
+            ("auth = \"xoauth2\"\ntoken_url = \"https://x/t\"\nclient_id = \"i\"\n", "client_secret"),
+            ("auth = \"xoauth2\"\ntoken_url = \"http://idp.example.com/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n", "in clear"),
+            ("auth = \"xoauth2\"\ntoken_file = \"t\"\nclient_id = \"i\"\n", "belong to token_url"),
+            ("password = \"p\"\ntoken_file = \"t\"\n", "token_file is for auth"),
+            ("auth = \"kerberos\"\ntoken_file = \"t\"\n", "kerberos"),
+        ] {
+            let err = ok(extra).expect_err(extra).to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -11,11 +11,15 @@
 //! log line or an error message.
 //!
 //! Files: this one has the session and its commands; `transport` the TCP connection and TLS
-//! (implicit or STLS); `login` the login mechanisms; `retr` the dot-unstuffing body reader.
+//! (implicit or STLS); `login` the password mechanisms; `oauth` the `OAuth2` ones (XOAUTH2,
+//! OAUTHBEARER); `retr` the dot-unstuffing body reader.
 
 mod login;
+mod oauth;
 mod retr;
 mod transport;
+
+pub use oauth::OAuthMechanism;
 
 use std::time::Duration;
 

@@ -18,6 +18,7 @@
 //! an inactive collector. Every run, normal or test, is recorded in [`crate::history`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Endpoint};
+use super::credentials::Credentials;
 use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
 use crate::clock::UnixMs;
@@ -78,6 +80,11 @@ struct Inner {
     config: CollectorConfig,
     ctx: CollectorContext,
     trust: Trust,
+    /// The login (a password, or `OAuth2` with its token cache).
+    credentials: Credentials,
+    /// The server's `LOGIN-DELAY` (RFC 2449 CAPA), in seconds (0: none): polls never come
+    /// sooner than this after the last one.
+    login_delay: AtomicU64,
     session: Mutex<()>,
     wake: Notify,
 }
@@ -127,6 +134,8 @@ impl Collector {
                 config: config.clone(),
                 ctx,
                 trust,
+                credentials: Credentials::from_config(config),
+                login_delay: AtomicU64::new(0),
                 session: Mutex::new(()),
                 wake: Notify::new(),
             }),
@@ -159,6 +168,15 @@ impl Collector {
         self.inner.config.active
     }
 
+    /// The shortest time between logins the server asked for (`LOGIN-DELAY` in its last CAPA).
+    #[must_use]
+    pub fn login_delay(&self) -> Option<Duration> {
+        match self.inner.login_delay.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
+    }
+
     /// Wakes [`Collector::run_forever`] for a poll now (after an activation or a "collect now").
     pub fn trigger(&self) {
         self.inner.wake.notify_one();
@@ -188,7 +206,11 @@ impl Collector {
                     Err(f) if f.error.kind == ErrorKind::Shutdown => break,
                     Err(f) => {
                         failures += 1;
-                        let wait = backoff(f.error.kind, failures, interval);
+                        let wait = jitter(
+                            backoff(f.error.kind, failures, interval),
+                            f.error.kind,
+                            random_fraction(),
+                        );
                         tracing::warn!(collector = %name, "collection failed ({} in a row), next try in {wait:?}: {}", failures, f.error);
                         wait
                     }
@@ -196,6 +218,7 @@ impl Collector {
             } else {
                 INACTIVE_RECHECK
             };
+            let wait = wait.max(self.login_delay().unwrap_or_default());
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.inner.wake.notified() => {}
@@ -278,9 +301,7 @@ impl Collector {
     /// Sessions until nothing is left to do (normal) or one session (test).
     async fn drain(&self, kind: RunKind, run: &mut Run) -> Result<(), Pop3Error> {
         let cfg = &self.inner.config;
-        let password = cfg
-            .resolve_password()
-            .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("{e:#}")))?;
+        self.inner.credentials.check(cfg)?;
         loop {
             if self.inner.ctx.shutdown.is_cancelled() {
                 return Err(Pop3Error::new(
@@ -288,19 +309,14 @@ impl Collector {
                     "stopped: the gateway is shutting down",
                 ));
             }
-            if !self.session(kind, &password, run).await? {
+            if !self.session(kind, run).await? {
                 return Ok(());
             }
         }
     }
 
     /// One POP3 session, from connect to QUIT. Returns whether another session has work to do.
-    async fn session(
-        &self,
-        kind: RunKind,
-        password: &str,
-        run: &mut Run,
-    ) -> Result<bool, Pop3Error> {
+    async fn session(&self, kind: RunKind, run: &mut Run) -> Result<bool, Pop3Error> {
         let cfg = &self.inner.config;
         let gw = &self.inner.ctx;
         let endpoint = Endpoint {
@@ -311,7 +327,11 @@ impl Collector {
         };
         run.sessions += 1;
         let mut client = Client::connect(&endpoint, &self.inner.trust).await?;
-        let mechanism = client.login(&cfg.username, password).await?;
+        self.inner.login_delay.store(
+            client.capabilities().login_delay.unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        let mechanism = self.inner.credentials.log_in(&mut client, cfg).await?;
         let (count, octets) = client.stat().await?;
         tracing::debug!(
             collector = self.name(),
@@ -520,7 +540,7 @@ impl Collector {
                             ingests
                                 .spawn(async move { (i, ingest.ingest(delivery, writer).await) });
                         }
-                        Err(e) if e.kind == ErrorKind::Server => {
+                        Err(e) if e.kind.is_refusal() => {
                             soft.get_or_insert(e);
                         }
                         Err(e) => break Some(e),
@@ -534,7 +554,7 @@ impl Collector {
                                 committed.known += 1;
                             }
                         }
-                        Err(e) if e.kind == ErrorKind::Server => {
+                        Err(e) if e.kind.is_refusal() => {
                             soft.get_or_insert(e);
                         }
                         Err(e) => break Some(e),
@@ -615,9 +635,50 @@ pub fn backoff(kind: ErrorKind, failures: u32, interval: Duration) -> Duration {
     doubled.min(cap)
 }
 
+#[must_use]
+/// Spreads a back-off so collectors refused together do not come back together: up to a quarter
+/// of `wait` is taken off (`fraction` in `[0, 1)`), never below the kind's minimum.
+pub fn jitter(wait: Duration, kind: ErrorKind, fraction: f64) -> Duration {
+    let off = wait.mul_f64(fraction.clamp(0.0, 1.0) / 4.0);
+    wait.saturating_sub(off).max(kind.min_backoff().min(wait))
+}
+
+/// A number in `[0, 1)` from the system's random source (0 if it fails).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_takes_off_at_most_a_quarter_and_keeps_the_minimum() {
+        let wait = Duration::from_secs(400);
+        assert_eq!(jitter(wait, ErrorKind::Connect, 0.0), wait);
+        assert_eq!(
+            jitter(wait, ErrorKind::Connect, 0.5),
+            Duration::from_secs(350)
+        );
+        assert!(jitter(wait, ErrorKind::Connect, 0.999_999) > Duration::from_mins(5));
+        // The kind's minimum (5 min for a refused login) is kept.
+        assert_eq!(
+            jitter(Duration::from_mins(5), ErrorKind::Auth, 0.9),
+            Duration::from_mins(5)
+        );
+        assert_eq!(
+            jitter(Duration::from_secs(320), ErrorKind::Auth, 0.9),
+            Duration::from_mins(5)
+        );
+        let spread: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| jitter(Duration::from_hours(1), ErrorKind::InUse, random_fraction()))
+            .collect();
+        assert!(spread.len() > 1, "random jitter varies: {spread:?}");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -51,6 +51,18 @@ impl ErrorKind {
         }
     }
 
+    /// Whether this is the server refusing one command (`-ERR`, with or without a response
+    /// code) on a connection that still works: the session stops starting new work, finishes
+    /// what is in flight and QUITs, so deletions already made are committed and nothing is
+    /// skipped (what was refused stays on the server for the next run).
+    #[must_use]
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Server | ErrorKind::SysTemp | ErrorKind::InUse | ErrorKind::LoginDelay
+        )
+    }
+
     /// The shortest wait before the next attempt after this kind of failure. Login refusals wait
     /// longer so a wrong password does not lock the journal account out.
     #[must_use]

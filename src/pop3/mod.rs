@@ -3,6 +3,8 @@
 //! - `client`: a POP3 client (CAPA, STLS, USER/PASS, SASL PLAIN, APOP, UIDL, LIST, pipelined
 //!   RETR streamed with dot-unstuffing, DELE, QUIT).
 //! - `trust`: which server certificates are accepted (pin, CA file, system roots).
+//! - [`credentials`] and [`token`]: the login of a collector: a password, or an `OAuth2` access
+//!   token (a token file, or the client-credentials grant) for XOAUTH2 / OAUTHBEARER.
 //! - `collector`: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
 //!   deletes only what is durably archived, records history ([`crate::index::CollectorStore`]).
 //! - [`Collectors`]: every configured collector by name, and their polling tasks.
@@ -10,7 +12,9 @@
 pub(crate) mod client;
 mod collector;
 mod collectors;
+pub mod credentials;
 mod error;
+pub mod token;
 pub(crate) mod trust;
 
 pub use collector::{Collector, CollectorContext, RunFailure, RunKind, RunSummary};

@@ -149,7 +149,7 @@ impl Trust {
 }
 
 /// The system's root certificates, or the Mozilla set when the system has none.
-fn system_roots() -> RootCertStore {
+pub(super) fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {

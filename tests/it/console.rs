@@ -200,7 +200,9 @@ async fn console_in_chromium() {
     b.fill("#port", &d.pop3s_port.to_string()).await.unwrap();
     b.fill("#username", USER).await.unwrap();
     b.fill("#password", PASSWORD).await.unwrap();
-    b.fill("#pin_sha256", &d.fingerprint.to_string()).await.unwrap();
+    b.fill("#pin_sha256", &d.fingerprint.to_string())
+        .await
+        .unwrap();
     b.click("#test-connection").await.unwrap();
     let probe = b
         .wait_text("#probe", "the test connection's report", LONG, |t| {

@@ -11,6 +11,8 @@ mod journal_parse;
 mod journal_stream;
 mod large_reports;
 mod pop3_dovecot;
+mod pop3_limits;
+mod pop3_oauth;
 mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;

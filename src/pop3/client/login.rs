@@ -49,12 +49,17 @@ impl Client {
                     self.peer, e.message
                 ),
             )),
-            Err(e) => Err(Pop3Error::new(
+            Err(e) if e.kind.is_refusal() || e.kind == ErrorKind::Auth => Err(Pop3Error::new(
                 e.kind,
                 format!(
                     "{}: login as {username} ({mechanism}) refused: {}",
                     self.peer, e.message
                 ),
+            )),
+            // The connection failed or timed out: not a refusal (the message names the peer).
+            Err(e) => Err(Pop3Error::new(
+                e.kind,
+                format!("login as {username} ({mechanism}): {}", e.message),
             )),
         }
     }

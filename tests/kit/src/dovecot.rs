@@ -33,6 +33,16 @@ pub struct Options {
     pub apop: bool,
 }
 
+/// More of the server's configuration (for `OAuth2` and limit tests): see [`Dovecot::tuned`].
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// Adds the `oauth2` passdb (mechanisms XOAUTH2 and OAUTHBEARER), validating tokens with
+    /// RFC 7662 introspection (`introspection_mode = post`) at this URL.
+    pub oauth2_introspection_url: Option<String>,
+    /// Appended to `dovecot.conf` as is (e.g. `mail_max_userip_connections = 1`).
+    pub conf: String,
+}
+
 /// A Dovecot POP3 server of its own (configuration, certificate, Maildir in a temp dir).
 pub struct Dovecot {
     /// Everything of this server: configuration, certificate, log, Maildir.
@@ -63,6 +73,12 @@ impl Dovecot {
     /// Creates the configuration and an empty Maildir; call [`Dovecot::start`] after seeding.
     #[must_use]
     pub fn new(options: Options) -> Dovecot {
+        Dovecot::tuned(options, &Tuning::default())
+    }
+
+    /// Like [`Dovecot::new`], with more configuration.
+    #[must_use]
+    pub fn tuned(options: Options, tuning: &Tuning) -> Dovecot {
         require_dovecot();
         let dir = tempfile::Builder::new()
             .prefix("jg-dovecot-")
@@ -107,6 +123,21 @@ impl Dovecot {
         } else {
             ("plain", "yes")
         };
+        let mut mechanisms = mechanisms.to_string();
+        let mut oauth2_passdb = String::new();
+        if let Some(url) = &tuning.oauth2_introspection_url {
+            mechanisms.push_str(" xoauth2 oauthbearer");
+            std::fs::write(
+                root.join("oauth2.conf"),
+                format!("introspection_mode = post\nintrospection_url = {url}\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"),
+            )
+            .expect("write oauth2.conf");
+            oauth2_passdb = format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/oauth2.conf\n}}\n",
+                r = root.display()
+            );
+        }
+        let extra = &tuning.conf;
         let conf = format!(
             r"protocols = pop3
 listen = 127.0.0.1
@@ -123,7 +154,7 @@ auth_mechanisms = {mechanisms}
 auth_failure_delay = 0
 mail_location = maildir:{root_dir}/Maildir
 pop3_uidl_format = %08Xu%08Xv
-passdb {{
+{oauth2_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root_dir}/passwd
 }}
@@ -151,6 +182,7 @@ service stats {{
     mode = 0666
   }}
 }}
+{extra}
 "
         );
         let conf_path = root.join("dovecot.conf");

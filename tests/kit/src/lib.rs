@@ -7,6 +7,8 @@
 //!   index is ported here, not in every test.
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
+//! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
+//! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
@@ -24,7 +26,9 @@ mod gateway;
 pub mod http;
 pub mod machine;
 pub mod peers;
+pub mod proxy;
 pub mod sample;
+pub mod token_service;
 
 pub use gateway::{ArchiveView, Builder, TestGateway, JOURNAL};
 
