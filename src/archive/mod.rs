@@ -288,17 +288,6 @@ impl Archive {
         self.index.stats()
     }
 
-    /// Benchmarks only (`benches/index.rs`): inserts index entries without message files, in one
-    /// write transaction, to grow the index to millions of keys quickly. Never used by the
-    /// gateway: an entry without its file is what `export` and `read_raw` report as missing.
-    #[doc(hidden)]
-    pub fn prefill_index_for_benchmark(
-        &self,
-        records: &[(String, Record)],
-    ) -> Result<(), IndexError> {
-        self.index.prefill_for_benchmark(records)
-    }
-
     /// Copies every archived message into a Maildir at `out`, with `index.tsv` (key, file,
     /// recipients, sources, first seen). Returns the count.
     pub fn export(&self, out: &Path) -> Result<u64, ArchiveError> {

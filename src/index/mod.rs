@@ -322,18 +322,6 @@ impl Index {
         txn.commit()?;
         Ok(out)
     }
-
-    /// Benchmarks only (`benches/index.rs`): inserts records without message files, in one
-    /// write transaction, to grow the index to millions of keys quickly.
-    #[doc(hidden)]
-    pub fn prefill_for_benchmark(&self, records: &[(String, Record)]) -> Result<(), IndexError> {
-        self.write(|w| {
-            for (key, rec) in records {
-                w.put_record(key, rec)?;
-            }
-            Ok(())
-        })
-    }
 }
 
 fn uidl_entry(collector: &str, uidl: &str) -> String {
