@@ -1,7 +1,9 @@
 //! `/collectors/new`: the seed's "Add Journal Mailbox Collector" form with "Test connection"
 //! (connect, TLS, login, STAT; retrieves nothing), and the `[[collector]]` table to add to the
-//! configuration. (Saving from the console is not there yet: the configuration file stays the one
-//! place collectors are defined.)
+//! configuration, and "Save": the collector goes to the drop-in directory next to the
+//! configuration file (`collectors.d/<name>.toml`, password in `<name>.password`, mode 0600),
+//! which `check-config` and start-up read with the main file. The running gateway polls a saved
+//! collector after a restart (its collectors are built once at start).
 
 use axum::extract::rejection::FormRejection;
 use axum::response::{IntoResponse, Response};
@@ -10,11 +12,18 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use std::fmt::Write as _;
 
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::response::Redirect;
+
 use super::markup::{num, page, Nav};
-use super::{refused, Authed, WithCsrf};
+use super::{refused, Authed, CsrfForm, WithCsrf};
 use crate::config::{CollectorConfig, Config};
+use crate::http::AppState;
 use crate::pop3::client::{Client, Endpoint};
 use crate::pop3::trust::Trust;
+use crate::pop3::Collectors;
 
 /// The form's fields (a `[[collector]]` table).
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +49,9 @@ pub(super) struct NewCollector {
     ca_file: String,
     #[serde(default)]
     interval: String,
+    /// `save` for "Save"; anything else is "Test connection".
+    #[serde(default)]
+    action: String,
 }
 
 impl WithCsrf for NewCollector {
@@ -57,7 +69,7 @@ impl NewCollector {
     /// The `[[collector]]` table: for the configuration (the password as `password_file`), or
     /// to check the settings (a placeholder `password_env`: the password never enters TOML text,
     /// so no parse error can quote it).
-    fn toml(&self, for_check: bool) -> String {
+    fn toml(&self, for_check: bool, dropin: bool) -> String {
         let mut t = format!(
             "[[collector]]\nname = {}\nhost = {}\n",
             quoted(self.name.trim()),
@@ -78,6 +90,12 @@ impl NewCollector {
         let _ = writeln!(t, "username = {}", quoted(self.username.trim()));
         if for_check {
             t.push_str("password_env = \"UNUSED\"\n");
+        } else if dropin {
+            let _ = writeln!(
+                t,
+                "password_file = {}  # mode 0600, next to this file",
+                quoted(&format!("{}.password", self.name.trim()))
+            );
         } else {
             let _ = writeln!(
                 t,
@@ -103,12 +121,52 @@ impl NewCollector {
         t
     }
 
+    /// "Save": writes `<dir>/<name>.password` (mode 0600) and `<dir>/<name>.toml`, checked
+    /// as start-up will read it. Returns the collector file's path.
+    fn save(&self, dir: &Path, running: &Collectors) -> Result<PathBuf, String> {
+        let name = self.name.trim();
+        self.config()?;
+        if self.password.is_empty() {
+            return Err("Saving needs the password (it goes to a file of mode 0600).".into());
+        }
+        if running.get(name).is_some() {
+            return Err(format!("A collector named {name:?} exists already."));
+        }
+        let file = dir.join(format!("{name}.toml"));
+        let password_file = dir.join(format!("{name}.password"));
+        if file.exists() {
+            return Err(format!(
+                "{} exists already (saved earlier; a restart makes it live).",
+                file.display()
+            ));
+        }
+        let text = self.toml(false, true);
+        crate::config::parse_dropin(&text, dir).map_err(|e| format!("{e:#}"))?;
+        let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        write_new(
+            &password_file,
+            format!("{}\n", self.password).as_bytes(),
+            0o600,
+        )
+        .map_err(|e| io("writing", &password_file, e))?;
+        let tmp = dir.join(format!(".{name}.toml.tmp"));
+        let written =
+            write_new(&tmp, text.as_bytes(), 0o644).and_then(|()| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&password_file);
+            return Err(io("writing", &file, e));
+        }
+        Ok(file)
+    }
+
     /// The collector these fields describe, checked as `check-config` checks it.
     fn config(&self) -> Result<CollectorConfig, String> {
         if self.port.trim().parse::<u16>().is_err() && !self.port.trim().is_empty() {
             return Err(format!("port {:?} is not a port number", self.port.trim()));
         }
-        let text = format!("[smtp]\naccept = [\"x@y.z\"]\n{}", self.toml(true));
+        let text = format!("[smtp]\naccept = [\"x@y.z\"]\n{}", self.toml(true, false));
         let config = Config::parse(&text).map_err(|e| format!("{e:#}"))?;
         config
             .collectors
@@ -116,6 +174,19 @@ impl NewCollector {
             .next()
             .ok_or_else(|| "no collector".to_string())
     }
+}
+
+/// Creates `path` (it must not exist) with `mode`, writes `bytes` and syncs them.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// What "Test connection" found, step by step.
@@ -186,6 +257,7 @@ async fn probe(cfg: &CollectorConfig, password: &str) -> Probe {
 
 fn form_page(
     authed: &Authed,
+    dropin_dir: Option<&Path>,
     f: &NewCollector,
     probe: Option<&Probe>,
     error: Option<&str>,
@@ -236,15 +308,28 @@ fn form_page(
                 input #ca_file type="text" name="ca_file" value=(f.ca_file);
                 label for="interval" { "Poll interval (e.g. 60s, 5m)" }
                 input #interval type="text" name="interval" value=(f.interval) placeholder="60s";
-                p { button #test-connection type="submit" { "Test connection" } }
+                p.row {
+                    button #test-connection type="submit" name="action" value="test" { "Test connection" }
+                    " "
+                    button #save type="submit" name="action" value="save" { "Save" }
+                }
             }
         }
         section.card #snippet {
-            h2 { "Add it to the configuration" }
-            p { "Saving from the console is not available yet. Add this table to the configuration file, "
-                "put the password in the named file (mode 0600), check with "
-                code { "journal-gateway check-config" } " and restart the gateway:" }
-            pre { code { (f.toml(false)) } }
+            @if let Some(dir) = dropin_dir {
+                h2 { "Saving" }
+                p { "Save writes this collector to " code { (dir.display()) } " (one file per collector, "
+                    "the password in a file of mode 0600 next to it), which " code { "journal-gateway check-config" }
+                    " and start-up read with the configuration file. It starts inactive: restart the gateway, "
+                    "run a test collection, then switch it on." }
+            } @else {
+                h2 { "Add it to the configuration" }
+                p { "This gateway runs with the embedded default configuration (no " code { "--config" }
+                    " file), so it has no drop-in directory to save collectors to. Add this table to a "
+                    "configuration file, put the password in the named file (mode 0600), check with "
+                    code { "journal-gateway check-config" } " and restart the gateway with " code { "--config" } ":" }
+                pre { code { (f.toml(false, false)) } }
+            }
         }
     };
     page(
@@ -257,24 +342,101 @@ fn form_page(
 }
 
 /// `GET /collectors/new`.
-pub(super) async fn new_form(authed: Authed) -> Response {
-    form_page(&authed, &NewCollector::default(), None, None).into_response()
+pub(super) async fn new_form(State(state): State<AppState>, authed: Authed) -> Response {
+    form_page(
+        &authed,
+        state.console.dropin_dir.as_deref(),
+        &NewCollector::default(),
+        None,
+        None,
+    )
+    .into_response()
 }
 
-/// `POST /collectors/new`: "Test connection".
+/// `POST /collectors/new`: "Test connection" or "Save".
 pub(super) async fn test_connection(
+    State(state): State<AppState>,
     authed: Authed,
     form: Result<Form<NewCollector>, FormRejection>,
 ) -> Response {
     let Some(f) = authed.accept(form) else {
         return refused();
     };
+    let dir = state.console.dropin_dir.as_deref();
+    if f.action == "save" {
+        let Some(dir) = dir else {
+            let e = "Saving is not possible: this gateway runs with the embedded default \
+                     configuration (no --config file), so there is no drop-in directory. \
+                     Add the table below to a configuration file instead.";
+            return form_page(&authed, None, &f, None, Some(e)).into_response();
+        };
+        return match f.save(dir, &state.ctx.collectors) {
+            Ok(file) => {
+                tracing::info!(collector = f.name.trim(), file = %file.display(), "console: collector saved");
+                authed.flash(
+                    &state,
+                    true,
+                    format!(
+                        "Saved collector {} to {} (inactive). Restart the gateway to load it.",
+                        f.name.trim(),
+                        file.display()
+                    ),
+                );
+                Redirect::to("/").into_response()
+            }
+            Err(e) => form_page(&authed, Some(dir), &f, None, Some(&e)).into_response(),
+        };
+    }
     match f.config() {
         Ok(cfg) => {
             tracing::info!(host = %cfg.host, port = cfg.port(), "console: test connection");
             let p = probe(&cfg, &f.password).await;
-            form_page(&authed, &f, Some(&p), None).into_response()
+            form_page(&authed, dir, &f, Some(&p), None).into_response()
         }
-        Err(e) => form_page(&authed, &f, None, Some(&e)).into_response(),
+        Err(e) => form_page(&authed, dir, &f, None, Some(&e)).into_response(),
     }
+}
+
+/// `POST /collectors/{name}/remove`: removes a saved collector's drop-in file (and its password
+/// file when it is the one "Save" wrote); collectors of the main file cannot be removed here.
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    authed: Authed,
+    UrlPath(name): UrlPath<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    if authed.accept(form).is_none() {
+        return refused();
+    }
+    let back = format!("/collectors/{name}");
+    let Some(cfg) = state.ctx.collectors.get(&name).map(|c| c.config().clone()) else {
+        authed.flash(&state, false, format!("No collector named {name:?}."));
+        return Redirect::to("/").into_response();
+    };
+    let Some(file) = cfg.dropin.as_deref() else {
+        authed.flash(
+            &state,
+            false,
+            "This collector is defined in the configuration file: edit that file to remove it.",
+        );
+        return Redirect::to(&back).into_response();
+    };
+    if let Err(e) = std::fs::remove_file(file) {
+        authed.flash(&state, false, format!("Removing {}: {e}", file.display()));
+        return Redirect::to(&back).into_response();
+    }
+    let own_password = file.with_extension("password");
+    if cfg.password_file.as_deref() == Some(own_password.as_path()) {
+        let _ = std::fs::remove_file(&own_password);
+    }
+    tracing::info!(collector = name, file = %file.display(), "console: collector removed");
+    authed.flash(
+        &state,
+        true,
+        format!(
+            "Removed {} from the drop-in directory. It polls until the gateway restarts.",
+            file.display()
+        ),
+    );
+    Redirect::to(&back).into_response()
 }

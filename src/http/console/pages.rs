@@ -291,8 +291,20 @@ pub(super) async fn collector(
                     dt { "Poll interval" } dd { (num(c.interval_seconds)) " s" }
                     dt { "Delete after archiving" } dd { (if c.delete { "yes" } else { "no" }) }
                     dt { "Test collection size" } dd { (num(u64::from(cfg.test_limit))) }
+                    dt { "Defined in" } dd.wrap #defined-in { @match &cfg.dropin {
+                        Some(f) => { "drop-in " code { (f.display()) } }
+                        None => { "the configuration file (read-only here)" }
+                    } }
                 }
                 p.muted { "The password is never shown." }
+                @if cfg.dropin.is_some() {
+                    form method="post" action={ "/collectors/" (c.name) "/remove" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button #remove type="submit" { "Remove saved collector" }
+                        " "
+                        span.muted { "Deletes its drop-in file; it stops polling at the next restart." }
+                    }
+                }
             }
             section.card #state {
                 h2 { "State" }
