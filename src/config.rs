@@ -914,6 +914,114 @@ mod tests {
 }
 
 #[cfg(test)]
+mod dropins {
+    use super::*;
+
+    const MAIN: &str =
+        "[[collector]]\nname = \"main\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\n";
+
+    fn dropin(name: &str) -> String {
+        format!("[[collector]]\nname = \"{name}\"\nhost = \"pop.example.com\"\nusername = \"u\"\npassword_file = \"{name}.password\"\nactive = false\n")
+    }
+
+    /// A configuration file with `files` in its drop-in directory; returns the temp dir and
+    /// the configuration's path.
+    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, MAIN).unwrap();
+        if !files.is_empty() {
+            std::fs::create_dir(dir.path().join(DROPIN_DIR)).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(dir.path().join(DROPIN_DIR).join(name), text).unwrap();
+        }
+        (dir, path)
+    }
+
+    #[test]
+    fn no_dropin_directory_is_fine_and_known() {
+        let (dir, path) = setup(&[]);
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.collectors.len(), 1);
+        assert!(c.collectors[0].dropin.is_none());
+        assert_eq!(c.dropin_dir, Some(dir.path().join(DROPIN_DIR)));
+        assert!(Config::parse(MAIN).unwrap().dropin_dir.is_none());
+        assert!(Config::embedded_default().dropin_dir.is_none());
+    }
+
+    #[test]
+    fn dropins_load_after_the_main_file_in_name_order() {
+        let (dir, path) = setup(&[
+            ("b.toml", &dropin("b")),
+            ("a.toml", &dropin("a")),
+            ("a.password", "secret\n"),
+            ("notes.txt", "not a collector"),
+        ]);
+        let c = Config::load(&path).unwrap();
+        let names: Vec<_> = c.collectors.iter().map(CollectorConfig::name).collect();
+        assert_eq!(names, ["main", "a", "b"]);
+        let a = c.collector("a").unwrap();
+        let d = dir.path().join(DROPIN_DIR);
+        assert_eq!(a.dropin.as_deref(), Some(d.join("a.toml").as_path()));
+        assert_eq!(
+            a.password_file.as_deref(),
+            Some(d.join("a.password").as_path()),
+            "relative to the drop-in directory"
+        );
+        assert_eq!(a.resolve_password().unwrap(), "secret");
+        assert!(!a.active);
+    }
+
+    #[test]
+    fn errors_name_the_dropin_file_and_line() {
+        let bad = "[[collector]]\nname = \"x\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\nintervall = \"5m\"\n";
+        let (_dir, path) = setup(&[("x.toml", bad)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("x.toml") && err.contains("line 6") && err.contains("intervall"),
+            "{err}"
+        );
+        let no_password = "\n[[collector]]\nname = \"y\"\nhost = \"h\"\nusername = \"u\"\n";
+        let (_dir, path) = setup(&[("y.toml", no_password)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("y.toml") && err.contains("line 3") && err.contains("password"),
+            "{err}"
+        );
+        let two = format!("{}{}", dropin("p"), dropin("q"));
+        let (_dir, path) = setup(&[("two.toml", &two)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("two.toml") && err.contains("exactly one"),
+            "{err}"
+        );
+        let (_dir, path) = setup(&[("smtp.toml", "[smtp]\naccept = [\"a@b.c\"]\n")]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(err.contains("smtp.toml") && err.contains("smtp"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let (_dir, path) = setup(&[("main.toml", &dropin("main"))]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("main.toml")
+                && err.contains("line 2")
+                && err.contains("used by another collector")
+                && err.contains("the configuration file"),
+            "{err}"
+        );
+        let (_dir, path) = setup(&[("a.toml", &dropin("same")), ("b.toml", &dropin("same"))]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("b.toml") && err.contains("a.toml") && err.contains("\"same\""),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
 mod example_file {
     #[test]
     fn the_commented_example_parses() {
