@@ -721,6 +721,31 @@ async fn saved_collector_survives_a_restart() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(d.mailbox_count(), 7);
 
+    // Edit it from its page: the form's keys change, the rest (active = false) and the
+    // password (left empty) are kept.
+    b.goto(&format!("{base}/collectors/saved")).await.unwrap();
+    b.click("#edit").await.unwrap();
+    b.wait_url("the edit form", SHORT, |u| {
+        u.ends_with("/collectors/saved/edit")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.attribute("#host", "value").await.unwrap().as_deref(),
+        Some("127.0.0.1")
+    );
+    b.fill("#interval", "2s").await.unwrap();
+    b.click("#save").await.unwrap();
+    b.wait_text("#flash", "the saved edit", SHORT, |t| t.contains("Restart"))
+        .await
+        .unwrap();
+    let edited = std::fs::read_to_string(dropins.join("saved.toml")).unwrap();
+    assert!(
+        edited.contains("interval = \"2s\"") && edited.contains("active = false"),
+        "{edited}"
+    );
+    assert_eq!(std::fs::read_to_string(&password).unwrap().trim(), PASSWORD);
+
     // Remove it from its page: the files go; it is gone after the next restart.
     b.click("#remove").await.unwrap();
     b.wait_text("#flash", "the removal", SHORT, |t| t.contains("Removed"))

@@ -7,6 +7,7 @@
 //! | `GET /` | overview: totals, "Data collected since", the SMTP endpoint, the collectors |
 //! | `GET/POST /collectors/new` | a new collector's form, "Test connection" (retrieves nothing), "Save" (a drop-in file) |
 //! | `POST /collectors/{name}/remove` | removes a saved (drop-in) collector's files |
+//! | `GET/POST /collectors/{name}/edit` | edits a saved (drop-in) collector's file |
 //! | `GET /collectors/{name}` | settings, Active switch, test collection, collect now, history, retire |
 //! | `POST /collectors/{name}/{active,test,collect,retire}` | the actions (CSRF token) |
 //! | `GET /collectors/{name}/retire[?force=1]` | the confirmation step of a retirement |
@@ -100,6 +101,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/collectors/{name}/test", post(actions::test_collection))
         .route("/collectors/{name}/collect", post(actions::collect_now))
         .route("/collectors/{name}/remove", post(new::remove))
+        .route(
+            "/collectors/{name}/edit",
+            get(new::edit_form).post(new::edit),
+        )
         .route(
             "/collectors/{name}/retire",
             get(pages::retire_confirm).post(actions::retire),

@@ -19,7 +19,7 @@ use axum::response::Redirect;
 
 use super::markup::{num, page, Nav};
 use super::{refused, Authed, CsrfForm, WithCsrf};
-use crate::config::{CollectorConfig, Config};
+use crate::config::{CollectorConfig, Config, TlsMode};
 use crate::http::AppState;
 use crate::pop3::client::{Client, Endpoint};
 use crate::pop3::trust::Trust;
@@ -52,6 +52,9 @@ pub(super) struct NewCollector {
     /// `save` for "Save"; anything else is "Test connection".
     #[serde(default)]
     action: String,
+    /// The form edits this saved collector (its name is fixed) instead of adding one.
+    #[serde(skip)]
+    editing: bool,
 }
 
 impl WithCsrf for NewCollector {
@@ -269,7 +272,7 @@ fn form_page(
     };
     let body = html! {
         p.crumbs { a href="/" { "Overview" } " › new collector" }
-        h1 { "Add a journal mailbox collector" }
+        h1 { @if f.editing { "Edit saved collector " (f.name) } @else { "Add a journal mailbox collector" } }
         p.lead { "Fill in the journal mailbox's POP3 settings and test the connection: the gateway connects, "
             "checks the certificate, logs in and counts the messages. It retrieves and deletes nothing." }
         @if let Some(e) = error { p.flash.err #new-error { (e) } }
@@ -282,10 +285,10 @@ fn form_page(
             }
         }
         section.card {
-            form.fields method="post" action="/collectors/new" {
+            form.fields method="post" action=(if f.editing { format!("/collectors/{}/edit", f.name) } else { "/collectors/new".to_string() }) {
                 input type="hidden" name="csrf" value=(authed.csrf());
                 label for="name" { "Name" }
-                input #name type="text" name="name" value=(f.name) required placeholder="exchange";
+                input #name type="text" name="name" value=(f.name) required readonly[f.editing] placeholder="exchange";
                 label for="host" { "POP3 server" }
                 input #host type="text" name="host" value=(f.host) required placeholder="mail.example.com";
                 label for="port" { "Port (empty: 995 for implicit TLS, 110 otherwise)" }
@@ -300,7 +303,7 @@ fn form_page(
                     " Allow a connection without TLS" }
                 label for="username" { "User" }
                 input #username type="text" name="username" value=(f.username) required autocomplete="off";
-                label for="password" { "Password (used for this test only, never stored or shown)" }
+                label for="password" { @if f.editing { "Password (empty: keep the saved one; never shown)" } @else { "Password (for the test; Save stores it in a file of mode 0600; never shown)" } }
                 input #password type="password" name="password" autocomplete="new-password";
                 label for="pin_sha256" { "Certificate SHA-256 fingerprint (pin; empty: CA file or system roots)" }
                 input #pin_sha256 type="text" name="pin_sha256" value=(f.pin_sha256);
@@ -439,4 +442,184 @@ pub(super) async fn remove(
         ),
     );
     Redirect::to(&back).into_response()
+}
+
+impl NewCollector {
+    /// The form filled from a saved collector (no password).
+    fn from_config(cfg: &CollectorConfig) -> NewCollector {
+        NewCollector {
+            name: cfg.name().to_string(),
+            host: cfg.host.clone(),
+            port: cfg.port.map(|p| p.to_string()).unwrap_or_default(),
+            tls: match cfg.tls {
+                TlsMode::Implicit => "implicit",
+                TlsMode::Starttls => "starttls",
+                TlsMode::None => "none",
+            }
+            .to_string(),
+            allow_insecure: cfg.allow_insecure.then(|| "1".to_string()),
+            username: cfg.username.clone(),
+            pin_sha256: cfg.pin_sha256.clone().unwrap_or_default(),
+            ca_file: cfg
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            interval: format!("{}s", cfg.interval.as_secs()),
+            editing: true,
+            ..NewCollector::default()
+        }
+    }
+
+    /// "Save" of an edit: the form's keys replace those of the drop-in `file` (other keys, such
+    /// as `active`, `delete` or `test_limit`, are kept); a typed password replaces the password
+    /// file, an empty one keeps it.
+    fn save_edit(&self, file: &Path, dir: &Path) -> Result<(), String> {
+        self.config()?;
+        let name = self.name.trim();
+        let password_file = dir.join(format!("{name}.password"));
+        if self.password.is_empty() && !password_file.exists() {
+            return Err(format!(
+                "Type the password: {} does not exist.",
+                password_file.display()
+            ));
+        }
+        let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+        let old = std::fs::read_to_string(file).map_err(|e| io("reading", file, e))?;
+        let mut doc: toml::Table = old
+            .parse()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let new: toml::Table = self.toml(false, true).parse().map_err(|e| format!("{e}"))?;
+        let table = |t: &toml::Table| -> Option<toml::Table> {
+            t.get("collector")?.as_array()?.first()?.as_table().cloned()
+        };
+        let (Some(mut merged), Some(mut fresh)) = (table(&doc), table(&new)) else {
+            return Err(format!("{} holds no [[collector]] table", file.display()));
+        };
+        fresh.remove("active");
+        for key in [
+            "port",
+            "allow_insecure",
+            "pin_sha256",
+            "ca_file",
+            "interval",
+            "password",
+            "password_env",
+        ] {
+            merged.remove(key);
+        }
+        merged.extend(fresh);
+        doc.insert(
+            "collector".into(),
+            toml::Value::Array(vec![toml::Value::Table(merged)]),
+        );
+        let text = toml::to_string(&doc).map_err(|e| format!("{e}"))?;
+        crate::config::parse_dropin(&text, dir).map_err(|e| format!("{e:#}"))?;
+        if !self.password.is_empty() {
+            replace(
+                &password_file,
+                format!("{}\n", self.password).as_bytes(),
+                0o600,
+            )
+            .map_err(|e| io("writing", &password_file, e))?;
+        }
+        replace(file, text.as_bytes(), 0o644).map_err(|e| io("writing", file, e))
+    }
+}
+
+/// Replaces `path` atomically (a new file of `mode`, synced, renamed over it).
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, bytes, mode).and_then(|()| std::fs::rename(&tmp, path))
+}
+
+/// The drop-in file of the running collector `name`, or the refusal to show.
+fn saved(state: &AppState, name: &str) -> Result<(CollectorConfig, PathBuf, PathBuf), String> {
+    let cfg = state
+        .ctx
+        .collectors
+        .get(name)
+        .map(|c| c.config().clone())
+        .ok_or_else(|| format!("No collector named {name:?}."))?;
+    let file = cfg.dropin.clone().ok_or_else(|| {
+        "This collector is defined in the configuration file: edit that file.".to_string()
+    })?;
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((cfg, file, dir))
+}
+
+/// `GET /collectors/{name}/edit`: the form filled from a saved collector.
+pub(super) async fn edit_form(
+    State(state): State<AppState>,
+    authed: Authed,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    match saved(&state, &name) {
+        Ok((cfg, _, dir)) => form_page(
+            &authed,
+            Some(&dir),
+            &NewCollector::from_config(&cfg),
+            None,
+            None,
+        )
+        .into_response(),
+        Err(e) => {
+            authed.flash(&state, false, e);
+            Redirect::to(&format!("/collectors/{name}")).into_response()
+        }
+    }
+}
+
+/// `POST /collectors/{name}/edit`: "Test connection" (an empty password: the saved one) or
+/// "Save" (the drop-in file is rewritten; the change takes effect at the next restart).
+pub(super) async fn edit(
+    State(state): State<AppState>,
+    authed: Authed,
+    UrlPath(name): UrlPath<String>,
+    form: Result<Form<NewCollector>, FormRejection>,
+) -> Response {
+    let Some(mut f) = authed.accept(form) else {
+        return refused();
+    };
+    let (cfg, file, dir) = match saved(&state, &name) {
+        Ok(s) => s,
+        Err(e) => {
+            authed.flash(&state, false, e);
+            return Redirect::to(&format!("/collectors/{name}")).into_response();
+        }
+    };
+    f.name = name.clone();
+    f.editing = true;
+    if f.action == "save" {
+        return match f.save_edit(&file, &dir) {
+            Ok(()) => {
+                tracing::info!(collector = name, file = %file.display(), "console: collector edited");
+                authed.flash(
+                    &state,
+                    true,
+                    format!(
+                        "Saved {}. Restart the gateway to apply the change.",
+                        file.display()
+                    ),
+                );
+                Redirect::to(&format!("/collectors/{name}")).into_response()
+            }
+            Err(e) => form_page(&authed, Some(&dir), &f, None, Some(&e)).into_response(),
+        };
+    }
+    match f.config() {
+        Ok(c) => {
+            let password = if f.password.is_empty() {
+                cfg.resolve_password().unwrap_or_default()
+            } else {
+                f.password.clone()
+            };
+            let p = probe(&c, &password).await;
+            form_page(&authed, Some(&dir), &f, Some(&p), None).into_response()
+        }
+        Err(e) => form_page(&authed, Some(&dir), &f, None, Some(&e)).into_response(),
+    }
 }

@@ -298,6 +298,7 @@ pub(super) async fn collector(
                 }
                 p.muted { "The password is never shown." }
                 @if cfg.dropin.is_some() {
+                    p { a #edit href={ "/collectors/" (c.name) "/edit" } { "Edit saved collector…" } }
                     form method="post" action={ "/collectors/" (c.name) "/remove" } {
                         input type="hidden" name="csrf" value=(csrf);
                         button #remove type="submit" { "Remove saved collector" }
