@@ -759,3 +759,60 @@ async fn saved_collector_survives_a_restart() {
     assert!(gw.get_auth("/api/v1/collectors/saved").await.status == 404);
     gw.stop().await;
 }
+
+/// A running test collection publishes its progress (messages done / on the server) on the
+/// collector's API view, which the collector page shows (`#progress`, refreshed every 2 s);
+/// once the run ends there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_collection_shows_its_progress() {
+    let mut d = Dovecot::new(Options::default());
+    d.seed(0, MAILBOX as u64, SIZE);
+    d.start();
+    // One RETR in flight at a time: the run takes many round trips, long enough to be seen.
+    let collector = format!(
+        "[[collector]]\nname = \"slow\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\npin_sha256 = \"{}\"\ninterval = \"1s\"\ntimeout = \"20s\"\nactive = false\npipeline_depth = 1\n",
+        d.pop3s_port, d.fingerprint
+    );
+    let gw = TestGateway::builder()
+        .config(&collector)
+        .http()
+        .start()
+        .await;
+    let before = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+    assert!(before["progress"].is_null(), "{before}");
+    let run = gw.post("/api/v1/collectors/slow/test?limit=250", Some(gw.token()));
+    let watch = async {
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let info = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+            let p = &info["progress"];
+            if p["done"].as_u64().is_some_and(|n| n > 0) {
+                return p.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress seen within {LONG:?}: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (reply, seen) = tokio::join!(run, watch);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(seen["test"], true, "{seen}");
+    assert_eq!(seen["on_server"].as_u64(), Some(MAILBOX as u64), "{seen}");
+    assert!(
+        seen["done"]
+            .as_u64()
+            .is_some_and(|n| (1..=250).contains(&n)),
+        "{seen}"
+    );
+    let after = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+    assert!(after["progress"].is_null(), "{after}");
+    assert_eq!(d.mailbox_count(), MAILBOX);
+    gw.stop().await;
+}

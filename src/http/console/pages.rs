@@ -307,7 +307,7 @@ pub(super) async fn collector(
                     }
                 }
             }
-            section.card #state {
+            section.card #state data-refresh="2" {
                 h2 { "State" }
                 @if !c.retired {
                     form.switch method="post" action={ "/collectors/" (c.name) "/active" } {
@@ -327,6 +327,11 @@ pub(super) async fn collector(
                     dt { "Last success" } dd { (time(c.last_success_ms)) }
                     dt { "Next poll" } dd { @match next_poll(c) { Some(t) => (time(Some(t))), None => span.muted { "not polling" } } }
                     @if let Some(e) = &c.last_error { dt { "Last error" } dd.err { (e) } }
+                    @if let Some(p) = &c.progress {
+                        dt { (if p.test { "Test collection running" } else { "Collection running" }) }
+                        dd #progress { (num(p.done)) " done / "
+                            @match p.on_server { Some(n) => { (num(n)) " on the server" } None => { "connecting" } } }
+                    }
                 }
             }
         }
