@@ -699,7 +699,13 @@ async fn saved_collector_survives_a_restart() {
         )
     };
     assert!(ok, "{out}{err}");
-    assert!(out.contains("POP3 collector saved:"), "{out}");
+    assert!(
+        out.contains("POP3 collector saved:")
+            && out.contains("inactive")
+            && out.contains("from drop-in")
+            && out.contains("saved.toml"),
+        "{out}"
+    );
     b.goto(&format!("{base}/collectors/saved")).await.unwrap();
     let defined = b.text("#defined-in").await.unwrap();
     assert!(defined.contains("saved.toml"), "{defined}");
