@@ -668,7 +668,7 @@ async fn saved_collector_survives_a_restart() {
     b.fill("#password", "other").await.unwrap();
     b.click("#save").await.unwrap();
     b.wait_text("#new-error", "the refused duplicate", SHORT, |t| {
-        t.contains("exists already")
+        t.contains("saved.toml") && t.contains("already")
     })
     .await
     .unwrap();

@@ -137,6 +137,12 @@ impl NewCollector {
         }
         let file = dir.join(format!("{name}.toml"));
         let password_file = dir.join(format!("{name}.password"));
+        if let Some(other) = saved_elsewhere(dir, name) {
+            return Err(format!(
+                "{} defines a collector named {name:?} already (a restart makes it live).",
+                other.display()
+            ));
+        }
         if file.exists() {
             return Err(format!(
                 "{} exists already (saved earlier; a restart makes it live).",
@@ -177,6 +183,21 @@ impl NewCollector {
             .next()
             .ok_or_else(|| "no collector".to_string())
     }
+}
+
+/// A drop-in file of `dir` (saved, perhaps not yet loaded) that defines the collector `name`.
+fn saved_elsewhere(dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| crate::config::parse_dropin(&t, dir).ok())
+                .is_some_and(|c| c.name() == name)
+        })
 }
 
 /// Creates `path` (it must not exist) with `mode`, writes `bytes` and syncs them.
