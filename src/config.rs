@@ -46,6 +46,22 @@ pub struct Config {
     /// Every `[[collector]]` (POP3 journal mailboxes).
     #[serde(default, rename = "collector")]
     pub collectors: Vec<CollectorConfig>,
+    /// The drop-in directory of collector files next to the configuration file
+    /// (`<config dir>/collectors.d`), where the console saves collectors. `None` when the
+    /// configuration did not come from a file (the embedded default): saving is then refused.
+    #[serde(skip)]
+    pub dropin_dir: Option<PathBuf>,
+}
+
+/// The drop-in directory's name, next to the configuration file.
+pub const DROPIN_DIR: &str = "collectors.d";
+
+/// One drop-in file: exactly one `[[collector]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropIn {
+    #[serde(default, rename = "collector")]
+    collectors: Vec<CollectorConfig>,
 }
 
 /// `[smtp]`: the SMTP journal endpoint.
@@ -185,6 +201,9 @@ pub struct CollectorConfig {
     pub client_secret_env: Option<String>,
     /// `OAuth2` client-credentials grant: the scope asked for (unset: none sent).
     pub scope: Option<String>,
+    /// The drop-in file this collector was read from; `None`: the main configuration file.
+    #[serde(skip)]
+    pub dropin: Option<PathBuf>,
 }
 
 /// How a collector logs in (`auth`).
@@ -419,11 +438,59 @@ impl Config {
         usize::try_from(self.index_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
     }
 
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file, then the collector files of its drop-in
+    /// directory ([`DROPIN_DIR`] next to it, `*.toml` in name order, one `[[collector]]` each).
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading configuration {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        let mut config = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let dir = dropin_dir_of(path);
+        config.load_dropins(&dir)?;
+        config.dropin_dir = Some(dir);
+        Ok(config)
+    }
+
+    /// Adds the collectors of the drop-in directory `dir` (absent: none); errors name the file.
+    fn load_dropins(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading drop-in directory {}", dir.display()))
+            }
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("reading drop-in directory {}", dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading drop-in {}", file.display()))?;
+            let mut c = parse_dropin(&text, dir)
+                .with_context(|| format!("in drop-in {}", file.display()))?;
+            if let Some(other) = self.collector(c.name()) {
+                bail!(
+                    "in drop-in {}: collector {:?} (line {}): name is used by another collector (in {})",
+                    file.display(),
+                    c.name(),
+                    line_of(&text, c.name.span().start),
+                    other
+                        .dropin
+                        .as_deref()
+                        .map_or_else(|| "the configuration file".to_string(), |p| p.display().to_string())
+                );
+            }
+            c.dropin = Some(file);
+            self.collectors.push(c);
+        }
+        Ok(())
     }
 
     /// Parses and checks configuration text.
@@ -450,7 +517,6 @@ impl Config {
 
     /// Checks across keys, each error naming the key and the line of its table.
     fn validate(&self, text: &str) -> anyhow::Result<()> {
-        let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
         if self.smtp.accept.is_empty() {
             bail!("smtp.accept: at least one journal address or @domain is needed");
         }
@@ -468,11 +534,63 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.collectors {
-            let at = format!(
-                "collector {:?} (line {})",
-                c.name(),
-                line_of(c.name.span().start)
-            );
+            if !seen.insert(c.name()) {
+                bail!(
+                    "collector {:?} (line {}): name is used by another collector",
+                    c.name(),
+                    line_of(text, c.name.span().start)
+                );
+            }
+            c.validate(text)?;
+        }
+        Ok(())
+    }
+
+    /// The Maildir of the archived messages: `<data_dir>/archive`.
+    #[must_use]
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("archive")
+    }
+}
+
+/// The drop-in directory next to the configuration file `path`.
+#[must_use]
+pub fn dropin_dir_of(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("")).join(DROPIN_DIR)
+}
+
+/// The line (from 1) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].lines().count().max(1)
+}
+
+/// Parses and checks one drop-in file's text (exactly one `[[collector]]`); a relative
+/// `password_file` or `ca_file` is relative to the drop-in directory `dir`.
+pub(crate) fn parse_dropin(text: &str, dir: &Path) -> anyhow::Result<CollectorConfig> {
+    let d: DropIn = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = d.collectors.len();
+    let Some(mut c) = d.collectors.into_iter().next().filter(|_| n == 1) else {
+        bail!("a drop-in file holds exactly one [[collector]] table; this one has {n}");
+    };
+    c.validate(text)?;
+    for p in [&mut c.password_file, &mut c.ca_file].into_iter().flatten() {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    }
+    Ok(c)
+}
+
+impl CollectorConfig {
+    /// The checks of one collector, errors naming it and its line in `text`.
+    fn validate(&self, text: &str) -> anyhow::Result<()> {
+        let c = self;
+        let at = format!(
+            "collector {:?} (line {})",
+            c.name(),
+            line_of(text, c.name.span().start)
+        );
+        {
             if c.name().is_empty()
                 || !c
                     .name()
@@ -482,9 +600,6 @@ impl Config {
                 bail!(
                     "{at}: name must be non-empty and use only letters, digits, '-', '_' and '.'"
                 );
-            }
-            if !seen.insert(c.name()) {
-                bail!("{at}: name is used by another collector");
             }
             let sources = [
                 c.password.is_some(),
@@ -519,12 +634,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The Maildir of the archived messages: `<data_dir>/archive`.
-    #[must_use]
-    pub fn archive_dir(&self) -> PathBuf {
-        self.data_dir.join("archive")
     }
 }
 
@@ -801,6 +910,114 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("m5").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+}
+
+#[cfg(test)]
+mod dropins {
+    use super::*;
+
+    const MAIN: &str =
+        "[[collector]]\nname = \"main\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\n";
+
+    fn dropin(name: &str) -> String {
+        format!("[[collector]]\nname = \"{name}\"\nhost = \"pop.example.com\"\nusername = \"u\"\npassword_file = \"{name}.password\"\nactive = false\n")
+    }
+
+    /// A configuration file with `files` in its drop-in directory; returns the temp dir and
+    /// the configuration's path.
+    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, MAIN).unwrap();
+        if !files.is_empty() {
+            std::fs::create_dir(dir.path().join(DROPIN_DIR)).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(dir.path().join(DROPIN_DIR).join(name), text).unwrap();
+        }
+        (dir, path)
+    }
+
+    #[test]
+    fn no_dropin_directory_is_fine_and_known() {
+        let (dir, path) = setup(&[]);
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.collectors.len(), 1);
+        assert!(c.collectors[0].dropin.is_none());
+        assert_eq!(c.dropin_dir, Some(dir.path().join(DROPIN_DIR)));
+        assert!(Config::parse(MAIN).unwrap().dropin_dir.is_none());
+        assert!(Config::embedded_default().dropin_dir.is_none());
+    }
+
+    #[test]
+    fn dropins_load_after_the_main_file_in_name_order() {
+        let (dir, path) = setup(&[
+            ("b.toml", &dropin("b")),
+            ("a.toml", &dropin("a")),
+            ("a.password", "secret\n"),
+            ("notes.txt", "not a collector"),
+        ]);
+        let c = Config::load(&path).unwrap();
+        let names: Vec<_> = c.collectors.iter().map(CollectorConfig::name).collect();
+        assert_eq!(names, ["main", "a", "b"]);
+        let a = c.collector("a").unwrap();
+        let d = dir.path().join(DROPIN_DIR);
+        assert_eq!(a.dropin.as_deref(), Some(d.join("a.toml").as_path()));
+        assert_eq!(
+            a.password_file.as_deref(),
+            Some(d.join("a.password").as_path()),
+            "relative to the drop-in directory"
+        );
+        assert_eq!(a.resolve_password().unwrap(), "secret");
+        assert!(!a.active);
+    }
+
+    #[test]
+    fn errors_name_the_dropin_file_and_line() {
+        let bad = "[[collector]]\nname = \"x\"\nhost = \"h\"\nusername = \"u\"\npassword = \"p\"\nintervall = \"5m\"\n";
+        let (_dir, path) = setup(&[("x.toml", bad)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("x.toml") && err.contains("line 6") && err.contains("intervall"),
+            "{err}"
+        );
+        let no_password = "\n[[collector]]\nname = \"y\"\nhost = \"h\"\nusername = \"u\"\n";
+        let (_dir, path) = setup(&[("y.toml", no_password)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("y.toml") && err.contains("line 3") && err.contains("password"),
+            "{err}"
+        );
+        let two = format!("{}{}", dropin("p"), dropin("q"));
+        let (_dir, path) = setup(&[("two.toml", &two)]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("two.toml") && err.contains("exactly one"),
+            "{err}"
+        );
+        let (_dir, path) = setup(&[("smtp.toml", "[smtp]\naccept = [\"a@b.c\"]\n")]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(err.contains("smtp.toml") && err.contains("smtp"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let (_dir, path) = setup(&[("main.toml", &dropin("main"))]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("main.toml")
+                && err.contains("line 2")
+                && err.contains("used by another collector")
+                && err.contains("the configuration file"),
+            "{err}"
+        );
+        let (_dir, path) = setup(&[("a.toml", &dropin("same")), ("b.toml", &dropin("same"))]);
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            err.contains("b.toml") && err.contains("a.toml") && err.contains("\"same\""),
+            "{err}"
+        );
     }
 }
 

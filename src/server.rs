@@ -272,7 +272,7 @@ pub fn describe(config: &Config) -> String {
     for c in &config.collectors {
         let _ = writeln!(
             s,
-            "POP3 collector {}: {}@{}:{} ({:?} TLS, every {:?}, {}{})",
+            "POP3 collector {}: {}@{}:{} ({:?} TLS, every {:?}, {}{}){}",
             c.name(),
             c.username,
             c.host,
@@ -284,7 +284,11 @@ pub fn describe(config: &Config) -> String {
                 ""
             } else {
                 ", keeps mail on the server"
-            }
+            },
+            c.dropin
+                .as_ref()
+                .map(|f| format!(" from drop-in {}", f.display()))
+                .unwrap_or_default()
         );
     }
     s

@@ -109,6 +109,9 @@ pub struct CollectorInfo {
     pub last_success_ms: Option<UnixMs>,
     /// The last run's error, if it failed.
     pub last_error: Option<String>,
+    /// The collection running now (messages done / on the server), if any.
+    #[serde(default)]
+    pub progress: Option<crate::pop3::Progress>,
 }
 
 /// Configuration and state of every collector.
@@ -137,6 +140,7 @@ pub(crate) fn collector_infos(
                 last_run_ms: state.last_run_ms,
                 last_success_ms: state.last_success_ms,
                 last_error: state.last_error,
+                progress: c.progress(),
             })
         })
         .collect()

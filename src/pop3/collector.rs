@@ -87,6 +87,19 @@ struct Inner {
     login_delay: AtomicU64,
     session: Mutex<()>,
     wake: Notify,
+    /// The running collection's progress (`None`: no run), updated per message.
+    progress: std::sync::Mutex<Option<Progress>>,
+}
+
+/// A running collection's progress: messages done out of those on the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// A test collection (otherwise a normal one).
+    pub test: bool,
+    /// Messages retrieved so far in this run.
+    pub done: u64,
+    /// Messages on the server at the run's first STAT (`None` until it answered).
+    pub on_server: Option<u64>,
 }
 
 /// What to do with one message of the mailbox.
@@ -138,6 +151,7 @@ impl Collector {
                 login_delay: AtomicU64::new(0),
                 session: Mutex::new(()),
                 wake: Notify::new(),
+                progress: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -152,6 +166,30 @@ impl Collector {
     #[must_use]
     pub fn config(&self) -> &CollectorConfig {
         &self.inner.config
+    }
+
+    /// The running collection's progress, `None` when no run is going on.
+    #[must_use]
+    pub fn progress(&self) -> Option<Progress> {
+        *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes the progress of `run` (`None`: no run).
+    fn set_progress(&self, run: Option<&Run>) {
+        let p = run.map(|r| Progress {
+            test: matches!(r.kind, RunKind::Test { .. }),
+            done: r.retrieved,
+            on_server: r.on_server,
+        });
+        *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = p;
     }
 
     /// Whether the collector polls: the configuration's `active`, unless an operator overrode it,
@@ -242,7 +280,9 @@ impl Collector {
             started_ms: UnixMs::now(),
             ..Default::default()
         };
+        self.set_progress(Some(&run));
         let result = self.drain(kind, &mut run).await;
+        self.set_progress(None);
         run.ended_ms = UnixMs::now();
         if let Err(e) = &result {
             run.error = Some(e.message.clone());
@@ -344,6 +384,7 @@ impl Collector {
         if run.on_server.is_none() {
             run.on_server = Some(count);
             run.octets_on_server = Some(octets);
+            self.set_progress(Some(run));
         }
         run.on_server_at_end = Some(count);
         gw.metrics
@@ -535,6 +576,7 @@ impl Collector {
                         Ok(bytes) => {
                             run.retrieved += 1;
                             run.bytes += bytes;
+                            self.set_progress(Some(run));
                             let ingest = gw.ingest.clone();
                             let delivery = Delivery::pop3(self.name(), item.uidl.clone());
                             ingests

@@ -17,6 +17,6 @@ mod error;
 pub mod token;
 pub(crate) mod trust;
 
-pub use collector::{Collector, CollectorContext, RunFailure, RunKind, RunSummary};
+pub use collector::{Collector, CollectorContext, Progress, RunFailure, RunKind, RunSummary};
 pub use collectors::Collectors;
 pub use error::{ErrorKind, Pop3Error};

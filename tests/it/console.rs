@@ -239,6 +239,15 @@ async fn console_in_chromium() {
     .await
     .unwrap();
     assert_eq!(d.mailbox_count(), MAILBOX);
+    // This gateway has no configuration file (no drop-in directory): "Save" is refused.
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.click("#save").await.unwrap();
+    b.wait_text("#new-error", "the refused save", SHORT, |t| {
+        t.contains("embedded default")
+    })
+    .await
+    .unwrap();
+    assert!(gw.archive().runs("second", 10).is_empty());
 
     // Before any SMTP traffic the migration is not safe, and says why.
     b.goto(&format!("{base}/migration")).await.unwrap();
@@ -565,5 +574,251 @@ async fn https_listener_serves_the_console_with_a_secure_cookie() {
         r.is_err(),
         "plain HTTP answered on the HTTPS listener: {r:?}"
     );
+    gw.stop().await;
+}
+
+/// Logs in to the console of `gw` with its admin token.
+async fn log_in(b: &Browser, gw: &TestGateway) {
+    let base = gw.base();
+    b.goto(&format!("{base}/login")).await.unwrap();
+    b.fill("#token", gw.token()).await.unwrap();
+    b.click("#login").await.unwrap();
+    b.wait_url("the overview after login", SHORT, |u| {
+        u == format!("{base}/")
+    })
+    .await
+    .unwrap();
+}
+
+/// "Save" on the new-collector form writes a drop-in collector file (and a 0600 password file)
+/// next to the configuration; after a restart the gateway and `check-config` list it, inactive,
+/// and its page removes it again.
+#[allow(clippy::too_many_lines)] // one walk through save, restart and remove
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saved_collector_survives_a_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut d = Dovecot::new(Options::default());
+    d.seed(0, 7, SIZE);
+    d.start();
+    let dirs = tempfile::tempdir().unwrap();
+    let config_dir = dirs.path().join("etc");
+    let data_dir = dirs.path().join("data");
+    let start = || {
+        TestGateway::builder()
+            .config_dir(&config_dir)
+            .data_dir(&data_dir)
+            .http()
+            .start()
+    };
+    let gw = start().await;
+    let base = gw.base().to_string();
+    let b = Browser::start(1280, 1200).await.unwrap();
+    log_in(&b, &gw).await;
+    b.goto(&format!("{base}/collectors/new")).await.unwrap();
+    b.fill("#name", "saved").await.unwrap();
+    b.fill("#host", "127.0.0.1").await.unwrap();
+    b.fill("#port", &d.pop3s_port.to_string()).await.unwrap();
+    b.fill("#username", USER).await.unwrap();
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.fill("#pin_sha256", &d.fingerprint.to_string())
+        .await
+        .unwrap();
+    b.fill("#interval", "1s").await.unwrap();
+    b.click("#test-connection").await.unwrap();
+    let probe = b
+        .wait_text("#probe", "the test connection's report", LONG, |t| {
+            t.contains("holds")
+        })
+        .await
+        .unwrap();
+    assert!(probe.contains("The mailbox holds 7 messages"), "{probe}");
+    let saving = b.text("#snippet").await.unwrap();
+    assert!(saving.contains("collectors.d"), "{saving}");
+    // The password is not echoed back: type it again, then Save.
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.click("#save").await.unwrap();
+    b.wait_url("the overview after saving", SHORT, |u| {
+        u == format!("{base}/")
+    })
+    .await
+    .unwrap();
+    let flash = b.text("#flash").await.unwrap();
+    assert!(
+        flash.contains("Saved collector saved") && flash.contains("Restart"),
+        "{flash}"
+    );
+    let dropins = config_dir.join("collectors.d");
+    let file = std::fs::read_to_string(dropins.join("saved.toml")).unwrap();
+    assert!(
+        file.contains("active = false") && file.contains("password_file = \"saved.password\""),
+        "{file}"
+    );
+    assert!(!file.contains(PASSWORD), "{file}");
+    let password = dropins.join("saved.password");
+    assert_eq!(
+        std::fs::metadata(&password).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&password).unwrap().trim(), PASSWORD);
+    // Saving the same name again is refused and changes nothing.
+    b.goto(&format!("{base}/collectors/new")).await.unwrap();
+    b.fill("#name", "saved").await.unwrap();
+    b.fill("#host", "127.0.0.1").await.unwrap();
+    b.fill("#username", USER).await.unwrap();
+    b.fill("#password", "other").await.unwrap();
+    b.click("#save").await.unwrap();
+    b.wait_text("#new-error", "the refused duplicate", SHORT, |t| {
+        t.contains("saved.toml") && t.contains("already")
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&password).unwrap().trim(), PASSWORD);
+    assert_eq!(
+        std::fs::read_to_string(dropins.join("saved.toml")).unwrap(),
+        file
+    );
+    gw.stop().await;
+
+    // After a restart from the same configuration file the collector is there, inactive.
+    let gw = start().await;
+    let base = gw.base().to_string();
+    log_in(&b, &gw).await;
+    let table = b.text("#collectors").await.unwrap();
+    assert!(table.contains("saved"), "{table}");
+    let (ok, out, err) = {
+        let out = std::process::Command::new(crate::gateway_bin())
+            .arg("check-config")
+            .arg("--config")
+            .arg(config_dir.join("gateway.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("POP3 collector saved:")
+            && out.contains("inactive")
+            && out.contains("from drop-in")
+            && out.contains("saved.toml"),
+        "{out}"
+    );
+    b.goto(&format!("{base}/collectors/saved")).await.unwrap();
+    let defined = b.text("#defined-in").await.unwrap();
+    assert!(defined.contains("saved.toml"), "{defined}");
+    assert!(!gw.archive().collector_state("saved").active(false));
+    // A test collection with the saved password works.
+    b.fill("#limit", "3").await.unwrap();
+    b.click("#test-collection").await.unwrap();
+    let result = b
+        .wait_text("#flash", "the test collection's result", LONG, |t| {
+            t.contains("retrieved") || t.contains("rror")
+        })
+        .await
+        .unwrap();
+    assert!(
+        result.contains("retrieved 3") && result.contains("deleted 0"),
+        "{result}"
+    );
+    let runs = gw.archive().runs("saved", 10);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(d.mailbox_count(), 7);
+
+    // Edit it from its page: the form's keys change, the rest (active = false) and the
+    // password (left empty) are kept.
+    b.goto(&format!("{base}/collectors/saved")).await.unwrap();
+    b.click("#edit").await.unwrap();
+    b.wait_url("the edit form", SHORT, |u| {
+        u.ends_with("/collectors/saved/edit")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.attribute("#host", "value").await.unwrap().as_deref(),
+        Some("127.0.0.1")
+    );
+    b.fill("#interval", "2s").await.unwrap();
+    b.click("#save").await.unwrap();
+    b.wait_text("#flash", "the saved edit", SHORT, |t| t.contains("Restart"))
+        .await
+        .unwrap();
+    let edited = std::fs::read_to_string(dropins.join("saved.toml")).unwrap();
+    assert!(
+        edited.contains("interval = \"2s\"") && edited.contains("active = false"),
+        "{edited}"
+    );
+    assert_eq!(std::fs::read_to_string(&password).unwrap().trim(), PASSWORD);
+
+    // Remove it from its page: the files go; it is gone after the next restart.
+    b.click("#remove").await.unwrap();
+    b.wait_text("#flash", "the removal", SHORT, |t| t.contains("Removed"))
+        .await
+        .unwrap();
+    assert!(!dropins.join("saved.toml").exists());
+    assert!(!password.exists());
+    b.quit().await.unwrap();
+    gw.stop().await;
+    let gw = start().await;
+    assert!(gw.get_auth("/api/v1/collectors/saved").await.status == 404);
+    gw.stop().await;
+}
+
+/// A running test collection publishes its progress (messages done / on the server) on the
+/// collector's API view, which the collector page shows (`#progress`, refreshed every 2 s);
+/// once the run ends there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_collection_shows_its_progress() {
+    let mut d = Dovecot::new(Options::default());
+    d.seed(0, MAILBOX as u64, SIZE);
+    d.start();
+    // One RETR in flight at a time: the run takes many round trips, long enough to be seen.
+    let collector = format!(
+        "[[collector]]\nname = \"slow\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\npin_sha256 = \"{}\"\ninterval = \"1s\"\ntimeout = \"20s\"\nactive = false\npipeline_depth = 1\n",
+        d.pop3s_port, d.fingerprint
+    );
+    let gw = TestGateway::builder()
+        .config(&collector)
+        .http()
+        .start()
+        .await;
+    let before = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+    assert!(before["progress"].is_null(), "{before}");
+    let run = gw.post("/api/v1/collectors/slow/test?limit=250", Some(gw.token()));
+    let watch = async {
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let info = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+            let p = &info["progress"];
+            if p["done"].as_u64().is_some_and(|n| n > 0) {
+                return p.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress seen within {LONG:?}: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (reply, seen) = tokio::join!(run, watch);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(seen["test"], true, "{seen}");
+    assert_eq!(seen["on_server"].as_u64(), Some(MAILBOX as u64), "{seen}");
+    assert!(
+        seen["done"]
+            .as_u64()
+            .is_some_and(|n| (1..=250).contains(&n)),
+        "{seen}"
+    );
+    let after = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
+    assert!(after["progress"].is_null(), "{after}");
+    assert_eq!(d.mailbox_count(), MAILBOX);
     gw.stop().await;
 }

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | `GET/POST /login`, `POST /logout` | the admin token (form field `token`) opens a session |
 //! | `GET /` | overview: totals, "Data collected since", the SMTP endpoint, the collectors |
-//! | `GET/POST /collectors/new` | a new collector's form, "Test connection" (retrieves nothing) |
+//! | `GET/POST /collectors/new` | a new collector's form, "Test connection" (retrieves nothing), "Save" (a drop-in file) |
+//! | `POST /collectors/{name}/remove` | removes a saved (drop-in) collector's files |
+//! | `GET/POST /collectors/{name}/edit` | edits a saved (drop-in) collector's file |
 //! | `GET /collectors/{name}` | settings, Active switch, test collection, collect now, history, retire |
 //! | `POST /collectors/{name}/{active,test,collect,retire}` | the actions (CSRF token) |
 //! | `GET /collectors/{name}/retire[?force=1]` | the confirmation step of a retirement |
@@ -49,6 +51,8 @@ use session::{Flash, Session, Sessions};
 pub(crate) struct Console {
     sessions: Sessions,
     smtp: std::sync::Arc<SmtpEndpoint>,
+    /// Where "Save" writes collector files (`None`: the embedded default, saving refused).
+    dropin_dir: Option<PathBuf>,
 }
 
 /// The SMTP endpoint as configured (shown on the overview).
@@ -77,6 +81,7 @@ impl Console {
                 require_starttls: config.smtp.require_starttls,
                 cert,
             }),
+            dropin_dir: config.dropin_dir.clone(),
         }
     }
 }
@@ -95,6 +100,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/collectors/{name}/active", post(actions::set_active))
         .route("/collectors/{name}/test", post(actions::test_collection))
         .route("/collectors/{name}/collect", post(actions::collect_now))
+        .route("/collectors/{name}/remove", post(new::remove))
+        .route(
+            "/collectors/{name}/edit",
+            get(new::edit_form).post(new::edit),
+        )
         .route(
             "/collectors/{name}/retire",
             get(pages::retire_confirm).post(actions::retire),

@@ -291,10 +291,23 @@ pub(super) async fn collector(
                     dt { "Poll interval" } dd { (num(c.interval_seconds)) " s" }
                     dt { "Delete after archiving" } dd { (if c.delete { "yes" } else { "no" }) }
                     dt { "Test collection size" } dd { (num(u64::from(cfg.test_limit))) }
+                    dt { "Defined in" } dd.wrap #defined-in { @match &cfg.dropin {
+                        Some(f) => { "drop-in " code { (f.display()) } }
+                        None => { "the configuration file (read-only here)" }
+                    } }
                 }
                 p.muted { "The password is never shown." }
+                @if cfg.dropin.is_some() {
+                    p { a #edit href={ "/collectors/" (c.name) "/edit" } { "Edit saved collector…" } }
+                    form method="post" action={ "/collectors/" (c.name) "/remove" } {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button #remove type="submit" { "Remove saved collector" }
+                        " "
+                        span.muted { "Deletes its drop-in file; it stops polling at the next restart." }
+                    }
+                }
             }
-            section.card #state {
+            section.card #state data-refresh="2" {
                 h2 { "State" }
                 @if !c.retired {
                     form.switch method="post" action={ "/collectors/" (c.name) "/active" } {
@@ -314,6 +327,11 @@ pub(super) async fn collector(
                     dt { "Last success" } dd { (time(c.last_success_ms)) }
                     dt { "Next poll" } dd { @match next_poll(c) { Some(t) => (time(Some(t))), None => span.muted { "not polling" } } }
                     @if let Some(e) = &c.last_error { dt { "Last error" } dd.err { (e) } }
+                    @if let Some(p) = &c.progress {
+                        dt { (if p.test { "Test collection running" } else { "Collection running" }) }
+                        dd #progress { (num(p.done)) " done / "
+                            @match p.on_server { Some(n) => { (num(n)) " on the server" } None => { "connecting" } } }
+                    }
                 }
             }
         }

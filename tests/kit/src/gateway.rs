@@ -43,6 +43,7 @@ pub struct Builder {
     announce_ready: bool,
     poll: bool,
     http_tls: Option<(PathBuf, PathBuf)>,
+    config_dir: Option<PathBuf>,
 }
 
 impl Builder {
@@ -50,6 +51,15 @@ impl Builder {
     /// fresh temp dir.
     pub fn data_dir(mut self, dir: &Path) -> Builder {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Writes the configuration to `<dir>/gateway.toml` and starts from that file as `serve
+    /// --config` does (`Config::load`: the drop-in collectors of `<dir>/collectors.d` are read
+    /// and the console can save there). `dir` outlives the gateway: a restart with the same
+    /// `dir` (and [`Builder::data_dir`]) sees what was saved.
+    pub fn config_dir(mut self, dir: &Path) -> Builder {
+        self.config_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -140,7 +150,14 @@ impl Builder {
                 );
             }
         }
-        let config = Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"));
+        let config = if let Some(dir) = &self.config_dir {
+            std::fs::create_dir_all(dir).expect("config dir");
+            let path = dir.join("gateway.toml");
+            std::fs::write(&path, &text).expect("write config");
+            Config::load(&path).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"))
+        } else {
+            Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"))
+        };
         std::fs::create_dir_all(&config.data_dir).expect("data dir");
         // A gateway that announces readiness is started as `serve` starts it; one that must not
         // yet gets its HTTP server bound here, from the same parts.
@@ -190,7 +207,10 @@ impl Builder {
                 .trim()
                 .to_string();
             // The same configuration with the real HTTP port, for the CLI.
-            let path = temp.path().join("gateway.toml");
+            let path = self.config_dir.as_ref().map_or_else(
+                || temp.path().join("gateway.toml"),
+                |d| d.join("gateway.toml"),
+            );
             let cli_text = text.replace(
                 "[http]\nlisten = \"127.0.0.1:0\"",
                 &format!("[http]\nlisten = \"{addr}\""),
