@@ -9,6 +9,10 @@
 //! is the peak of this process while parsing (baseline RSS shown too); the in-memory parse of
 //! the same file is shown for comparison.
 //!
+//! Then a report with a small envelope and a large original (`JOURNAL_ORIGINAL_MB`, default 10;
+//! 1 without `--bench`), with and without a Message-ID: with one, the windowed parser stops
+//! once it knows the key; without, it hashes the whole original.
+//!
 //! Times are wall and thread CPU time (the latter stays meaningful on a loaded machine).
 //!
 //! Environment: `JOURNAL_SIZES` (default `5000,20000,100000` recipients), `JOURNAL_REPEAT`,
@@ -130,6 +134,61 @@ fn rss_child(spec: &str) {
     println!("{before} {peak} {}", report.envelope.recipients.len());
 }
 
+/// Parse time of a report whose original is large, keyed by its Message-ID or by its hash.
+fn large_original(dir: &std::path::Path, full: bool, repeat: usize) {
+    let mb = if full {
+        env_or("JOURNAL_ORIGINAL_MB", "10")
+            .parse::<usize>()
+            .expect("JOURNAL_ORIGINAL_MB")
+    } else {
+        1
+    };
+    println!(
+        "\n## A {mb} MB original, small envelope (`parse_input` from a file, median of {repeat})\n"
+    );
+    println!("| original | report | key | wall time | CPU time |");
+    println!("|---|---:|---|---:|---:|");
+    for with_id in [true, false] {
+        let mut msg = sample::numbered(2, mb * 1_000_000);
+        if !with_id {
+            msg.message_id = None;
+        }
+        let path = dir.join(format!("original-{with_id}.eml"));
+        std::fs::write(&path, sample::report_2007(&msg, &[])).expect("write report");
+        let file = File::open(&path).expect("open");
+        let len = file.metadata().expect("metadata").len();
+        let mut times = Vec::new();
+        let mut cpu = Vec::new();
+        let mut key = String::new();
+        for _ in 0..repeat.max(1) {
+            let start = Instant::now();
+            let cpu_start = thread_cpu();
+            let report = journal::parse_input(&file).expect("parse");
+            cpu.push(thread_cpu() - cpu_start);
+            times.push(start.elapsed().as_secs_f64());
+            assert_eq!(report.format, Format::Exchange2007);
+            key = report.key;
+        }
+        assert_eq!(key.starts_with("sha256:"), !with_id, "{key}");
+        println!(
+            "| {} | {:.2} MiB | {} | {:.2} ms | {:.2} ms |",
+            if with_id {
+                "with Message-ID"
+            } else {
+                "without Message-ID"
+            },
+            mib(len),
+            if with_id {
+                "Message-ID"
+            } else {
+                "sha256 of the original"
+            },
+            median(times) * 1e3,
+            median(cpu) * 1e3,
+        );
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         rss_child(&spec);
@@ -200,6 +259,8 @@ fn main() {
             );
         }
     }
+
+    large_original(dir.path(), full, repeat);
 
     println!("\n## Peak RSS while parsing a {rss_lines}-line envelope (fresh process each)\n");
     let (file, len) = report_file(dir.path(), rss_lines);

@@ -409,6 +409,13 @@ fn report_from_parts<E>(
     })
 }
 
+/// Whether [`report_from_parts`] keys a report with this envelope and embedded original by a
+/// Message-ID (the original's, else the envelope's), so never calls its `content_key`: the
+/// windowed parser then stops reading once it knows both.
+fn keyed_by_message_id(envelope: &envelope::ParsedEnvelope, original: &Headers) -> bool {
+    original.message_id.is_some() || matches!(envelope.message_id, envelope::EnvelopeId::Id(_))
+}
+
 /// A report for a message that is its own original; `whole` computes the key of the whole
 /// input when it has no Message-ID.
 fn plain_report<E>(

@@ -11,6 +11,11 @@
 //!   while its first [`HEADER_LIMIT`] bytes are kept to read its headers.
 //!
 //! The report is assembled by the same code as the in-memory path ([`report_from_parts`]).
+//!
+//! It stops reading as soon as nothing further can change the report: the envelope part is
+//! complete (it came first), the original's header section is complete and the key is a
+//! Message-ID ([`keyed_by_message_id`]), so neither the original's hash nor anything after it
+//! is needed. Without a usable Message-ID it reads on to hash the whole original, as before.
 
 use std::borrow::Cow;
 use std::io;
@@ -22,7 +27,8 @@ use sha2::{Digest, Sha256};
 use super::envelope::{EnvelopeParser, HtmlLines, ParsedEnvelope};
 use super::input::Input;
 use super::{
-    detect_format, plain_report, plain_top, report_from_parts, Format, Headers, KeySource, Report,
+    detect_format, keyed_by_message_id, plain_report, plain_top, report_from_parts, Format,
+    Headers, KeySource, Report,
 };
 
 /// The most bytes of one header section (the top-level one, a part's, the original's) that
@@ -364,7 +370,21 @@ impl Walk {
                     }
                 }
                 Phase::Envelope(sink) => sink.push(line.bytes),
-                Phase::Original(sink) => sink.push(line.bytes, line.eol),
+                Phase::Original(sink) => {
+                    sink.push(line.bytes, line.eol);
+                    // The envelope came first and is complete: once the original's headers
+                    // give the key a Message-ID, the rest of the input cannot change the report.
+                    if let Some(envelope) = &self.envelope {
+                        if let Some(headers) = sink.key_headers(envelope) {
+                            self.original = Some(FoundOriginal {
+                                headers,
+                                hash: None,
+                            });
+                            self.phase = Phase::Skip;
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -717,6 +737,10 @@ struct OriginalSink {
     /// before the boundary.
     held: Vec<u8>,
     scratch: Vec<u8>,
+    /// How much of `head` was searched for the end of the header section.
+    scanned: usize,
+    /// [`OriginalSink::key_headers`] gave its answer (the header section is complete, or cut).
+    checked: bool,
 }
 
 impl OriginalSink {
@@ -729,7 +753,31 @@ impl OriginalSink {
             head_cut: false,
             held: Vec::new(),
             scratch: Vec::new(),
+            scanned: 0,
+            checked: false,
         }
+    }
+
+    /// The original's headers, once its header section is complete (within the first
+    /// [`HEADER_LIMIT`] bytes) and they or `envelope` give the key a Message-ID; None before,
+    /// and always None after the first complete answer. The header section ends at the first
+    /// blank line, so the headers are those [`OriginalSink::finish`] will read.
+    fn key_headers(&mut self, envelope: &ParsedEnvelope) -> Option<Headers> {
+        if self.checked {
+            return None;
+        }
+        // A blank line is `\n\n` or `\n\r\n`: search again from two bytes before the last end.
+        let from = self.scanned.saturating_sub(2);
+        let complete = has_header_end(&self.head[from..]);
+        self.scanned = self.head.len();
+        if !complete {
+            // A header section longer than the kept head: the rest is read as before.
+            self.checked = self.head.len() >= HEADER_LIMIT;
+            return None;
+        }
+        self.checked = true;
+        let headers = head_headers(&self.head);
+        keyed_by_message_id(envelope, &headers).then_some(headers)
     }
 
     fn push(&mut self, raw: &[u8], eol: bool) {
@@ -769,15 +817,20 @@ impl OriginalSink {
             let held = std::mem::take(&mut self.held);
             self.consume(&held);
         }
-        let headers = MessageParser::new()
-            .parse_headers(&self.head[..])
-            .map(|m| Headers::of(&m))
-            .unwrap_or_default();
+        let headers = head_headers(&self.head);
         // Only a cut inside the header section matters (the body may be any size).
         let cut = self.head_cut && !has_header_end(&self.head);
         let hash = (self.len > 0).then(|| format!("sha256:{}", hex::encode(self.hash.finalize())));
         (FoundOriginal { headers, hash }, cut)
     }
+}
+
+/// The headers of the original, read from its first bytes.
+fn head_headers(head: &[u8]) -> Headers {
+    MessageParser::new()
+        .parse_headers(head)
+        .map(|m| Headers::of(&m))
+        .unwrap_or_default()
 }
 
 fn has_header_end(bytes: &[u8]) -> bool {

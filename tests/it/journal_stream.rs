@@ -648,3 +648,109 @@ fn every_prefix_of_a_qp_report_keeps_no_partial_recipient() {
         }
     }
 }
+
+/// An [`Input`] that counts the bytes read from it.
+struct Counting<'a> {
+    bytes: &'a [u8],
+    read: std::cell::Cell<u64>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Counting {
+            bytes,
+            read: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl Input for Counting<'_> {
+    fn size(&self) -> std::io::Result<u64> {
+        self.bytes.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read_at(offset, buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Where the body of the report's `message/rfc822` part (the original) starts.
+fn original_start(raw: &[u8]) -> usize {
+    let part = memchr::memmem::find(raw, b"Content-Type: message/rfc822").expect("original part");
+    part + memchr::memmem::find(&raw[part..], b"\r\n\r\n").expect("part header end") + 4
+}
+
+#[test]
+fn the_windowed_parser_stops_reading_once_a_message_id_gives_the_key() {
+    // A 10 MB original: with a Message-ID (its own, or only the envelope's), nothing after
+    // its header section can change the report.
+    let msg = sample::numbered(5, 10_000_000);
+    let mut no_id = msg.clone();
+    no_id.message_id = None;
+    let envelope_only = Options2007 {
+        envelope_message_id: EnvelopeMessageId::Other("envelope-5@example.com".into()),
+        ..Options2007::default()
+    };
+    let mismatch = Options2007 {
+        envelope_message_id: EnvelopeMessageId::Other("other-5@example.com".into()),
+        ..Options2007::default()
+    };
+    let cases = [
+        (
+            "original's Message-ID",
+            sample::report_2007(&msg, &[]),
+            "sample-5@example.com",
+        ),
+        (
+            "envelope's Message-ID only",
+            sample::report_2007_with(&no_id, &[], &envelope_only),
+            "envelope-5@example.com",
+        ),
+        (
+            "envelope and original disagree",
+            sample::report_2007_with(&msg, &[], &mismatch),
+            "sample-5@example.com",
+        ),
+    ];
+    for (name, raw, key) in &cases {
+        assert!(raw.len() > 9_000_000, "{name}");
+        let want = parse(raw);
+        assert_eq!(want.key, *key, "{name}");
+        let headers_end = original_start(raw) + 2_000;
+        for window in WINDOWS {
+            let input = Counting::new(raw);
+            let got = parse_windowed(&input, window).expect("windowed");
+            assert_eq!(got, want, "{name}, window {window}");
+            let read = input.read.get();
+            assert!(
+                read <= (headers_end + 2 * window) as u64 && read < raw.len() as u64 / 4,
+                "{name}, window {window}: read {read} of {} bytes",
+                raw.len()
+            );
+        }
+        let input = Counting::new(raw);
+        assert_eq!(parse_input(&input).expect("parse_input"), want, "{name}");
+        assert!(input.read.get() < raw.len() as u64 / 4, "{name}");
+    }
+
+    // No Message-ID anywhere: keyed by the original's hash, so all of it is read.
+    let none = Options2007 {
+        envelope_message_id: EnvelopeMessageId::Missing,
+        ..Options2007::default()
+    };
+    let raw = sample::report_2007_with(&no_id, &[], &none);
+    let want = parse(&raw);
+    assert_eq!(want.key, sha256_key(&sample::journaled_original(&no_id)));
+    for window in WINDOWS {
+        let input = Counting::new(&raw);
+        assert_eq!(parse_windowed(&input, window).expect("windowed"), want);
+        assert!(
+            input.read.get() >= raw.len() as u64,
+            "window {window}: read {} of {} bytes",
+            input.read.get(),
+            raw.len()
+        );
+    }
+}
