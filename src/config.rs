@@ -46,6 +46,20 @@ pub struct Config {
     /// Every `[[collector]]` (POP3 journal mailboxes).
     #[serde(default, rename = "collector")]
     pub collectors: Vec<CollectorConfig>,
+    /// How `serve` writes its log to stderr: `"text"` (default) or `"json"` for log shippers.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// The log line format (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`).
+    Json,
 }
 
 /// `[smtp]`: the SMTP journal endpoint.
