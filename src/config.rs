@@ -51,6 +51,9 @@ pub struct Config {
     /// configuration did not come from a file (the embedded default): saving is then refused.
     #[serde(skip)]
     pub dropin_dir: Option<PathBuf>,
+    /// How `serve` writes its log to stderr: `"text"` (default) or `"json"` for log shippers.
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 /// The drop-in directory's name, next to the configuration file.
@@ -62,6 +65,17 @@ pub const DROPIN_DIR: &str = "collectors.d";
 struct DropIn {
     #[serde(default, rename = "collector")]
     collectors: Vec<CollectorConfig>,
+}
+
+/// The log line format (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's default format).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`).
+    Json,
 }
 
 /// `[smtp]`: the SMTP journal endpoint.

@@ -260,17 +260,31 @@ impl Ingest {
         let size = message.len();
         let result = self.ingest_inner(delivery, message).await;
         match &result {
-            Ok(Outcome::Archived { variant, .. }) => {
+            Ok(Outcome::Archived { key, variant }) => {
+                let outcome = if *variant {
+                    "archived_variant"
+                } else {
+                    "archived"
+                };
+                tracing::debug!(%key, source = label, outcome, size, "ingest decision");
                 m.archived.with_label_values(&[label]).inc();
                 m.archive_bytes.with_label_values(&[label]).inc_by(size);
                 if *variant {
                     m.conflicts.inc();
                 }
             }
-            Ok(Outcome::Duplicate { .. }) => m.duplicates.with_label_values(&[label]).inc(),
+            Ok(Outcome::Duplicate { key }) => {
+                tracing::debug!(%key, source = label, outcome = "duplicate", size, "ingest decision");
+                m.duplicates.with_label_values(&[label]).inc();
+            }
             Err(e) => {
                 m.ingest_errors.with_label_values(&[label]).inc();
-                tracing::warn!(source = label, "ingest failed: {e}");
+                tracing::warn!(
+                    source = label,
+                    outcome = "error",
+                    size,
+                    "ingest failed: {e}"
+                );
             }
         }
         m.ingest_duration.observe(started.elapsed().as_secs_f64());

@@ -9,7 +9,7 @@ mod cli;
 
 use cli::client::{Remote, Verb};
 use cli::{offline_run, Offline};
-use journal_gateway::config::Config;
+use journal_gateway::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -165,21 +165,49 @@ enum MigrationCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JOURNAL_GATEWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_ref()),
+        command => {
+            init_logging(LogFormat::Text);
+            run(command)
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr in `format`, filtered by `JOURNAL_GATEWAY_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JOURNAL_GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (none is made) would keep the first logger.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
+
+/// `serve`: the configuration is read before logging starts, since it chooses the log format (an
+/// unreadable configuration is reported as plain text by `main`).
+fn serve(config: Option<&PathBuf>) -> anyhow::Result<()> {
+    let loaded = load(config);
+    init_logging(loaded.as_ref().map_or(LogFormat::Text, |c| c.log_format));
+    let loaded = loaded?;
+    if config.is_none() {
+        tracing::info!("no --config given: using the embedded default (data in ./data)");
+    }
+    runtime()?.block_on(journal_gateway::server::serve(loaded))
 }
 
 fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -196,15 +224,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { config } => {
-            if config.is_none() {
-                tracing::info!("no --config given: using the embedded default (data in ./data)");
-            }
-            let config = load(config.as_ref())?;
-            runtime()?.block_on(journal_gateway::server::serve(config))
-        }
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(config.as_ref()),
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             print!("{}", journal_gateway::server::describe(&config));

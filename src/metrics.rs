@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Arrivals whose envelope hit a bound of the parser (a line or value cut at the window, a
     /// header section not read to its end), by source: their recipients may be incomplete.
     pub envelope_truncated: IntCounterVec,
+    /// Unix time the served TLS certificate expires (its notAfter), by certificate (`smtp`, and
+    /// `http` when `[http] tls_cert` is set); set at start from the loaded certificate.
+    pub tls_cert_expiry: IntGaugeVec,
 }
 
 const NS: &str = "journal_gateway";
@@ -182,6 +185,11 @@ impl Metrics {
                 "envelope_truncated_total",
                 "Arrivals whose journal envelope hit a parser bound (recipients may be incomplete).",
                 &["source"],
+            ),
+            tls_cert_expiry: gauge_vec(
+                "tls_cert_expiry_timestamp_seconds",
+                "Unix time the served TLS certificate expires (notAfter).",
+                &["certificate"],
             ),
             registry,
         };

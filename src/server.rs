@@ -114,6 +114,10 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         running.smtp_addrs = smtp.plain_addrs();
         running.smtp_tls_addrs = smtp.tls_addrs();
         running.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
+        let expiry = &running.metrics.tls_cert_expiry;
+        expiry
+            .with_label_values(&["smtp"])
+            .set(smtp.tls_identity().not_after);
         Some(smtp)
     } else {
         None
@@ -131,6 +135,14 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         )
         .await?;
         running.http_addr = Some(http.local_addr()?);
+        if let Some(cert) = &config.http.tls_cert {
+            let expiry = crate::tls::not_after_of_file(cert)?;
+            running
+                .metrics
+                .tls_cert_expiry
+                .with_label_values(&["http"])
+                .set(expiry);
+        }
         Some(http)
     } else {
         None

@@ -33,6 +33,8 @@ pub struct TlsIdentity {
     pub cert_path: PathBuf,
     /// True when this run created the certificate.
     pub generated: bool,
+    /// The leaf certificate's notAfter, in Unix seconds (the expiry metric's value).
+    pub not_after: i64,
 }
 
 /// Paths and fingerprint of a freshly generated certificate.
@@ -169,6 +171,8 @@ pub(crate) fn load(
         bail!("no certificate in {}", cert_path.display());
     };
     let fingerprint = Fingerprint::of(leaf);
+    let not_after = not_after(leaf)
+        .with_context(|| format!("reading the expiry of {}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("reading TLS private key {}", key_path.display()))?;
     let config = server_config(certs, key).with_context(|| {
@@ -183,7 +187,25 @@ pub(crate) fn load(
         fingerprint,
         cert_path: cert_path.to_path_buf(),
         generated,
+        not_after,
     })
+}
+
+/// The notAfter of a DER certificate, in Unix seconds.
+pub(crate) fn not_after(der: &[u8]) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// The notAfter of the first (leaf) certificate of a PEM file, in Unix seconds.
+pub(crate) fn not_after_of_file(cert_path: &Path) -> anyhow::Result<i64> {
+    let leaf = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?
+        .next()
+        .with_context(|| format!("no certificate in {}", cert_path.display()))?
+        .with_context(|| format!("parsing TLS certificate {}", cert_path.display()))?;
+    not_after(&leaf).with_context(|| format!("reading the expiry of {}", cert_path.display()))
 }
 
 /// A rustls server configuration with the aws-lc-rs provider, TLS 1.2 and 1.3 only, no client
@@ -240,6 +262,11 @@ mod tests {
         let g = generate(&names, dir.path()).unwrap();
         let loaded = load(&g.cert_path, &g.key_path, false).unwrap();
         assert_eq!(loaded.fingerprint, g.fingerprint);
+        // Generated for ten years from now (to the second, as X.509 stores it).
+        let ten_years = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+        let slack = (loaded.not_after - ten_years.unix_timestamp()).abs();
+        assert!(slack < 60, "notAfter {} is {slack}s off", loaded.not_after);
+        assert_eq!(not_after_of_file(&g.cert_path).unwrap(), loaded.not_after);
         assert_eq!(g.fingerprint.to_string().len(), 32 * 3 - 1);
         // A second generate refuses to overwrite the pair.
         let err = generate(&names, dir.path()).unwrap_err().to_string();

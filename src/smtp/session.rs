@@ -300,6 +300,7 @@ where
                     .smtp_rejected
                     .with_label_values(&["timeout"])
                     .inc();
+                tracing::info!(peer = %self.peer, reason = "timeout", "SMTP session timed out");
                 self.output.extend_from_slice(timeout_reply.as_bytes());
                 self.output.extend_from_slice(b", closing connection\r\n");
                 End::Timeout
@@ -355,12 +356,14 @@ where
             .smtp_rejected
             .with_label_values(&[reason])
             .inc();
+        tracing::info!(peer = %self.peer, code, reason, "SMTP refused: {message}");
         self.errors += 1;
         if self.errors > self.settings.max_errors {
             self.metrics
                 .smtp_rejected
                 .with_label_values(&["errors"])
                 .inc();
+            tracing::info!(peer = %self.peer, reason = "errors", "SMTP session closed: too many errors");
             self.reply(421, [4, 7, 0], "Too many errors, closing connection");
             return Flow::Close(End::TooManyErrors);
         }

@@ -24,6 +24,7 @@ fn require(binary: &str) {
 async fn busy_gateway() -> TestGateway {
     let gw = TestGateway::builder()
         .config(COLLECTOR)
+        .smtp("")
         .http()
         .start()
         .await;
@@ -80,6 +81,7 @@ async fn promtool_accepts_the_live_metrics() {
         "journal_gateway_pop3_errors_total",
         "journal_gateway_collector_active",
         "journal_gateway_build_info",
+        "journal_gateway_tls_cert_expiry_timestamp_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -96,6 +98,11 @@ async fn promtool_accepts_the_live_metrics() {
     assert!(
         text.contains("journal_gateway_pop3_last_success_timestamp_seconds{collector=\"exch\"} 1")
     );
+    let expiry = format!(
+        "journal_gateway_tls_cert_expiry_timestamp_seconds{{certificate=\"smtp\"}} {}\n",
+        openssl_not_after(gw.cert())
+    );
+    assert!(text.contains(&expiry), "{expiry} missing:\n{text}");
     let mut child = Command::new(PROMTOOL)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -123,6 +130,72 @@ async fn promtool_accepts_the_live_metrics() {
     assert!(
         report.trim().is_empty(),
         "promtool lint findings:\n{report}"
+    );
+    gw.stop().await;
+}
+
+/// The notAfter of a PEM certificate in Unix seconds, as openssl and date(1) read it (independent
+/// of the gateway's own X.509 parser).
+fn openssl_not_after(cert: &std::path::Path) -> i64 {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl x509: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let date = text
+        .trim()
+        .strip_prefix("notAfter=")
+        .unwrap_or_else(|| panic!("openssl x509 -enddate: {text}"));
+    let out = Command::new("date")
+        .args(["-u", "+%s", "-d", date])
+        .output()
+        .expect("run date");
+    assert!(out.status.success(), "date -d {date:?}: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `journal_gateway_tls_cert_expiry_timestamp_seconds` has one series per served certificate
+/// (smtp, and http with `[http] tls_cert`), each the certificate's notAfter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cert_expiry_is_each_certificates_not_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let https = journal_gateway::tls::generate(&["localhost".to_string()], dir.path()).unwrap();
+    let gw = TestGateway::builder()
+        .smtp("")
+        .http()
+        .http_tls(&https.cert_path, &https.key_path)
+        .start()
+        .await;
+    let text = gw.metrics().render();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("journal_gateway_tls_cert_expiry_timestamp_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 2, "{text}");
+    for (which, cert) in [("smtp", gw.cert()), ("http", https.cert_path.as_path())] {
+        let line = format!(
+            "journal_gateway_tls_cert_expiry_timestamp_seconds{{certificate=\"{which}\"}} {}",
+            openssl_not_after(cert)
+        );
+        assert!(series.contains(&line.as_str()), "{line} missing:\n{text}");
+    }
+    gw.stop().await;
+}
+
+/// Without `[http] tls_cert` there is no http series (and no SMTP endpoint, no smtp series).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cert_expiry_has_no_series_for_plain_http() {
+    let gw = TestGateway::builder().http().start().await;
+    let text = gw.metrics().render();
+    assert!(
+        !text.contains("journal_gateway_tls_cert_expiry_timestamp_seconds{"),
+        "{text}"
     );
     gw.stop().await;
 }
@@ -217,6 +290,58 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     gw.stop().await;
 }
 
+/// `promtool test rules` on the certificate alert: an smtp certificate 13.99 days from expiry fires
+/// after the rule's hour of `for`, an http one a year away never does.
+fn certificate_alert_fires_14_days_before_expiry(rules: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("cert-alert-test.yml");
+    let series = "journal_gateway_tls_cert_expiry_timestamp_seconds";
+    let labels = "instance=\"gw:9898\", job=\"journal-gateway\"";
+    std::fs::write(
+        &test,
+        format!(
+            r#"rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: '{series}{{certificate="smtp", {labels}}}'
+        values: '1209000x120'
+      - series: '{series}{{certificate="http", {labels}}}'
+        values: '31536000x120'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: JournalGatewayTlsCertificateExpiring
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: JournalGatewayTlsCertificateExpiring
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              certificate: smtp
+              instance: gw:9898
+              job: journal-gateway
+            exp_annotations:
+              summary: "The smtp TLS certificate of gw:9898 expires within 14 days"
+              description: "Renew it and restart the gateway (the certificate is read at start); see docs/install.md, section 4 (Certificate)."
+"#,
+            rules = rules.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(PROMTOOL)
+        .args(["test", "rules"])
+        .arg(&test)
+        .output()
+        .expect("run promtool");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "promtool test rules:\n{report}");
+    assert!(report.contains("SUCCESS"), "{report}");
+}
+
 /// Metric names used in a `PromQL` text (histogram suffixes folded onto their family).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -251,6 +376,8 @@ async fn alert_rules_and_dashboard_are_valid_and_use_real_metrics() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("{report}");
     assert!(out.status.success(), "promtool check rules:\n{report}");
+    assert!(report.contains("SUCCESS: 8 rules found"), "{report}");
+    certificate_alert_fires_14_days_before_expiry(&rules);
 
     let gw = busy_gateway().await;
     let exported: BTreeSet<String> = scrape(&gw)

@@ -10,6 +10,7 @@ mod ingest;
 mod journal_parse;
 mod journal_stream;
 mod large_reports;
+mod logs;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
