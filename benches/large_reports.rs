@@ -17,30 +17,13 @@
 use std::time::Instant;
 
 use journal_gateway::ingest::{Delivery, Outcome};
-use journal_gateway::journal::{Recipient, RecipientKind};
+use journal_gateway::journal::Recipient;
 use journal_gateway_testkit::{sample, TestGateway};
 
-/// Recipients `range` as Exchange lists a message to distribution lists: mostly `To:` lines with
-/// `Expanded: <one of four lists>`, every 5th `Cc:`, every 10th `Bcc:`, every 13th forwarded.
+/// Recipients `range` as Exchange lists a message to distribution lists (the kit's
+/// [`sample::distribution_list`]).
 fn recipients(range: std::ops::Range<usize>) -> Vec<Recipient> {
-    range
-        .map(|i| {
-            let kind = if i % 10 == 0 {
-                RecipientKind::Bcc
-            } else if i % 5 == 0 {
-                RecipientKind::Cc
-            } else {
-                RecipientKind::To
-            };
-            Recipient {
-                address: format!("user{i}@corp.example.com"),
-                kind,
-                expanded: (kind != RecipientKind::Bcc)
-                    .then(|| format!("all-staff-{}@corp.example.com", i % 4)),
-                forwarded: (i % 13 == 0).then(|| format!("fwd{i}@partner.example.org")),
-            }
-        })
-        .collect()
+    sample::distribution_list("", "corp.example.com", "partner.example.org", range)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -16,28 +16,10 @@ use journal_gateway::pop3::RunKind;
 use journal_gateway_testkit::dovecot::{Dovecot, Options};
 use journal_gateway_testkit::{sample, TestGateway, JOURNAL};
 
-/// `n` recipients as Exchange lists a message to large distribution lists: mostly `To:` lines
-/// with `Expanded: <list>` (one of four lists), every 5th a `Cc:`, every 10th a `Bcc:` without
-/// expansion, every 13th forwarded. `tag` makes the addresses of one test distinct.
+/// `range` recipients as Exchange lists a message to large distribution lists (the kit's
+/// [`sample::distribution_list`]); `tag` makes the addresses of one test distinct.
 fn recipients(tag: &str, range: std::ops::Range<usize>) -> Vec<Recipient> {
-    range
-        .map(|i| {
-            let kind = if i % 10 == 0 {
-                RecipientKind::Bcc
-            } else if i % 5 == 0 {
-                RecipientKind::Cc
-            } else {
-                RecipientKind::To
-            };
-            Recipient {
-                address: format!("{tag}-user{i}@corp.test"),
-                kind,
-                expanded: (kind != RecipientKind::Bcc)
-                    .then(|| format!("all-staff-{}@corp.test", i % 4)),
-                forwarded: (i % 13 == 0).then(|| format!("{tag}-fwd{i}@partner.test")),
-            }
-        })
-        .collect()
+    sample::distribution_list(&format!("{tag}-"), "corp.test", "partner.test", range)
 }
 
 /// A gateway with SMTP (plain and implicit TLS) and the admin API.

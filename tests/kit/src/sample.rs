@@ -117,6 +117,37 @@ pub fn rfc5322_date(unix: i64) -> String {
     )
 }
 
+/// Envelope recipients `range` as Exchange lists a message to large distribution lists: mostly
+/// `To:` lines with `Expanded: all-staff-<0..4>@<domain>`, every 5th a `Cc:`, every 10th a `Bcc:`
+/// without expansion, every 13th forwarded to `<prefix>fwd<i>@<partner>`. Addresses are
+/// `<prefix>user<i>@<domain>` (a prefix keeps the recipients of one test apart).
+#[must_use]
+pub fn distribution_list(
+    prefix: &str,
+    domain: &str,
+    partner: &str,
+    range: Range<usize>,
+) -> Vec<Recipient> {
+    range
+        .map(|i| {
+            let kind = if i % 10 == 0 {
+                RecipientKind::Bcc
+            } else if i % 5 == 0 {
+                RecipientKind::Cc
+            } else {
+                RecipientKind::To
+            };
+            Recipient {
+                address: format!("{prefix}user{i}@{domain}"),
+                kind,
+                expanded: (kind != RecipientKind::Bcc)
+                    .then(|| format!("all-staff-{}@{domain}", i % 4)),
+                forwarded: (i % 13 == 0).then(|| format!("{prefix}fwd{i}@{partner}")),
+            }
+        })
+        .collect()
+}
+
 /// The envelope recipients Exchange would list for `msg`: its To, Cc and Bcc, in that order.
 #[must_use]
 pub fn default_recipients(msg: &SampleMessage) -> Vec<Recipient> {
