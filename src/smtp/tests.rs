@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::AcceptList;
-use super::session::{End, Session, Settings, Sink};
+use super::session::{AuthSettings, End, Session, Settings, Sink};
+use crate::config::AcceptEntry;
 use crate::ingest::{Delivery, IngestError, Outcome};
 use crate::metrics::Metrics;
 use crate::net::{BodyWriter, Conn};
@@ -97,13 +98,17 @@ impl MemorySink {
 fn settings() -> Settings {
     Settings {
         hostname: "journal.test".into(),
-        accept: AcceptList::new(&["journal@journal.test".into(), "@archive.test".into()]),
+        accept: AcceptList::new(&[
+            AcceptEntry::open("journal@journal.test"),
+            AcceptEntry::open("@archive.test"),
+        ]),
         max_message_size: 10_000,
         require_starttls: false,
         tls: None,
         command_timeout: Duration::from_secs(10),
         data_timeout: Duration::from_secs(10),
         max_errors: 5,
+        auth: AuthSettings::default(),
     }
 }
 
@@ -722,8 +727,8 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> TlsClien
 #[test]
 fn recipients_match_addresses_and_domains() {
     let r = AcceptList::new(&[
-        "journal@journal.example.com".into(),
-        "@Archive.Example.com".into(),
+        AcceptEntry::open("journal@journal.example.com"),
+        AcceptEntry::open("@Archive.Example.com"),
     ]);
     assert!(r.accepts("journal@journal.example.com"));
     assert!(r.accepts("JOURNAL@Journal.Example.COM"));
