@@ -224,7 +224,7 @@ impl SmtpConfig {
         }
         for a in &self.accept {
             let needs_nets = a.require.contains(&Requirement::Networks);
-            if needs_nets != !a.networks.is_empty() {
+            if needs_nets == a.networks.is_empty() {
                 bail!(
                     "smtp.accept {:?}: `networks` and require = [\"networks\"] go together",
                     a.address

@@ -201,16 +201,14 @@ impl Users {
     pub(crate) fn verify(&self, name: &str, password: &[u8]) -> bool {
         let hash = self.hash_of(name);
         let argon = Argon2::default();
-        match hash.as_deref().map(PasswordHash::new) {
-            Some(Ok(h)) => argon.verify_password(password, &h).is_ok(),
-            _ => {
-                // Spend the same work on a hash that cannot match.
-                if let Ok(h) = PasswordHash::new(dummy_hash()) {
-                    let _ = argon.verify_password(password, &h);
-                }
-                false
-            }
+        if let Some(Ok(h)) = hash.as_deref().map(PasswordHash::new) {
+            return argon.verify_password(password, &h).is_ok();
         }
+        // Spend the same work on a hash that cannot match.
+        if let Ok(h) = PasswordHash::new(dummy_hash()) {
+            let _ = argon.verify_password(password, &h);
+        }
+        false
     }
 
     /// The stored hash of `name`, after reading the file again if it changed.
