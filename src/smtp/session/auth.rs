@@ -67,6 +67,9 @@ where
     K: Sink,
 {
     pub(super) async fn auth(&mut self, mechanism: u64, initial: String) -> io::Result<Flow> {
+        let Some(users) = self.settings.auth.users.clone() else {
+            return Ok(self.reject(502, [5, 5, 1], "Command not implemented", "protocol"));
+        };
         if !self.conn.is_tls() {
             return Ok(self.reject(
                 538,
@@ -75,9 +78,6 @@ where
                 "auth_cleartext",
             ));
         }
-        let Some(users) = self.settings.auth.users.clone() else {
-            return Ok(self.reject(502, [5, 5, 1], "AUTH not available", "protocol"));
-        };
         if self.helo.is_none() {
             return Ok(self.reject(503, [5, 5, 1], "Send EHLO first", "protocol"));
         }
