@@ -974,6 +974,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn smtp_auth_keys_and_accept_tables() {
+        let c = Config::parse(
+            "data_dir = \"/d\"\n[smtp]\nrequire_auth = true\nclient_pin_sha256 = [\"ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89\"]\n\
+             client_names = [\"mail.corp.test\"]\nauth_failure_delay = \"250ms\"\n\
+             accept = [\"plain@j.test\", { address = \"onprem@j.test\", require = [\"auth\", \"client-cert\"] }, \
+             { address = \"@cloud.test\", require = [\"networks\"], networks = [\"10.0.0.0/8\"] }]\n",
+        )
+        .unwrap();
+        assert!(c.smtp.require_auth && !c.smtp.require_client_cert);
+        assert_eq!(c.smtp.client_pin_sha256.len(), 1);
+        assert_eq!(c.smtp.auth_failure_delay, Duration::from_millis(250));
+        assert_eq!(c.smtp_users_file(), PathBuf::from("/d/smtp-users"));
+        assert_eq!(
+            c.smtp.accepted_addresses(),
+            vec!["plain@j.test", "onprem@j.test", "@cloud.test"]
+        );
+        assert!(c.smtp.accept[0].require.is_empty());
+        assert_eq!(
+            c.smtp.accept[1].require,
+            vec![Requirement::Auth, Requirement::ClientCert]
+        );
+        assert_eq!(c.smtp.accept[2].networks.len(), 1);
+        for (bad, says) in [
+            ("require_client_cert = true", "client_ca_file"),
+            ("client_names = [\"x\"]", "client_names"),
+            ("client_pin_sha256 = [\"zz\"]", "SHA-256"),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"networks\"] }]",
+                "networks",
+            ),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"client-cert\"] }]",
+                "client-cert",
+            ),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"magic\"] }]",
+                "require",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("[smtp]\n{bad}\n")).unwrap_err()
+            );
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_file_is_valid_with_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(
