@@ -67,13 +67,22 @@ impl Postfix {
         // The postfix user walks into the queue below it.
         set_mode(dir.path(), 0o755);
         let conf = dir.path().join("conf");
-        std::fs::create_dir_all(&conf).expect("conf dir");
+        for sub in ["conf", "queue", "data"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("Postfix dirs");
+        }
+        // Postfix keeps its TLS session cache and the like there, as its own user.
+        run_ok(
+            Command::new("chown")
+                .arg("postfix")
+                .arg(dir.path().join("data")),
+        );
         let base = dir.path().display().to_string();
         let mut main = format!(
             "compatibility_level = 3.6
 queue_directory = {base}/queue
 data_directory = {base}/data
 maillog_file = {base}/postfix.log
+maillog_file_prefixes = {base}
 mail_owner = postfix
 setgid_group = postdrop
 myhostname = postfix.test
