@@ -411,7 +411,7 @@ fn per_address_rules_each_refuse_what_the_other_allows() {
 #[test]
 fn password_guessing_is_slowed_down_per_address() {
     /// The slow-down step: the guesser's attempts wait up to ten of them.
-    const STEP_MS: u64 = 50;
+    const STEP_MS: u64 = 100;
     let gw = TestGateway::builder()
         .smtp(&format!("auth_failure_delay = \"{STEP_MS}ms\""))
         .start_blocking();
@@ -421,7 +421,7 @@ fn password_guessing_is_slowed_down_per_address() {
         .arg(clients_py())
         .args(["auth-brute-force", "127.0.0.1", &gw.port()])
         .arg(gw.cert())
-        .args(["exchange", "good password", "200", "8"])
+        .args(["exchange", "good password", "200", "10"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
