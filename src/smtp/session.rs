@@ -268,8 +268,17 @@ where
         }
     }
 
-    /// Records what the TLS handshake (of an implicit-TLS connection) told.
+    /// Records what the TLS handshake (of an implicit-TLS connection, or STARTTLS) told.
     pub fn set_tls(&mut self, facts: TlsFacts) {
+        if let Some(cert) = &facts.client_cert {
+            tracing::info!(
+                peer = %self.peer,
+                subject = %cert.subject,
+                sha256 = %cert.sha256,
+                accepted = cert.accepted,
+                "TLS client certificate presented"
+            );
+        }
         self.tls = Some(facts);
     }
 

@@ -564,3 +564,79 @@ fn the_users_file_is_private_and_read_by_check() {
         assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
 }
+
+/// The real `serve`, logging everything (`trace`): AUTH successes and failures are logged with
+/// the user name, never the password (in clear or base64).
+#[test]
+fn passwords_never_reach_the_log() {
+    use base64::Engine;
+    use journal_gateway_testkit::peers::{accepts_smtp, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\"]\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            dir.path().join("data"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut add = Command::new(crate::gateway_bin())
+        .args(["smtp-user", "add", "logged-user", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(b"Good-Secret-4711\n")
+        .unwrap();
+    assert!(add.wait().unwrap().success());
+    let child = Command::new(crate::gateway_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("JOURNAL_GATEWAY_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting journal-gateway serve");
+    let child = journal_gateway_testkit::peers::KillOnDrop(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !accepts_smtp(port) {
+        assert!(std::time::Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let swaks = require("swaks", "swaks");
+    for (password, id) in [
+        ("Wrong-Secret-0815", "log-wrong@corp.test"),
+        ("Good-Secret-4711", "log-good@corp.test"),
+    ] {
+        let _ = Command::new(&swaks)
+            .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--to", JOURNAL, "--from", "swaks@corp.test", "--tls"])
+            .args(["--auth", "PLAIN", "--auth-user", "logged-user"])
+            .args(["--auth-password", password])
+            .args(["--header", &format!("Message-Id: <{id}>")])
+            .output()
+            .unwrap();
+    }
+    let mut child = child;
+    let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("SMTP AUTH failed"), "{stderr}");
+    assert!(stderr.contains("SMTP AUTH succeeded"), "{stderr}");
+    assert!(stderr.contains("logged-user"), "{stderr}");
+    let b64 =
+        |s: &str| base64::engine::general_purpose::STANDARD.encode(format!("\0logged-user\0{s}"));
+    for secret in ["Wrong-Secret-0815", "Good-Secret-4711"] {
+        assert!(!stderr.contains(secret), "{secret} logged:\n{stderr}");
+        assert!(!stderr.contains(&b64(secret)), "{secret} logged in base64");
+    }
+}

@@ -32,7 +32,7 @@ where
             Ok(Ok(tls)) => {
                 let (session, client_cert) =
                     session_facts(tls.get_ref().1, self.settings.auth.client_certs.as_deref());
-                self.tls = Some(TlsFacts {
+                self.set_tls(TlsFacts {
                     session,
                     client_cert,
                 });
