@@ -547,7 +547,7 @@ fn postfix_presents_a_client_certificate_verified_against_the_ca() {
 }
 
 #[test]
-fn the_users_file_is_private_and_read_by_check() {
+fn smtp_user_add_refuses_empty_passwords_and_bad_names() {
     // `smtp-user add` reads the password from standard input and refuses an empty one.
     let gw = TestGateway::builder().start_blocking();
     let (ok, _, err) = smtp_user(&gw, &["add", "x"], "\n");
