@@ -91,9 +91,11 @@ pub struct SmtpConfig {
     /// Name announced in the greeting and EHLO, and put in a generated certificate.
     #[serde(default = "default_hostname")]
     pub hostname: String,
-    /// Journal addresses (`journal@journal.example.com`) or whole domains (`@journal.example.com`).
+    /// Journal addresses (`journal@journal.example.com`) or whole domains (`@journal.example.com`),
+    /// each a string or a table `{ address = "...", require = ["auth", "client-cert",
+    /// "networks"], networks = ["10.0.0.0/8"] }` naming what a sender must show to write to it.
     #[serde(default = "default_accept", deserialize_with = "accept_list")]
-    pub accept: Vec<String>,
+    pub accept: Vec<AcceptEntry>,
     /// Largest message accepted, in bytes (advertised with SIZE).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -119,6 +121,124 @@ pub struct SmtpConfig {
     /// Errors and unknown commands allowed in one session before it is closed with 421.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
+    /// The SMTP AUTH users (`name:<argon2 PHC hash>` lines, managed with `journal-gateway
+    /// smtp-user`). Unset: `<data_dir>/smtp-users` (filled in by [`Config::parse`]).
+    pub users_file: Option<PathBuf>,
+    /// Refuse MAIL before a successful AUTH with `530 5.7.0`.
+    #[serde(default)]
+    pub require_auth: bool,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub client_ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprints of accepted client certificates (hex, colons allowed).
+    #[serde(default, deserialize_with = "fingerprints")]
+    pub client_pin_sha256: Vec<Fingerprint>,
+    /// Names (subject CN or DNS SAN, case-insensitive) a client certificate must carry to be
+    /// accepted. Empty: any name.
+    #[serde(default)]
+    pub client_names: Vec<String>,
+    /// Refuse MAIL from a session without an accepted client certificate with `530 5.7.0`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// The slow-down step after failed AUTH attempts: a client address's next attempts wait
+    /// this long times its recent failures (at most 10 steps).
+    #[serde(default = "default_auth_failure_delay", deserialize_with = "duration")]
+    pub auth_failure_delay: Duration,
+}
+
+/// One `smtp.accept` entry: a journal address (or `@domain`) and what a sender must show to
+/// write to it (all of `require`; none for a plain string entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptEntry {
+    /// `local@domain` or `@domain`.
+    pub address: String,
+    /// What a session must have to name this address in RCPT TO.
+    pub require: Vec<Requirement>,
+    /// The client networks of [`Requirement::Networks`].
+    pub networks: Vec<IpNet>,
+}
+
+impl AcceptEntry {
+    /// An entry without requirements (a plain string in the configuration).
+    #[must_use]
+    pub fn open(address: &str) -> AcceptEntry {
+        AcceptEntry {
+            address: address.to_string(),
+            require: Vec::new(),
+            networks: Vec::new(),
+        }
+    }
+}
+
+/// What an [`AcceptEntry`] may require of a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Requirement {
+    /// The client's address is in the entry's `networks`.
+    Networks,
+    /// The session authenticated with SMTP AUTH.
+    Auth,
+    /// The session presented an accepted client certificate.
+    ClientCert,
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Requirement::Networks => "networks",
+            Requirement::Auth => "auth",
+            Requirement::ClientCert => "client-cert",
+        })
+    }
+}
+
+impl SmtpConfig {
+    /// Whether client certificates are asked for (a CA file or a pin is configured).
+    #[must_use]
+    pub fn client_certs_configured(&self) -> bool {
+        self.client_ca_file.is_some() || !self.client_pin_sha256.is_empty()
+    }
+
+    /// The accepted addresses and domains, as written.
+    #[must_use]
+    pub fn accepted_addresses(&self) -> Vec<String> {
+        self.accept.iter().map(|a| a.address.clone()).collect()
+    }
+
+    /// The checks of the `[smtp]` keys that depend on each other.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.accept.is_empty() {
+            bail!("smtp.accept: at least one journal address or @domain is needed");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("smtp.tls_cert and smtp.tls_key: set both or neither");
+        }
+        if self.max_connections == 0 {
+            bail!("smtp.max_connections: must be at least 1");
+        }
+        let certs = self.client_certs_configured();
+        if self.require_client_cert && !certs {
+            bail!("smtp.require_client_cert: needs smtp.client_ca_file or smtp.client_pin_sha256");
+        }
+        if !self.client_names.is_empty() && !certs {
+            bail!("smtp.client_names: needs smtp.client_ca_file or smtp.client_pin_sha256");
+        }
+        for a in &self.accept {
+            let needs_nets = a.require.contains(&Requirement::Networks);
+            if needs_nets == a.networks.is_empty() {
+                bail!(
+                    "smtp.accept {:?}: `networks` and require = [\"networks\"] go together",
+                    a.address
+                );
+            }
+            if a.require.contains(&Requirement::ClientCert) && !certs {
+                bail!(
+                    "smtp.accept {:?}: requiring client-cert needs smtp.client_ca_file or smtp.client_pin_sha256",
+                    a.address
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[http]`: metrics, health and the admin API.
@@ -509,8 +629,11 @@ impl Config {
 
     /// Parses and checks configuration text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         config.validate(text)?;
+        if config.smtp.users_file.is_none() {
+            config.smtp.users_file = Some(config.data_dir.join("smtp-users"));
+        }
         Ok(config)
     }
 
@@ -531,17 +654,9 @@ impl Config {
 
     /// Checks across keys, each error naming the key and the line of its table.
     fn validate(&self, text: &str) -> anyhow::Result<()> {
-        if self.smtp.accept.is_empty() {
-            bail!("smtp.accept: at least one journal address or @domain is needed");
-        }
-        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
-            bail!("smtp.tls_cert and smtp.tls_key: set both or neither");
-        }
+        self.smtp.validate()?;
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             bail!("http.tls_cert and http.tls_key: set both or neither");
-        }
-        if self.smtp.max_connections == 0 {
-            bail!("smtp.max_connections: must be at least 1");
         }
         if self.index_cache_mb == 0 {
             bail!("index_cache_mb: must be at least 1");
@@ -558,6 +673,15 @@ impl Config {
             c.validate(text)?;
         }
         Ok(())
+    }
+
+    /// The SMTP AUTH users file: `smtp.users_file`, or `<data_dir>/smtp-users`.
+    #[must_use]
+    pub fn smtp_users_file(&self) -> PathBuf {
+        self.smtp
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("smtp-users"))
     }
 
     /// The Maildir of the archived messages: `<data_dir>/archive`.
@@ -716,11 +840,38 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Er
         .collect()
 }
 
-fn accept_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let list = Vec::<String>::deserialize(d)?;
+fn accept_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AcceptEntry>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        address: String,
+        #[serde(default)]
+        require: Vec<Requirement>,
+        #[serde(default)]
+        networks: Vec<IpNet>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Address(String),
+        Table(Table),
+    }
+    let list = Vec::<Raw>::deserialize(d).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{e}: each entry is \"local@domain\", \"@domain\" or {{ address = \"...\", require = [\"auth\" | \"client-cert\" | \"networks\"], networks = [\"CIDR\"] }}"
+        ))
+    })?;
     list.into_iter()
-        .map(|a| {
-            let a = a.trim().to_string();
+        .map(|raw| {
+            let mut entry = match raw {
+                Raw::Address(a) => AcceptEntry::open(&a),
+                Raw::Table(t) => AcceptEntry {
+                    address: t.address,
+                    require: t.require,
+                    networks: t.networks,
+                },
+            };
+            let a = entry.address.trim().to_string();
             let ok = match a.split_once('@') {
                 Some(("", domain)) => !domain.is_empty() && !domain.contains('@'),
                 Some((local, domain)) => {
@@ -729,12 +880,26 @@ fn accept_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
                 None => false,
             };
             if ok {
-                Ok(a)
+                entry.address = a;
+                Ok(entry)
             } else {
                 Err(serde::de::Error::custom(format!(
                     "invalid journal address {a:?} (use local@domain or @domain)"
                 )))
             }
+        })
+        .collect()
+}
+
+fn fingerprints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Fingerprint>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            parse_fingerprint(s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+                ))
+            })
         })
         .collect()
 }
@@ -748,8 +913,11 @@ fn default_smtp_listen() -> Vec<SocketAddr> {
 fn default_hostname() -> String {
     "journal.localhost".into()
 }
-fn default_accept() -> Vec<String> {
-    vec!["journal@journal.localhost".into()]
+fn default_accept() -> Vec<AcceptEntry> {
+    vec![AcceptEntry::open("journal@journal.localhost")]
+}
+fn default_auth_failure_delay() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_max_message_size() -> u64 {
     150 * 1024 * 1024
@@ -806,6 +974,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn smtp_auth_keys_and_accept_tables() {
+        let c = Config::parse(
+            "data_dir = \"/d\"\n[smtp]\nrequire_auth = true\nclient_pin_sha256 = [\"ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89\"]\n\
+             client_names = [\"mail.corp.test\"]\nauth_failure_delay = \"250ms\"\n\
+             accept = [\"plain@j.test\", { address = \"onprem@j.test\", require = [\"auth\", \"client-cert\"] }, \
+             { address = \"@cloud.test\", require = [\"networks\"], networks = [\"10.0.0.0/8\"] }]\n",
+        )
+        .unwrap();
+        assert!(c.smtp.require_auth && !c.smtp.require_client_cert);
+        assert_eq!(c.smtp.client_pin_sha256.len(), 1);
+        assert_eq!(c.smtp.auth_failure_delay, Duration::from_millis(250));
+        assert_eq!(c.smtp_users_file(), PathBuf::from("/d/smtp-users"));
+        assert_eq!(
+            c.smtp.accepted_addresses(),
+            vec!["plain@j.test", "onprem@j.test", "@cloud.test"]
+        );
+        assert!(c.smtp.accept[0].require.is_empty());
+        assert_eq!(
+            c.smtp.accept[1].require,
+            vec![Requirement::Auth, Requirement::ClientCert]
+        );
+        assert_eq!(c.smtp.accept[2].networks.len(), 1);
+        for (bad, says) in [
+            ("require_client_cert = true", "client_ca_file"),
+            ("client_names = [\"x\"]", "client_names"),
+            ("client_pin_sha256 = [\"zz\"]", "SHA-256"),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"networks\"] }]",
+                "networks",
+            ),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"client-cert\"] }]",
+                "client-cert",
+            ),
+            (
+                "accept = [{ address = \"a@b.c\", require = [\"magic\"] }]",
+                "require",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::parse(&format!("[smtp]\n{bad}\n")).unwrap_err()
+            );
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn empty_file_is_valid_with_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(
@@ -820,7 +1036,11 @@ mod tests {
     #[test]
     fn embedded_default_parses() {
         let c = Config::embedded_default();
-        assert_eq!(c.smtp.accept, vec!["journal@journal.localhost"]);
+        assert_eq!(
+            c.smtp.accepted_addresses(),
+            vec!["journal@journal.localhost"]
+        );
+        assert!(c.smtp.accept[0].require.is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::archive::{Applied, Archive, ArchiveError, Arrival};
 use crate::clock::UnixMs;
-use crate::index::{IndexError, Record, Sighting};
+use crate::index::{IndexError, Provenance, Record, Sighting};
 use crate::journal;
 use crate::metrics::Metrics;
 use crate::migration::CutoverFacts;
@@ -52,6 +52,8 @@ pub struct Delivery {
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL: remembered with the key, so a later run can DELE it without downloading again.
     pub uidl: Option<String>,
+    /// How an SMTP sender was identified (kept on the sighting).
+    pub provenance: Option<Provenance>,
 }
 
 impl Delivery {
@@ -63,7 +65,15 @@ impl Delivery {
             mail_from: Some(mail_from),
             rcpt_to,
             uidl: None,
+            provenance: None,
         }
+    }
+
+    /// The same arrival with how its sender was identified.
+    #[must_use]
+    pub fn with_provenance(mut self, provenance: Provenance) -> Delivery {
+        self.provenance = Some(provenance);
+        self
     }
 
     /// A POP3 arrival of `collector`, with the message's UIDL when the server gave one.
@@ -76,6 +86,7 @@ impl Delivery {
             mail_from: None,
             rcpt_to: Vec::new(),
             uidl,
+            provenance: None,
         }
     }
 }
@@ -344,6 +355,7 @@ impl Ingest {
             mail_from: delivery.mail_from,
             rcpt_to: delivery.rcpt_to,
             uidl: delivery.uidl,
+            provenance: delivery.provenance,
         };
         let record = Record {
             file: String::new(),

@@ -69,3 +69,7 @@ pub(crate) mod smtp;
 pub(crate) mod store;
 pub(crate) mod systemd;
 pub mod tls;
+
+/// The SMTP AUTH users file (what `journal-gateway smtp-user` edits), from the crate-private
+/// `smtp` module.
+pub use smtp::users as smtp_users;

@@ -64,6 +64,35 @@ enum Command {
         #[command(subcommand)]
         action: MigrationCommand,
     },
+    /// SMTP AUTH users (`[smtp] users_file`): add, remove, list. A running gateway picks the
+    /// changes up by itself.
+    SmtpUser {
+        #[command(subcommand)]
+        action: SmtpUserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SmtpUserCommand {
+    /// Add a user, or set a new password for one; the password is read from standard input
+    /// (its first line).
+    Add {
+        /// The user name (letters, digits, `.-_@+`).
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove a user.
+    Remove {
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The user names.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +278,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("exported {n} messages to {}", out.display());
             Ok(())
         }
+        Command::SmtpUser { action } => smtp_user(action),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Migration {
             action: MigrationCommand::Status { remote },
@@ -302,6 +332,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             remote_verb(remote, verb)
         }
     }
+}
+
+/// `smtp-user add|remove|list`: edits the users file of the configuration.
+fn smtp_user(action: SmtpUserCommand) -> anyhow::Result<()> {
+    use journal_gateway::smtp_users;
+    match action {
+        SmtpUserCommand::Add { name, config } => {
+            let path = load(config.as_ref())?.smtp_users_file();
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.strip_suffix('\n').unwrap_or(&line);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            let existed = smtp_users::add(&path, &name, password)?;
+            let what = if existed { "password changed" } else { "added" };
+            println!("user {name} {what} in {}", path.display());
+        }
+        SmtpUserCommand::Remove { name, config } => {
+            let path = load(config.as_ref())?.smtp_users_file();
+            if !smtp_users::remove(&path, &name)? {
+                anyhow::bail!("no user {name} in {}", path.display());
+            }
+            println!("user {name} removed from {}", path.display());
+        }
+        SmtpUserCommand::List { config } => {
+            let path = load(config.as_ref())?.smtp_users_file();
+            for name in smtp_users::list(&path)? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs a verb against the running server's admin API and prints the answer.

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub smtp_sessions_active: IntGauge,
     /// SMTP connections, commands or messages refused, by reason.
     pub smtp_rejected: IntCounterVec,
+    /// Failed SMTP AUTH attempts, by mechanism (`plain`, `login`).
+    pub smtp_auth_failures: IntCounterVec,
     /// Messages in each journal mailbox at its last poll (the queue on the server).
     pub pop3_queue: IntGaugeVec,
     /// Unix time of each collector's last successful run.
@@ -149,6 +151,11 @@ impl Metrics {
                 "SMTP commands or connections refused, by reason.",
                 &["reason"],
             ),
+            smtp_auth_failures: counter_vec(
+                "smtp_auth_failures_total",
+                "Failed SMTP AUTH attempts (wrong user name or password), by mechanism.",
+                &["mechanism"],
+            ),
             pop3_queue: gauge_vec(
                 "pop3_queue_messages",
                 "Messages in the POP3 journal mailbox at the last poll.",
@@ -196,6 +203,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for mechanism in ["plain", "login"] {
+            m.smtp_auth_failures.with_label_values(&[mechanism]);
+        }
         for source in ["smtp", "pop3"] {
             m.received.with_label_values(&[source]);
             m.archived.with_label_values(&[source]);

@@ -275,7 +275,11 @@ pub fn describe(config: &Config) -> String {
     for a in &config.smtp.tls_listen {
         let _ = writeln!(s, "SMTP (implicit TLS): {a}");
     }
-    let _ = writeln!(s, "SMTP accepts: {}", config.smtp.accept.join(", "));
+    let _ = writeln!(
+        s,
+        "SMTP accepts: {}",
+        config.smtp.accepted_addresses().join(", ")
+    );
     let _ = writeln!(
         s,
         "HTTP (metrics, admin API): http://{}",

@@ -24,8 +24,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::index::{
+    ClientCert, Provenance, Record, Sighting, Source, Stats, TlsSession, DEFAULT_CACHE_BYTES,
+};
 use crate::index::{Facts, Index, IndexError};
-pub use crate::index::{Record, Sighting, Source, Stats, DEFAULT_CACHE_BYTES};
 use crate::store::Maildir;
 
 /// An archive failure: the index, or the message files.

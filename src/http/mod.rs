@@ -115,7 +115,7 @@ impl HttpServer {
             state: AppState {
                 https: tls.is_some(),
                 ctx,
-                accepted: Arc::new(config.smtp.accept.clone()),
+                accepted: Arc::new(config.smtp.accepted_addresses()),
                 archive_dir: config.archive_dir(),
                 token: Arc::new(token),
                 readiness: Readiness::default(),

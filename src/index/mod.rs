@@ -24,7 +24,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
-pub use record::{Record, Sighting, Source};
+pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
 use crate::clock::UnixMs;
 

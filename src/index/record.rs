@@ -6,6 +6,8 @@ use super::IndexError;
 use crate::clock::UnixMs;
 use crate::journal::{union_recipients, Format, Recipient};
 
+mod legacy;
+
 /// Where an arrival came from. Stored and shown as `smtp` or `pop3:<collector>` (its
 /// [`Display`](std::fmt::Display) and [`FromStr`](std::str::FromStr) are the one place that
 /// spells it).
@@ -86,7 +88,7 @@ impl TryFrom<String> for Source {
 }
 
 /// The encoding version [`Record::encode`] writes.
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 /// Most entries [`Record::envelope_warnings`] keeps (the first ones; later arrivals that hit a
 /// bound are still logged and counted).
@@ -130,7 +132,6 @@ pub struct Record {
     /// longer than the window cut there, a header section not read to its end): when not
     /// empty, [`Record::recipients`] may lack what the cut text held. Distinct texts of every
     /// arrival, at most [`MAX_ENVELOPE_WARNINGS`]. Empty in records written before version 3.
-    /// Must stay the last field (see [`Record::decode`]).
     pub envelope_warnings: Vec<String>,
 }
 
@@ -147,6 +148,44 @@ pub struct Sighting {
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL, when it was collected.
     pub uidl: Option<String>,
+    /// How the sender of an SMTP arrival was identified (peer, TLS, client certificate, AUTH);
+    /// None for POP3 arrivals and in records written before version 4.
+    pub provenance: Option<Provenance>,
+}
+
+/// How an SMTP sender was identified when it handed over one arrival: what the gateway knew of
+/// the session at the final reply. Shown in the admin API with each sighting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The client's address and port.
+    pub peer: std::net::SocketAddr,
+    /// The TLS session, None in clear text.
+    pub tls: Option<TlsSession>,
+    /// The certificate the client presented, if any (accepted or not).
+    pub client_cert: Option<ClientCert>,
+    /// The SMTP AUTH identity (user name in the users file), if the client authenticated.
+    pub auth: Option<String>,
+}
+
+/// The TLS parameters of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsSession {
+    /// The protocol version (`TLSv1_3`, `TLSv1_2`).
+    pub version: String,
+    /// The negotiated cipher suite (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher: String,
+}
+
+/// A TLS client certificate as presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCert {
+    /// The subject distinguished name (`CN=mail.corp.example, O=Corp`).
+    pub subject: String,
+    /// SHA-256 of the certificate (DER) as colon-separated upper-case hex.
+    pub sha256: String,
+    /// True when the certificate passed the configured checks (CA, pin, names): only then does
+    /// it count as authenticating the sender.
+    pub accepted: bool,
 }
 
 impl Record {
@@ -218,22 +257,12 @@ impl Record {
         out
     }
 
-    /// Reads version 3, version 2 (which lacks the last field, `envelope_warnings`) and
-    /// version 1 (which also lacks `journaled_ms`): postcard writes fields in order, `None` as
-    /// one zero byte and an empty list as its length 0, so a version 2 body followed by a zero
-    /// byte is the same record in version 3 with no warnings, and a version 1 body followed by
-    /// two zero bytes the same with `journaled_ms: None` too.
+    /// Reads version 4 directly and versions 3, 2 and 1 through their legacy layout
+    /// ([`legacy::RecordV3`], whose sightings lack `provenance`), converted.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, IndexError> {
-        let older = |rest: &[u8], missing: usize| {
-            let mut v3 = Vec::with_capacity(rest.len() + missing);
-            v3.extend_from_slice(rest);
-            v3.resize(rest.len() + missing, 0);
-            postcard::from_bytes(&v3)
-        };
         match bytes.split_first() {
             Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
-            Some((2, rest)) => Ok(older(rest, 1)?),
-            Some((1, rest)) => Ok(older(rest, 2)?),
+            Some((&v @ 1..=3, rest)) => Ok(legacy::decode(v, rest)?.into()),
             Some((&v, _)) => Err(IndexError::RecordVersion(v)),
             None => Err(IndexError::Corrupt("empty index record")),
         }
@@ -252,6 +281,29 @@ mod tests {
             expanded: None,
             forwarded: None,
         }
+    }
+
+    /// A sighting as versions 1 to 3 wrote it (without `provenance`).
+    #[derive(Serialize)]
+    struct SightingV3<'a> {
+        source: &'a Source,
+        at_ms: UnixMs,
+        mail_from: &'a Option<String>,
+        rcpt_to: &'a [String],
+        uidl: &'a Option<String>,
+    }
+
+    fn v3_sightings(sightings: &[Sighting]) -> Vec<SightingV3<'_>> {
+        sightings
+            .iter()
+            .map(|s| SightingV3 {
+                source: &s.source,
+                at_ms: s.at_ms,
+                mail_from: &s.mail_from,
+                rcpt_to: &s.rcpt_to,
+                uidl: &s.uidl,
+            })
+            .collect()
     }
 
     fn record() -> Record {
@@ -274,6 +326,7 @@ mod tests {
                 mail_from: Some(String::new()),
                 rcpt_to: vec![],
                 uidl: None,
+                provenance: None,
             }],
             duplicates: 0,
             journaled_ms: Some(UnixMs(1_700_000_000_000)),
@@ -293,6 +346,7 @@ mod tests {
         assert!(Record::decode(&[1, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[2, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[3, 0xff, 0xff]).is_err());
+        assert!(Record::decode(&[4, 0xff, 0xff]).is_err());
         let mut warned = record();
         warned.envelope_warnings =
             vec!["1 envelope line(s) longer than 65536 bytes cut there".into()];
@@ -317,7 +371,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: &'a [Sighting],
+            sightings: Vec<SightingV3<'a>>,
             duplicates: u64,
             journaled_ms: Option<UnixMs>,
         }
@@ -341,7 +395,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: &r.sightings,
+            sightings: v3_sightings(&r.sightings),
             duplicates: r.duplicates,
             journaled_ms: r.journaled_ms,
         };
@@ -350,11 +404,14 @@ mod tests {
         let decoded = Record::decode(&bytes).unwrap();
         assert_eq!(decoded, r);
         assert!(!decoded.recipients_incomplete());
-        // Written again, it is version 3: the version 2 body and an empty warning list.
+        // The version 2 body and an empty warning list is the same record in version 3.
         let mut v3 = bytes.clone();
         v3[0] = 3;
         v3.push(0);
-        assert_eq!(decoded.encode(), v3);
+        assert_eq!(Record::decode(&v3).unwrap(), r);
+        // Written again, it is version 4 (and reads back the same).
+        assert_eq!(decoded.encode()[0], 4);
+        assert_eq!(Record::decode(&decoded.encode()).unwrap(), r);
         // A version 2 record is not a version 3 one: the version byte matters.
         bytes[0] = 3;
         assert!(Record::decode(&bytes).is_err());
@@ -378,7 +435,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: &'a [Sighting],
+            sightings: Vec<SightingV3<'a>>,
             duplicates: u64,
         }
         let mut r = record();
@@ -396,7 +453,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: &r.sightings,
+            sightings: v3_sightings(&r.sightings),
             duplicates: r.duplicates,
         };
         let mut bytes = vec![1u8];
@@ -412,6 +469,95 @@ mod tests {
         // A version 1 record is not a version 2 one: the version byte matters.
         bytes[0] = 2;
         assert!(Record::decode(&bytes).is_err());
+    }
+
+    /// Indexes written by version 3 (before `provenance`) still read, every sighting without
+    /// one; the version byte matters (a version 3 body is not a version 4 one).
+    #[test]
+    fn version_3_records_still_decode() {
+        /// The record as version 3 wrote it: sightings without `provenance`.
+        #[derive(Serialize)]
+        struct V3<'a> {
+            file: &'a str,
+            size: u64,
+            sha256: &'a str,
+            format: Format,
+            message_id: &'a Option<String>,
+            subject: &'a Option<String>,
+            from: &'a Option<String>,
+            date: &'a Option<String>,
+            identity: &'a str,
+            variant: bool,
+            sender: &'a Option<String>,
+            recipients: &'a [Recipient],
+            sightings: Vec<SightingV3<'a>>,
+            duplicates: u64,
+            journaled_ms: Option<UnixMs>,
+            envelope_warnings: &'a [String],
+        }
+        let mut r = record();
+        r.sightings.push(Sighting {
+            source: Source::Pop3 {
+                collector: "exch".into(),
+            },
+            at_ms: UnixMs(2),
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u1".into()),
+            provenance: None,
+        });
+        r.duplicates = 1;
+        r.envelope_warnings = vec!["w".into()];
+        let v3 = V3 {
+            file: &r.file,
+            size: r.size,
+            sha256: &r.sha256,
+            format: r.format,
+            message_id: &r.message_id,
+            subject: &r.subject,
+            from: &r.from,
+            date: &r.date,
+            identity: &r.identity,
+            variant: r.variant,
+            sender: &r.sender,
+            recipients: &r.recipients,
+            sightings: v3_sightings(&r.sightings),
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+            envelope_warnings: &r.envelope_warnings,
+        };
+        let mut bytes = vec![3u8];
+        bytes.extend(postcard::to_stdvec(&v3).unwrap());
+        let decoded = Record::decode(&bytes).unwrap();
+        assert_eq!(decoded, r);
+        assert!(decoded.sightings.iter().all(|s| s.provenance.is_none()));
+        bytes[0] = 4;
+        assert!(Record::decode(&bytes).is_err());
+    }
+
+    /// Version 4 keeps each SMTP sighting's provenance.
+    #[test]
+    fn provenance_round_trips() {
+        let mut r = record();
+        r.sightings[0].provenance = Some(Provenance {
+            peer: "192.0.2.7:40000".parse().unwrap(),
+            tls: Some(TlsSession {
+                version: "TLSv1_3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
+            client_cert: Some(ClientCert {
+                subject: "CN=mail.corp.test".into(),
+                sha256: "AB:CD".into(),
+                accepted: true,
+            }),
+            auth: Some("exchange".into()),
+        });
+        let bytes = r.encode();
+        assert_eq!(bytes[0], 4);
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        let json = serde_json::to_value(&r.sightings[0]).unwrap();
+        assert_eq!(json["provenance"]["auth"], "exchange");
+        assert_eq!(json["provenance"]["peer"], "192.0.2.7:40000");
     }
 
     #[test]
@@ -436,6 +582,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u".into()),
+            provenance: None,
         };
         let mut arrival = record();
         arrival.recipients = vec![
@@ -505,6 +652,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u1".into()),
+            provenance: None,
         });
         let old = Old {
             file: &r.file,
@@ -541,10 +689,10 @@ mod tests {
         let mut bytes = vec![2u8];
         bytes.extend(postcard::to_stdvec(&old).unwrap());
         assert_eq!(Record::decode(&bytes).unwrap(), r);
-        // It is written the same way (in version 3: the same body and an empty warning list).
+        // In version 3 it is the same body and an empty warning list.
         bytes[0] = 3;
         bytes.push(0);
-        assert_eq!(r.encode(), bytes, "and it is written the same way");
+        assert_eq!(Record::decode(&bytes).unwrap(), r, "the same in version 3");
     }
 
     /// Sources are stored and shown as they always were: `smtp`, `pop3:<collector>`.

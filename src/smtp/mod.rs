@@ -6,10 +6,15 @@
 //! [`session::Session`], which hands complete messages to the one ingest path.
 //!
 //! Connection admission happens here: `allowed_clients` (554 at connect) and `max_connections`
-//! (421 4.7.0 beyond it).
+//! (421 4.7.0 beyond it). Who the sender is (AUTH with the `users` file, TLS client
+//! certificates checked by `client_cert`, failed attempts slowed down by `slowdown`) is decided
+//! in the session, per MAIL and per journal address (`accept`).
 
 mod accept;
+mod client_cert;
 mod session;
+mod slowdown;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::net::Conn;
 use crate::tls::TlsIdentity;
-use session::{Session, Settings};
+use session::{Session, Settings, TlsFacts};
 
 /// The bound SMTP listeners, ready to run.
 pub struct SmtpServer {
@@ -74,7 +79,13 @@ impl SmtpServer {
     ) -> anyhow::Result<SmtpServer> {
         let tls = crate::tls::load_or_generate(config).context("setting up SMTP TLS")?;
         tracing::info!(cert = %tls.cert_path.display(), sha256 = %tls.fingerprint, "SMTP TLS certificate");
-        let acceptor = TlsAcceptor::from(tls.config.clone());
+        let settings =
+            Settings::from_config(&config.smtp, Some(TlsAcceptor::from(tls.config.clone())))?;
+        // The acceptor of the settings: it asks for client certificates when configured.
+        let acceptor = settings
+            .tls
+            .clone()
+            .unwrap_or_else(|| TlsAcceptor::from(tls.config.clone()));
         let mut plain = Vec::new();
         for addr in &config.smtp.listen {
             plain.push(
@@ -91,7 +102,7 @@ impl SmtpServer {
                     .with_context(|| format!("binding SMTPS listener {addr}"))?,
             );
         }
-        let settings = Arc::new(Settings::from_config(&config.smtp, Some(acceptor.clone())));
+        let settings = Arc::new(settings);
         let shared = Arc::new(Shared {
             ingest,
             metrics,
@@ -203,10 +214,21 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         let _slot = slot;
         shared2.metrics.smtp_sessions_active.inc();
         let _active = ActiveGuard(shared2.metrics.smtp_sessions_active.clone());
+        let mut facts = None;
         let conn = if implicit_tls {
             let handshake = shared2.acceptor.accept(stream);
             match tokio::time::timeout(shared2.settings.command_timeout, handshake).await {
-                Ok(Ok(tls)) => Conn::tls(tls),
+                Ok(Ok(tls)) => {
+                    let (session, client_cert) = client_cert::session_facts(
+                        tls.get_ref().1,
+                        shared2.settings.auth.client_certs.as_deref(),
+                    );
+                    facts = Some(TlsFacts {
+                        session,
+                        client_cert,
+                    });
+                    Conn::tls(tls)
+                }
                 Ok(Err(e)) => {
                     tracing::info!(%peer, "SMTPS handshake failed: {e}");
                     return;
@@ -219,7 +241,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         } else {
             Conn::Plain(stream)
         };
-        let session = Session::new(
+        let mut session = Session::new(
             conn,
             peer,
             shared2.settings.clone(),
@@ -227,6 +249,9 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
             shared2.metrics.clone(),
             shared2.shutdown.clone(),
         );
+        if let Some(facts) = facts {
+            session.set_tls(facts);
+        }
         session.run().await;
     });
 }

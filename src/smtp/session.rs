@@ -14,8 +14,10 @@
 //!
 //! This file holds the session's state, its read/write loop and the dispatch over `smtp-proto`'s
 //! requests; the verbs with rules of their own are one file each: `ehlo` (EHLO/HELO),
-//! `starttls`, `mail` (MAIL/RCPT) and `data` (DATA/BDAT transfer and the final reply).
+//! `starttls`, `auth` (AUTH PLAIN/LOGIN), `mail` (MAIL/RCPT: what a sender must have shown) and
+//! `data` (DATA/BDAT transfer and the final reply, with the sender's provenance).
 
+mod auth;
 mod data;
 mod ehlo;
 mod mail;
@@ -35,8 +37,12 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::accept::AcceptList;
+use super::accept::{AcceptList, Credentials};
+use super::client_cert::ClientCertPolicy;
+use super::slowdown::AuthFailures;
+use super::users::Users;
 use crate::config::SmtpConfig;
+use crate::index::{ClientCert, Provenance, TlsSession};
 use crate::ingest::{Delivery, Ingest, IngestError, MessageWriter, Outcome};
 use crate::metrics::Metrics;
 use crate::net::{BodyWriter, Conn};
@@ -93,11 +99,49 @@ pub struct Settings {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub max_errors: u32,
+    /// Who the sender is: AUTH, client certificates, what MAIL requires.
+    pub auth: AuthSettings,
+}
+
+/// The sender-identification part of [`Settings`].
+pub struct AuthSettings {
+    /// The AUTH users; None: AUTH is not offered.
+    pub users: Option<Arc<Users>>,
+    /// MAIL before AUTH is refused (530 5.7.0).
+    pub require_auth: bool,
+    /// MAIL without an accepted client certificate is refused (530 5.7.0).
+    pub require_client_cert: bool,
+    /// What makes a client certificate acceptable; None: none is asked for.
+    pub client_certs: Option<Arc<ClientCertPolicy>>,
+    /// Failed AUTH attempts per client address (the slow-down).
+    pub failures: Arc<AuthFailures>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            users: None,
+            require_auth: false,
+            require_client_cert: false,
+            client_certs: None,
+            failures: Arc::new(AuthFailures::new(Duration::from_secs(1))),
+        }
+    }
 }
 
 impl Settings {
-    pub fn from_config(smtp: &SmtpConfig, tls: Option<TlsAcceptor>) -> Settings {
-        Settings {
+    /// The settings of `[smtp]`; `tls` serves the server certificate (and is made to ask for
+    /// client certificates when `client_ca_file` or `client_pin_sha256` is set). Fails when the
+    /// client CA file cannot be read.
+    pub fn from_config(smtp: &SmtpConfig, tls: Option<TlsAcceptor>) -> anyhow::Result<Settings> {
+        let client_certs = ClientCertPolicy::from_config(smtp)?.map(Arc::new);
+        let tls = match (tls, &client_certs) {
+            (Some(acceptor), Some(_)) => Some(TlsAcceptor::from(ClientCertPolicy::server_config(
+                acceptor.config(),
+            )?)),
+            (tls, _) => tls,
+        };
+        Ok(Settings {
             hostname: smtp.hostname.clone(),
             accept: AcceptList::new(&smtp.accept),
             max_message_size: smtp.max_message_size,
@@ -106,8 +150,27 @@ impl Settings {
             command_timeout: smtp.command_timeout,
             data_timeout: smtp.data_timeout,
             max_errors: smtp.max_errors,
-        }
+            auth: AuthSettings {
+                users: smtp
+                    .users_file
+                    .as_ref()
+                    .map(|p| Arc::new(Users::new(p.clone()))),
+                require_auth: smtp.require_auth,
+                require_client_cert: smtp.require_client_cert,
+                client_certs,
+                failures: Arc::new(AuthFailures::new(smtp.auth_failure_delay)),
+            },
+        })
     }
+}
+
+/// What the TLS handshake told about a session: its parameters and the client's certificate.
+#[derive(Debug, Clone)]
+pub struct TlsFacts {
+    /// Version and cipher.
+    pub session: TlsSession,
+    /// The certificate the client presented, judged.
+    pub client_cert: Option<ClientCert>,
 }
 
 /// Why a session ended.
@@ -168,6 +231,10 @@ pub struct Session<S, K: Sink> {
     helo: Option<String>,
     tx: Option<Transaction<K>>,
     errors: u32,
+    /// The TLS session, once TLS is active.
+    tls: Option<TlsFacts>,
+    /// The AUTH identity, once AUTH succeeded.
+    auth: Option<String>,
 }
 
 impl<S, K> Session<S, K>
@@ -196,6 +263,49 @@ where
             helo: None,
             tx: None,
             errors: 0,
+            tls: None,
+            auth: None,
+        }
+    }
+
+    /// Records what the TLS handshake (of an implicit-TLS connection, or STARTTLS) told.
+    pub fn set_tls(&mut self, facts: TlsFacts) {
+        if let Some(cert) = &facts.client_cert {
+            tracing::info!(
+                peer = %self.peer,
+                subject = %cert.subject,
+                sha256 = %cert.sha256,
+                accepted = cert.accepted,
+                "TLS client certificate presented"
+            );
+        }
+        self.tls = Some(facts);
+    }
+
+    /// Whether the client presented a certificate the policy accepts.
+    fn client_cert_accepted(&self) -> bool {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.client_cert.as_ref())
+            .is_some_and(|c| c.accepted)
+    }
+
+    /// What this session has shown about its sender.
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            peer: self.peer.ip(),
+            authenticated: self.auth.is_some(),
+            client_cert: self.client_cert_accepted(),
+        }
+    }
+
+    /// How the sender of this session was identified, for the record.
+    fn provenance(&self) -> Provenance {
+        Provenance {
+            peer: self.peer,
+            tls: self.tls.as_ref().map(|t| t.session.clone()),
+            client_cert: self.tls.as_ref().and_then(|t| t.client_cert.clone()),
+            auth: self.auth.clone(),
         }
     }
 
@@ -420,8 +530,11 @@ where
                 );
                 Flow::Continue
             }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await,
             Request::Lhlo { .. }
-            | Request::Auth { .. }
             | Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }

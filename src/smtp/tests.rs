@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::AcceptList;
-use super::session::{End, Session, Settings, Sink};
+use super::session::{AuthSettings, End, Session, Settings, Sink};
+use crate::config::AcceptEntry;
 use crate::ingest::{Delivery, IngestError, Outcome};
 use crate::metrics::Metrics;
 use crate::net::{BodyWriter, Conn};
@@ -97,13 +98,17 @@ impl MemorySink {
 fn settings() -> Settings {
     Settings {
         hostname: "journal.test".into(),
-        accept: AcceptList::new(&["journal@journal.test".into(), "@archive.test".into()]),
+        accept: AcceptList::new(&[
+            AcceptEntry::open("journal@journal.test"),
+            AcceptEntry::open("@archive.test"),
+        ]),
         max_message_size: 10_000,
         require_starttls: false,
         tls: None,
         command_timeout: Duration::from_secs(10),
         data_timeout: Duration::from_secs(10),
         max_errors: 5,
+        auth: AuthSettings::default(),
     }
 }
 
@@ -722,8 +727,8 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> TlsClien
 #[test]
 fn recipients_match_addresses_and_domains() {
     let r = AcceptList::new(&[
-        "journal@journal.example.com".into(),
-        "@Archive.Example.com".into(),
+        AcceptEntry::open("journal@journal.example.com"),
+        AcceptEntry::open("@Archive.Example.com"),
     ]);
     assert!(r.accepts("journal@journal.example.com"));
     assert!(r.accepts("JOURNAL@Journal.Example.COM"));
@@ -734,4 +739,77 @@ fn recipients_match_addresses_and_domains() {
     assert!(!r.accepts("@archive.example.com"));
     assert!(!r.accepts("postmaster"));
     assert!(!r.accepts(""));
+}
+
+/// Settings with an (empty) users file, as every configured gateway has.
+fn settings_with_users(dir: &std::path::Path) -> Settings {
+    let mut s = settings();
+    s.auth.users = Some(Arc::new(super::users::Users::new(dir.join("smtp-users"))));
+    s
+}
+
+#[tokio::test]
+async fn auth_in_clear_text_is_refused_and_not_advertised() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start_with(settings_with_users(dir.path()));
+    h.client.expect("220").await;
+    h.client.send("EHLO x\r\n").await;
+    let ehlo = h.client.expect("250").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    h.client.send("AUTH PLAIN AGFAYg==\r\nAUTH LOGIN\r\n").await;
+    h.client.expect("538 5.7.11").await;
+    h.client.expect("538 5.7.11").await;
+    assert_eq!(rejected(&h.metrics, "auth_cleartext"), 2);
+}
+
+#[tokio::test]
+async fn require_auth_and_require_client_cert_refuse_mail() {
+    let mut s = settings();
+    s.auth.require_auth = true;
+    let mut h = started(s).await;
+    h.client.send("MAIL FROM:<a@corp.test>\r\n").await;
+    h.client.expect("530 5.7.0 Authentication required").await;
+    assert_eq!(rejected(&h.metrics, "auth_required"), 1);
+
+    let mut s = settings();
+    s.auth.require_client_cert = true;
+    let mut h = started(s).await;
+    h.client.send("MAIL FROM:<a@corp.test>\r\n").await;
+    h.client.expect("530 5.7.0").await;
+    assert_eq!(rejected(&h.metrics, "client_cert_required"), 1);
+    assert!(h.sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn per_address_rules_refuse_rcpt_and_provenance_is_kept() {
+    use crate::config::Requirement;
+    let mut s = settings();
+    s.accept = AcceptList::new(&[
+        AcceptEntry {
+            address: "onprem@journal.test".into(),
+            require: vec![Requirement::Auth],
+            networks: vec![],
+        },
+        AcceptEntry {
+            address: "cloud@journal.test".into(),
+            require: vec![Requirement::Networks],
+            networks: vec!["192.0.2.0/24".parse().unwrap()],
+        },
+    ]);
+    let mut h = started(s).await;
+    h.client
+        .send("MAIL FROM:<a@corp.test>\r\nRCPT TO:<onprem@journal.test>\r\nRCPT TO:<cloud@journal.test>\r\nDATA\r\n")
+        .await;
+    h.client.expect("250 2.1.0").await;
+    h.client.expect("550 5.7.1 <onprem@journal.test>").await;
+    h.client.expect("250 2.1.5").await;
+    h.client.expect("354").await;
+    h.client.send("hi\r\n.\r\n").await;
+    h.client.expect("250 2.0.0").await;
+    assert_eq!(rejected(&h.metrics, "not_authorised"), 1);
+    let msgs = h.sink.messages();
+    assert_eq!(msgs[0].0.rcpt_to, vec!["cloud@journal.test"]);
+    let p = msgs[0].0.provenance.as_ref().expect("provenance");
+    assert_eq!(p.peer, "192.0.2.1:50000".parse().unwrap());
+    assert!(p.tls.is_none() && p.client_cert.is_none() && p.auth.is_none());
 }

@@ -447,6 +447,11 @@ async fn console_in_chromium() {
         .unwrap();
     let sightings = b.text("#sightings").await.unwrap();
     assert!(sightings.contains("smtp"), "{sightings}");
+    // Its provenance: swaks connected from loopback, in clear text.
+    assert!(
+        sightings.contains("127.0.0.1:") && sightings.contains("no TLS"),
+        "{sightings}"
+    );
     let href = b
         .attribute("#download", "href")
         .await

@@ -76,6 +76,7 @@ async fn promtool_accepts_the_live_metrics() {
         "journal_gateway_archive_bytes_total",
         "journal_gateway_smtp_sessions_active",
         "journal_gateway_smtp_rejected_total",
+        "journal_gateway_smtp_auth_failures_total",
         "journal_gateway_pop3_queue_messages",
         "journal_gateway_pop3_last_success_timestamp_seconds",
         "journal_gateway_pop3_errors_total",

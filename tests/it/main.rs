@@ -14,6 +14,7 @@ mod logs;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
+mod smtp_auth;
 mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;

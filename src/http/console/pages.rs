@@ -701,12 +701,21 @@ pub(super) async fn message(
             section.card {
                 h2 { "Sightings" }
                 div.scroll { table #sightings {
-                    thead { tr { th { "Path" } th { "When" } th { "Envelope" } th { "UIDL" } } }
+                    thead { tr { th { "Path" } th { "When" } th { "Envelope" } th { "UIDL" } th { "Sender" } } }
                     tbody { @for s in &r.sightings { tr {
                         td { (s.source.to_string()) }
                         td { (time(Some(s.at_ms))) }
                         td { @if let Some(f) = &s.mail_from { "from " code { (f) } } @if !s.rcpt_to.is_empty() { " to " (s.rcpt_to.join(", ")) } }
                         td { (s.uidl.as_deref().unwrap_or("—")) }
+                        td.provenance { @if let Some(p) = &s.provenance {
+                            code { (p.peer) }
+                            @if let Some(t) = &p.tls { span.muted { " · " (t.version) " " (t.cipher) } } @else { span.muted { " · no TLS" } }
+                            @if let Some(u) = &p.auth { " · AUTH " code { (u) } }
+                            @if let Some(c) = &p.client_cert {
+                                " · certificate " (c.subject) " " span.muted { (c.sha256) }
+                                @if !c.accepted { " (not accepted)" }
+                            }
+                        } @else { "—" } }
                     } } }
                 } }
             }

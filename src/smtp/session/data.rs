@@ -215,7 +215,7 @@ where
                 return Flow::Continue;
             }
         };
-        let delivery = Delivery::smtp(tx.mail_from, tx.rcpt_to);
+        let delivery = Delivery::smtp(tx.mail_from, tx.rcpt_to).with_provenance(self.provenance());
         match self.sink.ingest(delivery, writer).await {
             Ok(Outcome::Archived { key, .. }) => {
                 tracing::debug!(peer = %self.peer, %key, len, "message archived");

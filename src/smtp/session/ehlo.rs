@@ -1,8 +1,8 @@
 //! `EHLO` and `HELO`: a new session state, and what this endpoint offers.
 
 use smtp_proto::{
-    EhloResponse, EXT_8BIT_MIME, EXT_CHUNKING, EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING, EXT_SIZE,
-    EXT_SMTP_UTF8, EXT_START_TLS,
+    EhloResponse, AUTH_LOGIN, AUTH_PLAIN, EXT_8BIT_MIME, EXT_AUTH, EXT_CHUNKING,
+    EXT_ENHANCED_STATUS_CODES, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -30,6 +30,11 @@ where
             | EXT_SMTP_UTF8;
         if self.settings.tls.is_some() && !self.conn.is_tls() {
             ehlo.capabilities |= EXT_START_TLS;
+        }
+        // AUTH only where the password cannot be read on the way (RFC 4954 section 4).
+        if self.settings.auth.users.is_some() && self.conn.is_tls() && self.auth.is_none() {
+            ehlo.capabilities |= EXT_AUTH;
+            ehlo.auth_mechanisms = AUTH_PLAIN | AUTH_LOGIN;
         }
         ehlo.size = usize::try_from(self.settings.max_message_size).unwrap_or(usize::MAX);
         let _ = ehlo.write(&mut self.output);

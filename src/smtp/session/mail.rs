@@ -22,6 +22,17 @@ where
                 "starttls_required",
             );
         }
+        if self.settings.auth.require_client_cert && !self.client_cert_accepted() {
+            return self.reject(
+                530,
+                [5, 7, 0],
+                "An accepted TLS client certificate is required",
+                "client_cert_required",
+            );
+        }
+        if self.settings.auth.require_auth && self.auth.is_none() {
+            return self.reject(530, [5, 7, 0], "Authentication required", "auth_required");
+        }
         if self.tx.is_some() {
             return self.reject(503, [5, 5, 1], "Nested MAIL command", "protocol");
         }
@@ -43,16 +54,29 @@ where
     }
 
     pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
-        let Some(tx) = &mut self.tx else {
+        if self.tx.is_none() {
             return self.reject(503, [5, 5, 1], "Need MAIL before RCPT", "protocol");
-        };
-        if !self.settings.accept.accepts(&to.address) {
+        }
+        let Some(rule) = self.settings.accept.rule(&to.address) else {
             let msg = format!(
                 "<{}>: recipient not accepted here (journal endpoint)",
                 to.address
             );
             return self.reject(550, [5, 1, 1], msg, "recipient");
+        };
+        let unmet = rule.unmet(&self.credentials());
+        if !unmet.is_empty() {
+            let missing: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+            let msg = format!(
+                "<{}>: sender not authorised for this journal address (requires {})",
+                to.address,
+                missing.join(", ")
+            );
+            return self.reject(550, [5, 7, 1], msg, "not_authorised");
         }
+        let Some(tx) = &mut self.tx else {
+            return Flow::Continue;
+        };
         if tx.rcpt_to.len() >= MAX_RECIPIENTS {
             self.reply(452, [4, 5, 3], "Too many recipients");
             return Flow::Continue;

@@ -5,8 +5,9 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 
-use super::{End, Flow, Session, Sink};
+use super::{End, Flow, Session, Sink, TlsFacts};
 use crate::net::Conn;
+use crate::smtp::client_cert::session_facts;
 
 impl<S, K> Session<S, K>
 where
@@ -28,7 +29,15 @@ where
             return Ok(Flow::Close(End::TlsFailed));
         };
         match timeout(self.settings.command_timeout, acceptor.accept(plain)).await {
-            Ok(Ok(tls)) => self.conn = Conn::tls(tls),
+            Ok(Ok(tls)) => {
+                let (session, client_cert) =
+                    session_facts(tls.get_ref().1, self.settings.auth.client_certs.as_deref());
+                self.set_tls(TlsFacts {
+                    session,
+                    client_cert,
+                });
+                self.conn = Conn::tls(tls);
+            }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.peer, "STARTTLS handshake failed: {e}");
                 return Ok(Flow::Close(End::TlsFailed));
@@ -38,6 +47,7 @@ where
         // RFC 3207: the session starts over; the client must EHLO again.
         self.helo = None;
         self.tx = None;
+        self.auth = None;
         self.input.clear();
         self.pos = 0;
         Ok(Flow::Continue)

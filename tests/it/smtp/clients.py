@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Real-client scenarios against the gateway's SMTP endpoint (driven by tests/it/smtp_clients.rs).
 
-Usage: clients.py SCENARIO HOST PORT CERT [ARGS...]
+Usage: clients.py SCENARIO HOST PORT CERT [ARGS...] (ARGS: the scenario's own)
 
 Each scenario speaks SMTP with Python's smtplib (or a raw socket where smtplib cannot do it:
 pipelining, BDAT, smuggling) and prints the server's replies as `REPLY <label> <code> <text>`
@@ -245,6 +245,81 @@ def starttls_required(host, port, cert):
         report("sent", 250)
 
 
+def auth_brute_force(host, port, cert, user, password, attempts, chains):
+    """Password guessing from 127.0.0.1 (`chains` connections in parallel, `attempts` AUTH
+    commands in all, each connection reopened when the server closes it), and meanwhile a good
+    client from 127.0.0.2. Prints `MEASURE name value` lines (milliseconds)."""
+    import base64
+    import threading
+    import time
+
+    attempts, chains = int(attempts), int(chains)
+    lock = threading.Lock()
+    done = [0]
+    latencies = []  # (sequence number, ms)
+
+    def connect(source):
+        s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=60,
+                         source_address=(source, 0))
+        s.ehlo()
+        s.starttls(context=tls_context(cert))
+        s.ehlo()
+        return s
+
+    def attack():
+        s = None
+        while True:
+            with lock:
+                if done[0] >= attempts:
+                    break
+                done[0] += 1
+                n = done[0]
+            if s is None:
+                s = connect("127.0.0.1")
+            wrong = base64.b64encode(f"\0{user}\0wrong-{n}".encode()).decode()
+            start = time.monotonic()
+            try:
+                code, _ = s.docmd("AUTH", "PLAIN " + wrong)
+            except smtplib.SMTPServerDisconnected:
+                code = 421
+            ms = (time.monotonic() - start) * 1000
+            if code not in (535, 421):
+                raise RuntimeError(f"wrong password answered {code}")
+            with lock:
+                latencies.append((n, ms))
+            if code == 421:
+                s.close()
+                s = None
+        if s is not None:
+            s.close()
+
+    threads = [threading.Thread(target=attack) for _ in range(chains)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while True:
+        with lock:
+            if done[0] >= attempts // 2:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the attack did not get halfway in 120 s")
+        time.sleep(0.05)
+    s = connect("127.0.0.2")
+    start = time.monotonic()
+    s.login(user, password)
+    good_ms = (time.monotonic() - start) * 1000
+    s.sendmail("sender@corp.test", [JOURNAL], message("py-auth-good@corp.test"))
+    s.quit()
+    for t in threads:
+        t.join()
+    late = [ms for n, ms in latencies if n > attempts // 2]
+    print(f"MEASURE attempts {len(latencies)}", flush=True)
+    print(f"MEASURE attack_first_ms {min(ms for n, ms in latencies if n == 1):.1f}")
+    print(f"MEASURE attack_late_min_ms {min(late):.1f}")
+    print(f"MEASURE attack_late_avg_ms {sum(late) / len(late):.1f}")
+    print(f"MEASURE good_auth_ms {good_ms:.1f}", flush=True)
+
+
 SCENARIOS = {
     "plain": plain,
     "starttls": starttls,
@@ -256,8 +331,9 @@ SCENARIOS = {
     "smuggle": smuggle,
     "rejections": rejections,
     "starttls-required": starttls_required,
+    "auth-brute-force": auth_brute_force,
 }
 
 if __name__ == "__main__":
     scenario, host, port, cert = sys.argv[1:5]
-    SCENARIOS[scenario](host, int(port), cert)
+    SCENARIOS[scenario](host, int(port), cert, *sys.argv[5:])

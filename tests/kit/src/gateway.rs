@@ -39,6 +39,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     top: String,
     smtp: Option<String>,
+    smtp_accept: Option<String>,
     http: bool,
     announce_ready: bool,
     poll: bool,
@@ -75,6 +76,13 @@ impl Builder {
     /// `extra` is appended to the `[smtp]` table.
     pub fn smtp(mut self, extra: &str) -> Builder {
         self.smtp = Some(extra.to_string());
+        self
+    }
+
+    /// Replaces the SMTP endpoint's `accept` list (a TOML array, e.g. with per-address
+    /// `require` tables) instead of [`JOURNAL`] and `@archive.test`; use with [`Builder::smtp`].
+    pub fn smtp_accept(mut self, toml_array: &str) -> Builder {
+        self.smtp_accept = Some(toml_array.to_string());
         self
     }
 
@@ -134,9 +142,13 @@ impl Builder {
             .unwrap_or_else(|| temp.path().join("data"));
         let mut text = format!("data_dir = \"{}\"\n{}\n", data_dir.display(), self.top);
         if let Some(extra) = &self.smtp {
+            let accept = self
+                .smtp_accept
+                .clone()
+                .unwrap_or_else(|| format!("[\"{JOURNAL}\", \"@archive.test\"]"));
             let _ = write!(
                 text,
-                "[smtp]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\", \"@archive.test\"]\n{extra}\n"
+                "[smtp]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nhostname = \"journal.test\"\naccept = {accept}\n{extra}\n"
             );
         }
         if self.http {

@@ -10,6 +10,8 @@
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
+//! - [`pki`]: a test CA issuing TLS client certificates.
+//! - [`postfix`]: a private Postfix instance relaying into the gateway (SASL, client certificate).
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
@@ -26,6 +28,8 @@ mod gateway;
 pub mod http;
 pub mod machine;
 pub mod peers;
+pub mod pki;
+pub mod postfix;
 pub mod proxy;
 pub mod sample;
 pub mod token_service;
