@@ -344,6 +344,7 @@ impl Ingest {
             mail_from: delivery.mail_from,
             rcpt_to: delivery.rcpt_to,
             uidl: delivery.uidl,
+            ndr: None,
         };
         let record = Record {
             file: String::new(),

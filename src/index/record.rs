@@ -1,10 +1,12 @@
 //! What the index keeps about each archived message.
 
+mod legacy;
+
 use serde::{Deserialize, Serialize};
 
 use super::IndexError;
 use crate::clock::UnixMs;
-use crate::journal::{union_recipients, Format, Recipient};
+use crate::journal::{union_recipients, Format, NdrInfo, Recipient};
 
 /// Where an arrival came from. Stored and shown as `smtp` or `pop3:<collector>` (its
 /// [`Display`](std::fmt::Display) and [`FromStr`](std::str::FromStr) are the one place that
@@ -86,7 +88,7 @@ impl TryFrom<String> for Source {
 }
 
 /// The encoding version [`Record::encode`] writes.
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 /// Most entries [`Record::envelope_warnings`] keeps (the first ones; later arrivals that hit a
 /// bound are still logged and counted).
@@ -147,6 +149,10 @@ pub struct Sighting {
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL, when it was collected.
     pub uidl: Option<String>,
+    /// When it came inside a non-delivery report (an undeliverable journal report): what the NDR
+    /// returned and why it was undeliverable. None for a direct arrival and in records written
+    /// before version 4.
+    pub ndr: Option<NdrInfo>,
 }
 
 impl Record {
@@ -218,25 +224,26 @@ impl Record {
         out
     }
 
-    /// Reads version 3, version 2 (which lacks the last field, `envelope_warnings`) and
-    /// version 1 (which also lacks `journaled_ms`): postcard writes fields in order, `None` as
-    /// one zero byte and an empty list as its length 0, so a version 2 body followed by a zero
-    /// byte is the same record in version 3 with no warnings, and a version 1 body followed by
-    /// two zero bytes the same with `journaled_ms: None` too.
+    /// Reads version 4, and versions 3, 2 and 1 through their mirror structs (see
+    /// `record/legacy.rs`: version 4 added [`Sighting::ndr`]; version 3 `envelope_warnings`;
+    /// version 2 `journaled_ms`).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, IndexError> {
-        let older = |rest: &[u8], missing: usize| {
-            let mut v3 = Vec::with_capacity(rest.len() + missing);
-            v3.extend_from_slice(rest);
-            v3.resize(rest.len() + missing, 0);
-            postcard::from_bytes(&v3)
-        };
         match bytes.split_first() {
             Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
-            Some((2, rest)) => Ok(older(rest, 1)?),
-            Some((1, rest)) => Ok(older(rest, 2)?),
+            Some((&v @ 1..=3, rest)) => legacy::decode(v, rest),
             Some((&v, _)) => Err(IndexError::RecordVersion(v)),
             None => Err(IndexError::Corrupt("empty index record")),
         }
+    }
+
+    /// True when some arrival was an NDR that returned only the journal report's headers: the
+    /// original is not in the archive (this record is the NDR) and must be fetched from Exchange
+    /// another way.
+    #[must_use]
+    pub fn ndr_unrecoverable(&self) -> bool {
+        self.sightings
+            .iter()
+            .any(|s| s.ndr.as_ref().is_some_and(NdrInfo::unrecoverable))
     }
 }
 
@@ -274,11 +281,75 @@ mod tests {
                 mail_from: Some(String::new()),
                 rcpt_to: vec![],
                 uidl: None,
+                ndr: None,
             }],
             duplicates: 0,
             journaled_ms: Some(UnixMs(1_700_000_000_000)),
             envelope_warnings: vec![],
         }
+    }
+
+    /// The record's sightings as versions 1 to 3 wrote them.
+    fn sightings_v3(r: &Record) -> Vec<legacy::SightingV3> {
+        r.sightings.iter().map(legacy::SightingV3::from).collect()
+    }
+
+    /// A record version 3 wrote (sightings without `ndr`, warnings present) decodes to the same
+    /// record with no NDR on any sighting; version 4 keeps an NDR's details.
+    #[test]
+    fn version_3_records_still_decode() {
+        let mut r = record();
+        r.envelope_warnings = vec!["1 envelope line(s) longer than 65536 bytes cut there".into()];
+        r.sightings.push(Sighting {
+            source: Source::Pop3 {
+                collector: "ndr".into(),
+            },
+            at_ms: UnixMs(5),
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u9".into()),
+            ndr: None,
+        });
+        let v3 = legacy::RecordV3 {
+            file: r.file.clone(),
+            size: r.size,
+            sha256: r.sha256.clone(),
+            format: r.format,
+            message_id: r.message_id.clone(),
+            subject: r.subject.clone(),
+            from: r.from.clone(),
+            date: r.date.clone(),
+            identity: r.identity.clone(),
+            variant: r.variant,
+            sender: r.sender.clone(),
+            recipients: r.recipients.clone(),
+            sightings: sightings_v3(&r),
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+            envelope_warnings: r.envelope_warnings.clone(),
+        };
+        let mut bytes = vec![3u8];
+        bytes.extend(postcard::to_stdvec(&v3).unwrap());
+        let decoded = Record::decode(&bytes).unwrap();
+        assert_eq!(decoded, r);
+        assert!(decoded.sightings.iter().all(|s| s.ndr.is_none()));
+        assert!(!decoded.ndr_unrecoverable());
+        // Read as version 4 it is garbage or another record, never this one.
+        bytes[0] = 4;
+        assert_ne!(Record::decode(&bytes).ok(), Some(r.clone()));
+
+        let mut with_ndr = r;
+        with_ndr.sightings[1].ndr = Some(NdrInfo {
+            returned: crate::journal::NdrReturned::Headers,
+            diagnostic_code: Some("smtp; 552 5.3.4 message too big".into()),
+            final_recipient: Some("archive@journal.test".into()),
+            status: Some("5.3.4".into()),
+            ndr_message_id: Some("ndr@mx".into()),
+        });
+        let encoded = with_ndr.encode();
+        assert_eq!(encoded[0], 4);
+        assert_eq!(Record::decode(&encoded).unwrap(), with_ndr);
+        assert!(with_ndr.ndr_unrecoverable());
     }
 
     #[test]
@@ -293,6 +364,7 @@ mod tests {
         assert!(Record::decode(&[1, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[2, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[3, 0xff, 0xff]).is_err());
+        assert!(Record::decode(&[4, 0xff, 0xff]).is_err());
         let mut warned = record();
         warned.envelope_warnings =
             vec!["1 envelope line(s) longer than 65536 bytes cut there".into()];
@@ -317,7 +389,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: &'a [Sighting],
+            sightings: &'a [legacy::SightingV3],
             duplicates: u64,
             journaled_ms: Option<UnixMs>,
         }
@@ -341,7 +413,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: &r.sightings,
+            sightings: &sightings_v3(&r),
             duplicates: r.duplicates,
             journaled_ms: r.journaled_ms,
         };
@@ -350,11 +422,10 @@ mod tests {
         let decoded = Record::decode(&bytes).unwrap();
         assert_eq!(decoded, r);
         assert!(!decoded.recipients_incomplete());
-        // Written again, it is version 3: the version 2 body and an empty warning list.
-        let mut v3 = bytes.clone();
-        v3[0] = 3;
-        v3.push(0);
-        assert_eq!(decoded.encode(), v3);
+        // Written again, it is version 4, which reads back the same.
+        let v4 = decoded.encode();
+        assert_eq!(v4[0], VERSION);
+        assert_eq!(Record::decode(&v4).unwrap(), r);
         // A version 2 record is not a version 3 one: the version byte matters.
         bytes[0] = 3;
         assert!(Record::decode(&bytes).is_err());
@@ -378,7 +449,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: &'a [Sighting],
+            sightings: &'a [legacy::SightingV3],
             duplicates: u64,
         }
         let mut r = record();
@@ -396,7 +467,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: &r.sightings,
+            sightings: &sightings_v3(&r),
             duplicates: r.duplicates,
         };
         let mut bytes = vec![1u8];
@@ -436,6 +507,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u".into()),
+            ndr: None,
         };
         let mut arrival = record();
         arrival.recipients = vec![
@@ -505,6 +577,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u1".into()),
+            ndr: None,
         });
         let old = Old {
             file: &r.file,
@@ -541,10 +614,32 @@ mod tests {
         let mut bytes = vec![2u8];
         bytes.extend(postcard::to_stdvec(&old).unwrap());
         assert_eq!(Record::decode(&bytes).unwrap(), r);
-        // It is written the same way (in version 3: the same body and an empty warning list).
+        // Version 3 wrote it the same way (the same body and an empty warning list), and
+        // version 4 reads that too.
+        let v3 = legacy::RecordV3 {
+            file: r.file.clone(),
+            size: r.size,
+            sha256: r.sha256.clone(),
+            format: r.format,
+            message_id: r.message_id.clone(),
+            subject: r.subject.clone(),
+            from: r.from.clone(),
+            date: r.date.clone(),
+            identity: r.identity.clone(),
+            variant: r.variant,
+            sender: r.sender.clone(),
+            recipients: r.recipients.clone(),
+            sightings: sightings_v3(&r),
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+            envelope_warnings: Vec::new(),
+        };
+        let mut written_v3 = vec![3u8];
+        written_v3.extend(postcard::to_stdvec(&v3).unwrap());
         bytes[0] = 3;
         bytes.push(0);
-        assert_eq!(r.encode(), bytes, "and it is written the same way");
+        assert_eq!(written_v3, bytes, "and it is written the same way");
+        assert_eq!(Record::decode(&written_v3).unwrap(), r);
     }
 
     /// Sources are stored and shown as they always were: `smtp`, `pop3:<collector>`.
