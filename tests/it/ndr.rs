@@ -1,0 +1,247 @@
+//! Undeliverable journal reports (issue 12, part 1): NDRs made by a real MTA (a private Postfix
+//! that bounces journal reports, `tests/kit/src/postfix.rs`), collected from Dovecot over POP3
+//! and sent over SMTP. Whole ones are unwrapped and dedupe with the same report sent directly;
+//! headers-only ones are archived as they are, counted and shown in the admin API.
+
+use std::time::Duration;
+
+use journal_gateway::journal::NdrReturned;
+use journal_gateway::pop3::RunKind;
+use journal_gateway_testkit::dovecot::{Dovecot, Options};
+use journal_gateway_testkit::postfix::{BouncingPostfix, NDR_DOMAIN};
+use journal_gateway_testkit::{sample, TestGateway, JOURNAL};
+
+/// Postfix returns whole messages up to this size, else headers only.
+const BOUNCE_SIZE_LIMIT: u64 = 20_000;
+
+/// Sends `message` over SMTP to 127.0.0.1:`port` (Stalwart's `mail-send` client).
+async fn send(port: u16, from: &str, to: &str, message: &[u8]) {
+    let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", port)
+        .unwrap()
+        .helo_host("exchange.corp.test")
+        .connect_plain()
+        .await
+        .unwrap_or_else(|e| panic!("SMTP session with port {port}: {e}"));
+    let params = mail_send::smtp::message::Parameters::default();
+    client.mail_from(from, &params).await.unwrap();
+    client.rcpt_to(to, &params).await.unwrap();
+    let reply = client.data(message).await.expect("DATA accepted");
+    assert_eq!(reply.code(), 250, "{reply:?}");
+    client.quit().await.unwrap();
+}
+
+/// `GET path` with the admin token, expecting 200 and JSON.
+async fn api(gw: &TestGateway, path: &str) -> serde_json::Value {
+    let reply = gw.get_auth(path).await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.error_message());
+    reply.json().expect("JSON")
+}
+
+/// CRLF line ends (the Maildir files are LF).
+fn crlf(lf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lf.len() + lf.len() / 40);
+    for &b in lf {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The report of sample `i` (about `size` bytes) and its key.
+fn report(i: u64, size: usize) -> (Vec<u8>, String) {
+    let msg = sample::numbered(i, size);
+    let key = msg.message_id.clone().expect("sample Message-ID");
+    (sample::report_2007(&msg, &[]), key)
+}
+
+/// Sends the reports through the bouncing Postfix (journal recipient undeliverable) and returns
+/// the NDRs it writes, in the order of `reports`.
+async fn bounce(postfix: &BouncingPostfix, reports: &[&[u8]]) -> Vec<Vec<u8>> {
+    for r in reports {
+        send(
+            postfix.port,
+            &format!("journal-ndr@{NDR_DOMAIN}"),
+            "journal@undeliverable.test",
+            r,
+        )
+        .await;
+    }
+    let ndrs = postfix.wait_for_ndrs(reports.len(), Duration::from_secs(60));
+    // In the order of the reports: each NDR names its report's Message-ID (whole or in the
+    // returned headers' envelope... the journal report's own ID is in both).
+    let mut ordered = Vec::new();
+    for r in reports {
+        let own_id = r
+            .split(|&b| b == b'\n')
+            .find(|l| l.starts_with(b"Message-ID: "))
+            .expect("the report's own Message-ID")
+            .trim_ascii_end();
+        let ndr = ndrs
+            .iter()
+            .find(|n| contains(n, own_id))
+            .unwrap_or_else(|| panic!("no NDR for {}", String::from_utf8_lossy(own_id)));
+        ordered.push(ndr.clone());
+    }
+    ordered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_ndrs_over_pop3_and_smtp_recover_or_flag_the_report() {
+    let postfix = BouncingPostfix::start(BOUNCE_SIZE_LIMIT);
+    let (small, small_key) = report(1, 3_000);
+    let (large, large_key) = report(2, 40_000);
+    let (first, first_key) = report(3, 3_000);
+    assert!(large.len() as u64 > BOUNCE_SIZE_LIMIT);
+    let ndrs = bounce(&postfix, &[&small, &large, &first]).await;
+    let (full, headers_only, full_first) = (&ndrs[0], &ndrs[1], &ndrs[2]);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        contains(full, b"message/rfc822") && contains(full, small_key.as_bytes()),
+        "Postfix returned the whole small report:\n{}",
+        text(full)
+    );
+    assert!(
+        contains(headers_only, b"text/rfc822-headers")
+            && !contains(headers_only, large_key.as_bytes()),
+        "Postfix returned only the large report's headers:\n{}",
+        text(headers_only)
+    );
+
+    // Both NDRs in the alternate journaling mailbox, collected over POP3.
+    let mut dovecot = Dovecot::new(Options::default());
+    for (n, ndr) in [full, headers_only].iter().enumerate() {
+        std::fs::write(
+            dovecot
+                .maildir
+                .join(format!("new/1767225{n}00.Mndr{n}P1.host")),
+            ndr,
+        )
+        .unwrap();
+    }
+    dovecot.hand_over();
+    dovecot.start();
+
+    let gw = TestGateway::builder().smtp("").http().start().await;
+    let port = gw.smtp_addr().port();
+    // The small report also arrives directly (the journal recipient came back).
+    send(port, "exchange@corp.test", JOURNAL, &small).await;
+    let summary = gw
+        .collector(&dovecot.collector("ndr", "implicit", ""))
+        .collect(RunKind::Normal)
+        .await
+        .unwrap_or_else(|f| panic!("{f}\n{}", dovecot.log()));
+    assert_eq!(
+        (summary.retrieved, summary.archived, summary.duplicates),
+        (2, 1, 1),
+        "the whole NDR dedupes with the direct report, the headers-only one is archived"
+    );
+    assert_eq!(
+        dovecot.mailbox_count(),
+        0,
+        "both NDRs deleted once archived"
+    );
+    // And the same NDRs over SMTP, as bounces are sent (null sender).
+    send(port, "", JOURNAL, &crlf(full)).await;
+    send(port, "", JOURNAL, &crlf(headers_only)).await;
+
+    // The whole one: one record under the original's key, the direct copy stored, three
+    // sightings, the two NDR ones with Postfix's reason.
+    let rec = gw
+        .archive()
+        .record(&small_key)
+        .expect("small report archived");
+    assert_eq!(rec.sightings.len(), 3);
+    assert_eq!(rec.duplicates, 2);
+    assert!(rec.sightings[0].ndr.is_none(), "the direct arrival");
+    for s in &rec.sightings[1..] {
+        let ndr = s.ndr.as_ref().expect("an NDR arrival");
+        assert_eq!(ndr.returned, NdrReturned::Report);
+        assert_eq!(ndr.status.as_deref(), Some("5.1.1"));
+        assert_eq!(
+            ndr.final_recipient.as_deref(),
+            Some("journal@undeliverable.test")
+        );
+        let reason = ndr.diagnostic_code.as_deref().unwrap_or_default();
+        assert!(reason.contains("journal mailbox unavailable"), "{reason}");
+    }
+    assert!(!rec.ndr_unrecoverable());
+    let stored = gw.archive().raw(&small_key).unwrap();
+    assert!(
+        contains(&stored, &small),
+        "the direct copy is the one stored"
+    );
+
+    // The headers-only one: the NDR itself under its own key, marked, in the API too.
+    let flagged: Vec<_> = gw
+        .archive()
+        .records()
+        .into_iter()
+        .filter(|(_, r)| r.ndr_unrecoverable())
+        .collect();
+    assert_eq!(flagged.len(), 1, "one record for the headers-only NDR");
+    let (ndr_key, ndr_rec) = &flagged[0];
+    assert_ne!(ndr_key, &large_key);
+    assert_eq!(ndr_rec.sightings.len(), 2, "over POP3 and over SMTP");
+    assert_eq!(
+        gw.archive().raw(ndr_key).unwrap(),
+        crlf(headers_only),
+        "the NDR archived as it is"
+    );
+    assert!(gw.archive().record(&large_key).is_none());
+    let view = api(&gw, &format!("/api/v1/messages/{ndr_key}")).await;
+    assert_eq!(view["ndr_unrecoverable"], true, "{view}");
+    assert_eq!(view["sightings"][0]["ndr"]["returned"], "headers", "{view}");
+    assert_eq!(view["sightings"][1]["ndr"]["status"], "5.1.1", "{view}");
+    let view = api(&gw, &format!("/api/v1/messages/{small_key}")).await;
+    assert_eq!(view["ndr_unrecoverable"], false, "{view}");
+    assert_eq!(view["sightings"][1]["ndr"]["returned"], "report", "{view}");
+
+    // Counted per arrival, by source.
+    let m = gw.metrics();
+    let count = |c: &prometheus::IntCounterVec, source: &str| c.with_label_values(&[source]).get();
+    assert_eq!(count(&m.ndr_recovered, "pop3"), 1);
+    assert_eq!(count(&m.ndr_recovered, "smtp"), 1);
+    assert_eq!(count(&m.ndr_unrecoverable, "pop3"), 1);
+    assert_eq!(count(&m.ndr_unrecoverable, "smtp"), 1);
+    let exposition = text(&gw.get("/metrics").await.body);
+    assert!(
+        exposition.contains("journal_gateway_ndr_unrecoverable_total{source=\"smtp\"} 1"),
+        "{exposition}"
+    );
+
+    // An NDR that comes first: what is stored is the report as it sat in the NDR (Postfix
+    // added its Return-Path and Received lines), keyed by the original; the direct copy then dedupes with it.
+    send(port, "", JOURNAL, &crlf(full_first)).await;
+    let stored = gw
+        .archive()
+        .raw(&first_key)
+        .expect("recovered report stored");
+    assert!(
+        stored.starts_with(
+            b"Return-Path: <journal-ndr@ndr.test>\r\nReceived: from exchange.corp.test"
+        ),
+        "{}",
+        text(&stored)
+    );
+    assert!(contains(&stored, &first), "the whole report is inside");
+    assert!(
+        !contains(&stored, b"multipart/report"),
+        "not the NDR around it"
+    );
+    assert!(
+        contains(&crlf(full_first), &stored),
+        "byte-exact as it sat in the NDR"
+    );
+    send(port, "exchange@corp.test", JOURNAL, &first).await;
+    let rec = gw.archive().record(&first_key).unwrap();
+    assert_eq!(rec.duplicates, 1);
+    assert!(rec.sightings[0].ndr.is_some() && rec.sightings[1].ndr.is_none());
+    assert_eq!(gw.archive().count(), 3);
+    gw.stop().await;
+}
