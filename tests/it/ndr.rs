@@ -245,3 +245,70 @@ async fn postfix_ndrs_over_pop3_and_smtp_recover_or_flag_the_report() {
     assert_eq!(gw.archive().count(), 3);
     gw.stop().await;
 }
+
+/// NDRs larger than the ingest's memory limit are spooled to a file: the returned report is
+/// found and copied out of the file (spooled in turn), and a headers-only NDR of a report far
+/// over the limit is recognised the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_ndrs_are_unwrapped_from_the_spool_file() {
+    const LIMIT: u64 = 1_000_000;
+    let postfix = BouncingPostfix::start(LIMIT);
+    let (big, big_key) = report(11, 400_000);
+    let (huge, huge_key) = report(12, 1_100_000);
+    assert!(big.len() > journal_gateway::ingest::MEMORY_LIMIT && (big.len() as u64) < LIMIT);
+    assert!(huge.len() as u64 > LIMIT);
+    let ndrs = bounce(&postfix, &[&big, &huge]).await;
+    let (full, headers_only) = (crlf(&ndrs[0]), crlf(&ndrs[1]));
+    assert!(full.len() > journal_gateway::ingest::MEMORY_LIMIT);
+    assert!(contains(&headers_only, b"text/rfc822-headers"));
+
+    let gw = TestGateway::builder().smtp("").start().await;
+    let port = gw.smtp_addr().port();
+    send(port, "", JOURNAL, &full).await;
+    send(port, "", JOURNAL, &headers_only).await;
+    let stored = gw.archive().raw(&big_key).expect("big report recovered");
+    assert!(stored.starts_with(b"Return-Path: <journal-ndr@ndr.test>\r\n"));
+    assert!(contains(&stored, &big), "the whole report is inside");
+    assert!(contains(&full, &stored), "byte-exact as it sat in the NDR");
+    let rec = gw.archive().record(&big_key).unwrap();
+    assert_eq!(
+        rec.size,
+        stored.len() as u64,
+        "the size is the report's, not the NDR's"
+    );
+    assert_eq!(
+        rec.sightings[0].ndr.as_ref().map(|n| n.returned),
+        Some(NdrReturned::Report)
+    );
+    assert!(gw.archive().record(&huge_key).is_none());
+    assert_eq!(gw.archive().count(), 2);
+    let flagged = gw
+        .archive()
+        .records()
+        .into_iter()
+        .filter(|(_, r)| r.ndr_unrecoverable())
+        .count();
+    assert_eq!(flagged, 1);
+    // The direct copy dedupes with the recovered one.
+    send(port, "exchange@corp.test", JOURNAL, &big).await;
+    assert_eq!(gw.archive().record(&big_key).unwrap().duplicates, 1);
+    let m = gw.metrics();
+    assert_eq!(m.ndr_recovered.with_label_values(&["smtp"]).get(), 1);
+    assert_eq!(m.ndr_unrecoverable.with_label_values(&["smtp"]).get(), 1);
+    assert_eq!(
+        m.archive_bytes.with_label_values(&["smtp"]).get(),
+        stored.len() as u64 + gw.archive().raw(&flagged_key(&gw)).unwrap().len() as u64,
+        "archived bytes count what was stored"
+    );
+    gw.stop().await;
+}
+
+/// The key of the one record flagged as a headers-only NDR.
+fn flagged_key(gw: &TestGateway) -> String {
+    gw.archive()
+        .records()
+        .into_iter()
+        .find(|(_, r)| r.ndr_unrecoverable())
+        .map(|(k, _)| k)
+        .expect("a flagged record")
+}
