@@ -72,9 +72,9 @@ async fn bounce(postfix: &BouncingPostfix, reports: &[&[u8]]) -> Vec<Vec<u8>> {
         )
         .await;
     }
-    let ndrs = postfix.wait_for_ndrs(reports.len(), Duration::from_secs(60));
-    // In the order of the reports: each NDR names its report's Message-ID (whole or in the
-    // returned headers' envelope... the journal report's own ID is in both).
+    let ndrs = postfix.wait_for_ndrs(reports.len(), Duration::from_mins(1));
+    // In the order of the reports: each NDR holds its report's own Message-ID (in the whole
+    // report, or in the returned headers).
     let mut ordered = Vec::new();
     for r in reports {
         let own_id = r
