@@ -37,6 +37,49 @@ async fn api(gw: &TestGateway, path: &str) -> serde_json::Value {
     reply.json().expect("JSON")
 }
 
+/// One HTTP/1.1 request to the gateway's HTTP listener; returns the status code, the session
+/// cookie it set (if any) and the body.
+async fn http(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .unwrap();
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{cookie}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.http_addr(),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 20s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let set_cookie = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("set-cookie")
+            .then(|| value.trim().split(';').next().unwrap_or("").to_string())
+    });
+    (status, set_cookie, body.to_string())
+}
+
 /// CRLF line ends (the Maildir files are LF).
 fn crlf(lf: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(lf.len() + lf.len() / 40);
@@ -201,6 +244,39 @@ async fn postfix_ndrs_over_pop3_and_smtp_recover_or_flag_the_report() {
     let view = api(&gw, &format!("/api/v1/messages/{small_key}")).await;
     assert_eq!(view["ndr_unrecoverable"], false, "{view}");
     assert_eq!(view["sightings"][1]["ndr"]["returned"], "report", "{view}");
+    // And in the web console's message page.
+    let (status, cookie, _) = http(
+        &gw,
+        "POST",
+        "/login",
+        None,
+        &format!("token={}", gw.token()),
+    )
+    .await;
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session cookie");
+    let (status, _, page) = http(
+        &gw,
+        "GET",
+        &format!("/messages?id={ndr_key}"),
+        Some(&cookie),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"ndr-unrecoverable\""), "{page}");
+    assert!(page.contains("headers only (not recovered)"), "{page}");
+    assert!(page.contains("journal mailbox unavailable"), "{page}");
+    let (_, _, page) = http(
+        &gw,
+        "GET",
+        &format!("/messages?id={small_key}"),
+        Some(&cookie),
+        "",
+    )
+    .await;
+    assert!(!page.contains("id=\"ndr-unrecoverable\""), "{page}");
+    assert!(page.contains("recovered from NDR"), "{page}");
 
     // Counted per arrival, by source.
     let m = gw.metrics();
