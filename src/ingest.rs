@@ -13,6 +13,12 @@
 //! [`journal::HEADER_LIMIT`]) the ingest logs it at warn with the key, counts it in
 //! `journal_gateway_envelope_truncated_total` and keeps the warning on the record
 //! ([`Record::envelope_warnings`]), which the admin API shows.
+//!
+//! An NDR around a journal report (an undeliverable journal report, [`journal::dsn`]) is
+//! unwrapped first: the returned report, byte-exact as it sat in the NDR, is what is parsed,
+//! keyed and stored, and the arrival's sighting keeps the NDR's reason ([`Sighting::ndr`]). An
+//! NDR that returned only the report's headers is archived as it is, flagged on its sighting,
+//! logged at warn and counted in `journal_gateway_ndr_unrecoverable_total`.
 
 use std::io;
 use std::path::PathBuf;
