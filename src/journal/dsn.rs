@@ -16,7 +16,7 @@
 //! archived as it is, as before. [`Ndr::copy_returned`] gives the returned journal report,
 //! byte-exact as it sits in the NDR (decoded when the MTA transfer-encoded it).
 //!
-//! Both read through a [`WINDOW`](super::WINDOW)-sized window over an [`Input`], so an NDR of any
+//! Both read through a [`WINDOW`]-sized window over an [`Input`], so an NDR of any
 //! size is inspected in bounded memory, and never panic.
 
 use std::io;
