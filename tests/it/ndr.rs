@@ -442,3 +442,98 @@ tests:
     assert!(out.status.success(), "promtool test rules:\n{report}");
     assert!(report.contains("SUCCESS"), "{report}");
 }
+
+/// An NDR as an MTA writes one (boundary `boundary`), returning `returned` as a part of type
+/// `ctype` with the transfer encoding `cte`.
+fn handmade_ndr(boundary: &str, ctype: &str, cte: &str, returned: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "From: MAILER-DAEMON@relay.corp.test\r\nTo: journal-ndr@corp.test\r\n\
+         Subject: Undeliverable: journal report\r\nMessage-ID: <{boundary}@relay.corp.test>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain\r\n\r\nDelivery has failed.\r\n\r\n\
+         --{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns;relay.corp.test\r\n\r\nFinal-Recipient: rfc822;journal@journal.test\r\n\
+         Action: failed\r\nStatus: 5.4.1\r\nDiagnostic-Code: smtp;550 5.4.1 Recipient address rejected: Access denied\r\n\r\n\
+         --{boundary}\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(returned);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Base64 in 76-character lines.
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    encoded
+        .as_bytes()
+        .chunks(76)
+        .collect::<Vec<_>>()
+        .join(&b"\r\n"[..])
+}
+
+/// The ingest path itself, with NDRs as other MTAs write them: a base64-encoded returned report
+/// larger than the memory limit (decoded out of the spool file), and an NDR of an NDR (unwrapped
+/// level by level, the reason of the one closest to the report kept). Never a panic or an error
+/// on a cut-off one: it is archived as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_large_and_nested_ndrs_through_the_ingest_path() {
+    let gw = TestGateway::builder().start().await;
+    let pop3 = || journal_gateway::ingest::Delivery::pop3("ndr", None);
+
+    let (big, big_key) = report(21, 300_000);
+    let ndr = handmade_ndr("b64", "message/rfc822", "base64", &base64_lines(&big));
+    assert!(ndr.len() > journal_gateway::ingest::MEMORY_LIMIT);
+    let outcome = gw.ingest(pop3(), &ndr).await.unwrap();
+    assert_eq!(outcome.key(), big_key);
+    assert_eq!(
+        gw.archive().raw(&big_key).unwrap(),
+        big,
+        "decoded byte-exact"
+    );
+    let rec = gw.archive().record(&big_key).unwrap();
+    let info = rec.sightings[0].ndr.clone().expect("NDR recorded");
+    assert_eq!(info.status.as_deref(), Some("5.4.1"));
+    assert_eq!(info.ndr_message_id.as_deref(), Some("b64@relay.corp.test"));
+
+    let (small, small_key) = report(22, 3_000);
+    let inner = handmade_ndr("inner", "message/rfc822", "8bit", &small);
+    let outer = String::from_utf8(handmade_ndr("outer", "message/rfc822", "7bit", &inner))
+        .unwrap()
+        .replacen("Status: 5.4.1", "Status: 5.0.0", 1)
+        .into_bytes();
+    let outcome = gw.ingest(pop3(), &outer).await.unwrap();
+    assert_eq!(outcome.key(), small_key);
+    assert_eq!(gw.archive().raw(&small_key).unwrap(), small);
+    let info = gw.archive().record(&small_key).unwrap().sightings[0]
+        .ndr
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (info.status.as_deref(), info.ndr_message_id.as_deref()),
+        (Some("5.4.1"), Some("inner@relay.corp.test")),
+        "the NDR closest to the report"
+    );
+
+    // Cut off inside the returned report: archived as it is, under the NDR's own key.
+    let (cut, cut_key) = report(23, 3_000);
+    let whole = handmade_ndr("cut", "message/rfc822", "8bit", &cut);
+    let cut_ndr = &whole[..whole.len() - 500];
+    let outcome = gw.ingest(pop3(), cut_ndr).await.unwrap();
+    assert_eq!(outcome.key(), "cut@relay.corp.test");
+    assert!(gw.archive().record(&cut_key).is_none());
+    assert!(gw
+        .archive()
+        .record("cut@relay.corp.test")
+        .unwrap()
+        .sightings[0]
+        .ndr
+        .is_none());
+    assert_eq!(gw.archive().count(), 3);
+    let m = gw.metrics();
+    assert_eq!(m.ndr_recovered.with_label_values(&["pop3"]).get(), 2);
+    assert_eq!(m.ndr_unrecoverable.with_label_values(&["pop3"]).get(), 0);
+    gw.stop().await;
+}
