@@ -264,6 +264,7 @@ impl Ingest {
         let label = delivery.source.label();
         let m = &self.inner.metrics;
         m.received.with_label_values(&[label]).inc();
+        let received = message.len();
         let result = self.ingest_inner(delivery, message).await;
         match &result {
             Ok((Outcome::Archived { key, variant }, size)) => {
@@ -285,7 +286,12 @@ impl Ingest {
             }
             Err(e) => {
                 m.ingest_errors.with_label_values(&[label]).inc();
-                tracing::warn!(source = label, outcome = "error", "ingest failed: {e}");
+                tracing::warn!(
+                    source = label,
+                    outcome = "error",
+                    size = received,
+                    "ingest failed: {e}"
+                );
             }
         }
         m.ingest_duration.observe(started.elapsed().as_secs_f64());
