@@ -109,6 +109,7 @@ fn prefill_record(i: u64, key: &str) -> Record {
             rcpt_to: vec!["journal@journal.corp.example".into()],
             uidl: None,
             provenance: None,
+            ndr: None,
         }],
         duplicates: 0,
         journaled_ms: Some(journal_gateway::clock::UnixMs(1_795_000_000_000)),

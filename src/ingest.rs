@@ -13,6 +13,12 @@
 //! [`journal::HEADER_LIMIT`]) the ingest logs it at warn with the key, counts it in
 //! `journal_gateway_envelope_truncated_total` and keeps the warning on the record
 //! ([`Record::envelope_warnings`]), which the admin API shows.
+//!
+//! An NDR around a journal report (an undeliverable journal report, [`journal::dsn`]) is
+//! unwrapped first: the returned report, byte-exact as it sat in the NDR, is what is parsed,
+//! keyed and stored, and the arrival's sighting keeps the NDR's reason ([`Sighting::ndr`]). An
+//! NDR that returned only the report's headers is archived as it is, flagged on its sighting,
+//! logged at warn and counted in `journal_gateway_ndr_unrecoverable_total`.
 
 use std::io;
 use std::path::PathBuf;
@@ -28,6 +34,7 @@ use crate::archive::{Applied, Archive, ArchiveError, Arrival};
 use crate::clock::UnixMs;
 use crate::index::{IndexError, Provenance, Record, Sighting};
 use crate::journal;
+use crate::journal::NdrInfo;
 use crate::metrics::Metrics;
 use crate::migration::CutoverFacts;
 
@@ -268,10 +275,10 @@ impl Ingest {
         let label = delivery.source.label();
         let m = &self.inner.metrics;
         m.received.with_label_values(&[label]).inc();
-        let size = message.len();
+        let received = message.len();
         let result = self.ingest_inner(delivery, message).await;
         match &result {
-            Ok(Outcome::Archived { key, variant }) => {
+            Ok((Outcome::Archived { key, variant }, size)) => {
                 let outcome = if *variant {
                     "archived_variant"
                 } else {
@@ -279,12 +286,12 @@ impl Ingest {
                 };
                 tracing::debug!(%key, source = label, outcome, size, "ingest decision");
                 m.archived.with_label_values(&[label]).inc();
-                m.archive_bytes.with_label_values(&[label]).inc_by(size);
+                m.archive_bytes.with_label_values(&[label]).inc_by(*size);
                 if *variant {
                     m.conflicts.inc();
                 }
             }
-            Ok(Outcome::Duplicate { key }) => {
+            Ok((Outcome::Duplicate { key }, size)) => {
                 tracing::debug!(%key, source = label, outcome = "duplicate", size, "ingest decision");
                 m.duplicates.with_label_values(&[label]).inc();
             }
@@ -293,23 +300,26 @@ impl Ingest {
                 tracing::warn!(
                     source = label,
                     outcome = "error",
-                    size,
+                    size = received,
                     "ingest failed: {e}"
                 );
             }
         }
         m.ingest_duration.observe(started.elapsed().as_secs_f64());
-        result
+        result.map(|(outcome, _)| outcome)
     }
 
+    /// The ingest of one message; on success also the size of what was archived (the recovered
+    /// journal report when the message was an NDR around one).
     async fn ingest_inner(
         &self,
         delivery: Delivery,
         message: MessageWriter,
-    ) -> Result<Outcome, IngestError> {
+    ) -> Result<(Outcome, u64), IngestError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(IngestError::ShuttingDown);
         }
+        let (message, ndr) = self.unwrap_ndr(message).await?;
         let archive = &self.inner.archive;
         let MessageWriter {
             head,
@@ -356,6 +366,7 @@ impl Ingest {
             rcpt_to: delivery.rcpt_to,
             uidl: delivery.uidl,
             provenance: delivery.provenance,
+            ndr: ndr.clone(),
         };
         let record = Record {
             file: String::new(),
@@ -425,18 +436,118 @@ impl Ingest {
                 Err(head) => body = Some(Body { head, spool: None }),
             }
         }
-        loop {
+        let outcome = loop {
             match self.commit(arrival.clone()).await? {
-                Applied::Archived { key, variant } => {
-                    return Ok(Outcome::Archived { key, variant })
-                }
-                Applied::Duplicate { key } => return Ok(Outcome::Duplicate { key }),
+                Applied::Archived { key, variant } => break Outcome::Archived { key, variant },
+                Applied::Duplicate { key } => break Outcome::Duplicate { key },
                 Applied::NeedsFile => match body.take() {
                     Some(b) => arrival.tmp_file = Some(self.store(b).await?),
                     None => return Err(IngestError::LostFile),
                 },
             }
+        };
+        if let Some(ndr) = &ndr {
+            self.count_ndr(ndr, label, outcome.key());
         }
+        Ok((outcome, len))
+    }
+
+    /// Counts and logs an NDR arrival once it is archived.
+    fn count_ndr(&self, ndr: &NdrInfo, label: &'static str, key: &str) {
+        let m = &self.inner.metrics;
+        let reason = ndr.diagnostic_code.as_deref().unwrap_or("none given");
+        let ndr_id = ndr.ndr_message_id.as_deref().unwrap_or("none");
+        if ndr.unrecoverable() {
+            m.ndr_unrecoverable.with_label_values(&[label]).inc();
+            tracing::warn!(
+                %key,
+                source = label,
+                ndr_message_id = ndr_id,
+                "an NDR returned only the headers of an undeliverable journal report: archived the NDR \
+                 as it is; fetch the original from Exchange (reason: {reason})"
+            );
+        } else {
+            m.ndr_recovered.with_label_values(&[label]).inc();
+            tracing::info!(
+                %key,
+                source = label,
+                ndr_message_id = ndr_id,
+                "recovered an undeliverable journal report from its NDR (reason: {reason})"
+            );
+        }
+    }
+
+    /// Unwraps NDRs around a journal report ([`journal::dsn`]): returns what to archive (the
+    /// returned journal report, byte-exact, in a writer of its own; or the message itself when it
+    /// is no such NDR or returned only headers) and what the NDR closest to the report said.
+    /// Levels of NDRs of NDRs are unwrapped one at a time, at most [`journal::dsn::MAX_DEPTH`].
+    async fn unwrap_ndr(
+        &self,
+        mut message: MessageWriter,
+    ) -> Result<(MessageWriter, Option<NdrInfo>), IngestError> {
+        let mut info = None;
+        for _ in 0..=journal::dsn::MAX_DEPTH {
+            let recovered = if let Some(spool) = &mut message.spool {
+                spool.file.flush().await?;
+                let file = spool.file.get_ref().try_clone().await?.into_std().await;
+                let (ndr, file) =
+                    tokio::task::spawn_blocking(move || (journal::dsn::inspect(&file), file))
+                        .await
+                        .map_err(blocking_failed)?;
+                let Some(ndr) = ndr? else { break };
+                let mut out = None;
+                if ndr.recoverable() {
+                    out = Some(self.copy_returned_from_file(&ndr, file).await?);
+                }
+                info = Some(ndr.info);
+                out
+            } else {
+                let Some(ndr) = journal::dsn::inspect(&message.head[..])? else {
+                    break;
+                };
+                let mut out = None;
+                if ndr.recoverable() {
+                    let mut bytes = Vec::new();
+                    ndr.copy_returned(&message.head[..], |chunk| {
+                        bytes.extend_from_slice(chunk);
+                        Ok(())
+                    })?;
+                    let mut w = self.writer();
+                    w.write(&bytes).await?;
+                    out = Some(w);
+                }
+                info = Some(ndr.info);
+                out
+            };
+            match recovered {
+                Some(report) => message = report, // the NDR's own spool file goes with it
+                None => break,
+            }
+        }
+        Ok((message, info))
+    }
+
+    /// The returned journal report of a spooled NDR, copied into a writer of its own (spooled
+    /// in turn when large), read off the async workers.
+    async fn copy_returned_from_file(
+        &self,
+        ndr: &journal::dsn::Ndr,
+        file: std::fs::File,
+    ) -> Result<MessageWriter, IngestError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let ndr = ndr.clone();
+        let copy = tokio::task::spawn_blocking(move || {
+            ndr.copy_returned(&file, |chunk| {
+                tx.blocking_send(chunk.to_vec())
+                    .map_err(|_| io::Error::other("the recovered report's writer stopped"))
+            })
+        });
+        let mut w = self.writer();
+        while let Some(chunk) = rx.recv().await {
+            w.write(&chunk).await?;
+        }
+        copy.await.map_err(blocking_failed)??;
+        Ok(w)
     }
 
     /// Puts the message bytes in a fsynced file in `tmp/` and returns its name.

@@ -47,6 +47,13 @@ pub struct Metrics {
     /// Arrivals whose envelope hit a bound of the parser (a line or value cut at the window, a
     /// header section not read to its end), by source: their recipients may be incomplete.
     pub envelope_truncated: IntCounterVec,
+    /// Arrivals that were an NDR around a whole journal report, recovered and archived under the
+    /// original's key, by source.
+    pub ndr_recovered: IntCounterVec,
+    /// Arrivals that were an NDR returning only a journal report's headers, by source: the
+    /// original is not in the archive (the NDR is, under its own key) and must be fetched from
+    /// Exchange another way.
+    pub ndr_unrecoverable: IntCounterVec,
     /// Unix time the served TLS certificate expires (its notAfter), by certificate (`smtp`, and
     /// `http` when `[http] tls_cert` is set); set at start from the loaded certificate.
     pub tls_cert_expiry: IntGaugeVec,
@@ -193,6 +200,16 @@ impl Metrics {
                 "Arrivals whose journal envelope hit a parser bound (recipients may be incomplete).",
                 &["source"],
             ),
+            ndr_recovered: counter_vec(
+                "ndr_recovered_total",
+                "Arrivals that were an NDR around a journal report, unwrapped and archived as that report.",
+                &["source"],
+            ),
+            ndr_unrecoverable: counter_vec(
+                "ndr_unrecoverable_total",
+                "Arrivals that were an NDR returning only a journal report's headers (original not recoverable).",
+                &["source"],
+            ),
             tls_cert_expiry: gauge_vec(
                 "tls_cert_expiry_timestamp_seconds",
                 "Unix time the served TLS certificate expires (notAfter).",
@@ -213,6 +230,8 @@ impl Metrics {
             m.ingest_errors.with_label_values(&[source]);
             m.archive_bytes.with_label_values(&[source]);
             m.envelope_truncated.with_label_values(&[source]);
+            m.ndr_recovered.with_label_values(&[source]);
+            m.ndr_unrecoverable.with_label_values(&[source]);
         }
         m
     }

@@ -157,6 +157,11 @@ pub(crate) struct MessageView {
     pub first_seen_ms: UnixMs,
     /// `first_seen_ms` as RFC 3339.
     pub first_seen: Option<String>,
+    /// Some arrival was an NDR that returned only the journal report's headers: this record is
+    /// that NDR, and the original must be fetched from Exchange another way
+    /// ([`Record::ndr_unrecoverable`]; the sightings' `ndr` say more).
+    #[serde(default)]
+    pub ndr_unrecoverable: bool,
     #[serde(flatten)]
     pub record: Record,
 }
@@ -175,6 +180,7 @@ impl MessageView {
             sources,
             first_seen_ms,
             first_seen: first_seen_ms.rfc3339(),
+            ndr_unrecoverable: record.ndr_unrecoverable(),
             record,
         }
     }

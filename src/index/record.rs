@@ -1,12 +1,12 @@
 //! What the index keeps about each archived message.
 
+mod legacy;
+
 use serde::{Deserialize, Serialize};
 
 use super::IndexError;
 use crate::clock::UnixMs;
-use crate::journal::{union_recipients, Format, Recipient};
-
-mod legacy;
+use crate::journal::{union_recipients, Format, NdrInfo, Recipient};
 
 /// Where an arrival came from. Stored and shown as `smtp` or `pop3:<collector>` (its
 /// [`Display`](std::fmt::Display) and [`FromStr`](std::str::FromStr) are the one place that
@@ -132,6 +132,7 @@ pub struct Record {
     /// longer than the window cut there, a header section not read to its end): when not
     /// empty, [`Record::recipients`] may lack what the cut text held. Distinct texts of every
     /// arrival, at most [`MAX_ENVELOPE_WARNINGS`]. Empty in records written before version 3.
+    /// Must stay the last field (see [`Record::decode`]).
     pub envelope_warnings: Vec<String>,
 }
 
@@ -148,6 +149,10 @@ pub struct Sighting {
     pub rcpt_to: Vec<String>,
     /// POP3 UIDL, when it was collected.
     pub uidl: Option<String>,
+    /// When it came inside a non-delivery report (an undeliverable journal report): what the NDR
+    /// returned and why it was undeliverable. None for a direct arrival and in records written
+    /// before version 4.
+    pub ndr: Option<NdrInfo>,
     /// How the sender of an SMTP arrival was identified (peer, TLS, client certificate, AUTH);
     /// None for POP3 arrivals and in records written before version 4.
     pub provenance: Option<Provenance>,
@@ -257,15 +262,26 @@ impl Record {
         out
     }
 
-    /// Reads version 4 directly and versions 3, 2 and 1 through their legacy layout
-    /// ([`legacy::RecordV3`], whose sightings lack `provenance`), converted.
+    /// Reads version 4, and versions 3, 2 and 1 through their mirror structs (see
+    /// `record/legacy.rs`: version 4 added [`Sighting::ndr`]; version 3 `envelope_warnings`;
+    /// version 2 `journaled_ms`).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, IndexError> {
         match bytes.split_first() {
             Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
-            Some((&v @ 1..=3, rest)) => Ok(legacy::decode(v, rest)?.into()),
+            Some((&v @ 1..=3, rest)) => legacy::decode(v, rest),
             Some((&v, _)) => Err(IndexError::RecordVersion(v)),
             None => Err(IndexError::Corrupt("empty index record")),
         }
+    }
+
+    /// True when some arrival was an NDR that returned only the journal report's headers: the
+    /// original is not in the archive (this record is the NDR) and must be fetched from Exchange
+    /// another way.
+    #[must_use]
+    pub fn ndr_unrecoverable(&self) -> bool {
+        self.sightings
+            .iter()
+            .any(|s| s.ndr.as_ref().is_some_and(NdrInfo::unrecoverable))
     }
 }
 
@@ -281,29 +297,6 @@ mod tests {
             expanded: None,
             forwarded: None,
         }
-    }
-
-    /// A sighting as versions 1 to 3 wrote it (without `provenance`).
-    #[derive(Serialize)]
-    struct SightingV3<'a> {
-        source: &'a Source,
-        at_ms: UnixMs,
-        mail_from: &'a Option<String>,
-        rcpt_to: &'a [String],
-        uidl: &'a Option<String>,
-    }
-
-    fn v3_sightings(sightings: &[Sighting]) -> Vec<SightingV3<'_>> {
-        sightings
-            .iter()
-            .map(|s| SightingV3 {
-                source: &s.source,
-                at_ms: s.at_ms,
-                mail_from: &s.mail_from,
-                rcpt_to: &s.rcpt_to,
-                uidl: &s.uidl,
-            })
-            .collect()
     }
 
     fn record() -> Record {
@@ -326,12 +319,77 @@ mod tests {
                 mail_from: Some(String::new()),
                 rcpt_to: vec![],
                 uidl: None,
+                ndr: None,
                 provenance: None,
             }],
             duplicates: 0,
             journaled_ms: Some(UnixMs(1_700_000_000_000)),
             envelope_warnings: vec![],
         }
+    }
+
+    /// The record's sightings as versions 1 to 3 wrote them.
+    fn sightings_v3(r: &Record) -> Vec<legacy::SightingV3> {
+        r.sightings.iter().map(legacy::SightingV3::from).collect()
+    }
+
+    /// A record version 3 wrote (sightings without `ndr`, warnings present) decodes to the same
+    /// record with no NDR on any sighting; version 4 keeps an NDR's details.
+    #[test]
+    fn version_3_records_still_decode() {
+        let mut r = record();
+        r.envelope_warnings = vec!["1 envelope line(s) longer than 65536 bytes cut there".into()];
+        r.sightings.push(Sighting {
+            source: Source::Pop3 {
+                collector: "ndr".into(),
+            },
+            at_ms: UnixMs(5),
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: Some("u9".into()),
+            ndr: None,
+            provenance: None,
+        });
+        let v3 = legacy::RecordV3 {
+            file: r.file.clone(),
+            size: r.size,
+            sha256: r.sha256.clone(),
+            format: r.format,
+            message_id: r.message_id.clone(),
+            subject: r.subject.clone(),
+            from: r.from.clone(),
+            date: r.date.clone(),
+            identity: r.identity.clone(),
+            variant: r.variant,
+            sender: r.sender.clone(),
+            recipients: r.recipients.clone(),
+            sightings: sightings_v3(&r),
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+            envelope_warnings: r.envelope_warnings.clone(),
+        };
+        let mut bytes = vec![3u8];
+        bytes.extend(postcard::to_stdvec(&v3).unwrap());
+        let decoded = Record::decode(&bytes).unwrap();
+        assert_eq!(decoded, r);
+        assert!(decoded.sightings.iter().all(|s| s.ndr.is_none()));
+        assert!(!decoded.ndr_unrecoverable());
+        // Read as version 4 it is garbage or another record, never this one.
+        bytes[0] = 4;
+        assert_ne!(Record::decode(&bytes).ok(), Some(r.clone()));
+
+        let mut with_ndr = r;
+        with_ndr.sightings[1].ndr = Some(NdrInfo {
+            returned: crate::journal::NdrReturned::Headers,
+            diagnostic_code: Some("smtp; 552 5.3.4 message too big".into()),
+            final_recipient: Some("archive@journal.test".into()),
+            status: Some("5.3.4".into()),
+            ndr_message_id: Some("ndr@mx".into()),
+        });
+        let encoded = with_ndr.encode();
+        assert_eq!(encoded[0], 4);
+        assert_eq!(Record::decode(&encoded).unwrap(), with_ndr);
+        assert!(with_ndr.ndr_unrecoverable());
     }
 
     #[test]
@@ -371,7 +429,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: Vec<SightingV3<'a>>,
+            sightings: &'a [legacy::SightingV3],
             duplicates: u64,
             journaled_ms: Option<UnixMs>,
         }
@@ -395,7 +453,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: v3_sightings(&r.sightings),
+            sightings: &sightings_v3(&r),
             duplicates: r.duplicates,
             journaled_ms: r.journaled_ms,
         };
@@ -404,14 +462,10 @@ mod tests {
         let decoded = Record::decode(&bytes).unwrap();
         assert_eq!(decoded, r);
         assert!(!decoded.recipients_incomplete());
-        // The version 2 body and an empty warning list is the same record in version 3.
-        let mut v3 = bytes.clone();
-        v3[0] = 3;
-        v3.push(0);
-        assert_eq!(Record::decode(&v3).unwrap(), r);
-        // Written again, it is version 4 (and reads back the same).
-        assert_eq!(decoded.encode()[0], 4);
-        assert_eq!(Record::decode(&decoded.encode()).unwrap(), r);
+        // Written again, it is version 4, which reads back the same.
+        let v4 = decoded.encode();
+        assert_eq!(v4[0], VERSION);
+        assert_eq!(Record::decode(&v4).unwrap(), r);
         // A version 2 record is not a version 3 one: the version byte matters.
         bytes[0] = 3;
         assert!(Record::decode(&bytes).is_err());
@@ -435,7 +489,7 @@ mod tests {
             variant: bool,
             sender: &'a Option<String>,
             recipients: &'a [Recipient],
-            sightings: Vec<SightingV3<'a>>,
+            sightings: &'a [legacy::SightingV3],
             duplicates: u64,
         }
         let mut r = record();
@@ -453,7 +507,7 @@ mod tests {
             variant: r.variant,
             sender: &r.sender,
             recipients: &r.recipients,
-            sightings: v3_sightings(&r.sightings),
+            sightings: &sightings_v3(&r),
             duplicates: r.duplicates,
         };
         let mut bytes = vec![1u8];
@@ -468,70 +522,6 @@ mod tests {
         );
         // A version 1 record is not a version 2 one: the version byte matters.
         bytes[0] = 2;
-        assert!(Record::decode(&bytes).is_err());
-    }
-
-    /// Indexes written by version 3 (before `provenance`) still read, every sighting without
-    /// one; the version byte matters (a version 3 body is not a version 4 one).
-    #[test]
-    fn version_3_records_still_decode() {
-        /// The record as version 3 wrote it: sightings without `provenance`.
-        #[derive(Serialize)]
-        struct V3<'a> {
-            file: &'a str,
-            size: u64,
-            sha256: &'a str,
-            format: Format,
-            message_id: &'a Option<String>,
-            subject: &'a Option<String>,
-            from: &'a Option<String>,
-            date: &'a Option<String>,
-            identity: &'a str,
-            variant: bool,
-            sender: &'a Option<String>,
-            recipients: &'a [Recipient],
-            sightings: Vec<SightingV3<'a>>,
-            duplicates: u64,
-            journaled_ms: Option<UnixMs>,
-            envelope_warnings: &'a [String],
-        }
-        let mut r = record();
-        r.sightings.push(Sighting {
-            source: Source::Pop3 {
-                collector: "exch".into(),
-            },
-            at_ms: UnixMs(2),
-            mail_from: None,
-            rcpt_to: vec![],
-            uidl: Some("u1".into()),
-            provenance: None,
-        });
-        r.duplicates = 1;
-        r.envelope_warnings = vec!["w".into()];
-        let v3 = V3 {
-            file: &r.file,
-            size: r.size,
-            sha256: &r.sha256,
-            format: r.format,
-            message_id: &r.message_id,
-            subject: &r.subject,
-            from: &r.from,
-            date: &r.date,
-            identity: &r.identity,
-            variant: r.variant,
-            sender: &r.sender,
-            recipients: &r.recipients,
-            sightings: v3_sightings(&r.sightings),
-            duplicates: r.duplicates,
-            journaled_ms: r.journaled_ms,
-            envelope_warnings: &r.envelope_warnings,
-        };
-        let mut bytes = vec![3u8];
-        bytes.extend(postcard::to_stdvec(&v3).unwrap());
-        let decoded = Record::decode(&bytes).unwrap();
-        assert_eq!(decoded, r);
-        assert!(decoded.sightings.iter().all(|s| s.provenance.is_none()));
-        bytes[0] = 4;
         assert!(Record::decode(&bytes).is_err());
     }
 
@@ -582,6 +572,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u".into()),
+            ndr: None,
             provenance: None,
         };
         let mut arrival = record();
@@ -652,6 +643,7 @@ mod tests {
             mail_from: None,
             rcpt_to: vec![],
             uidl: Some("u1".into()),
+            ndr: None,
             provenance: None,
         });
         let old = Old {
@@ -689,10 +681,32 @@ mod tests {
         let mut bytes = vec![2u8];
         bytes.extend(postcard::to_stdvec(&old).unwrap());
         assert_eq!(Record::decode(&bytes).unwrap(), r);
-        // In version 3 it is the same body and an empty warning list.
+        // Version 3 wrote it the same way (the same body and an empty warning list), and
+        // version 4 reads that too.
+        let v3 = legacy::RecordV3 {
+            file: r.file.clone(),
+            size: r.size,
+            sha256: r.sha256.clone(),
+            format: r.format,
+            message_id: r.message_id.clone(),
+            subject: r.subject.clone(),
+            from: r.from.clone(),
+            date: r.date.clone(),
+            identity: r.identity.clone(),
+            variant: r.variant,
+            sender: r.sender.clone(),
+            recipients: r.recipients.clone(),
+            sightings: sightings_v3(&r),
+            duplicates: r.duplicates,
+            journaled_ms: r.journaled_ms,
+            envelope_warnings: Vec::new(),
+        };
+        let mut written_v3 = vec![3u8];
+        written_v3.extend(postcard::to_stdvec(&v3).unwrap());
         bytes[0] = 3;
         bytes.push(0);
-        assert_eq!(Record::decode(&bytes).unwrap(), r, "the same in version 3");
+        assert_eq!(written_v3, bytes, "and it is written the same way");
+        assert_eq!(Record::decode(&written_v3).unwrap(), r);
     }
 
     /// Sources are stored and shown as they always were: `smtp`, `pop3:<collector>`.

@@ -26,11 +26,13 @@
 //! envelope text goes through the same incremental parser. [`union_recipients`] merges the
 //! recipients of two arrivals in linear time.
 
+pub mod dsn;
 mod envelope;
 mod input;
 mod stream;
 mod union;
 
+pub use dsn::{NdrInfo, NdrReturned};
 pub use input::Input;
 pub use stream::{HEADER_LIMIT, MIN_WINDOW};
 pub use union::union_recipients;

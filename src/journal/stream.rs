@@ -132,12 +132,12 @@ fn tail_bytes(input: &(impl Input + ?Sized), size: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn is_blank(line: &[u8]) -> bool {
+pub(super) fn is_blank(line: &[u8]) -> bool {
     line == b"\r\n" || line == b"\n"
 }
 
 /// Appends `bytes` to `buf` up to `max` bytes in all; sets `cut` when some did not fit.
-fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], max: usize, cut: &mut bool) {
+pub(super) fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], max: usize, cut: &mut bool) {
     let room = max.saturating_sub(buf.len());
     if bytes.len() > room {
         *cut = true;
@@ -146,16 +146,16 @@ fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], max: usize, cut: &mut bool) {
 }
 
 /// One line (or, for a line longer than the window, one window-sized segment of it).
-struct Line<'b> {
-    bytes: &'b [u8],
+pub(super) struct Line<'b> {
+    pub(super) bytes: &'b [u8],
     /// The segment ends the line with its `\n`.
-    eol: bool,
+    pub(super) eol: bool,
     /// The segment continues a line whose start did not fit in the window.
-    cont: bool,
+    pub(super) cont: bool,
 }
 
 /// Lines of an [`Input`], read a window at a time.
-struct Lines<'a, I: ?Sized> {
+pub(super) struct Lines<'a, I: ?Sized> {
     input: &'a I,
     size: u64,
     buf: Vec<u8>,
@@ -169,7 +169,7 @@ struct Lines<'a, I: ?Sized> {
 }
 
 impl<'a, I: Input + ?Sized> Lines<'a, I> {
-    fn new(input: &'a I, size: u64, window: usize) -> Self {
+    pub(super) fn new(input: &'a I, size: u64, window: usize) -> Self {
         Lines {
             input,
             size,
@@ -185,7 +185,12 @@ impl<'a, I: Input + ?Sized> Lines<'a, I> {
         self.read_at >= self.size && self.start == self.end
     }
 
-    fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+    /// The offset in the input of the next line's first byte.
+    pub(super) fn offset(&self) -> u64 {
+        self.read_at - (self.end - self.start) as u64
+    }
+
+    pub(super) fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
         let (from, to, eol) = loop {
             if let Some(nl) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
                 break (self.start, self.start + nl + 1, true);
@@ -477,14 +482,14 @@ impl Walk {
 }
 
 /// A part's Content-Transfer-Encoding, decoded incrementally.
-enum Decoder {
+pub(super) enum Decoder {
     None,
     Qp(Qp),
     Base64(Base64),
 }
 
 impl Decoder {
-    fn of(cte: Option<&str>) -> Decoder {
+    pub(super) fn of(cte: Option<&str>) -> Decoder {
         match cte.map(str::trim) {
             Some(c) if c.eq_ignore_ascii_case("base64") => Decoder::Base64(Base64::default()),
             Some(c) if c.eq_ignore_ascii_case("quoted-printable") => Decoder::Qp(Qp::default()),
@@ -493,7 +498,7 @@ impl Decoder {
     }
 
     /// Decodes `input` (any piece of the part body) onto `out`.
-    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub(super) fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         match self {
             Decoder::None => out.extend_from_slice(input),
             Decoder::Qp(qp) => qp.decode(input, out),
@@ -514,7 +519,7 @@ enum QpState {
 /// line dropped, CRLF line breaks once a CR was seen), but lenient: a malformed `=` sequence
 /// is kept as it stands instead of failing the part.
 #[derive(Default)]
-struct Qp {
+pub(super) struct Qp {
     state: QpState,
     /// Unencoded white space at the end of `out` (dropped at a hard line break).
     ws: usize,
@@ -585,7 +590,7 @@ impl Qp {
 /// Base64 as mail-parser decodes it: white space and other characters skipped, `=` ends a
 /// quantum.
 #[derive(Default)]
-struct Base64 {
+pub(super) struct Base64 {
     acc: u32,
     n: u8,
 }

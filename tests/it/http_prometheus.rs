@@ -377,7 +377,7 @@ async fn alert_rules_and_dashboard_are_valid_and_use_real_metrics() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("{report}");
     assert!(out.status.success(), "promtool check rules:\n{report}");
-    assert!(report.contains("SUCCESS: 8 rules found"), "{report}");
+    assert!(report.contains("SUCCESS: 9 rules found"), "{report}");
     certificate_alert_fires_14_days_before_expiry(&rules);
 
     let gw = busy_gateway().await;

@@ -11,6 +11,7 @@ mod journal_parse;
 mod journal_stream;
 mod large_reports;
 mod logs;
+mod ndr;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;

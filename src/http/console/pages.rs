@@ -678,6 +678,14 @@ pub(super) async fn message(
         }
         @if let Some(m) = &found {
             @let r = &m.record;
+            @if m.ndr_unrecoverable {
+                p.flash.err #ndr-unrecoverable role="alert" {
+                    strong { "Undeliverable journal report, not recovered." }
+                    " This is a non-delivery report that returned only the journal report's headers: "
+                    "the original is not in the archive. Fetch it from Exchange (see the NDR's headers below, "
+                    "and docs/operations.md, Undeliverable journal reports)."
+                }
+            }
             section.card #message {
                 h2 { (r.subject.as_deref().unwrap_or("(no subject)")) }
                 dl {
@@ -701,7 +709,7 @@ pub(super) async fn message(
             section.card {
                 h2 { "Sightings" }
                 div.scroll { table #sightings {
-                    thead { tr { th { "Path" } th { "When" } th { "Envelope" } th { "UIDL" } th { "Sender" } } }
+                    thead { tr { th { "Path" } th { "When" } th { "Envelope" } th { "UIDL" } th { "Sender" } th { "NDR" } } }
                     tbody { @for s in &r.sightings { tr {
                         td { (s.source.to_string()) }
                         td { (time(Some(s.at_ms))) }
@@ -716,6 +724,13 @@ pub(super) async fn message(
                                 @if !c.accepted { " (not accepted)" }
                             }
                         } @else { "—" } }
+                        td { @match &s.ndr {
+                            None => "—",
+                            Some(n) => {
+                                (if n.unrecoverable() { "headers only (not recovered)" } else { "recovered from NDR" })
+                                @if let Some(d) = &n.diagnostic_code { br; span.muted { (d) } }
+                            }
+                        } }
                     } } }
                 } }
             }

@@ -11,7 +11,8 @@
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`pki`]: a test CA issuing TLS client certificates.
-//! - [`postfix`]: a private Postfix instance relaying into the gateway (SASL, client certificate).
+//! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate);
+//! - [`postfix_bounce`]: a private Postfix bouncing journal reports and keeping the NDRs it writes.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
@@ -30,6 +31,7 @@ pub mod machine;
 pub mod peers;
 pub mod pki;
 pub mod postfix;
+pub mod postfix_bounce;
 pub mod proxy;
 pub mod sample;
 pub mod token_service;
