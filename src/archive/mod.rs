@@ -4,6 +4,7 @@
 //! transaction).
 //!
 //! Layout under `<data_dir>`: `archive/{tmp,new,cur}` (the Maildir) and `index.redb`.
+//! [`Archive::backup`] copies it while it serves; [`restore`] brings a backup back.
 //!
 //! # Durability protocol
 //! A new message's bytes are written to `tmp/<name>` and fsynced by the caller (in parallel with
@@ -23,6 +24,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod backup;
+
+pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
 use crate::index::{Facts, Index, IndexError};
 pub use crate::index::{Record, Sighting, Source, Stats, DEFAULT_CACHE_BYTES};

@@ -10,12 +10,15 @@
 //! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
+//! | `POST /api/v1/reload` | token | read the configuration file again ([`crate::reload`]) |
+//! | `POST /api/v1/backup` | token | an online copy of the archive into a directory ([`crate::archive::Archive::backup`]) |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
 //! Mutating calls, and the message endpoints (they expose archived mail), need
 //! `Authorization: Bearer <token>` ([`auth`]). Errors are JSON: `{"error": "..."}`.
 
+mod admin;
 mod api;
 pub mod auth;
 mod console;
@@ -37,6 +40,7 @@ use crate::config::Config;
 use crate::index::{CollectorStore, IndexError};
 use crate::metrics::Metrics;
 use crate::pop3::Collectors;
+use crate::reload::Reloader;
 
 /// Set by `serve` once every listener (SMTP, HTTP) is bound; `/readyz` answers 503 until then.
 #[derive(Clone, Default)]
@@ -75,7 +79,9 @@ pub struct HttpContext {
 pub(crate) struct AppState {
     pub ctx: HttpContext,
     /// The journal addresses SMTP accepts (for the cutover verdict).
-    pub accepted: Arc<Vec<String>>,
+    pub accepted: Accepted,
+    /// Reloads the configuration (`POST /api/v1/reload`); None: not wired (answered 503).
+    pub reloader: Option<Reloader>,
     /// `<data_dir>/archive`, probed by `/readyz`.
     pub archive_dir: std::path::PathBuf,
     pub token: Arc<auth::Token>,
@@ -85,6 +91,25 @@ pub(crate) struct AppState {
     pub https: bool,
     /// The web console's sessions and what it shows of the SMTP endpoint.
     pub console: console::Console,
+}
+
+/// The journal addresses SMTP accepts: fixed at start, or following the reloads.
+#[derive(Clone)]
+pub(crate) enum Accepted {
+    /// The configuration's at start (no reloader).
+    Fixed(Arc<Vec<String>>),
+    /// The running configuration's.
+    Live(tokio::sync::watch::Receiver<Arc<Config>>),
+}
+
+impl Accepted {
+    /// The addresses now.
+    pub fn current(&self) -> Arc<Vec<String>> {
+        match self {
+            Accepted::Fixed(list) => list.clone(),
+            Accepted::Live(config) => Arc::new(config.borrow().smtp.accept.clone()),
+        }
+    }
 }
 
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
@@ -115,7 +140,8 @@ impl HttpServer {
             state: AppState {
                 https: tls.is_some(),
                 ctx,
-                accepted: Arc::new(config.smtp.accept.clone()),
+                accepted: Accepted::Fixed(Arc::new(config.smtp.accept.clone())),
+                reloader: None,
                 archive_dir: config.archive_dir(),
                 token: Arc::new(token),
                 readiness: Readiness::default(),
@@ -129,6 +155,13 @@ impl HttpServer {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Serves `POST /api/v1/reload` with `reloader`, and follows its reloads (the journal
+    /// addresses of the cutover).
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.state.accepted = Accepted::Live(reloader.subscribe());
+        self.state.reloader = Some(reloader);
     }
 
     /// The flag `serve` sets once everything is bound.
