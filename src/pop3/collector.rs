@@ -377,7 +377,7 @@ impl Collector {
             if self.inner.ctx.shutdown.is_cancelled() {
                 return Err(Pop3Error::new(
                     ErrorKind::Shutdown,
-                    "stopped: the gateway is shutting down",
+                    "stopped: the gateway is shutting down (or a reload removed or changed this collector)",
                 ));
             }
             if !self.session(kind, run).await? {
@@ -445,7 +445,7 @@ impl Collector {
         if gw.shutdown.is_cancelled() {
             return Err(Pop3Error::new(
                 ErrorKind::Shutdown,
-                "stopped after the current messages: the gateway is shutting down",
+                "stopped after the current messages: the gateway is shutting down (or a reload removed or changed this collector)",
             ));
         }
         let progressed = committed.deleted > 0 || (run.archived, run.duplicates) != before;

@@ -1,6 +1,7 @@
 //! The integration tests: one crate (one link of the library) with a module per area. Gateways,
 //! fixtures and real peers come from the test kit (`tests/kit`, `journal_gateway_testkit`).
 
+mod backup;
 mod console;
 mod crash;
 mod http_api;
@@ -14,6 +15,8 @@ mod logs;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
+mod reload;
+mod smtp_client;
 mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;
