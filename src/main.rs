@@ -79,13 +79,13 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Restore a backup into the configuration's data_dir, which must be empty or absent (the
+    /// Restore a backup into the configuration's data directory, which must be empty or absent (the
     /// gateway must not be running on it); every message is checked byte-exact.
     Restore {
         /// The backup directory (written by `backup`).
         #[arg(long)]
         from: PathBuf,
-        /// Configuration file (its data_dir receives the backup).
+        /// Configuration file (its data directory receives the backup).
         #[arg(long, short)]
         config: PathBuf,
     },

@@ -220,6 +220,16 @@ impl Collectors {
     }
 }
 
+impl IntoIterator for &Collectors {
+    type Item = Collector;
+    type IntoIter = std::vec::IntoIter<Collector>;
+
+    /// The collectors configured now, in name order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl Registry {
     /// A collector's own context: a child of the gateway's shutdown token.
     fn own_context(&self) -> CollectorContext {
