@@ -8,8 +8,8 @@
 //!
 //! SIGHUP (the unit's `ExecReload`, or `kill -HUP` by hand) reloads the configuration, with or
 //! without a service manager: `RELOADING=1` with `MONOTONIC_USEC` (as systemd 253 and later expect
-//! of `Type=notify-reload`), then `READY=1` with a `STATUS=` saying what the reload applied, kept
-//! or refused.
+//! of `Type=notify-reload`), a bare `RELOADING=1`, then `READY=1` with a `STATUS=` saying what the
+//! reload applied, kept or refused.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -245,7 +245,11 @@ async fn supervise<F, Fut>(
             () = shutdown.cancelled() => break,
             Some(()) = hangups.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
+                // systemd 253+ (`Type=notify-reload`) matches the reload by the MONOTONIC_USEC
+                // sent with RELOADING=1; a bare RELOADING=1 follows for readers that look for the
+                // line on its own (systemd ignores the repeat: the reload is already under way).
                 notifier.notify_logged(&[State::Reloading, State::MonotonicUsec(monotonic_usec())]);
+                notifier.notify_logged(&[State::Reloading]);
                 let status = match reload().await {
                     Ok(summary) => format!("reloaded: {summary}"),
                     Err(e) => format!("reload refused: {e}"),
@@ -381,7 +385,7 @@ mod tests {
         hangups.send(()).unwrap();
         hangups.send(()).unwrap();
         let (socket, got) = tokio::task::spawn_blocking(move || {
-            let got: Vec<String> = (0..4).map(|_| receive(&socket)).collect();
+            let got: Vec<String> = (0..6).map(|_| receive(&socket)).collect();
             (socket, got)
         })
         .await
@@ -394,14 +398,16 @@ mod tests {
             .parse()
             .unwrap();
         assert!(usec >= before && usec <= monotonic_usec(), "{usec}");
-        assert_eq!(got[1], "READY=1\nSTATUS=reloaded: applied smtp.accept");
+        assert_eq!(got[1], "RELOADING=1");
+        assert_eq!(got[2], "READY=1\nSTATUS=reloaded: applied smtp.accept");
         assert!(
-            got[2].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            got[3].starts_with("RELOADING=1\nMONOTONIC_USEC="),
             "{}",
-            got[2]
+            got[3]
         );
+        assert_eq!(got[4], "RELOADING=1");
         assert_eq!(
-            got[3],
+            got[5],
             "READY=1\nSTATUS=reload refused: configuration refused: line 3"
         );
         assert!(!task.is_finished(), "a hangup must not end the supervisor");

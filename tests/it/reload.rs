@@ -566,6 +566,8 @@ fn sighup_reloads_the_real_binary_and_notifies_systemd() {
             .is_some_and(|v| v > 0),
         "{reloading}"
     );
+    // The line on its own too (what scripts/test-package greps for).
+    assert_eq!(notification(&socket), "RELOADING=1");
     assert_eq!(
         notification(&socket),
         "READY=1\nSTATUS=reloaded: applied smtp.accept"
@@ -576,6 +578,7 @@ fn sighup_reloads_the_real_binary_and_notifies_systemd() {
     std::fs::write(&config, "[smtp\n").unwrap();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     assert!(notification(&socket).starts_with("RELOADING=1\n"));
+    assert_eq!(notification(&socket), "RELOADING=1");
     let refused = notification(&socket);
     assert!(
         refused.starts_with("READY=1\nSTATUS=reload refused: configuration refused"),
