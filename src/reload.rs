@@ -6,6 +6,8 @@
 //! anything changes; any failure refuses the whole file, logs why and returns it, and the running
 //! configuration stays. Then:
 //!
+//! - HTTPS: a renewed certificate at the `[http] tls_cert`/`tls_key` paths is read again the
+//!   same way (the paths themselves need a restart).
 //! - SMTP: the whole `[smtp]` settings value (accepted addresses, allowed clients, limits,
 //!   timeouts, hostname, and whatever keys the table gains) and the certificate are replaced
 //!   at once for new connections; a session in progress keeps the settings it started with to its
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::{Config, SmtpConfig};
+use crate::http::{HttpsCert, HttpsLive};
 use crate::metrics::Metrics;
 use crate::pop3::{CollectorChanges, Collectors, Prepared};
 use crate::smtp::{Live, SmtpLive};
@@ -133,6 +136,8 @@ struct State {
     running: Config,
     /// The SMTP settings of new connections (None: SMTP not started).
     smtp: Option<SmtpLive>,
+    /// The HTTPS certificate (None: plain HTTP, or HTTP not started).
+    https: Option<HttpsLive>,
     /// Where the gateway is bound.
     bound: Bound,
 }
@@ -142,6 +147,7 @@ struct Ready {
     next: Config,
     kept: Vec<Kept>,
     smtp: Option<Live>,
+    https: Option<HttpsCert>,
     collectors: Prepared,
 }
 
@@ -161,6 +167,7 @@ impl Reloader {
                 state: Mutex::new(State {
                     running: config,
                     smtp,
+                    https: None,
                     bound,
                 }),
                 published,
@@ -170,11 +177,12 @@ impl Reloader {
         }
     }
 
-    /// Once the listeners are bound: the SMTP settings handle (None without SMTP) and where the
-    /// gateway listens.
-    pub(crate) fn attach(&self, smtp: Option<SmtpLive>, bound: Bound) {
+    /// Once the listeners are bound: the SMTP settings handle (None without SMTP), the HTTPS
+    /// certificate handle (None with plain HTTP) and where the gateway listens.
+    pub(crate) fn attach(&self, smtp: Option<SmtpLive>, https: Option<HttpsLive>, bound: Bound) {
         let mut state = self.inner.lock();
         state.smtp = smtp;
+        state.https = https;
         state.bound = bound;
     }
 
@@ -242,6 +250,13 @@ impl Inner {
             Some(_) => Some(Live::load(&next).map_err(ReloadError::Invalid)?),
             None => None,
         };
+        // `[http]` keeps its paths until a restart; a renewed certificate there is read again.
+        let https = match &state.https {
+            Some(live) => Some(live.reread().map_err(|e| {
+                ReloadError::Invalid(e.context("reading the HTTPS certificate again"))
+            })?),
+            None => None,
+        };
         let collectors = self
             .collectors
             .prepare(&next.collectors)
@@ -250,6 +265,7 @@ impl Inner {
             next,
             kept,
             smtp,
+            https,
             collectors,
         })
     }
@@ -276,6 +292,21 @@ impl Inner {
                 .set(new.not_after);
             report.smtp_certificate_sha256 = Some(new.fingerprint.to_string());
             handle.replace(live);
+        }
+        if let (Some(handle), Some(cert)) = (&state.https, ready.https) {
+            let new = cert.identity();
+            if handle.current().identity().fingerprint != new.fingerprint {
+                report.applied.push(format!(
+                    "http certificate {} (sha256 {})",
+                    new.cert_path.display(),
+                    new.fingerprint
+                ));
+            }
+            self.metrics
+                .tls_cert_expiry
+                .with_label_values(&["http"])
+                .set(new.not_after);
+            handle.replace(cert);
         }
         // Forwarding targets ([[forward]], to come) are swapped here, prepared beside the
         // collectors.

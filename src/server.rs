@@ -162,6 +162,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     // HTTP server holds a clone sharing this one's state).
     running.reloader.attach(
         smtp.as_ref().map(SmtpServer::live),
+        http.as_ref().and_then(HttpServer::https),
         Bound {
             smtp: running.smtp_addrs.clone(),
             smtp_tls: running.smtp_tls_addrs.clone(),

@@ -23,6 +23,8 @@ mod api;
 pub mod auth;
 mod console;
 mod https;
+
+pub(crate) use https::{HttpsCert, HttpsLive};
 pub mod views;
 
 use std::net::SocketAddr;
@@ -116,7 +118,7 @@ impl Accepted {
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
     /// Set with `[http] tls_cert`/`tls_key`: the listener speaks HTTPS only.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<https::HttpsLive>,
     state: AppState,
 }
 
@@ -127,7 +129,7 @@ impl HttpServer {
         let token = auth::Token::load_or_generate(config)?;
         let tls = match (&config.http.tls_cert, &config.http.tls_key) {
             (Some(cert), Some(key)) => Some(
-                https::acceptor(cert, key)
+                https::HttpsLive::load(cert, key)
                     .context("loading the HTTPS certificate ([http] tls_cert, tls_key)")?,
             ),
             _ => None,
@@ -164,6 +166,11 @@ impl HttpServer {
         self.state.reloader = Some(reloader);
     }
 
+    /// The HTTPS certificate handle a reload replaces (None: plain HTTP).
+    pub(crate) fn https(&self) -> Option<HttpsLive> {
+        self.tls.clone()
+    }
+
     /// The flag `serve` sets once everything is bound.
     pub fn readiness(&self) -> Readiness {
         self.state.readiness.clone()
@@ -174,9 +181,9 @@ impl HttpServer {
         let shutdown = self.state.ctx.shutdown.clone();
         let addr = self.local_addr()?;
         let router = api::router(self.state);
-        if let Some(acceptor) = self.tls {
+        if let Some(certs) = &self.tls {
             tracing::info!("HTTPS (metrics, admin API, console) on https://{addr}");
-            let listener = https::TlsListener::new(self.listener, acceptor, shutdown.clone())?;
+            let listener = https::TlsListener::new(self.listener, certs, shutdown.clone())?;
             return axum::serve(listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await

@@ -193,9 +193,20 @@ fn certificate(dir: &Path, year: i32) -> (PathBuf, PathBuf, String) {
     (cert_path, key_path, hex::encode(Sha256::digest(cert.der())))
 }
 
-/// The SHA-256 (hex) of the certificate a new TLS handshake gets: STARTTLS on the plain port,
-/// or implicit TLS (Python's ssl module, not verifying: it only reports what it was served).
-async fn served_fingerprint(addr: std::net::SocketAddr, starttls: bool) -> String {
+/// How [`served_fingerprint`] reaches the certificate.
+#[derive(Clone, Copy)]
+enum Handshake {
+    /// SMTP STARTTLS on the plain port.
+    Starttls,
+    /// SMTP implicit TLS.
+    Smtps,
+    /// A bare TLS handshake (the HTTPS listener).
+    Tls,
+}
+
+/// The SHA-256 (hex) of the certificate a new TLS handshake gets (Python's ssl module, not
+/// verifying: it only reports what it was served).
+async fn served_fingerprint(addr: std::net::SocketAddr, handshake: Handshake) -> String {
     const SCRIPT: &str = r#"
 import hashlib, smtplib, ssl, sys
 host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -206,14 +217,23 @@ if mode == "starttls":
     s = smtplib.SMTP(host, port, timeout=20)
     s.ehlo()
     s.starttls(context=ctx)
-else:
+elif mode == "implicit":
     s = smtplib.SMTP_SSL(host, port, context=ctx, timeout=20)
+else:
+    import socket
+    t = ctx.wrap_socket(socket.create_connection((host, port), timeout=20))
+    print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
+    sys.exit(0)
 der = s.sock.getpeercert(binary_form=True)
 s.quit()
 print(hashlib.sha256(der).hexdigest())
 "#;
     let python = require("python3", "python3");
-    let mode = if starttls { "starttls" } else { "implicit" };
+    let mode = match handshake {
+        Handshake::Starttls => "starttls",
+        Handshake::Smtps => "implicit",
+        Handshake::Tls => "tls",
+    };
     let out = tokio::task::spawn_blocking(move || {
         journal_gateway_testkit::peers::run_ok(
             Command::new(python)
@@ -237,23 +257,34 @@ const END_2031: i64 = 1_924_992_000;
 async fn a_renewed_certificate_is_served_to_new_handshakes() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, first) = certificate(&dir.path().join("live"), 2030);
-    let gw = gateway(
-        dir.path(),
-        &format!(
+    let (http_cert, http_key, http_first) = certificate(&dir.path().join("http"), 2030);
+    let gw = TestGateway::builder()
+        .config_dir(dir.path())
+        .smtp(&format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
             cert.display(),
             key.display()
-        ),
-    )
-    .await;
-    let expiry = || {
+        ))
+        .http()
+        .http_tls(&http_cert, &http_key)
+        .start()
+        .await;
+    let expiry = |which: &str| {
         gw.metrics()
             .tls_cert_expiry
-            .with_label_values(&["smtp"])
+            .with_label_values(&[which])
             .get()
     };
-    assert_eq!(served_fingerprint(gw.smtp_addr(), true).await, first);
-    assert_eq!(expiry(), END_2030);
+    assert_eq!(
+        served_fingerprint(gw.smtp_addr(), Handshake::Starttls).await,
+        first
+    );
+    assert_eq!(
+        served_fingerprint(gw.http_addr(), Handshake::Tls).await,
+        http_first
+    );
+    assert_eq!(expiry("smtp"), END_2030);
+    assert_eq!(expiry("http"), END_2030);
     // A session that started before the renewal.
     let mut before = Client::mail(gw.smtp_addr()).await;
 
@@ -261,25 +292,46 @@ async fn a_renewed_certificate_is_served_to_new_handshakes() {
     let (new_cert, new_key, second) = certificate(&dir.path().join("renewed"), 2031);
     std::fs::copy(new_cert, &cert).unwrap();
     std::fs::copy(new_key, &key).unwrap();
+    let (new_cert, new_key, http_second) = certificate(&dir.path().join("renewed-http"), 2031);
+    std::fs::copy(new_cert, &http_cert).unwrap();
+    std::fs::copy(new_key, &http_key).unwrap();
     let reloaded = gw.reload().await.unwrap();
+    // The fingerprints as the gateway writes them (their Display form).
+    let display = |hex_sha: &str| {
+        let bytes: [u8; 32] = hex::decode(hex_sha).unwrap().try_into().unwrap();
+        journal_gateway::tls::Fingerprint(bytes).to_string()
+    };
     assert_eq!(
         reloaded.applied,
-        [format!(
-            "smtp certificate {} (sha256 {})",
-            cert.display(),
-            {
-                // The fingerprint as the gateway writes it (its Display form).
-                let bytes: [u8; 32] = hex::decode(&second).unwrap().try_into().unwrap();
-                journal_gateway::tls::Fingerprint(bytes).to_string()
-            }
-        )]
+        [
+            format!(
+                "smtp certificate {} (sha256 {})",
+                cert.display(),
+                display(&second)
+            ),
+            format!(
+                "http certificate {} (sha256 {})",
+                http_cert.display(),
+                display(&http_second)
+            )
+        ]
     );
     assert_ne!(first, second);
-    assert_eq!(served_fingerprint(gw.smtp_addr(), true).await, second);
-    assert_eq!(served_fingerprint(gw.smtps_addr(), false).await, second);
-    assert_eq!(expiry(), END_2031, "the expiry metric follows");
-    let metrics = gw.get("/metrics").await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(
+        served_fingerprint(gw.smtp_addr(), Handshake::Starttls).await,
+        second
+    );
+    assert_eq!(
+        served_fingerprint(gw.smtps_addr(), Handshake::Smtps).await,
+        second
+    );
+    assert_eq!(
+        served_fingerprint(gw.http_addr(), Handshake::Tls).await,
+        http_second
+    );
+    assert_eq!(expiry("smtp"), END_2031, "the expiry metric follows");
+    assert_eq!(expiry("http"), END_2031);
+    let text = gw.metrics().render();
     assert!(
         text.contains(&format!(
             "journal_gateway_tls_cert_expiry_timestamp_seconds{{certificate=\"smtp\"}} {END_2031}"
@@ -289,6 +341,16 @@ async fn a_renewed_certificate_is_served_to_new_handshakes() {
     // The older session goes on.
     assert_eq!(before.command(&format!("RCPT TO:<{JOURNAL}>")).await, 250);
     assert_eq!(before.data(&report(3)).await, 250);
+    assert_eq!(before.command("QUIT").await, 221);
+
+    // A renewed certificate that does not load refuses the reload; the served one stays.
+    std::fs::write(&http_cert, "not a certificate").unwrap();
+    let e = gw.reload().await.unwrap_err().to_string();
+    assert!(e.contains("HTTPS certificate"), "{e}");
+    assert_eq!(
+        served_fingerprint(gw.http_addr(), Handshake::Tls).await,
+        http_second
+    );
     gw.stop().await;
 }
 
