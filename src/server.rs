@@ -243,6 +243,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for line in describe(&config).lines() {
         tracing::info!("{line}");
     }
+    // Signals are caught from before the listeners are bound: a SIGTERM that comes as soon as a
+    // port answers is a clean shutdown, and a SIGHUP never ends the process (its default action),
+    // even before the reload handling below is in place.
+    let stop = StopSignals::install();
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!("cannot listen for SIGHUP ({e})"));
     let running = start(config, Start::ALL).await?;
     for addr in &running.smtp_addrs {
         tracing::info!("SMTP (STARTTLS) listening on {addr}");
@@ -267,7 +273,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let shutdown = running.shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down: no new connections, finishing in-flight messages");
         shutdown.cancel();
     });
@@ -276,26 +282,39 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only");
-                    let _ = ctrl_c.await;
-                    return;
+/// SIGTERM and SIGINT (Ctrl-C), registered when installed so none is missed.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|e| tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only"))
+            .ok();
+        let interrupt = signal(SignalKind::interrupt())
+            .inspect_err(|e| tracing::warn!("cannot listen for Ctrl-C ({e})"))
+            .ok();
+        StopSignals { term, interrupt }
+    }
+
+    /// Until one of them arrives (forever when neither could be registered).
+    async fn wait(mut self) {
+        async fn next(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
                 }
-            };
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            () = next(self.term.as_mut()) => {}
+            () = next(self.interrupt.as_mut()) => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// A human summary of what a configuration makes the gateway do (printed at start and by
