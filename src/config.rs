@@ -54,6 +54,10 @@ pub struct Config {
     /// How `serve` writes its log to stderr: `"text"` (default) or `"json"` for log shippers.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The file this configuration was loaded from ([`Config::load`]); what a reload reads
+    /// again. `None` for parsed text and the embedded default (nothing to reload).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The drop-in directory's name, next to the configuration file.
@@ -79,7 +83,7 @@ pub enum LogFormat {
 }
 
 /// `[smtp]`: the SMTP journal endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     /// Plain listeners (STARTTLS offered on them when a certificate is available).
@@ -269,8 +273,9 @@ pub enum TlsMode {
     None,
 }
 
-/// One `[[collector]]`: a POP3 journal mailbox to drain.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[collector]]`: a POP3 journal mailbox to drain. Two are equal when every key is (a
+/// reload restarts a collector whose table changed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
     /// The collector's name (letters, digits, `-_.`), with its place in the file for errors.
@@ -581,6 +586,7 @@ impl Config {
         let dir = dropin_dir_of(path);
         config.load_dropins(&dir)?;
         config.dropin_dir = Some(dir);
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 

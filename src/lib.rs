@@ -11,7 +11,8 @@
 //!
 //! - [`server`]: the wiring. `start` opens the archive and the ingest path, builds the
 //!   collectors, binds SMTP and HTTP and returns a `Running`; `serve` is `start` plus signals.
-//! - [`config`]: the TOML configuration, errors naming the key and line.
+//! - [`config`]: the TOML configuration, errors naming the key and line; [`reload`] applies a
+//!   changed file to a running gateway (SIGHUP, `POST /api/v1/reload`).
 //! - `smtp` (crate-private): the SMTP journal endpoint: listener, admission, one session per
 //!   connection, one file per verb under `smtp/session/`. It takes an [`ingest::Ingest`], its
 //!   settings, [`metrics::Metrics`] and a shutdown token; nothing outside the wiring uses it.
@@ -64,6 +65,7 @@ pub mod metrics;
 pub mod migration;
 pub(crate) mod net;
 pub mod pop3;
+pub mod reload;
 pub mod server;
 pub(crate) mod smtp;
 pub(crate) mod store;

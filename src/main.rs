@@ -64,6 +64,31 @@ enum Command {
         #[command(subcommand)]
         action: MigrationCommand,
     },
+    /// Ask the running server to read its configuration file again (as SIGHUP does) and print
+    /// what it applied and what needs a restart. An invalid file is refused whole.
+    Reload {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Ask the running server for a consistent online copy of its archive (index snapshot and
+    /// message files) into DIR, a new or empty directory on the server's host.
+    Backup {
+        /// Destination directory (created; must be empty or new).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Restore a backup into the configuration's data directory, which must be empty or absent (the
+    /// gateway must not be running on it); every message is checked byte-exact.
+    Restore {
+        /// The backup directory (written by `backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration file (its data directory receives the backup).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// SMTP AUTH users (`[smtp] users_file`): add, remove, list. A running gateway picks the
     /// changes up by itself.
     SmtpUser {
@@ -280,6 +305,24 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::SmtpUser { action } => smtp_user(action),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
+        Command::Reload { remote } => remote_verb(remote, Verb::Reload),
+        Command::Backup { to, remote } => {
+            // The server writes the directory: it needs an absolute path.
+            let to = std::path::absolute(&to).with_context(|| format!("--to {}", to.display()))?;
+            remote_verb(remote, Verb::Backup { to })
+        }
+        Command::Restore { from, config } => {
+            let config = Config::load(&config)?;
+            let restored = journal_gateway::archive::restore(&from, &config.data_dir)?;
+            println!(
+                "restored {} messages ({} bytes) from {} into {}; every file checked against its record",
+                restored.messages,
+                restored.bytes,
+                from.display(),
+                config.data_dir.display()
+            );
+            Ok(())
+        }
         Command::Migration {
             action: MigrationCommand::Status { remote },
         } => remote_verb(remote, Verb::MigrationStatus),

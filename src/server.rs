@@ -20,6 +20,7 @@ use crate::index::CollectorStore;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::pop3::{CollectorContext, Collectors};
+use crate::reload::{Bound, Reloader};
 use crate::smtp::SmtpServer;
 
 /// What [`start`] runs besides the archive and the ingest path.
@@ -69,6 +70,8 @@ pub struct Running {
     pub collector_store: CollectorStore,
     /// Every configured collector.
     pub collectors: Collectors,
+    /// Reloads the configuration file (what SIGHUP and `POST /api/v1/reload` call).
+    pub reloader: Reloader,
     /// Cancel to shut the gateway down (what SIGTERM does); see [`Running::stop`].
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -96,7 +99,14 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         http_addr: None,
         archive,
         ingest,
-        metrics,
+        metrics: metrics.clone(),
+        reloader: Reloader::new(
+            (*config).clone(),
+            None,
+            collectors.clone(),
+            metrics,
+            Bound::default(),
+        ),
         collector_store,
         collectors,
         shutdown,
@@ -123,7 +133,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         None
     };
     let http = if what.http {
-        let http = HttpServer::bind(
+        let mut http = HttpServer::bind(
             &config,
             HttpContext {
                 archive: running.archive.clone(),
@@ -135,6 +145,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         )
         .await?;
         running.http_addr = Some(http.local_addr()?);
+        http.set_reloader(running.reloader.clone());
         if let Some(cert) = &config.http.tls_cert {
             let expiry = crate::tls::not_after_of_file(cert)?;
             running
@@ -147,6 +158,17 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // Everything is bound: the reloader knows the SMTP settings and the bound addresses (the
+    // HTTP server holds a clone sharing this one's state).
+    running.reloader.attach(
+        smtp.as_ref().map(SmtpServer::live),
+        http.as_ref().and_then(HttpServer::https),
+        Bound {
+            smtp: running.smtp_addrs.clone(),
+            smtp_tls: running.smtp_tls_addrs.clone(),
+            http: running.http_addr,
+        },
+    );
     if let Some(smtp) = smtp {
         running.tasks.spawn(smtp.run());
     }
@@ -221,6 +243,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for line in describe(&config).lines() {
         tracing::info!("{line}");
     }
+    // Signals are caught from before the listeners are bound: a SIGTERM that comes as soon as a
+    // port answers is a clean shutdown, and a SIGHUP never ends the process (its default action),
+    // even before the reload handling below is in place.
+    let stop = StopSignals::install();
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!("cannot listen for SIGHUP ({e})"));
     let running = start(config, Start::ALL).await?;
     for addr in &running.smtp_addrs {
         tracing::info!("SMTP (STARTTLS) listening on {addr}");
@@ -228,10 +256,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for addr in &running.smtp_tls_addrs {
         tracing::info!("SMTP (implicit TLS) listening on {addr}");
     }
-    crate::systemd::ready("listening; collectors started", running.shutdown.clone());
+    let reloader = running.reloader.clone();
+    crate::systemd::ready(
+        "listening; collectors started",
+        running.shutdown.clone(),
+        move || {
+            let reloader = reloader.clone();
+            async move {
+                reloader
+                    .reload()
+                    .await
+                    .map(|report| report.to_string())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    );
     let shutdown = running.shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down: no new connections, finishing in-flight messages");
         shutdown.cancel();
     });
@@ -240,26 +282,39 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only");
-                    let _ = ctrl_c.await;
-                    return;
+/// SIGTERM and SIGINT (Ctrl-C), registered when installed so none is missed.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|e| tracing::warn!("cannot listen for SIGTERM ({e}); Ctrl-C only"))
+            .ok();
+        let interrupt = signal(SignalKind::interrupt())
+            .inspect_err(|e| tracing::warn!("cannot listen for Ctrl-C ({e})"))
+            .ok();
+        StopSignals { term, interrupt }
+    }
+
+    /// Until one of them arrives (forever when neither could be registered).
+    async fn wait(mut self) {
+        async fn next(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
                 }
-            };
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            () = next(self.term.as_mut()) => {}
+            () = next(self.interrupt.as_mut()) => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// A human summary of what a configuration makes the gateway do (printed at start and by

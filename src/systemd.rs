@@ -5,9 +5,15 @@
 //! (a path, or an abstract name written `@name`), holding newline-separated `KEY=VALUE` lines. No
 //! `$NOTIFY_SOCKET` (started by hand, in a container, by a test): every call is a no-op. A failed
 //! notification is logged and otherwise ignored: it never stops the gateway.
+//!
+//! SIGHUP (the unit's `ExecReload`, or `kill -HUP` by hand) reloads the configuration, with or
+//! without a service manager: `RELOADING=1` with `MONOTONIC_USEC` (as systemd 253 and later expect
+//! of `Type=notify-reload`), a bare `RELOADING=1`, then `READY=1` with a `STATUS=` saying what the
+//! reload applied, kept or refused.
 
 use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 
@@ -20,6 +26,8 @@ pub enum State {
     Ready,
     /// `RELOADING=1`: a configuration reload started (followed by `Ready` when it is done).
     Reloading,
+    /// `MONOTONIC_USEC=...`: `CLOCK_MONOTONIC` now, in microseconds (sent with `Reloading`).
+    MonotonicUsec(u64),
     /// `STOPPING=1`: shutdown started.
     Stopping,
     /// `STATUS=...`: a one-line human status shown by `systemctl status`.
@@ -31,6 +39,7 @@ impl fmt::Display for State {
         match self {
             State::Ready => f.write_str("READY=1"),
             State::Reloading => f.write_str("RELOADING=1"),
+            State::MonotonicUsec(us) => write!(f, "MONOTONIC_USEC={us}"),
             State::Stopping => f.write_str("STOPPING=1"),
             // A status is one line: a newline would start another assignment.
             State::Status(s) => write!(f, "STATUS={}", s.replace(['\n', '\r'], " ")),
@@ -158,24 +167,42 @@ fn send_abstract(_: &UnixDatagram, _: &[u8], _: &[u8]) -> std::io::Result<usize>
     ))
 }
 
-/// Announces that every listener is bound (`READY=1` with `status`), and `STOPPING=1` once
-/// `shutdown` is cancelled. Called once by `serve`, inside the runtime. No-op without
-/// `$NOTIFY_SOCKET`.
-///
-/// Under a service manager, SIGHUP (the unit's `ExecReload`) is answered with `RELOADING=1`, then
-/// `READY=1` and a warning: live reload is not implemented yet, the running configuration stays.
-/// Without this, SIGHUP's default action would end the process, and systemd counts SIGHUP as a
-/// clean exit (no `Restart=on-failure`): `systemctl reload` would stop the gateway. The real reload
-/// replaces [`supervise`]'s hangup branch.
-pub fn ready(status: &str, shutdown: CancellationToken) {
-    ready_with(Notifier::from_env(), status, shutdown);
+/// `CLOCK_MONOTONIC` now, in microseconds (what systemd compares `MONOTONIC_USEC` with).
+#[must_use]
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000).saturating_add(nanos / 1000)
+}
+
+/// Announces that every listener is bound (`READY=1` with `status`), answers each SIGHUP by
+/// calling `reload` (which returns a one-line summary or the reason it refused the file), and
+/// sends `STOPPING=1` once `shutdown` is cancelled. Called once by `serve`, inside the runtime.
+/// Without `$NOTIFY_SOCKET` nothing is sent, but SIGHUP still reloads (its default action would
+/// end the process, and systemd counts SIGHUP as a clean exit).
+pub fn ready<F, Fut>(status: &str, shutdown: CancellationToken, reload: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send + 'static,
+{
+    ready_with(Notifier::from_env(), status, shutdown, reload);
 }
 
 /// [`ready`] with a given notifier.
-pub fn ready_with(notifier: Notifier, status: &str, shutdown: CancellationToken) {
-    if !notifier.is_enabled() {
-        return;
-    }
+pub fn ready_with<F, Fut>(notifier: Notifier, status: &str, shutdown: CancellationToken, reload: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send + 'static,
+{
     let (hangups, hangup_rx) = tokio::sync::mpsc::unbounded_channel();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut signal) => {
@@ -197,30 +224,37 @@ pub fn ready_with(notifier: Notifier, status: &str, shutdown: CancellationToken)
             "cannot listen for SIGHUP ({e}); `systemctl reload` would stop the gateway"
         ),
     }
-    notifier.notify_logged(&[State::Ready, State::Status(status.to_owned())]);
-    tokio::spawn(supervise(notifier, status.to_owned(), shutdown, hangup_rx));
+    if notifier.is_enabled() {
+        notifier.notify_logged(&[State::Ready, State::Status(status.to_owned())]);
+    }
+    tokio::spawn(supervise(notifier, shutdown, hangup_rx, reload));
 }
 
-/// Answers each hangup (reload request) until `shutdown`, then sends `STOPPING=1`.
-async fn supervise(
+/// Answers each hangup with a reload until `shutdown`, then sends `STOPPING=1`.
+async fn supervise<F, Fut>(
     notifier: Notifier,
-    status: String,
     shutdown: CancellationToken,
     mut hangups: tokio::sync::mpsc::UnboundedReceiver<()>,
-) {
+    mut reload: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, String>> + Send + 'static,
+{
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(()) = hangups.recv() => {
-                tracing::warn!(
-                    "SIGHUP: configuration reload is not implemented yet; the running configuration \
-                     stays (restart the service to apply changes)"
-                );
+                tracing::info!("SIGHUP: reloading the configuration");
+                // systemd 253+ (`Type=notify-reload`) matches the reload by the MONOTONIC_USEC
+                // sent with RELOADING=1; a bare RELOADING=1 follows for readers that look for the
+                // line on its own (systemd ignores the repeat: the reload is already under way).
+                notifier.notify_logged(&[State::Reloading, State::MonotonicUsec(monotonic_usec())]);
                 notifier.notify_logged(&[State::Reloading]);
-                notifier.notify_logged(&[
-                    State::Ready,
-                    State::Status(format!("{status} (reload not supported: restart to apply changes)")),
-                ]);
+                let status = match reload().await {
+                    Ok(summary) => format!("reloaded: {summary}"),
+                    Err(e) => format!("reload refused: {e}"),
+                };
+                notifier.notify_logged(&[State::Ready, State::Status(status)]);
             }
         }
     }
@@ -316,7 +350,9 @@ mod tests {
         let socket = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier::from_var(Some(path.into_os_string())).unwrap();
         let shutdown = CancellationToken::new();
-        ready_with(notifier, "listening", shutdown.clone());
+        ready_with(notifier, "listening", shutdown.clone(), || async {
+            Ok(String::new())
+        });
         assert_eq!(receive(&socket), "READY=1\nSTATUS=listening");
         shutdown.cancel();
         let socket = tokio::task::spawn_blocking(move || receive(&socket))
@@ -336,24 +372,43 @@ mod tests {
         let notifier = Notifier::from_var(Some(path.into_os_string())).unwrap();
         let shutdown = CancellationToken::new();
         let (hangups, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(
-            notifier,
-            "listening".into(),
-            shutdown.clone(),
-            rx,
-        ));
+        // The first reload applies, the second is refused.
+        let mut outcomes = vec![
+            Err("configuration refused: line 3".to_string()),
+            Ok("applied smtp.accept".to_string()),
+        ];
+        let task = tokio::spawn(supervise(notifier, shutdown.clone(), rx, move || {
+            let outcome = outcomes.pop().expect("two reloads");
+            async move { outcome }
+        }));
+        let before = monotonic_usec();
         hangups.send(()).unwrap();
-        let (socket, first, second) = tokio::task::spawn_blocking(move || {
-            let first = receive(&socket);
-            let second = receive(&socket);
-            (socket, first, second)
+        hangups.send(()).unwrap();
+        let (socket, got) = tokio::task::spawn_blocking(move || {
+            let got: Vec<String> = (0..6).map(|_| receive(&socket)).collect();
+            (socket, got)
         })
         .await
         .unwrap();
-        assert_eq!(first, "RELOADING=1");
+        let (reloading, usec) = got[0].split_once('\n').unwrap();
+        assert_eq!(reloading, "RELOADING=1");
+        let usec: u64 = usec
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(usec >= before && usec <= monotonic_usec(), "{usec}");
+        assert_eq!(got[1], "RELOADING=1");
+        assert_eq!(got[2], "READY=1\nSTATUS=reloaded: applied smtp.accept");
+        assert!(
+            got[3].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{}",
+            got[3]
+        );
+        assert_eq!(got[4], "RELOADING=1");
         assert_eq!(
-            second,
-            "READY=1\nSTATUS=listening (reload not supported: restart to apply changes)"
+            got[5],
+            "READY=1\nSTATUS=reload refused: configuration refused: line 3"
         );
         assert!(!task.is_finished(), "a hangup must not end the supervisor");
         shutdown.cancel();

@@ -4,6 +4,7 @@
 //! transaction).
 //!
 //! Layout under `<data_dir>`: `archive/{tmp,new,cur}` (the Maildir) and `index.redb`.
+//! [`Archive::backup`] copies it while it serves; [`restore`] brings a backup back.
 //!
 //! # Durability protocol
 //! A new message's bytes are written to `tmp/<name>` and fsynced by the caller (in parallel with
@@ -27,6 +28,10 @@ use std::sync::Arc;
 pub use crate::index::{
     ClientCert, Provenance, Record, Sighting, Source, Stats, TlsSession, DEFAULT_CACHE_BYTES,
 };
+mod backup;
+
+pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
+
 use crate::index::{Facts, Index, IndexError};
 use crate::store::Maildir;
 

@@ -13,11 +13,13 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
+use journal_gateway::archive::BackupSummary;
 use journal_gateway::clock::UnixMs;
 use journal_gateway::config::Config;
 use journal_gateway::http::views::{CollectorInfo, Status};
 use journal_gateway::index::Run;
 use journal_gateway::migration::Verdict;
+use journal_gateway::reload::ReloadReport;
 
 /// Where the server is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -150,6 +152,8 @@ pub enum Verb {
     CollectorDeactivate { name: String },
     CollectorRetire { name: String, force: bool },
     MigrationStatus,
+    Reload,
+    Backup { to: PathBuf },
 }
 
 /// A path segment, percent-encoded (collector names are plain, but be safe).
@@ -210,6 +214,12 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
             true,
         ),
         Verb::MigrationStatus => (Method::GET, "/api/v1/migration".to_string(), false),
+        Verb::Reload => (Method::POST, "/api/v1/reload".to_string(), true),
+        Verb::Backup { to } => (
+            Method::POST,
+            format!("/api/v1/backup?to={}", segment(&to.to_string_lossy())),
+            true,
+        ),
     };
     let token = if needs_token { Some(token()?) } else { None };
     let reply = request(&remote.server, method, &path, token.as_deref()).await?;
@@ -256,7 +266,35 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
             out
         }
         Verb::MigrationStatus => format_verdict(&parse(&reply)?),
+        Verb::Reload => format_reload(&parse(&reply)?),
+        Verb::Backup { to } => {
+            let b: BackupSummary = parse(&reply)?;
+            format!(
+                "backup written to {}: {} messages, {} bytes (snapshot of {})\n",
+                to.display(),
+                b.messages,
+                b.bytes,
+                b.created_ms.rfc3339().unwrap_or_default()
+            )
+        }
     })
+}
+
+/// What a reload applied, changed and kept, one line each.
+fn format_reload(r: &ReloadReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "reloaded: {r}");
+    for k in &r.kept {
+        let _ = writeln!(
+            out,
+            "  {}: kept, restart needed (running {}, file {})",
+            k.key, k.running, k.file
+        );
+    }
+    if let Some(sha) = &r.smtp_certificate_sha256 {
+        let _ = writeln!(out, "  SMTP certificate SHA-256: {sha}");
+    }
+    out
 }
 
 fn time_ms(ms: Option<UnixMs>) -> String {

@@ -46,7 +46,7 @@ pub fn offline_run(config: Option<&PathBuf>, name: String, run: Offline) -> anyh
             gateway.stop().await?;
             anyhow::bail!("collector {name:?} is retired: it cannot collect");
         }
-        let Some(collector) = gateway.collectors.get(&name).cloned() else {
+        let Some(collector) = gateway.collectors.get(&name) else {
             anyhow::bail!("no [[collector]] named {name:?} in the configuration");
         };
         let result = collector.collect(kind).await;

@@ -22,6 +22,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/collectors/{name}/deactivate", post(deactivate))
         .route("/api/v1/collectors/{name}/retire", post(retire))
         .route("/api/v1/messages/{*id}", get(message))
+        .route("/api/v1/reload", post(super::admin::reload))
+        .route("/api/v1/backup", post(super::admin::backup))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -55,8 +57,8 @@ fn migration_input(state: &AppState) -> Result<migration::MigrationInput, IndexE
     migration::gather_input(
         state.ctx.archive.index(),
         &state.ctx.store,
-        state.ctx.collectors.iter().map(Collector::config),
-        &state.accepted,
+        state.ctx.collectors.configs().iter(),
+        &state.accepted.current(),
     )
 }
 
@@ -65,7 +67,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-fn find_collector<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a Collector> {
+fn find_collector(state: &AppState, name: &str) -> ApiResult<Collector> {
     state
         .ctx
         .collectors

@@ -10,16 +10,21 @@
 //! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
+//! | `POST /api/v1/reload` | token | read the configuration file again ([`crate::reload`]) |
+//! | `POST /api/v1/backup` | token | an online copy of the archive into a directory ([`crate::archive::Archive::backup`]) |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
 //! Mutating calls, and the message endpoints (they expose archived mail), need
 //! `Authorization: Bearer <token>` ([`auth`]). Errors are JSON: `{"error": "..."}`.
 
+mod admin;
 mod api;
 pub mod auth;
 mod console;
 mod https;
+
+pub(crate) use https::{HttpsCert, HttpsLive};
 pub mod views;
 
 use std::net::SocketAddr;
@@ -37,6 +42,7 @@ use crate::config::Config;
 use crate::index::{CollectorStore, IndexError};
 use crate::metrics::Metrics;
 use crate::pop3::Collectors;
+use crate::reload::Reloader;
 
 /// Set by `serve` once every listener (SMTP, HTTP) is bound; `/readyz` answers 503 until then.
 #[derive(Clone, Default)]
@@ -75,7 +81,9 @@ pub struct HttpContext {
 pub(crate) struct AppState {
     pub ctx: HttpContext,
     /// The journal addresses SMTP accepts (for the cutover verdict).
-    pub accepted: Arc<Vec<String>>,
+    pub accepted: Accepted,
+    /// Reloads the configuration (`POST /api/v1/reload`); None: not wired (answered 503).
+    pub reloader: Option<Reloader>,
     /// `<data_dir>/archive`, probed by `/readyz`.
     pub archive_dir: std::path::PathBuf,
     pub token: Arc<auth::Token>,
@@ -87,11 +95,30 @@ pub(crate) struct AppState {
     pub console: console::Console,
 }
 
+/// The journal addresses SMTP accepts: fixed at start, or following the reloads.
+#[derive(Clone)]
+pub(crate) enum Accepted {
+    /// The configuration's at start (no reloader).
+    Fixed(Arc<Vec<String>>),
+    /// The running configuration's.
+    Live(tokio::sync::watch::Receiver<Arc<Config>>),
+}
+
+impl Accepted {
+    /// The addresses now.
+    pub fn current(&self) -> Arc<Vec<String>> {
+        match self {
+            Accepted::Fixed(list) => list.clone(),
+            Accepted::Live(config) => Arc::new(config.borrow().smtp.accepted_addresses()),
+        }
+    }
+}
+
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
     /// Set with `[http] tls_cert`/`tls_key`: the listener speaks HTTPS only.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<https::HttpsLive>,
     state: AppState,
 }
 
@@ -102,7 +129,7 @@ impl HttpServer {
         let token = auth::Token::load_or_generate(config)?;
         let tls = match (&config.http.tls_cert, &config.http.tls_key) {
             (Some(cert), Some(key)) => Some(
-                https::acceptor(cert, key)
+                https::HttpsLive::load(cert, key)
                     .context("loading the HTTPS certificate ([http] tls_cert, tls_key)")?,
             ),
             _ => None,
@@ -115,7 +142,8 @@ impl HttpServer {
             state: AppState {
                 https: tls.is_some(),
                 ctx,
-                accepted: Arc::new(config.smtp.accepted_addresses()),
+                accepted: Accepted::Fixed(Arc::new(config.smtp.accepted_addresses())),
+                reloader: None,
                 archive_dir: config.archive_dir(),
                 token: Arc::new(token),
                 readiness: Readiness::default(),
@@ -131,6 +159,18 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
+    /// Serves `POST /api/v1/reload` with `reloader`, and follows its reloads (the journal
+    /// addresses of the cutover).
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.state.accepted = Accepted::Live(reloader.subscribe());
+        self.state.reloader = Some(reloader);
+    }
+
+    /// The HTTPS certificate handle a reload replaces (None: plain HTTP).
+    pub(crate) fn https(&self) -> Option<HttpsLive> {
+        self.tls.clone()
+    }
+
     /// The flag `serve` sets once everything is bound.
     pub fn readiness(&self) -> Readiness {
         self.state.readiness.clone()
@@ -141,9 +181,9 @@ impl HttpServer {
         let shutdown = self.state.ctx.shutdown.clone();
         let addr = self.local_addr()?;
         let router = api::router(self.state);
-        if let Some(acceptor) = self.tls {
+        if let Some(certs) = &self.tls {
             tracing::info!("HTTPS (metrics, admin API, console) on https://{addr}");
-            let listener = https::TlsListener::new(self.listener, acceptor, shutdown.clone())?;
+            let listener = https::TlsListener::new(self.listener, certs, shutdown.clone())?;
             return axum::serve(listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await

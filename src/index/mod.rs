@@ -13,6 +13,7 @@
 //! A second implementation (another database) would provide the same operations; the archive
 //! and the stores above are the seam.
 
+mod backup;
 mod collectors;
 mod record;
 

@@ -65,12 +65,14 @@ pub struct CollectorContext {
     pub store: CollectorStore,
     /// The `pop3_*` metrics it updates.
     pub metrics: Metrics,
-    /// Cancelled when the gateway shuts down: finish the current messages, QUIT, stop.
+    /// Cancelled when the gateway shuts down (or, for one collector, when a reload removes or
+    /// replaces it): finish the current messages, QUIT, stop.
     pub shutdown: CancellationToken,
 }
 
 /// One `[[collector]]`. Cheap to clone; clones share the session lock, so at most one POP3 session
-/// per collector is open at a time (Exchange allows 16 per user; a journal mailbox needs one).
+/// per collector is open at a time (Exchange allows 16 per user; a journal mailbox needs one). A
+/// collector a reload builds for a changed `[[collector]]` shares its predecessor's lock too.
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Inner>,
@@ -85,7 +87,7 @@ struct Inner {
     /// The server's `LOGIN-DELAY` (RFC 2449 CAPA), in seconds (0: none): polls never come
     /// sooner than this after the last one.
     login_delay: AtomicU64,
-    session: Mutex<()>,
+    session: Arc<Mutex<()>>,
     wake: Notify,
     /// The running collection's progress (`None`: no run), updated per message.
     progress: std::sync::Mutex<Option<Progress>>,
@@ -141,6 +143,24 @@ struct Committed {
 impl Collector {
     /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
     pub fn new(config: &CollectorConfig, ctx: CollectorContext) -> anyhow::Result<Collector> {
+        Collector::with_session_lock(config, ctx, Arc::new(Mutex::new(())))
+    }
+
+    /// The collector replacing `previous` (a reload changed its `[[collector]]`): it shares the
+    /// session lock, so its first session waits for the previous one's last to end.
+    pub(crate) fn succeeding(
+        config: &CollectorConfig,
+        ctx: CollectorContext,
+        previous: &Collector,
+    ) -> anyhow::Result<Collector> {
+        Collector::with_session_lock(config, ctx, previous.inner.session.clone())
+    }
+
+    fn with_session_lock(
+        config: &CollectorConfig,
+        ctx: CollectorContext,
+        session: Arc<Mutex<()>>,
+    ) -> anyhow::Result<Collector> {
         let trust = Trust::from_config(config)?;
         Ok(Collector {
             inner: Arc::new(Inner {
@@ -149,11 +169,22 @@ impl Collector {
                 trust,
                 credentials: Credentials::from_config(config),
                 login_delay: AtomicU64::new(0),
-                session: Mutex::new(()),
+                session,
                 wake: Notify::new(),
                 progress: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Stops this collector only (a reload removed or replaced it): its polling loop and any
+    /// run finish the current messages (their DELEs included), QUIT and end.
+    pub(crate) fn stop(&self) {
+        self.inner.ctx.shutdown.cancel();
+    }
+
+    /// Whether this collector was stopped (by a reload, or the gateway's shutdown).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.ctx.shutdown.is_cancelled()
     }
 
     /// The collector's name (`[[collector]] name`).
@@ -346,7 +377,7 @@ impl Collector {
             if self.inner.ctx.shutdown.is_cancelled() {
                 return Err(Pop3Error::new(
                     ErrorKind::Shutdown,
-                    "stopped: the gateway is shutting down",
+                    "stopped: the gateway is shutting down (or a reload removed or changed this collector)",
                 ));
             }
             if !self.session(kind, run).await? {
@@ -414,7 +445,7 @@ impl Collector {
         if gw.shutdown.is_cancelled() {
             return Err(Pop3Error::new(
                 ErrorKind::Shutdown,
-                "stopped after the current messages: the gateway is shutting down",
+                "stopped after the current messages: the gateway is shutting down (or a reload removed or changed this collector)",
             ));
         }
         let progressed = committed.deleted > 0 || (run.archived, run.duplicates) != before;

@@ -7,7 +7,8 @@
 //!   token (a token file, or the client-credentials grant) for XOAUTH2 / OAUTHBEARER.
 //! - `collector`: one [`Collector`] per `[[collector]]`: polls, drains into the ingest path,
 //!   deletes only what is durably archived, records history ([`crate::index::CollectorStore`]).
-//! - [`Collectors`]: every configured collector by name, and their polling tasks.
+//! - [`Collectors`]: every configured collector by name, their polling tasks, and what a reload
+//!   changes in them ([`CollectorChanges`]).
 
 pub(crate) mod client;
 mod collector;
@@ -18,5 +19,6 @@ pub mod token;
 pub(crate) mod trust;
 
 pub use collector::{Collector, CollectorContext, Progress, RunFailure, RunKind, RunSummary};
-pub use collectors::Collectors;
+pub(crate) use collectors::Prepared;
+pub use collectors::{CollectorChanges, Collectors};
 pub use error::{ErrorKind, Pop3Error};

@@ -9,6 +9,12 @@
 //! (421 4.7.0 beyond it). Who the sender is (AUTH with the `users` file, TLS client
 //! certificates checked by `client_cert`, failed attempts slowed down by `slowdown`) is decided
 //! in the session, per MAIL and per journal address (`accept`).
+//! (421 4.7.0 beyond it).
+//!
+//! What a reload may change (every `[smtp]` key but the listen addresses, and the certificate) is
+//! one [`Live`] value behind a `watch` channel ([`SmtpLive`]): each connection takes the value
+//! current when it is accepted and keeps it to its end, so a session in progress finishes under
+//! the settings it started with while new connections (and their TLS handshakes) get the new ones.
 
 mod accept;
 mod client_cert;
@@ -17,6 +23,7 @@ mod slowdown;
 pub mod users;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +31,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +50,7 @@ pub struct SmtpServer {
     implicit: Vec<TcpListener>,
     tls: TlsIdentity,
     shared: Arc<Shared>,
+    live: SmtpLive,
 }
 
 /// What the accept loops share.
@@ -52,19 +60,77 @@ struct Shared {
     metrics: Metrics,
     /// Cancelled when the gateway shuts down: stop accepting, finish in-flight messages.
     shutdown: CancellationToken,
-    settings: Arc<Settings>,
-    acceptor: TlsAcceptor,
-    allowed: Vec<IpNet>,
-    slots: Arc<Semaphore>,
+    /// The settings new connections get (a reload replaces them).
+    live: watch::Receiver<Arc<Live>>,
+    /// Sessions open now (admitted against the live `max_connections`).
+    open: Arc<AtomicUsize>,
     sessions: TaskTracker,
 }
 
-/// Keeps `smtp_sessions_active` right however a session ends.
-struct ActiveGuard(prometheus::IntGauge);
+/// Everything of `[smtp]` a reload may change, with the certificate: one value, replaced whole.
+pub(crate) struct Live {
+    /// What a session works with (its hostname, accept list, limits, STARTTLS acceptor).
+    session: Arc<Settings>,
+    /// The acceptor of implicit-TLS connections (the same certificate as STARTTLS).
+    acceptor: TlsAcceptor,
+    /// Peers allowed to connect (empty: everyone).
+    allowed: Vec<IpNet>,
+    /// Concurrent sessions; one more is answered `421 4.7.0`.
+    max_connections: usize,
+    /// The certificate served.
+    tls: TlsIdentity,
+}
+
+impl Live {
+    /// Builds the live settings of `config`, loading (or generating) the certificate: fails,
+    /// changing nothing, when the certificate or key cannot be loaded.
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Live> {
+        let tls = crate::tls::load_or_generate(config).context("setting up SMTP TLS")?;
+        let settings =
+            Settings::from_config(&config.smtp, Some(TlsAcceptor::from(tls.config.clone())))?;
+        // The acceptor of the settings: it asks for client certificates when configured.
+        let acceptor = settings
+            .tls
+            .clone()
+            .unwrap_or_else(|| TlsAcceptor::from(tls.config.clone()));
+        Ok(Live {
+            session: Arc::new(settings),
+            acceptor,
+            allowed: config.smtp.allowed_clients.clone(),
+            max_connections: config.smtp.max_connections,
+            tls,
+        })
+    }
+
+    /// The certificate these settings serve.
+    pub(crate) fn tls(&self) -> &TlsIdentity {
+        &self.tls
+    }
+}
+
+/// The handle a reload replaces the SMTP settings through. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SmtpLive(Arc<watch::Sender<Arc<Live>>>);
+
+impl SmtpLive {
+    /// From now on, new connections get `live`; open sessions keep theirs.
+    pub(crate) fn replace(&self, live: Live) {
+        self.0.send_replace(Arc::new(live));
+    }
+
+    /// The certificate new connections are served.
+    pub(crate) fn tls(&self) -> TlsIdentity {
+        self.0.borrow().tls.clone()
+    }
+}
+
+/// Keeps `smtp_sessions_active` and the open-session count right however a session ends.
+struct ActiveGuard(prometheus::IntGauge, Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -77,15 +143,9 @@ impl SmtpServer {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<SmtpServer> {
-        let tls = crate::tls::load_or_generate(config).context("setting up SMTP TLS")?;
+        let live = Live::load(config)?;
+        let tls = live.tls.clone();
         tracing::info!(cert = %tls.cert_path.display(), sha256 = %tls.fingerprint, "SMTP TLS certificate");
-        let settings =
-            Settings::from_config(&config.smtp, Some(TlsAcceptor::from(tls.config.clone())))?;
-        // The acceptor of the settings: it asks for client certificates when configured.
-        let acceptor = settings
-            .tls
-            .clone()
-            .unwrap_or_else(|| TlsAcceptor::from(tls.config.clone()));
         let mut plain = Vec::new();
         for addr in &config.smtp.listen {
             plain.push(
@@ -102,15 +162,13 @@ impl SmtpServer {
                     .with_context(|| format!("binding SMTPS listener {addr}"))?,
             );
         }
-        let settings = Arc::new(settings);
+        let (sender, receiver) = watch::channel(Arc::new(live));
         let shared = Arc::new(Shared {
             ingest,
             metrics,
             shutdown,
-            settings,
-            acceptor,
-            allowed: config.smtp.allowed_clients.clone(),
-            slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            live: receiver,
+            open: Arc::new(AtomicUsize::new(0)),
             sessions: TaskTracker::new(),
         });
         Ok(SmtpServer {
@@ -118,7 +176,13 @@ impl SmtpServer {
             implicit,
             tls,
             shared,
+            live: SmtpLive(Arc::new(sender)),
         })
+    }
+
+    /// The handle to replace the settings of new connections (a reload).
+    pub(crate) fn live(&self) -> SmtpLive {
+        self.live.clone()
     }
 
     /// The bound plain (STARTTLS) addresses.
@@ -137,7 +201,7 @@ impl SmtpServer {
             .collect()
     }
 
-    /// The certificate in use (its path and SHA-256 fingerprint).
+    /// The certificate in use at start (its path and SHA-256 fingerprint).
     pub fn tls_identity(&self) -> &TlsIdentity {
         &self.tls
     }
@@ -178,12 +242,14 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
     }
 }
 
-/// Applies the connection rules, then starts a session.
+/// Applies the connection rules of the settings current now, then starts a session that keeps
+/// those settings to its end.
 fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<Shared>) {
+    let live = shared.live.borrow().clone();
     let metrics = &shared.metrics;
-    let host = &shared.settings.hostname;
+    let host = &live.session.hostname;
     let ip = peer.ip().to_canonical();
-    if !shared.allowed.is_empty() && !shared.allowed.iter().any(|net| net.contains(&ip)) {
+    if !live.allowed.is_empty() && !live.allowed.iter().any(|net| net.contains(&ip)) {
         tracing::info!(%peer, "SMTP client not in allowed_clients, refused");
         metrics.smtp_rejected.with_label_values(&["client"]).inc();
         refuse(
@@ -194,7 +260,12 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         );
         return;
     }
-    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+    let slot = shared
+        .open
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < live.max_connections).then_some(n + 1)
+        });
+    if slot.is_err() {
         tracing::warn!(%peer, "SMTP max_connections reached, refused");
         metrics
             .smtp_rejected
@@ -207,21 +278,23 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
             shared,
         );
         return;
-    };
+    }
     let _ = stream.set_nodelay(true);
     let shared2 = shared.clone();
     shared.sessions.spawn(async move {
-        let _slot = slot;
         shared2.metrics.smtp_sessions_active.inc();
-        let _active = ActiveGuard(shared2.metrics.smtp_sessions_active.clone());
+        let _active = ActiveGuard(
+            shared2.metrics.smtp_sessions_active.clone(),
+            shared2.open.clone(),
+        );
         let mut facts = None;
         let conn = if implicit_tls {
-            let handshake = shared2.acceptor.accept(stream);
-            match tokio::time::timeout(shared2.settings.command_timeout, handshake).await {
+            let handshake = live.acceptor.accept(stream);
+            match tokio::time::timeout(live.session.command_timeout, handshake).await {
                 Ok(Ok(tls)) => {
                     let (session, client_cert) = client_cert::session_facts(
                         tls.get_ref().1,
-                        shared2.settings.auth.client_certs.as_deref(),
+                        live.session.auth.client_certs.as_deref(),
                     );
                     facts = Some(TlsFacts {
                         session,
@@ -244,7 +317,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         let mut session = Session::new(
             conn,
             peer,
-            shared2.settings.clone(),
+            live.session.clone(),
             shared2.ingest.clone(),
             shared2.metrics.clone(),
             shared2.shutdown.clone(),

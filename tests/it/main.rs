@@ -1,6 +1,7 @@
 //! The integration tests: one crate (one link of the library) with a module per area. Gateways,
 //! fixtures and real peers come from the test kit (`tests/kit`, `journal_gateway_testkit`).
 
+mod backup;
 mod console;
 mod crash;
 mod http_api;
@@ -15,7 +16,9 @@ mod ndr;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
+mod reload;
 mod smtp_auth;
+mod smtp_client;
 mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;

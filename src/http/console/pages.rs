@@ -127,7 +127,7 @@ pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> R
                     dt { "Certificate SHA-256" }
                     dd { @if let Some(f) = &data.fingerprint { code.wrap { (f) } } @else { span.muted { "not available" } } }
                     dt { "Accepted addresses" }
-                    dd { @for a in state.accepted.iter() { code { (a) } " " } }
+                    dd { @for a in state.accepted.current().iter() { code { (a) } " " } }
                     dt { "First SMTP arrival" } dd { (time(s.first_smtp_ms)) }
                     dt { "Last SMTP arrival" } dd { (time(s.last_smtp_ms)) }
                 }
@@ -545,8 +545,12 @@ pub(super) async fn migration(State(state): State<AppState>, authed: Authed) -> 
             .map(|(_, at)| *at)
             .min()
     };
-    let all_receiving =
-        !state.accepted.is_empty() && state.accepted.iter().all(|a| first_by(a).is_some());
+    let all_receiving = !state.accepted.current().is_empty()
+        && state
+            .accepted
+            .current()
+            .iter()
+            .all(|a| first_by(a).is_some());
     let live: Vec<&CollectorVerdict> = verdict.collectors.iter().filter(|v| !v.retired).collect();
     let drained = live
         .iter()
@@ -565,7 +569,7 @@ pub(super) async fn migration(State(state): State<AppState>, authed: Authed) -> 
                     p { "In Exchange: stop transport, change the journal rule's recipient to the gateway's external contact, restart transport." }
                     table #accepted {
                         thead { tr { th { "Accepted address" } th { "First journal report" } } }
-                        tbody { @for a in state.accepted.iter() { tr {
+                        tbody { @for a in state.accepted.current().iter() { tr {
                             td { code { (a) } }
                             td { @match first_by(a) { Some(t) => (time(Some(t))), None => span.badge.warn { "no traffic yet" } } }
                         } } }

@@ -344,6 +344,16 @@ service stats {{
     /// A collector for this server; `extra` is appended to its TOML table.
     #[must_use]
     pub fn collector(&self, name: &str, tls: &str, extra: &str) -> CollectorConfig {
+        let text = self.collector_toml(name, tls, extra);
+        let config =
+            Config::parse(&text).unwrap_or_else(|e| panic!("collector config: {e:#}\n{text}"));
+        config.collectors.into_iter().next().expect("one collector")
+    }
+
+    /// The `[[collector]]` table of [`Dovecot::collector`], as TOML text (for a configuration
+    /// file or a `collectors.d` drop-in).
+    #[must_use]
+    pub fn collector_toml(&self, name: &str, tls: &str, extra: &str) -> String {
         let port = if tls == "implicit" {
             self.pop3s_port
         } else {
@@ -354,12 +364,9 @@ service stats {{
         } else {
             format!("pin_sha256 = \"{}\"\n", self.fingerprint)
         };
-        let text = format!(
+        format!(
             "[[collector]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n{trust}interval = \"1s\"\ntimeout = \"20s\"\n{extra}\n",
-        );
-        let config =
-            Config::parse(&text).unwrap_or_else(|e| panic!("collector config: {e:#}\n{text}"));
-        config.collectors.into_iter().next().expect("one collector")
+        )
     }
 }
 

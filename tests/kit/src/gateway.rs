@@ -25,6 +25,7 @@ use journal_gateway::index::{CollectorState, CollectorStore, Run, RunKind};
 use journal_gateway::ingest::{Delivery, IngestError, MessageWriter, Outcome};
 use journal_gateway::metrics::Metrics;
 use journal_gateway::pop3::{Collector, CollectorContext, Collectors};
+use journal_gateway::reload::{ReloadError, ReloadReport};
 use journal_gateway::server::{self, Start};
 
 use crate::http::{request, Method, Reply};
@@ -307,6 +308,24 @@ impl TestGateway {
     /// What the archive holds.
     pub fn archive(&self) -> &ArchiveView {
         &self.archive
+    }
+
+    /// The configuration file the gateway was started from (with [`Builder::config_dir`]: what
+    /// a reload reads again; with [`Builder::http`] alone: the CLI's copy, not reloadable).
+    pub fn config_file(&self) -> PathBuf {
+        self.config_path.clone().unwrap_or_else(|| {
+            self.running()
+                .reloader
+                .config()
+                .source
+                .clone()
+                .expect("a gateway started with .config_dir(..) or .http()")
+        })
+    }
+
+    /// Reloads the configuration file in process (what SIGHUP and `POST /api/v1/reload` do).
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.running().reloader.reload().await
     }
 
     /// The gateway's metrics.

@@ -1,0 +1,51 @@
+//! A consistent copy of the index while the gateway runs: one read transaction (a snapshot no
+//! later commit changes) copied table by table into a new database.
+
+use std::path::Path;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{collectors, Index, IndexError, MESSAGES, PENDING, POP3_ONLY, STATS, UIDLS};
+
+impl Index {
+    /// Copies every table as one read transaction sees it into a new database at `to` (which
+    /// must not exist), committed with fsync. `pending` is copied empty: the copy is meant to
+    /// sit beside every record's file in `new/` (see `Archive::backup`). Returns the number of
+    /// records copied.
+    pub fn snapshot_to(&self, to: &Path) -> Result<u64, IndexError> {
+        let read = self.db.begin_read()?;
+        let copy = Database::builder()
+            .set_cache_size(super::DEFAULT_CACHE_BYTES)
+            .create(to)?;
+        let write = copy.begin_write()?;
+        let n = {
+            let n = copy_table(&read, &write, MESSAGES)?;
+            copy_table(&read, &write, UIDLS)?;
+            copy_table(&read, &write, STATS)?;
+            copy_table(&read, &write, POP3_ONLY)?;
+            copy_table(&read, &write, collectors::HISTORY)?;
+            copy_table(&read, &write, collectors::STATE)?;
+            write.open_table(PENDING)?;
+            n
+        };
+        write.commit()?;
+        Ok(n)
+    }
+}
+
+/// Copies one table's entries; returns how many.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &ReadTransaction,
+    write: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<u64, IndexError> {
+    let from = read.open_table(table)?;
+    let mut to = write.open_table(table)?;
+    let mut n = 0;
+    for entry in from.iter()? {
+        let (k, v) = entry?;
+        to.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
