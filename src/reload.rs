@@ -415,6 +415,10 @@ fn keep_restart_keys(running: &Config, mut file: Config, bound: &Bound) -> (Conf
             format!("{:?}", file.log_format).to_lowercase(),
         );
     }
+    // Keys derived from data_dir follow the data_dir that runs (the AUTH users file's default).
+    if file.smtp.users_file.as_ref() == Some(&file.data_dir.join("smtp-users")) {
+        file.smtp.users_file = Some(running.data_dir.join("smtp-users"));
+    }
     file.data_dir.clone_from(&running.data_dir);
     file.index_cache_mb = running.index_cache_mb;
     file.smtp.listen.clone_from(&running.smtp.listen);
@@ -478,6 +482,11 @@ mod tests {
         assert_eq!(kept[0].running, "/a");
         assert_eq!(kept[0].file, "/b");
         assert_eq!(next.data_dir, running.data_dir);
+        assert_eq!(
+            next.smtp.users_file,
+            Some(running.data_dir.join("smtp-users")),
+            "the users file's default follows the running data_dir"
+        );
         assert_eq!(next.smtp.listen, running.smtp.listen);
         assert_eq!(next.http.listen, running.http.listen);
         assert!(next.http.tls_cert.is_none());
