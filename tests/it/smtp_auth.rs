@@ -539,7 +539,11 @@ fn postfix_presents_a_client_certificate_verified_against_the_ca() {
     other.wait_for(
         "the rogue certificate refused",
         Duration::from_mins(1),
-        || gw.rejected("client_cert_required") > refused_before,
+        // Postfix logs the reply after the gateway counted the refusal: wait for both.
+        || {
+            gw.rejected("client_cert_required") > refused_before
+                && other.log().contains("530 5.7.0")
+        },
     );
     assert!(other.log().contains("530 5.7.0"), "{}", other.log());
     assert!(gw.archive().record("postfix-rogue@corp.test").is_none());
