@@ -30,6 +30,8 @@
 //! - `store` (crate-private): the message files, a Maildir (tmp/new/cur, fsync, recovery).
 //! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
 //! - [`http`]: metrics, health and the admin API (axum).
+//! - [`verify`]: checks the archive against its index (offline, or in the background for the
+//!   admin API).
 //! - [`metrics`], [`clock`] (`UnixMs`, the one time type), [`tls`] (the SMTP certificate and
 //!   the SHA-256 [`tls::Fingerprint`]).
 //!
@@ -69,3 +71,4 @@ pub(crate) mod smtp;
 pub(crate) mod store;
 pub(crate) mod systemd;
 pub mod tls;
+pub mod verify;

@@ -49,6 +49,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check every archived file against its index entry (SHA-256, size), and find files
+    /// without entries and entries without files. Offline: stop the server first (a running
+    /// server verifies with `POST /api/v1/verify`). Exits non-zero naming each problem.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Totals per source, "collected since", collectors (asks the running server).
     Status {
         #[command(flatten)]
@@ -249,6 +256,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("exported {n} messages to {}", out.display());
             Ok(())
         }
+        Command::Verify { config } => cli::archive::verify(config.as_ref()),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Migration {
             action: MigrationCommand::Status { remote },

@@ -1,6 +1,7 @@
 //! The command line's own code (the binary only): the admin-API client with its tables
 //! ([`client`]) and the offline collector runs.
 
+pub mod archive;
 pub mod client;
 
 use std::path::PathBuf;

@@ -22,6 +22,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/collectors/{name}/deactivate", post(deactivate))
         .route("/api/v1/collectors/{name}/retire", post(retire))
         .route("/api/v1/messages/{*id}", get(message))
+        .route("/api/v1/verify", get(verify_status).post(verify_start))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -422,4 +423,19 @@ async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
         })
     })
     .await?
+}
+
+/// `POST /api/v1/verify`: starts a verify in the background (202 with its status); 409 while
+/// one runs.
+async fn verify_start(State(state): State<AppState>) -> ApiResult {
+    state
+        .verifier
+        .start(state.ctx.archive.clone(), state.ctx.shutdown.clone())
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(state.verifier.status())).into_response())
+}
+
+/// `GET /api/v1/verify`: the last (or running) verify: state, progress, problems.
+async fn verify_status(State(state): State<AppState>) -> Json<crate::verify::VerifyStatus> {
+    Json(state.verifier.status())
 }

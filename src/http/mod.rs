@@ -10,6 +10,7 @@
 //! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
+//! | `POST /api/v1/verify`, `GET /api/v1/verify` | token | start a background verify ([`crate::verify`]), its progress and problems |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
@@ -85,6 +86,8 @@ pub(crate) struct AppState {
     pub https: bool,
     /// The web console's sessions and what it shows of the SMTP endpoint.
     pub console: console::Console,
+    /// The background verify of `POST /api/v1/verify`.
+    pub verifier: crate::verify::Verifier,
 }
 
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
@@ -121,6 +124,7 @@ impl HttpServer {
                 readiness: Readiness::default(),
                 started: std::time::Instant::now(),
                 console: console::Console::new(config),
+                verifier: crate::verify::Verifier::default(),
             },
             tls,
         })

@@ -135,6 +135,28 @@ impl Maildir {
         }
     }
 
+    /// Where an archived file is now: `new/`, or `tmp/` between its commit and its rename;
+    /// `new/` is looked at again after `tmp/`, so a rename between the two looks is not missed.
+    /// None: in neither place.
+    pub fn locate(&self, name: &str) -> Option<PathBuf> {
+        [&self.new, &self.tmp, &self.new]
+            .into_iter()
+            .map(|dir| dir.join(name))
+            .find(|p| p.exists())
+    }
+
+    /// The names of the files in `new/` (the archived messages), unsorted.
+    pub fn list_new(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.new)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+
     /// The bytes of an archived file.
     pub fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         fs::read(self.file_path(name))
