@@ -463,6 +463,13 @@ impl Ingest {
         }
     }
 
+    /// The archive filesystem's space when it is below the reserve (`[storage] reserve`):
+    /// listeners and collectors take no new mail then. None when there is room (or the check
+    /// failed: a write that fails is answered as a storage error anyway).
+    pub(crate) fn storage_low(&self) -> Option<crate::store::Space> {
+        self.inner.archive.store().space().low()
+    }
+
     /// [`Ingest::ingest`] for a message already in memory.
     pub async fn ingest_bytes(
         &self,

@@ -48,6 +48,11 @@ pub struct Metrics {
     /// Unix time the served TLS certificate expires (its notAfter), by certificate (`smtp`, and
     /// `http` when `[http] tls_cert` is set); set at start from the loaded certificate.
     pub tls_cert_expiry: IntGaugeVec,
+    /// Bytes free on the archive's filesystem (for the gateway), at the last check.
+    pub archive_free_bytes: IntGauge,
+    /// The free space the archive keeps (`[storage] reserve`, in bytes): below it no new mail
+    /// is taken.
+    pub archive_reserve_bytes: IntGauge,
 }
 
 const NS: &str = "journal_gateway";
@@ -190,6 +195,28 @@ impl Metrics {
                 "tls_cert_expiry_timestamp_seconds",
                 "Unix time the served TLS certificate expires (notAfter).",
                 &["certificate"],
+            ),
+            archive_free_bytes: reg(
+                &registry,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "archive_free_bytes",
+                        "Bytes free on the archive's filesystem at the last check.",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
+            archive_reserve_bytes: reg(
+                &registry,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "archive_reserve_bytes",
+                        "Free space the archive keeps: below it SMTP answers 452 and collectors pause.",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
             ),
             registry,
         };

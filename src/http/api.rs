@@ -75,6 +75,9 @@ fn find_collector<'a>(state: &'a AppState, name: &str) -> ApiResult<&'a Collecto
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // The free-space gauges are set by each check; one now keeps them current between mails.
+    let archive = state.ctx.archive.clone();
+    let _ = tokio::task::spawn_blocking(move || archive.store().space().low()).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -89,12 +92,17 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the index answers a read, the archive's `tmp/` takes a file, every listener is
-/// bound and the gateway is not shutting down.
+/// Ready when the index answers a read, the archive's `tmp/` takes a file, its filesystem is
+/// above the free-space reserve, every listener is bound and the gateway is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
     let archive = state.ctx.archive.clone();
     let tmp = state.archive_dir.join("tmp");
-    let (index, writable) = tokio::task::spawn_blocking(move || {
+    let (index, writable, space) = tokio::task::spawn_blocking(move || {
+        // Below the reserve: the reason, with figures but no path.
+        let space = match archive.store().space().low() {
+            None => Ok(()),
+            Some(space) => Err(space.to_string()),
+        };
         // The failures' details are logged; the answer (no token needed) only names them.
         let index = archive.count().map(|_| ()).map_err(|e| {
             tracing::warn!("readyz: index: {e}");
@@ -107,13 +115,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 tracing::warn!("readyz: {}: {e}", tmp.display());
                 "archive/tmp does not take files".to_string()
             });
-        (index, writable)
+        (index, writable, space)
     })
     .await
-    .unwrap_or_else(|e| (Err(e.to_string()), Err("probe task failed".into())));
+    .unwrap_or_else(|e| {
+        tracing::warn!("readyz: probe task failed: {e}");
+        let failed = || Err("probe task failed".to_string());
+        (failed(), failed(), failed())
+    });
     let bound = state.readiness.listeners_bound();
     let stopping = state.ctx.shutdown.is_cancelled();
-    let ready = index.is_ok() && writable.is_ok() && bound && !stopping;
+    let ready = index.is_ok() && writable.is_ok() && space.is_ok() && bound && !stopping;
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
         Err(e) => e.clone(),
@@ -122,6 +134,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "ready": ready,
         "index": show(&index),
         "archive_writable": show(&writable),
+        "free_space": show(&space),
         "listeners_bound": bound,
         "shutting_down": stopping,
     });

@@ -18,6 +18,7 @@ mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;
 mod smtp_source;
+mod storage;
 mod verify;
 
 use std::path::Path;

@@ -1,0 +1,246 @@
+//! Storage trouble on a real, small filesystem (a tmpfs mounted for the test): below the
+//! free-space reserve `/readyz` says why it is not ready, SMTP answers `452 4.3.1` to MAIL and
+//! collectors pause (nothing fetched, nothing deleted); a disk that fills up during a message
+//! leaves no partial file and no record; everything proceeds by itself once space returns.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use journal_gateway_testkit::dovecot::{Dovecot, Options, PASSWORD, USER};
+use journal_gateway_testkit::peers::Tmpfs;
+use journal_gateway_testkit::{sample, TestGateway, JOURNAL};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A plain SMTP conversation, reply by reply (every read bounded).
+struct Smtp {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Smtp {
+    async fn connect(addr: SocketAddr) -> Smtp {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = stream.into_split();
+        let mut s = Smtp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = s.reply().await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        let ehlo = s.command("EHLO client.test").await;
+        assert!(ehlo.starts_with("250"), "{ehlo}");
+        s
+    }
+
+    /// The next reply (its last line).
+    async fn reply(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
+                .await
+                .expect("SMTP reply within 20 s")
+                .expect("read");
+            assert!(n > 0, "connection closed");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: &str) -> String {
+        self.writer
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .expect("write");
+        self.reply().await
+    }
+
+    /// MAIL, RCPT, DATA and the message: the reply to MAIL if it was refused, else the final one.
+    async fn send(&mut self, message: &[u8]) -> String {
+        let mail = self.command("MAIL FROM:<exchange@corp.example>").await;
+        if !mail.starts_with("250") {
+            return mail;
+        }
+        let rcpt = self.command(&format!("RCPT TO:<{JOURNAL}>")).await;
+        assert!(rcpt.starts_with("250"), "{rcpt}");
+        let data = self.command("DATA").await;
+        assert!(data.starts_with("354"), "{data}");
+        // The fixtures have no line starting with a dot.
+        self.writer.write_all(message).await.expect("write");
+        self.command(".").await
+    }
+}
+
+/// A report of about `size` bytes for message `i`.
+fn report(i: u64, size: usize) -> Vec<u8> {
+    sample::report_2007(&sample::numbered(i, size), &[])
+}
+
+fn key(i: u64) -> String {
+    format!("sample-{i}@example.com")
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .trim()
+        .parse()
+        .expect("an integer")
+}
+
+/// Waits (at most `limit`) for `done`, saying what it waited for when it gives up.
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_reserve_readyz_says_why_smtp_answers_452_and_it_recovers_by_itself() {
+    let fs = Tmpfs::mount("48m");
+    let gw = TestGateway::builder()
+        .data_dir(&fs.path().join("data"))
+        .config("[storage]\nreserve = \"8MiB\"")
+        .smtp("")
+        .http()
+        .start()
+        .await;
+    let mut smtp = Smtp::connect(gw.smtp_addr()).await;
+    let first = smtp.send(&report(1, 20_000)).await;
+    assert!(first.starts_with("250"), "{first}");
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    let second = report(2, 20_000);
+    let text = String::from_utf8(gw.get("/metrics").await.body).unwrap();
+    assert_eq!(
+        metric(&text, "journal_gateway_archive_reserve_bytes"),
+        8 << 20
+    );
+    let free = metric(&text, "journal_gateway_archive_free_bytes");
+    assert!(free > 8 << 20, "{free}");
+
+    // Fill the filesystem to 4 MiB free: below the reserve.
+    fs.fill("filler", fs.free_bytes() - (4 << 20));
+    let r = gw.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    let body = r.json().unwrap();
+    assert_eq!(body["ready"], false, "{body}");
+    let why = body["free_space"].as_str().unwrap();
+    assert!(why.contains("below the reserve of 8388608 bytes"), "{body}");
+    assert!(
+        !why.contains(fs.path().to_str().unwrap()),
+        "no path: {body}"
+    );
+    let text = String::from_utf8(gw.get("/metrics").await.body).unwrap();
+    assert!(metric(&text, "journal_gateway_archive_free_bytes") < 8 << 20);
+
+    // A new transaction is refused before any data is read; the one archived is still there.
+    let refused = smtp.send(&second).await;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    assert_eq!(gw.rejected("storage"), 1);
+    assert_eq!(gw.archive().count(), 1);
+    assert!(gw.archive().maildir_files("tmp").is_empty());
+
+    // Space returns: ready again, and the sender's retry is archived byte-exact.
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    let retried = smtp.send(&second).await;
+    assert!(retried.starts_with("250"), "{retried}");
+    assert!(gw.archive().raw(&key(2)).unwrap() == second, "byte-exact");
+    assert_eq!(smtp.command("QUIT").await.get(..3), Some("221"));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_during_a_message_leaves_no_partial_file_and_no_record() {
+    let fs = Tmpfs::mount("24m");
+    // No reserve: the disk really fills up while the message arrives.
+    let gw = TestGateway::builder()
+        .data_dir(&fs.path().join("data"))
+        .config("[storage]\nreserve = 0")
+        .smtp("")
+        .http()
+        .start()
+        .await;
+    let mut smtp = Smtp::connect(gw.smtp_addr()).await;
+    let first = report(1, 20_000);
+    let reply = smtp.send(&first).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let new_before = gw.archive().maildir_files("new");
+
+    fs.fill("filler", fs.free_bytes() - (1 << 20));
+    let big = report(2, 3_000_000);
+    let failed = smtp.send(&big).await;
+    assert!(failed.starts_with("451 4.3.0"), "{failed}");
+    assert_eq!(gw.archive().count(), 1, "no record for what was not stored");
+    assert!(
+        gw.archive().maildir_files("tmp").is_empty(),
+        "no partial file"
+    );
+    assert_eq!(gw.archive().maildir_files("new"), new_before);
+
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let retried = smtp.send(&big).await;
+    assert!(retried.starts_with("250"), "{retried}");
+    assert!(gw.archive().raw(&key(2)).unwrap() == big, "byte-exact");
+    assert!(gw.archive().raw(&key(1)).unwrap() == first, "byte-exact");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_reserve_collectors_pause_deleting_nothing_and_resume_by_themselves() {
+    let fs = Tmpfs::mount("48m");
+    let mut server = Dovecot::new(Options::default());
+    server.seed(0, 5, 9_000);
+    server.hand_over();
+    server.start();
+    // The disk is already short when the gateway starts polling.
+    fs.fill("filler", fs.free_bytes() - (4 << 20));
+    let collector = format!(
+        "[[collector]]\nname = \"dc1\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\npin_sha256 = \"{}\"\ninterval = \"1s\"\ntimeout = \"20s\"\n",
+        server.pop3s_port, server.fingerprint
+    );
+    let gw = TestGateway::builder()
+        .data_dir(&fs.path().join("data"))
+        .config("[storage]\nreserve = \"8MiB\"")
+        .config(&collector)
+        .http()
+        .poll_collectors()
+        .start()
+        .await;
+    let paused = || {
+        gw.metrics()
+            .pop3_errors
+            .with_label_values(&["dc1", "low_space"])
+            .get()
+    };
+    wait_for(
+        "the collector pauses for space",
+        Duration::from_secs(20),
+        || paused() >= 1,
+    )
+    .await;
+    assert_eq!(server.mailbox_count(), 5, "nothing deleted");
+    assert_eq!(gw.archive().count(), 0, "nothing fetched");
+    let runs = gw.archive().runs("dc1", 10);
+    let error = runs[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("below the reserve"), "{runs:?}");
+    assert_eq!(runs[0].retrieved, 0);
+    assert_eq!(gw.get("/readyz").await.status, 503);
+
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    wait_for(
+        "the collector resumes and drains the mailbox",
+        Duration::from_secs(30),
+        || gw.archive().count() == 5 && server.mailbox_count() == 0,
+    )
+    .await;
+    assert_eq!(gw.get("/readyz").await.status, 200);
+    gw.stop().await;
+    drop(server);
+}
