@@ -31,7 +31,7 @@
 //! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
 //! - [`http`]: metrics, health and the admin API (axum).
 //! - [`verify`]: checks the archive against its index (offline, or in the background for the
-//!   admin API).
+//!   admin API); [`reindex`] rebuilds a damaged index from the Maildir.
 //! - [`metrics`], [`clock`] (`UnixMs`, the one time type), [`tls`] (the SMTP certificate and
 //!   the SHA-256 [`tls::Fingerprint`]).
 //!
@@ -66,6 +66,7 @@ pub mod metrics;
 pub mod migration;
 pub(crate) mod net;
 pub mod pop3;
+pub mod reindex;
 pub mod server;
 pub(crate) mod smtp;
 pub(crate) mod store;

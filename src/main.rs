@@ -56,6 +56,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Rebuild the index (index.redb) from the Maildir, when it is damaged or lost. Offline:
+    /// stop the server first. The old index is kept beside it.
+    Reindex {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Totals per source, "collected since", collectors (asks the running server).
     Status {
         #[command(flatten)]
@@ -257,6 +263,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { config } => cli::archive::verify(config.as_ref()),
+        Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Migration {
             action: MigrationCommand::Status { remote },

@@ -237,7 +237,7 @@ pub fn verify(
 }
 
 /// The SHA-256 (hex) and size of a file.
-fn hash_file(path: &std::path::Path, buf: &mut [u8]) -> io::Result<(String, u64)> {
+pub(crate) fn hash_file(path: &std::path::Path, buf: &mut [u8]) -> io::Result<(String, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;

@@ -1,6 +1,6 @@
-//! The offline archive checks: `verify` (the archive against its index). The server must be
-//! stopped (the index is opened by one process at a time); a running server verifies through
-//! its admin API (`POST /api/v1/verify`).
+//! The offline archive commands: `verify` (the archive against its index) and `reindex` (the
+//! index rebuilt from the Maildir). The server must be stopped (the index is opened by one
+//! process at a time); a running server verifies through its admin API (`POST /api/v1/verify`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,6 +52,43 @@ pub fn verify(config: Option<&PathBuf>) -> anyhow::Result<()> {
             "the archive in {} does not match its index: {} problem(s), listed above",
             config.data_dir.display(),
             progress.problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// `journal-gateway reindex`: rebuilds the index from the Maildir and says what it could not
+/// bring back; fails when a file could not be read.
+pub fn reindex(config: Option<&PathBuf>) -> anyhow::Result<()> {
+    let config = crate::load(config)?;
+    let started = Instant::now();
+    let r = journal_gateway::reindex::reindex(&config.data_dir, config.index_cache_bytes())?;
+    for file in &r.duplicates {
+        println!("DUPLICATE FILE {file}: holds a message another file holds; left unindexed");
+    }
+    for (file, error) in &r.unreadable {
+        println!("UNREADABLE {file}: {error}");
+    }
+    println!(
+        "rebuilt {} from {} files in {:.1} s: {} indexed ({} variants), {} duplicate, {} unreadable",
+        config.data_dir.join("index.redb").display(),
+        r.files,
+        started.elapsed().as_secs_f64(),
+        r.indexed,
+        r.variants,
+        r.duplicates.len(),
+        r.unreadable.len()
+    );
+    if let Some(old) = &r.old_index {
+        println!("the old index is kept as {}", old.display());
+    }
+    println!(
+        "not recoverable from the files: arrival history (sources, times, envelopes, UIDLs), recipients only later reports carried, per-source counters, collector state and history"
+    );
+    if !r.unreadable.is_empty() {
+        bail!(
+            "{} file(s) could not be read and are not indexed (listed above)",
+            r.unreadable.len()
         );
     }
     Ok(())

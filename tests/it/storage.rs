@@ -244,3 +244,179 @@ async fn below_the_reserve_collectors_pause_deleting_nothing_and_resume_by_thems
     gw.stop().await;
     drop(server);
 }
+
+/// Runs `journal-gateway serve` on `data_dir` (ephemeral ports) and expects it to fail at start;
+/// its standard error. Fails the test if it is still running after 20 s.
+fn serve_fails(data_dir: &std::path::Path) -> String {
+    let config = data_dir.with_file_name("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::gateway_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started on a damaged index instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// Runs a CLI verb with `--config` for `data_dir`: (success, stdout, stderr).
+fn cli(verb: &str, data_dir: &std::path::Path) -> (bool, String, String) {
+    let config = data_dir.with_file_name("cli.toml");
+    std::fs::write(&config, format!("data_dir = \"{}\"\n", data_dir.display())).unwrap();
+    let out = std::process::Command::new(crate::gateway_bin())
+        .args([verb, "--config"])
+        .arg(&config)
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An archive of 12 messages: journal reports, a reused Message-ID (a variant), a spooled large
+/// report and a plain message without Message-ID; its records.
+async fn archive_of_twelve(
+    data: &std::path::Path,
+) -> Vec<(String, journal_gateway::archive::Record)> {
+    use journal_gateway::ingest::Delivery;
+    let gw = TestGateway::builder().data_dir(data).start().await;
+    let smtp = || Delivery::smtp("exchange@corp.example".into(), vec![JOURNAL.into()]);
+    for i in 0..9 {
+        gw.ingest(smtp(), &report(i, 5_000)).await.unwrap();
+    }
+    let mut reused = sample::numbered(3, 5_000);
+    reused.subject = "Another message, same Message-ID".into();
+    gw.ingest(smtp(), &sample::report_2007(&reused, &[]))
+        .await
+        .unwrap();
+    gw.ingest(smtp(), &report(100, 600_000)).await.unwrap();
+    gw.ingest(
+        smtp(),
+        b"From: x@example.com\r\nSubject: no id\r\n\r\nbody\r\n",
+    )
+    .await
+    .unwrap();
+    let records = gw.archive().records();
+    assert_eq!(records.len(), 12);
+    assert_eq!(records.iter().filter(|(_, r)| r.variant).count(), 1);
+    gw.stop().await;
+    records
+}
+
+/// The rebuilt index holds every record as it was, but for the arrival history.
+fn assert_rebuilt(data: &std::path::Path, before: &[(String, journal_gateway::archive::Record)]) {
+    let after = journal_gateway_testkit::ArchiveView::open(data).unwrap();
+    assert_eq!(after.count(), before.len() as u64);
+    for (key, old) in before {
+        let new = after
+            .record(key)
+            .unwrap_or_else(|| panic!("{key} not rebuilt"));
+        let mut expected = old.clone();
+        expected.sightings.clear();
+        expected.duplicates = 0;
+        assert_eq!(new, expected, "{key}");
+    }
+    drop(after);
+    let (ok, out, err) = cli("verify", data);
+    assert!(ok && out.contains(": 0 problem(s)"), "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_index_is_refused_at_start_naming_the_file_and_reindex_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let before = archive_of_twelve(&data).await;
+    let index = data.join("index.redb");
+    let len = std::fs::metadata(&index).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&index)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let err = serve_fails(&data);
+    assert!(
+        err.contains(index.to_str().unwrap()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains("journal-gateway reindex"),
+        "says how to recover: {err}"
+    );
+
+    let (ok, out, err) = cli("reindex", &data);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("from 12 files") && out.contains("12 indexed (1 variants)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("index.redb.damaged-"),
+        "the old file is kept: {out}"
+    );
+    assert_rebuilt(&data, &before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_index_is_refused_at_start_and_reindex_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let before = archive_of_twelve(&data).await;
+    let index = data.join("index.redb");
+    let mut bytes = std::fs::read(&index).unwrap();
+    for b in &mut bytes[..4096] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&index, bytes).unwrap();
+
+    let err = serve_fails(&data);
+    assert!(
+        err.contains(index.to_str().unwrap()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains("journal-gateway reindex"),
+        "says how to recover: {err}"
+    );
+    let (ok, out, err) = cli("reindex", &data);
+    assert!(ok, "{out}\n{err}");
+    assert_rebuilt(&data, &before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_refuses_while_the_gateway_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gw = TestGateway::builder().data_dir(&data).start().await;
+    let (ok, out, err) = cli("reindex", &data);
+    assert!(!ok, "{out}");
+    assert!(err.contains("is in use (is the gateway running?)"), "{err}");
+    assert!(!data.join("index.redb.rebuild").exists());
+    gw.stop().await;
+}
