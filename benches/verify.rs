@@ -83,7 +83,7 @@ fn main() {
         .expect("runtime");
     let ingest_path = Ingest::new(archive.clone(), Metrics::new());
 
-    let fill = runtime.block_on(ingest(&ingest_path, 0, n, size));
+    let fill_rate = runtime.block_on(ingest(&ingest_path, 0, n, size));
 
     let started = Instant::now();
     let alone = verify::verify(&archive, &|| false, &mut |_, _| {}).expect("verify");
@@ -110,7 +110,7 @@ fn main() {
     println!("## verify ({})\n", machine::description());
     println!("| what | figure |\n|---|---|");
     println!(
-        "| archive | {n} messages of ~{size} bytes ({:.0} MB), filled at {fill:.0} msg/s |",
+        "| archive | {n} messages of ~{size} bytes ({:.0} MB), filled at {fill_rate:.0} msg/s |",
         alone.bytes as f64 / 1e6
     );
     println!(

@@ -76,8 +76,8 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     let store = Maildir::open(&data_dir.join("archive"))?;
     let mut names = store.list_new()?;
     names.sort();
-    let rebuild = data_dir.join("index.redb.rebuild");
-    match std::fs::remove_file(&rebuild) {
+    let staging = data_dir.join("index.redb.rebuild");
+    match std::fs::remove_file(&staging) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
@@ -86,7 +86,7 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
         ..Rebuilt::default()
     };
     {
-        let index = Index::open(&rebuild, cache_bytes)?;
+        let index = Index::open(&staging, cache_bytes)?;
         let mut buf = vec![0u8; 256 * 1024];
         for batch in names.chunks(BATCH) {
             let mut records = Vec::with_capacity(batch.len());
@@ -128,7 +128,7 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
         std::fs::rename(&path, &old)?;
         rebuilt.old_index = Some(old);
     }
-    std::fs::rename(&rebuild, &path)?;
+    std::fs::rename(&staging, &path)?;
     File::open(data_dir)?.sync_all()?;
     Ok(rebuilt)
 }

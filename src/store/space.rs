@@ -18,18 +18,18 @@ use crate::config::Reserve;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Space {
     /// Bytes available to the gateway (`f_bavail`).
-    pub free_bytes: u64,
-    /// The filesystem's size.
-    pub total_bytes: u64,
+    pub free: u64,
+    /// The filesystem's size in bytes.
+    pub total: u64,
     /// The reserve in bytes (see [`Reserve`]).
-    pub reserve_bytes: u64,
+    pub reserve: u64,
 }
 
 impl Space {
     /// Below the reserve: no new mail is taken.
     #[must_use]
     pub fn low(&self) -> bool {
-        self.free_bytes < self.reserve_bytes
+        self.free < self.reserve
     }
 }
 
@@ -38,9 +38,9 @@ impl std::fmt::Display for Space {
         write!(
             f,
             "the archive filesystem has {} bytes free, {} the reserve of {} bytes",
-            self.free_bytes,
+            self.free,
             if self.low() { "below" } else { "above" },
-            self.reserve_bytes
+            self.reserve
         )
     }
 }
@@ -90,14 +90,14 @@ impl FreeSpace {
         let (free_bytes, total_bytes) = statvfs(&self.dir)?;
         let reserve = *self.reserve.lock().unwrap_or_else(PoisonError::into_inner);
         let space = Space {
-            free_bytes,
-            total_bytes,
-            reserve_bytes: reserve.bytes(total_bytes),
+            free: free_bytes,
+            total: total_bytes,
+            reserve: reserve.bytes(total_bytes),
         };
         if let Some(g) = &*self.gauges.lock().unwrap_or_else(PoisonError::into_inner) {
             g.free.set(i64::try_from(free_bytes).unwrap_or(i64::MAX));
             g.reserve
-                .set(i64::try_from(space.reserve_bytes).unwrap_or(i64::MAX));
+                .set(i64::try_from(space.reserve).unwrap_or(i64::MAX));
         }
         let low = space.low();
         if self.was_low.swap(low, Ordering::Relaxed) != low {
@@ -152,7 +152,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = FreeSpace::new(dir.path());
         let space = fs.check().unwrap();
-        assert!(space.total_bytes > 0 && space.free_bytes <= space.total_bytes);
+        assert!(space.total > 0 && space.free <= space.total);
         let (free, reserve) = (
             prometheus::IntGauge::new("f", "f").unwrap(),
             prometheus::IntGauge::new("r", "r").unwrap(),

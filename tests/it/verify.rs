@@ -152,7 +152,7 @@ async fn api_verify_runs_in_the_background_beside_ingest_and_reports_problems() 
     let during = Instant::now();
     ingest_many(&gw, 300..400).await;
     let ingest_time = during.elapsed();
-    let done = wait_verified(&gw, Duration::from_secs(60)).await;
+    let done = wait_verified(&gw, Duration::from_mins(1)).await;
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["problems"], serde_json::json!([]), "{done}");
     assert_eq!(done["total"], 300, "{done}");
@@ -168,7 +168,7 @@ async fn api_verify_runs_in_the_background_beside_ingest_and_reports_problems() 
         gw.post("/api/v1/verify", Some(gw.token())).await.status,
         202
     );
-    let done = wait_verified(&gw, Duration::from_secs(60)).await;
+    let done = wait_verified(&gw, Duration::from_mins(1)).await;
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["checked"], 400, "{done}");
     let problems = done["problems"].as_array().unwrap();
