@@ -62,6 +62,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The admin API token.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Totals per source, "collected since", collectors (asks the running server).
     Status {
         #[command(flatten)]
@@ -89,6 +94,17 @@ enum CertsCommand {
         /// Directory for cert.pem and key.pem (created if needed).
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Replace the admin token with a new random one (in `[http] admin_token_file`, or
+    /// <data_dir>/admin.token). A running gateway uses it from its next request: no restart; the
+    /// old token is refused from then on.
+    Rotate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -264,6 +280,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Verify { config } => cli::archive::verify(config.as_ref()),
         Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
+        Command::Token {
+            command: TokenCommand::Rotate { config },
+        } => {
+            let config = load(config.as_ref())?;
+            let path = journal_gateway::http::auth::token_path(&config);
+            journal_gateway::http::auth::rotate(&path)?;
+            println!(
+                "a new admin token is in {} (mode 0600); a running gateway uses it from its next request and refuses the old one",
+                path.display()
+            );
+            Ok(())
+        }
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Migration {
             action: MigrationCommand::Status { remote },

@@ -48,6 +48,11 @@ pub struct Metrics {
     /// Unix time the served TLS certificate expires (its notAfter), by certificate (`smtp`, and
     /// `http` when `[http] tls_cert` is set); set at start from the loaded certificate.
     pub tls_cert_expiry: IntGaugeVec,
+    /// Wrong admin tokens presented, by where (`api`, `console`).
+    pub admin_auth_failures: IntCounterVec,
+    /// Attempts refused with 429 because their address presented too many wrong tokens, by
+    /// where (`api`, `console`).
+    pub admin_auth_throttled: IntCounterVec,
     /// Bytes free on the archive's filesystem (for the gateway), at the last check.
     pub archive_free_bytes: IntGauge,
     /// The free space the archive keeps (`[storage] reserve`, in bytes): below it no new mail
@@ -196,6 +201,16 @@ impl Metrics {
                 "Unix time the served TLS certificate expires (notAfter).",
                 &["certificate"],
             ),
+            admin_auth_failures: counter_vec(
+                "admin_auth_failures_total",
+                "Wrong admin tokens presented (API calls and console logins).",
+                &["via"],
+            ),
+            admin_auth_throttled: counter_vec(
+                "admin_auth_throttled_total",
+                "Admin attempts refused with 429: too many wrong tokens from their address.",
+                &["via"],
+            ),
             archive_free_bytes: reg(
                 &registry,
                 IntGauge::with_opts(
@@ -223,6 +238,10 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for via in ["api", "console"] {
+            m.admin_auth_failures.with_label_values(&[via]);
+            m.admin_auth_throttled.with_label_values(&[via]);
+        }
         for source in ["smtp", "pop3"] {
             m.received.with_label_values(&[source]);
             m.archived.with_label_values(&[source]);

@@ -88,6 +88,8 @@ pub(crate) struct AppState {
     pub console: console::Console,
     /// The background verify of `POST /api/v1/verify`.
     pub verifier: crate::verify::Verifier,
+    /// Wrong admin tokens per client address.
+    pub throttle: Arc<auth::Throttle>,
 }
 
 /// The bound HTTP listener, not serving yet (so a bad address fails start-up).
@@ -125,6 +127,7 @@ impl HttpServer {
                 started: std::time::Instant::now(),
                 console: console::Console::new(config),
                 verifier: crate::verify::Verifier::default(),
+                throttle: Arc::default(),
             },
             tls,
         })
@@ -148,13 +151,15 @@ impl HttpServer {
         if let Some(acceptor) = self.tls {
             tracing::info!("HTTPS (metrics, admin API, console) on https://{addr}");
             let listener = https::TlsListener::new(self.listener, acceptor, shutdown.clone())?;
-            return axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<auth::Peer>();
+            return axum::serve(listener, service)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
                 .context("serving HTTPS");
         }
         tracing::info!("HTTP (metrics, admin API, console) on http://{addr}");
-        axum::serve(self.listener, router)
+        let service = router.into_make_service_with_connect_info::<auth::Peer>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")
