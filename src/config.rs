@@ -211,6 +211,11 @@ pub struct SmtpConfig {
     /// Concurrent sessions; one more is answered `421 4.7.0`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent sessions from one client address; one more is answered `421 4.7.0`, so one
+    /// client cannot take every session (Exchange opens at most 20 to one destination by
+    /// default).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// Refuse MAIL before STARTTLS with `530 5.7.0`.
     #[serde(default)]
     pub require_starttls: bool,
@@ -654,6 +659,9 @@ impl Config {
         if self.smtp.max_connections == 0 {
             bail!("smtp.max_connections: must be at least 1");
         }
+        if self.smtp.max_connections_per_ip == 0 {
+            bail!("smtp.max_connections_per_ip: must be at least 1");
+        }
         if self.index_cache_mb == 0 {
             bail!("index_cache_mb: must be at least 1");
         }
@@ -867,6 +875,9 @@ fn default_max_message_size() -> u64 {
 }
 fn default_max_connections() -> usize {
     100
+}
+fn default_max_connections_per_ip() -> usize {
+    32
 }
 fn default_command_timeout() -> Duration {
     Duration::from_mins(5)

@@ -5,14 +5,15 @@
 //! down, then waits for open sessions to finish their in-flight ingest. Each connection is one
 //! [`session::Session`], which hands complete messages to the one ingest path.
 //!
-//! Connection admission happens here: `allowed_clients` (554 at connect) and `max_connections`
-//! (421 4.7.0 beyond it).
+//! Connection admission happens here: `allowed_clients` (554 at connect), `max_connections`
+//! and `max_connections_per_ip` (421 4.7.0 beyond either).
 
 mod accept;
 mod session;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,7 +52,44 @@ struct Shared {
     acceptor: TlsAcceptor,
     allowed: Vec<IpNet>,
     slots: Arc<Semaphore>,
+    /// Open sessions per client address, at most `per_ip_limit` each.
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip_limit: usize,
     sessions: TaskTracker,
+}
+
+/// One session's place in the per-address count, given back when the session ends.
+struct IpSlot {
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl IpSlot {
+    /// Takes a place for `ip`, unless it has `limit` sessions already.
+    fn take(shared: &Shared, ip: IpAddr) -> Option<IpSlot> {
+        let mut map = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.per_ip_limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            per_ip: shared.per_ip.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Keeps `smtp_sessions_active` right however a session ends.
@@ -100,6 +138,8 @@ impl SmtpServer {
             acceptor,
             allowed: config.smtp.allowed_clients.clone(),
             slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            per_ip: Arc::default(),
+            per_ip_limit: config.smtp.max_connections_per_ip,
             sessions: TaskTracker::new(),
         });
         Ok(SmtpServer {
@@ -183,6 +223,20 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         );
         return;
     }
+    let Some(ip_slot) = IpSlot::take(shared, ip) else {
+        tracing::warn!(%peer, "SMTP max_connections_per_ip reached, refused");
+        metrics
+            .smtp_rejected
+            .with_label_values(&["connections_per_ip"])
+            .inc();
+        refuse(
+            stream,
+            implicit_tls,
+            format!("421 4.7.0 {host} Too many connections from your address, try again later\r\n"),
+            shared,
+        );
+        return;
+    };
     let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "SMTP max_connections reached, refused");
         metrics
@@ -200,7 +254,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
     let _ = stream.set_nodelay(true);
     let shared2 = shared.clone();
     shared.sessions.spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, ip_slot);
         shared2.metrics.smtp_sessions_active.inc();
         let _active = ActiveGuard(shared2.metrics.smtp_sessions_active.clone());
         let conn = if implicit_tls {

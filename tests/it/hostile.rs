@@ -253,3 +253,127 @@ async fn unauthenticated_endpoints_reveal_no_content_addresses_subjects_or_paths
     }
     gw.stop().await;
 }
+
+/// The resident memory of this process (the gateway runs in it), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Connects from `from` and reads the greeting (bounded); the stream and its first line.
+async fn connect_from(from: IpAddr, to: SocketAddr) -> (tokio::net::TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(to))
+        .await
+        .expect("connect within 10 s")
+        .expect("connect");
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !greeting.ends_with(b"\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                break;
+            }
+            greeting.push(byte[0]);
+        }
+    })
+    .await
+    .expect("greeting within 10 s");
+    (stream, String::from_utf8_lossy(&greeting).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_well_behaved_client_is_served_within_a_second_beside_abusive_ones() {
+    let gw = TestGateway::builder()
+        .smtp("max_connections_per_ip = 10")
+        .start()
+        .await;
+    let (plain, tls) = (gw.smtp_addr(), gw.smtps_addr());
+    let rss_before = rss_kib();
+
+    // 1,000 idle connections from one address: 10 sessions, the rest refused at once.
+    // (In waves of 50, so the listen backlog never overflows into SYN retransmissions.)
+    let idle = IpAddr::from([127, 0, 0, 2]);
+    let mut held = Vec::new();
+    let (mut admitted, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            set.spawn(connect_from(idle, plain));
+        }
+        while let Some(r) = set.join_next().await {
+            let (stream, greeting) = r.unwrap();
+            if greeting.starts_with("220") {
+                admitted += 1;
+                held.push(stream);
+            } else {
+                assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((admitted, refused), (10, 990));
+    assert_eq!(gw.rejected("connections_per_ip"), 990);
+
+    let mut abusers = tokio::task::JoinSet::new();
+    // A slow sender: one byte every 50 ms, forever.
+    abusers.spawn(async move {
+        let (mut s, _) = connect_from(IpAddr::from([127, 0, 0, 3]), plain).await;
+        for b in b"EHLO slow.test\r\n".iter().cycle() {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // A client that pipelines commands and never reads a reply.
+    abusers.spawn(async move {
+        let (mut s, _) = connect_from(IpAddr::from([127, 0, 0, 4]), plain).await;
+        let flood = b"NOOP\r\n".repeat(200_000);
+        let _ = s.write_all(&flood).await;
+        std::future::pending::<()>().await;
+    });
+    // TLS handshakes that stall (implicit-TLS port: connected, nothing sent).
+    let stalled = IpAddr::from([127, 0, 0, 5]);
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(stalled, 0)).unwrap();
+        held.push(socket.connect(tls).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The well-behaved client, three times: each whole transaction within a second.
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let mut smtp = crate::storage::Smtp::connect(plain).await;
+        let report = sample::report_2007(&sample::numbered(500 + i, 20_000), &[]);
+        let reply = smtp.send(&report).await;
+        assert!(reply.starts_with("250"), "{reply}");
+        assert_eq!(smtp.command("QUIT").await.get(..3), Some("221"));
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "transaction {i} took {took:?} beside the abusers"
+        );
+    }
+    let rss_after = rss_kib();
+    println!(
+        "abuse: 1,000 idle connections (10 admitted), a slow sender, a client that never reads, 5 stalled TLS handshakes: resident memory {} -> {} MiB (+{} MiB)",
+        rss_before / 1024,
+        rss_after / 1024,
+        rss_after.saturating_sub(rss_before) / 1024
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 256 * 1024,
+        "memory grew by {} KiB",
+        rss_after - rss_before
+    );
+    abusers.abort_all();
+    drop(held);
+    gw.stop().await;
+}

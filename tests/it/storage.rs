@@ -13,13 +13,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// A plain SMTP conversation, reply by reply (every read bounded).
-struct Smtp {
+pub(crate) struct Smtp {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Smtp {
-    async fn connect(addr: SocketAddr) -> Smtp {
+    pub(crate) async fn connect(addr: SocketAddr) -> Smtp {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (r, w) = stream.into_split();
         let mut s = Smtp {
@@ -49,7 +49,7 @@ impl Smtp {
         }
     }
 
-    async fn command(&mut self, cmd: &str) -> String {
+    pub(crate) async fn command(&mut self, cmd: &str) -> String {
         self.writer
             .write_all(format!("{cmd}\r\n").as_bytes())
             .await
@@ -58,7 +58,7 @@ impl Smtp {
     }
 
     /// MAIL, RCPT, DATA and the message: the reply to MAIL if it was refused, else the final one.
-    async fn send(&mut self, message: &[u8]) -> String {
+    pub(crate) async fn send(&mut self, message: &[u8]) -> String {
         let mail = self.command("MAIL FROM:<exchange@corp.example>").await;
         if !mail.starts_with("250") {
             return mail;
