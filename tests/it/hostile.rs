@@ -377,3 +377,134 @@ async fn a_well_behaved_client_is_served_within_a_second_beside_abusive_ones() {
     drop(held);
     gw.stop().await;
 }
+
+/// Deterministic pseudo-random bytes (xorshift).
+fn garbage(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_le_bytes()[3]
+        })
+        .collect()
+}
+
+/// The broken-mail corpus: (name, bytes).
+fn broken_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let head = |extra: &str| {
+        format!("From: a@example.com\r\nTo: b@example.com\r\nSubject: broken\r\nMessage-ID: <{extra}@broken.example>\r\nMIME-Version: 1.0\r\n")
+    };
+    let mut corpus = Vec::new();
+
+    // Multipart nested 2,000 deep.
+    let depth = 2000;
+    let mut nested = head("nested").into_bytes();
+    for d in 0..depth {
+        nested.extend(
+            format!("Content-Type: multipart/mixed; boundary=\"b{d}\"\r\n\r\n--b{d}\r\n").bytes(),
+        );
+    }
+    nested.extend(b"Content-Type: text/plain\r\n\r\ninnermost\r\n");
+    for d in (0..depth).rev() {
+        nested.extend(format!("--b{d}--\r\n").bytes());
+    }
+    corpus.push(("multipart nested 2,000 deep", nested));
+
+    // 10,000 parts.
+    let mut parts = head("parts").into_bytes();
+    parts.extend(b"Content-Type: multipart/mixed; boundary=\"p\"\r\n\r\n");
+    for i in 0..10_000 {
+        parts.extend(format!("--p\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n").bytes());
+    }
+    parts.extend(b"--p--\r\n");
+    corpus.push(("10,000 parts", parts));
+
+    // A 100 MB header (one folded Subject).
+    let mut big = head("bigheader").into_bytes();
+    big.extend(b"X-Huge: start");
+    let line = format!("\r\n {}", "x".repeat(998));
+    while big.len() < 100 << 20 {
+        big.extend(line.as_bytes());
+    }
+    big.extend(b"\r\n\r\nbody\r\n");
+    corpus.push(("100 MB header", big));
+
+    // Invalid charsets and transfer encodings.
+    let mut charsets = head("charsets").into_bytes();
+    charsets.extend(b"Subject: =?x-unknown-42?Q?caf=E9?= =?utf-8?B?!!!notbase64?=\r\nContent-Type: multipart/mixed; boundary=\"c\"\r\n\r\n--c\r\nContent-Type: text/plain; charset=\"x-bogus\"\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@ not base64 at all ===\r\n--c\r\nContent-Type: text/html; charset=utf-7\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nbroken =ZZ escape =\r\n=\r\n--c\r\nContent-Transfer-Encoding: x-uuencode-ish\r\n\r\n\xff\xfe\x00\x01 invalid utf-8\r\n--c--\r\n");
+    corpus.push(("invalid charsets and encodings", charsets));
+
+    // A journal report cut off inside its attached original.
+    let report = sample::report_2007(&sample::numbered(9001, 30_000), &[]);
+    let cut = report.len() * 3 / 4;
+    corpus.push(("journal report, original truncated", report[..cut].to_vec()));
+
+    // Binary garbage, NULs included.
+    corpus.push(("1 MB of binary garbage", garbage(1 << 20, 0x9E37_79B9)));
+
+    // message/rfc822 inside message/rfc822, 1,000 deep (a loop unrolled).
+    let mut looped = Vec::new();
+    for i in 0..1000 {
+        looped.extend(head(&format!("loop{i}")).bytes());
+        looped.extend(b"Content-Type: message/rfc822\r\n\r\n");
+    }
+    looped.extend(b"Subject: the end\r\n\r\nend\r\n");
+    corpus.push(("message/rfc822 1,000 deep", looped));
+
+    // Nothing at all, and a header without end.
+    corpus.push(("empty", Vec::new()));
+    corpus.push((
+        "header without end",
+        b"Subject: no body and no CRLF".to_vec(),
+    ));
+    corpus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_mail_is_archived_byte_exact_never_a_crash_or_a_half_written_record() {
+    let gw = TestGateway::builder().start().await;
+    let mut slowest = (0.0f64, "");
+    for (name, bytes) in broken_corpus() {
+        let started = std::time::Instant::now();
+        let outcome = gw
+            .ingest(
+                Delivery::smtp(
+                    "exchange@corp.example".into(),
+                    vec!["j@journal.test".into()],
+                ),
+                &bytes,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: refused ({e})"));
+        let took = started.elapsed().as_secs_f64();
+        let mb = (bytes.len() as f64 / 1e6).max(0.001);
+        println!(
+            "broken mail: {name}: {:.1} MB ingested in {took:.3} s ({:.3} s/MB), key {}",
+            bytes.len() as f64 / 1e6,
+            took / mb,
+            outcome.key()
+        );
+        if bytes.len() >= 100_000 && took / mb > slowest.0 {
+            slowest = (took / mb, name);
+        }
+        let stored = gw.archive().raw(outcome.key()).expect("archived");
+        assert!(stored == bytes, "{name}: archived byte-exact");
+        assert!(
+            gw.archive().maildir_files("tmp").is_empty(),
+            "{name}: nothing half-written"
+        );
+        assert!(took < 120.0, "{name}: {took} s");
+    }
+    println!(
+        "broken mail: slowest per MB (of those over 100 kB): {} at {:.3} s/MB (debug build)",
+        slowest.1, slowest.0
+    );
+    let files = gw.archive().maildir_files("new");
+    assert_eq!(
+        files,
+        gw.archive().indexed_files(),
+        "index and Maildir agree"
+    );
+    gw.stop().await;
+}
