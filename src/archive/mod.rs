@@ -41,7 +41,7 @@ pub enum ArchiveError {
     #[error("{} is not empty; export into a new or empty directory", .0.display())]
     ExportTargetNotEmpty(PathBuf),
     /// The index could not be opened.
-    #[error("opening the index {}: {source}{}", path.display(), open_hint(source))]
+    #[error("opening the index {}{}", path.display(), open_hint(source))]
     OpenIndex {
         /// The index file.
         path: PathBuf,
