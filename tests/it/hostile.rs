@@ -508,3 +508,95 @@ async fn broken_mail_is_archived_byte_exact_never_a_crash_or_a_half_written_reco
     );
     gw.stop().await;
 }
+
+/// Runs testssl.sh (Debian `testssl.sh`) with protocol and cipher-category checks against
+/// `target` (at most 5 minutes); its findings by id.
+fn testssl(extra: &[&str], target: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let testssl = journal_gateway_testkit::peers::require("testssl", "testssl.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("findings.json");
+    let out = std::process::Command::new("timeout")
+        .arg("300")
+        .arg(testssl)
+        .args(["--quiet", "--color", "0", "--warnings", "off", "-p", "-s"])
+        .arg("--jsonfile")
+        .arg(&json)
+        .args(extra)
+        .arg(target)
+        .output()
+        .expect("run testssl");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "testssl wrote no findings ({e}, {}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&text).expect("testssl JSON");
+    findings
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+            (s("id"), (s("severity"), s("finding")))
+        })
+        .collect()
+}
+
+/// No SSL 2/3, TLS 1.0/1.1, NULL, anonymous, export, low or 3DES/IDEA ciphers; TLS 1.2 or 1.3
+/// offered; no finding rated HIGH or CRITICAL.
+fn assert_no_weak_tls(what: &str, findings: &std::collections::BTreeMap<String, (String, String)>) {
+    let all = format!("{findings:#?}");
+    for id in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        let (_, finding) = findings
+            .get(id)
+            .unwrap_or_else(|| panic!("{what}: testssl did not test {id}:\n{all}"));
+        assert!(finding.starts_with("not offered"), "{what}: {id} {finding}");
+    }
+    for id in [
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+        "cipherlist_3DES_IDEA",
+    ] {
+        let (_, finding) = findings
+            .get(id)
+            .unwrap_or_else(|| panic!("{what}: testssl did not test {id}:\n{all}"));
+        assert!(finding.starts_with("not offered"), "{what}: {id} {finding}");
+    }
+    let offered = |id: &str| {
+        findings
+            .get(id)
+            .is_some_and(|(_, f)| f.starts_with("offered"))
+    };
+    assert!(
+        offered("TLS1_2") || offered("TLS1_3"),
+        "{what}: no modern TLS:\n{all}"
+    );
+    for (id, (severity, finding)) in findings {
+        assert!(
+            severity != "HIGH" && severity != "CRITICAL",
+            "{what}: {id} is {severity}: {finding}"
+        );
+    }
+}
+
+#[test]
+fn testssl_finds_no_weak_protocol_or_cipher_on_smtp_starttls_and_https() {
+    let certs = tempfile::tempdir().unwrap();
+    let generated = journal_gateway::tls::generate(
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+        certs.path(),
+    )
+    .unwrap();
+    let gw = TestGateway::builder()
+        .smtp("")
+        .http_tls(&generated.cert_path, &generated.key_path)
+        .http()
+        .start_blocking();
+    let smtp = testssl(&["-t", "smtp"], &gw.smtp_addr().to_string());
+    assert_no_weak_tls("SMTP STARTTLS", &smtp);
+    let https = testssl(&[], &gw.http_addr().to_string());
+    assert_no_weak_tls("HTTPS", &https);
+}
