@@ -99,9 +99,9 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Replace the admin token with a new random one (in `[http] admin_token_file`, or
-    /// <data_dir>/admin.token). A running gateway uses it from its next request: no restart; the
-    /// old token is refused from then on.
+    /// Replace the admin token with a new random one (in the configured admin token file, or
+    /// admin.token in the data directory). A running gateway uses it from its next request: no
+    /// restart; the old token is refused from then on.
     Rotate {
         #[arg(long, short)]
         config: Option<PathBuf>,
