@@ -100,11 +100,14 @@ enum CertsCommand {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Replace the admin token with a new random one (in the configured admin token file, or
-    /// admin.token in the data directory). A running gateway uses it from its next request: no
-    /// restart; the old token is refused from then on.
+    /// admin.token in the data directory) and have the running gateway take it: no restart; the
+    /// old token is refused from then on.
     Rotate {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Admin API URL of the running gateway (default: http://<[http] listen>).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -281,17 +284,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Verify { config } => cli::archive::verify(config.as_ref()),
         Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
         Command::Token {
-            command: TokenCommand::Rotate { config },
-        } => {
-            let config = load(config.as_ref())?;
-            let path = journal_gateway::http::auth::token_path(&config);
-            journal_gateway::http::auth::rotate(&path)?;
-            println!(
-                "a new admin token is in {} (mode 0600); a running gateway uses it from its next request and refuses the old one",
-                path.display()
-            );
-            Ok(())
-        }
+            command: TokenCommand::Rotate { config, server },
+        } => cli::token::rotate(config.as_ref(), server),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Migration {
             action: MigrationCommand::Status { remote },

@@ -23,6 +23,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/collectors/{name}/retire", post(retire))
         .route("/api/v1/messages/{*id}", get(message))
         .route("/api/v1/verify", get(verify_status).post(verify_start))
+        .route("/api/v1/token/reload", post(token_reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -451,4 +452,21 @@ async fn verify_start(State(state): State<AppState>) -> ApiResult {
 /// `GET /api/v1/verify`: the last (or running) verify: state, progress, problems.
 async fn verify_status(State(state): State<AppState>) -> Json<crate::verify::VerifyStatus> {
     Json(state.verifier.status())
+}
+
+/// `POST /api/v1/token/reload` (with the token in use): reads the token file again, after
+/// `journal-gateway token rotate` wrote a new one.
+async fn token_reload(State(state): State<AppState>) -> ApiResult {
+    let token = state.token.clone();
+    blocking(move || {
+        token.reload().map_err(|e| {
+            tracing::warn!("admin token reload refused: {e:#}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token file is not usable; the token in use is kept (see the log)",
+            )
+        })
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "reloaded": true })).into_response())
 }

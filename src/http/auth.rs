@@ -4,21 +4,23 @@
 //! used, generated (32 random bytes, hex, mode 0600) on first start. The CLI reads the same file.
 //! Missing `Authorization` header: 401 (with `WWW-Authenticate: Bearer`); wrong token: 403.
 //!
-//! Rotation without a restart: the file is looked at (one `stat`) on each check and read again
-//! when it changed, so `journal-gateway token rotate` (or any tool that replaces the file) takes
-//! effect with the next request; an unreadable or empty new file keeps the old token (logged).
+//! Rotation without a restart: `journal-gateway token rotate` writes a new token into the file,
+//! then asks the running gateway to read it again (`POST /api/v1/token/reload`, authenticated
+//! with the old token); from then on the old token is refused. An unreadable or empty file keeps
+//! the token in use. Editing the file alone changes nothing until that call (or a restart).
 //!
 //! Wrong tokens (API and console logins) are counted per client address
-//! ([`Throttle`]): after [`FREE_FAILURES`] in a row an address must wait, 10 s after the fifth and
-//! twice as long after each further one (at most 15 minutes), before its next attempt is even
-//! compared; meanwhile it is answered `429` with `Retry-After`. A right token clears the count.
+//! ([`Throttle`]): after [`FREE_FAILURES`] in a row an address must wait, 10 s after the last of
+//! them and twice as long after each further one (at most 15 minutes), before its next attempt is
+//! even compared; meanwhile it is answered `429` with `Retry-After`. A right token clears the
+//! count.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use axum::extract::{ConnectInfo, Request, State};
@@ -31,33 +33,9 @@ use crate::config::Config;
 
 /// The token and where it lives.
 pub(crate) struct Token {
-    current: Mutex<Current>,
+    secret: Mutex<String>,
     /// The file the token was read from (or generated into).
     pub path: PathBuf,
-}
-
-/// The token in use and the file it was read from, as it was then.
-struct Current {
-    secret: String,
-    stamp: Option<Stamp>,
-}
-
-/// What tells a replaced or rewritten file: inode, size, modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    modified: Option<SystemTime>,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        inode: m.ino(),
-        len: m.len(),
-        modified: m.modified().ok(),
-    })
 }
 
 impl std::fmt::Debug for Token {
@@ -98,8 +76,8 @@ fn new_secret() -> anyhow::Result<String> {
 }
 
 /// Replaces the token in `path` with a new random one (written beside it with mode 0600,
-/// fsynced, renamed over it): a running gateway uses it from its next request on, and refuses
-/// the old one. Returns the new token.
+/// fsynced, renamed over it); a running gateway uses it once asked to reload it
+/// ([`Token::reload`]). Returns the new token.
 pub fn rotate(path: &Path) -> anyhow::Result<String> {
     let secret = new_secret()?;
     let name = path.file_name().map_or_else(
@@ -128,10 +106,7 @@ pub fn rotate(path: &Path) -> anyhow::Result<String> {
 impl Token {
     fn new(secret: String, path: PathBuf) -> Token {
         Token {
-            current: Mutex::new(Current {
-                secret,
-                stamp: stamp(&path),
-            }),
+            secret: Mutex::new(secret),
             path,
         }
     }
@@ -162,27 +137,27 @@ impl Token {
         Ok(Token::new(secret, path))
     }
 
-    /// The token in use: read again first when its file changed (rotation).
+    /// The token in use.
     fn secret(&self) -> String {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = stamp(&self.path);
-        if now != current.stamp {
-            current.stamp = now;
-            match read_token(&self.path) {
-                Ok(secret) if secret != current.secret => {
-                    tracing::info!(
-                        "admin token changed in {}: the old one is refused from now on",
-                        self.path.display()
-                    );
-                    current.secret = secret;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    "admin token file changed but is not usable, keeping the token in use: {e:#}"
-                ),
-            }
+        self.secret
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the token file again (after `token rotate`): the token in it is the one from now
+    /// on. An unreadable or empty file keeps the token in use (the error says why).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let secret = read_token(&self.path)?;
+        let mut current = self.secret.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != secret {
+            tracing::info!(
+                "admin token reloaded from {}: the old one is refused from now on",
+                self.path.display()
+            );
+            *current = secret;
         }
-        current.secret.clone()
+        Ok(())
     }
 
     /// Constant-time comparison with a presented token.
@@ -195,8 +170,8 @@ impl Token {
 }
 
 /// Wrong tokens an address may present before it has to wait.
-pub const FREE_FAILURES: u32 = 5;
-/// The wait after the fifth wrong token in a row (doubled after each further one).
+pub const FREE_FAILURES: u32 = 10;
+/// The wait after the last free wrong token in a row (doubled after each further one).
 const FIRST_WAIT: Duration = Duration::from_secs(10);
 /// The longest wait.
 const MAX_WAIT: Duration = Duration::from_mins(15);
@@ -403,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rotated_file_is_used_from_the_next_check_and_a_broken_one_is_not() {
+    fn a_rotated_token_is_used_once_reloaded_and_a_broken_file_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::parse("").unwrap();
         config.data_dir = dir.path().to_path_buf();
@@ -412,6 +387,8 @@ mod tests {
         let new = rotate(&t.path).unwrap();
         assert_ne!(new, old);
         assert_eq!(read_token(&t.path).unwrap(), new);
+        assert!(t.matches(&old), "the file alone changes nothing");
+        t.reload().unwrap();
         assert!(t.matches(&new));
         assert!(!t.matches(&old));
         {
@@ -420,11 +397,12 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&t.path, "\n").unwrap();
+        assert!(t.reload().unwrap_err().to_string().contains("empty"));
         assert!(t.matches(&new), "an empty file keeps the token in use");
     }
 
     #[test]
-    fn five_wrong_tokens_then_the_address_waits_and_others_do_not() {
+    fn ten_wrong_tokens_then_the_address_waits_and_others_do_not() {
         let throttle = Throttle::default();
         let (a, b) = (IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]));
         for _ in 0..FREE_FAILURES {
