@@ -2,9 +2,10 @@
 //!
 //! Every file in `archive/new/` is read, hashed and parsed as ingest parses an arrival, and
 //! recorded under the same key (the original's Message-ID, or a variant key when another message
-//! holds it, or `sha256:` of the original). Files are taken in name order, which is arrival
-//! order (Maildir names start with the arrival time), so the first message to use a Message-ID
-//! keeps the plain key, as it did.
+//! holds it, or `sha256:` of the original). Files are taken in the order of the time in their
+//! names (when their first byte arrived), so the first message to use a Message-ID keeps the
+//! plain key, as it did, unless a large message that started arriving earlier was archived
+//! after it (then the two swap the plain and the variant key).
 //!
 //! The new index is written beside the old one (`index.redb.rebuild`) and moved into place only
 //! when complete; the old file is kept as `index.redb.damaged-<unix seconds>`. The gateway must
@@ -75,7 +76,7 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     }
     let store = Maildir::open(&data_dir.join("archive"))?;
     let mut names = store.list_new()?;
-    names.sort();
+    names.sort_by_cached_key(|n| arrival_order(n));
     let staging = data_dir.join("index.redb.rebuild");
     match std::fs::remove_file(&staging) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
@@ -133,6 +134,21 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     Ok(rebuilt)
 }
 
+/// The sort key of a Maildir name `<secs>.M<micros>P<pid>Q<seq>.<host>.eml`: its time, then its
+/// sequence number in the writing process (names compared as text would put `M99` after
+/// `M100`); names of another shape go last, by name.
+fn arrival_order(name: &str) -> (u64, u64, u64, String) {
+    let parsed = (|| {
+        let (secs, rest) = name.split_once(".M")?;
+        let (micros, rest) = rest.split_once('P')?;
+        let (_pid, rest) = rest.split_once('Q')?;
+        let (seq, _) = rest.split_once('.')?;
+        Some((secs.parse().ok()?, micros.parse().ok()?, seq.parse().ok()?))
+    })();
+    let (secs, micros, seq) = parsed.unwrap_or((u64::MAX, u64::MAX, u64::MAX));
+    (secs, micros, seq, name.to_string())
+}
+
 /// The key and record of one archived file.
 fn read(store: &Maildir, name: &str, buf: &mut [u8]) -> io::Result<(String, crate::index::Record)> {
     let path = store.file_path(name);
@@ -143,4 +159,31 @@ fn read(store: &Maildir, name: &str, buf: &mut [u8]) -> io::Result<(String, crat
     let mut record = record_of(report, size, sha256, warnings, Vec::new());
     record.file = name.to_string();
     Ok((key, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arrival_order;
+
+    #[test]
+    fn files_sort_by_the_time_and_sequence_in_their_names() {
+        let mut names = vec![
+            "1795905894.M124461P30864Q9.vm.eml".to_string(),
+            "foreign-file".to_string(),
+            "1795905894.M75785P30864Q3.vm.eml".to_string(),
+            "1795905893.M999999P1Q12.vm.eml".to_string(),
+            "1795905894.M75785P30864Q2.vm.eml".to_string(),
+        ];
+        names.sort_by_cached_key(|n| arrival_order(n));
+        assert_eq!(
+            names,
+            [
+                "1795905893.M999999P1Q12.vm.eml",
+                "1795905894.M75785P30864Q2.vm.eml",
+                "1795905894.M75785P30864Q3.vm.eml",
+                "1795905894.M124461P30864Q9.vm.eml",
+                "foreign-file",
+            ]
+        );
+    }
 }
