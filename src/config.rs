@@ -213,9 +213,8 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Concurrent sessions from one client address; one more is answered `421 4.7.0`, so one
     /// client cannot take every session (Exchange opens at most 20 to one destination by
-    /// default).
-    #[serde(default = "default_max_connections_per_ip")]
-    pub max_connections_per_ip: usize,
+    /// default). Unset: `max_connections` (no limit of its own).
+    pub max_connections_per_ip: Option<usize>,
     /// Refuse MAIL before STARTTLS with `530 5.7.0`.
     #[serde(default)]
     pub require_starttls: bool,
@@ -659,7 +658,7 @@ impl Config {
         if self.smtp.max_connections == 0 {
             bail!("smtp.max_connections: must be at least 1");
         }
-        if self.smtp.max_connections_per_ip == 0 {
+        if self.smtp.max_connections_per_ip == Some(0) {
             bail!("smtp.max_connections_per_ip: must be at least 1");
         }
         if self.index_cache_mb == 0 {
@@ -875,9 +874,6 @@ fn default_max_message_size() -> u64 {
 }
 fn default_max_connections() -> usize {
     100
-}
-fn default_max_connections_per_ip() -> usize {
-    32
 }
 fn default_command_timeout() -> Duration {
     Duration::from_mins(5)

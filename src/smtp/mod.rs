@@ -139,7 +139,10 @@ impl SmtpServer {
             allowed: config.smtp.allowed_clients.clone(),
             slots: Arc::new(Semaphore::new(config.smtp.max_connections)),
             per_ip: Arc::default(),
-            per_ip_limit: config.smtp.max_connections_per_ip,
+            per_ip_limit: config
+                .smtp
+                .max_connections_per_ip
+                .unwrap_or(config.smtp.max_connections),
             sessions: TaskTracker::new(),
         });
         Ok(SmtpServer {
@@ -223,20 +226,6 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         );
         return;
     }
-    let Some(ip_slot) = IpSlot::take(shared, ip) else {
-        tracing::warn!(%peer, "SMTP max_connections_per_ip reached, refused");
-        metrics
-            .smtp_rejected
-            .with_label_values(&["connections_per_ip"])
-            .inc();
-        refuse(
-            stream,
-            implicit_tls,
-            format!("421 4.7.0 {host} Too many connections from your address, try again later\r\n"),
-            shared,
-        );
-        return;
-    };
     let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "SMTP max_connections reached, refused");
         metrics
@@ -247,6 +236,20 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
             stream,
             implicit_tls,
             format!("421 4.7.0 {host} Too many connections, try again later\r\n"),
+            shared,
+        );
+        return;
+    };
+    let Some(ip_slot) = IpSlot::take(shared, ip) else {
+        tracing::warn!(%peer, "SMTP max_connections_per_ip reached, refused");
+        metrics
+            .smtp_rejected
+            .with_label_values(&["connections_per_ip"])
+            .inc();
+        refuse(
+            stream,
+            implicit_tls,
+            format!("421 4.7.0 {host} Too many connections from your address, try again later\r\n"),
             shared,
         );
         return;
