@@ -58,6 +58,117 @@ pub struct Config {
     /// again. `None` for parsed text and the embedded default (nothing to reload).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// `[storage]`: the archive's filesystem (the free space kept).
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the archive's filesystem.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Free space kept on the filesystem of `<data_dir>/archive`: below it `/readyz` says not
+    /// ready, SMTP answers `452 4.3.1` to MAIL and collectors pause, until space returns.
+    /// `"2GiB"`, `"500MB"`, a number of bytes, or `"5%"` of the filesystem; `0` turns it off.
+    /// Default: the smaller of 1 GiB and 5 % of the filesystem.
+    #[serde(default, deserialize_with = "reserve")]
+    pub reserve: Reserve,
+}
+
+/// `[storage] reserve`: how much free space the archive's filesystem keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reserve {
+    /// The smaller of 1 GiB and 5 % of the filesystem.
+    #[default]
+    Default,
+    /// A number of bytes.
+    Bytes(u64),
+    /// A share of the filesystem's size, in hundredths of a percent (`"2.5%"` is 250).
+    BasisPoints(u32),
+}
+
+impl Reserve {
+    /// The reserve in bytes on a filesystem of `total` bytes.
+    #[must_use]
+    pub fn bytes(self, total: u64) -> u64 {
+        let share = |bp: u32| {
+            u64::try_from(u128::from(total) * u128::from(bp) / 10_000).unwrap_or(u64::MAX)
+        };
+        match self {
+            Reserve::Default => share(500).min(1 << 30),
+            Reserve::Bytes(n) => n,
+            Reserve::BasisPoints(bp) => share(bp),
+        }
+    }
+}
+
+impl std::str::FromStr for Reserve {
+    type Err = String;
+
+    /// `"5%"`, `"2.5%"`, `"1GiB"`, `"500 MB"`, `"1048576"` (bytes).
+    fn from_str(s: &str) -> Result<Reserve, String> {
+        let t = s.trim();
+        let bad = || {
+            format!("{s:?} is not a size: use bytes (\"2GiB\", \"500MB\", 1073741824) or a share (\"5%\")")
+        };
+        if let Some(pct) = t.strip_suffix('%') {
+            let (whole, frac) = pct.trim().split_once('.').unwrap_or((pct.trim(), ""));
+            if frac.len() > 2 || whole.is_empty() {
+                return Err(bad());
+            }
+            let whole: u32 = whole.parse().map_err(|_| bad())?;
+            let frac: u32 = if frac.is_empty() {
+                0
+            } else {
+                format!("{frac:0<2}").parse().map_err(|_| bad())?
+            };
+            if whole > 100 || (whole == 100 && frac > 0) {
+                return Err(format!("{s:?}: a share is at most 100%"));
+            }
+            return Ok(Reserve::BasisPoints(whole * 100 + frac));
+        }
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(digits);
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(factor)
+            .map(Reserve::Bytes)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl std::fmt::Display for Reserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reserve::Default => f.write_str("the smaller of 1 GiB and 5%"),
+            Reserve::Bytes(n) => write!(f, "{n} bytes"),
+            Reserve::BasisPoints(bp) => write!(f, "{}.{:02}%", bp / 100, bp % 100),
+        }
+    }
+}
+
+fn reserve<'de, D: Deserializer<'de>>(d: D) -> Result<Reserve, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(Reserve::Bytes(n)),
+        Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The drop-in directory's name, next to the configuration file.
@@ -106,6 +217,10 @@ pub struct SmtpConfig {
     /// Concurrent sessions; one more is answered `421 4.7.0`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent sessions from one client address; one more is answered `421 4.7.0`, so one
+    /// client cannot take every session (Exchange opens at most 20 to one destination by
+    /// default). Unset: `max_connections` (no limit of its own).
+    pub max_connections_per_ip: Option<usize>,
     /// Refuse MAIL before STARTTLS with `530 5.7.0`.
     #[serde(default)]
     pub require_starttls: bool,
@@ -664,6 +779,12 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             bail!("http.tls_cert and http.tls_key: set both or neither");
         }
+        if self.smtp.max_connections == 0 {
+            bail!("smtp.max_connections: must be at least 1");
+        }
+        if self.smtp.max_connections_per_ip == Some(0) {
+            bail!("smtp.max_connections_per_ip: must be at least 1");
+        }
         if self.index_cache_mb == 0 {
             bail!("index_cache_mb: must be at least 1");
         }
@@ -1141,6 +1262,28 @@ mod tests {
             let err = ok(extra).expect_err(extra).to_string();
             assert!(err.contains(needle), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn reserves() {
+        assert_eq!("5%".parse(), Ok(Reserve::BasisPoints(500)));
+        assert_eq!("2.5 %".parse(), Ok(Reserve::BasisPoints(250)));
+        assert_eq!("1GiB".parse(), Ok(Reserve::Bytes(1 << 30)));
+        assert_eq!("500 MB".parse(), Ok(Reserve::Bytes(500_000_000)));
+        assert_eq!("0".parse(), Ok(Reserve::Bytes(0)));
+        for bad in ["", "5y", "101%", "1.234%", "%", "-1", "GiB"] {
+            assert!(bad.parse::<Reserve>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Reserve::Default.bytes(10 << 30), 512 << 20, "5% of 10 GiB");
+        assert_eq!(Reserve::Default.bytes(1 << 40), 1 << 30, "1 GiB of 1 TiB");
+        assert_eq!(Reserve::BasisPoints(250).bytes(1000), 25);
+        let c = Config::parse("[storage]\nreserve = \"3%\"\n").unwrap();
+        assert_eq!(c.storage.reserve, Reserve::BasisPoints(300));
+        let c = Config::parse("[storage]\nreserve = 4096\n").unwrap();
+        assert_eq!(c.storage.reserve, Reserve::Bytes(4096));
+        assert_eq!(Config::parse("").unwrap().storage.reserve, Reserve::Default);
+        let err = Config::parse("[storage]\nreserve = \"lots\"\n").unwrap_err();
+        assert!(err.to_string().contains("reserve"), "{err}");
     }
 
     #[test]

@@ -354,11 +354,6 @@ impl Ingest {
                 .inc();
         }
         let key = report.key.clone();
-        let identity = report.identity();
-        let variant_key = format!(
-            "{key}#{}",
-            &hex::encode(Sha256::digest(identity.as_bytes()))[..12]
-        );
         let sighting = Sighting {
             source: delivery.source,
             at_ms: UnixMs::now(),
@@ -368,27 +363,14 @@ impl Ingest {
             provenance: delivery.provenance,
             ndr: ndr.clone(),
         };
-        let record = Record {
-            file: String::new(),
-            size: len,
+        let record = record_of(
+            report,
+            len,
             sha256,
-            format: report.format,
-            message_id: report.message_id,
-            subject: report.subject,
-            from: report.from,
-            date: report.date,
-            identity,
-            variant: false,
-            sender: report.envelope.sender,
-            recipients: report.envelope.recipients,
-            sightings: vec![sighting.clone()],
-            duplicates: 0,
-            journaled_ms: report
-                .journaled_unix
-                .and_then(|s| u64::try_from(s).ok())
-                .map(|s| UnixMs(s.saturating_mul(1000))),
             envelope_warnings,
-        };
+            vec![sighting.clone()],
+        );
+        let variant_key = variant_key(&key, &record.identity);
         let mut arrival = Arrival {
             key,
             variant_key,
@@ -586,6 +568,13 @@ impl Ingest {
         }
     }
 
+    /// The archive filesystem's space when it is below the reserve (`[storage] reserve`):
+    /// listeners and collectors take no new mail then. None when there is room (or the check
+    /// failed: a write that fails is answered as a storage error anyway).
+    pub(crate) fn storage_low(&self) -> Option<crate::store::Space> {
+        self.inner.archive.store().space().low()
+    }
+
     /// [`Ingest::ingest`] for a message already in memory.
     pub async fn ingest_bytes(
         &self,
@@ -658,11 +647,53 @@ async fn parse_spooled(spool: &mut Spool) -> Result<journal::Report, IngestError
     Ok(report)
 }
 
+/// The record a new original makes (no file yet): what its report says, its size and SHA-256,
+/// the parser's bound warnings and its arrivals. `reindex` builds records the same way.
+pub(crate) fn record_of(
+    report: journal::Report,
+    size: u64,
+    sha256: String,
+    envelope_warnings: Vec<String>,
+    sightings: Vec<Sighting>,
+) -> Record {
+    let identity = report.identity();
+    Record {
+        file: String::new(),
+        size,
+        sha256,
+        format: report.format,
+        message_id: report.message_id,
+        subject: report.subject,
+        from: report.from,
+        date: report.date,
+        identity,
+        variant: false,
+        sender: report.envelope.sender,
+        recipients: report.envelope.recipients,
+        sightings,
+        duplicates: 0,
+        journaled_ms: report
+            .journaled_unix
+            .and_then(|s| u64::try_from(s).ok())
+            .map(|s| UnixMs(s.saturating_mul(1000))),
+        envelope_warnings,
+    }
+}
+
+/// Where an original goes when `key` holds a message with another identity (Message-ID reuse):
+/// `<key>#<first 12 hex digits of the identity's SHA-256>`.
+pub(crate) fn variant_key(key: &str, identity: &str) -> String {
+    format!(
+        "{key}#{}",
+        &hex::encode(Sha256::digest(identity.as_bytes()))[..12]
+    )
+}
+
 /// The parser's warnings that say one of its bounds was hit (see `src/journal/stream.rs`): an
 /// envelope line or field value longer than the window was "cut there", a header section
 /// longer than [`journal::HEADER_LIMIT`] was "not read" to its end. Other warnings (Message-ID
 /// mismatch, no original part, ...) lose no recipient.
-fn bound_warnings(warnings: &[String]) -> Vec<String> {
+pub(crate) fn bound_warnings(warnings: &[String]) -> Vec<String> {
     warnings
         .iter()
         .filter(|w| w.ends_with("cut there") || w.ends_with("not read"))

@@ -31,6 +31,8 @@
 //! - `store` (crate-private): the message files, a Maildir (tmp/new/cur, fsync, recovery).
 //! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
 //! - [`http`]: metrics, health and the admin API (axum).
+//! - [`verify`]: checks the archive against its index (offline, or in the background for the
+//!   admin API); [`reindex`] rebuilds a damaged index from the Maildir.
 //! - [`metrics`], [`clock`] (`UnixMs`, the one time type), [`tls`] (the SMTP certificate and
 //!   the SHA-256 [`tls::Fingerprint`]).
 //!
@@ -65,6 +67,7 @@ pub mod metrics;
 pub mod migration;
 pub(crate) mod net;
 pub mod pop3;
+pub mod reindex;
 pub mod reload;
 pub mod server;
 pub(crate) mod smtp;
@@ -75,3 +78,4 @@ pub mod tls;
 /// The SMTP AUTH users file (what `journal-gateway smtp-user` edits), from the crate-private
 /// `smtp` module.
 pub use smtp::users as smtp_users;
+pub mod verify;

@@ -49,6 +49,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check every archived file against its index entry (SHA-256, size), and find files
+    /// without entries and entries without files. Offline: stop the server first (a running
+    /// server verifies with `POST /api/v1/verify`). Exits non-zero naming each problem.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Rebuild the index (index.redb) from the Maildir, when it is damaged or lost. Offline:
+    /// stop the server first. The old index is kept beside it.
+    Reindex {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The admin API token.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Totals per source, "collected since", collectors (asks the running server).
     Status {
         #[command(flatten)]
@@ -130,6 +148,20 @@ enum CertsCommand {
         /// Directory for cert.pem and key.pem (created if needed).
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Replace the admin token with a new random one (in the configured admin token file, or
+    /// admin.token in the data directory) and have the running gateway take it: no restart; the
+    /// old token is refused from then on.
+    Rotate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Admin API URL of the running gateway (default: http://<[http] listen>).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -304,6 +336,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SmtpUser { action } => smtp_user(action),
+        Command::Verify { config } => cli::archive::verify(config.as_ref()),
+        Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
+        Command::Token {
+            command: TokenCommand::Rotate { config, server },
+        } => cli::token::rotate(config.as_ref(), server),
         Command::Status { remote } => remote_verb(remote, Verb::Status),
         Command::Reload { remote } => remote_verb(remote, Verb::Reload),
         Command::Backup { to, remote } => {

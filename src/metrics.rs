@@ -57,6 +57,16 @@ pub struct Metrics {
     /// Unix time the served TLS certificate expires (its notAfter), by certificate (`smtp`, and
     /// `http` when `[http] tls_cert` is set); set at start from the loaded certificate.
     pub tls_cert_expiry: IntGaugeVec,
+    /// Wrong admin tokens presented, by where (`api`, `console`).
+    pub admin_auth_failures: IntCounterVec,
+    /// Attempts refused with 429 because their address presented too many wrong tokens, by
+    /// where (`api`, `console`).
+    pub admin_auth_throttled: IntCounterVec,
+    /// Bytes free on the archive's filesystem (for the gateway), at the last check.
+    pub archive_free_bytes: IntGauge,
+    /// The free space the archive keeps (`[storage] reserve`, in bytes): below it no new mail
+    /// is taken.
+    pub archive_reserve_bytes: IntGauge,
 }
 
 const NS: &str = "journal_gateway";
@@ -215,6 +225,38 @@ impl Metrics {
                 "Unix time the served TLS certificate expires (notAfter).",
                 &["certificate"],
             ),
+            admin_auth_failures: counter_vec(
+                "admin_auth_failures_total",
+                "Wrong admin tokens presented (API calls and console logins).",
+                &["via"],
+            ),
+            admin_auth_throttled: counter_vec(
+                "admin_auth_throttled_total",
+                "Admin attempts refused with 429: too many wrong tokens from their address.",
+                &["via"],
+            ),
+            archive_free_bytes: reg(
+                &registry,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "archive_free_bytes",
+                        "Bytes free on the archive's filesystem at the last check.",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
+            archive_reserve_bytes: reg(
+                &registry,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "archive_reserve_bytes",
+                        "Free space the archive keeps: below it SMTP answers 452 and collectors pause.",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         m.build_info
@@ -222,6 +264,10 @@ impl Metrics {
             .set(1);
         for mechanism in ["plain", "login"] {
             m.smtp_auth_failures.with_label_values(&[mechanism]);
+        }
+        for via in ["api", "console"] {
+            m.admin_auth_failures.with_label_values(&[via]);
+            m.admin_auth_throttled.with_label_values(&[via]);
         }
         for source in ["smtp", "pop3"] {
             m.received.with_label_values(&[source]);

@@ -17,7 +17,7 @@
 //!   RETR's ingest and its DELE), changed ones stop the same way and start again with the new
 //!   table; unchanged ones are left alone ([`crate::pop3::Collectors`]).
 //! - What cannot change live (listen addresses, `data_dir`, `index_cache_mb`, `[http]`,
-//!   `log_format`) is kept as it runs and reported as "kept, restart needed" ([`Kept`]).
+//!   `log_format`, `[storage] reserve`) is kept as it runs and reported as "kept, restart needed" ([`Kept`]).
 //!
 //! Forwarding targets (`[[forward]]`, not implemented yet) would be prepared beside the
 //! collectors in `Inner::prepare` and swapped in `Inner::apply`, the same way.
@@ -415,6 +415,14 @@ fn keep_restart_keys(running: &Config, mut file: Config, bound: &Bound) -> (Conf
             format!("{:?}", file.log_format).to_lowercase(),
         );
     }
+    if file.storage.reserve != running.storage.reserve {
+        keep(
+            "storage.reserve",
+            running.storage.reserve.to_string(),
+            file.storage.reserve.to_string(),
+        );
+    }
+    file.storage.clone_from(&running.storage);
     // Keys derived from data_dir follow the data_dir that runs (the AUTH users file's default).
     if file.smtp.users_file.as_ref() == Some(&file.data_dir.join("smtp-users")) {
         file.smtp.users_file = Some(running.data_dir.join("smtp-users"));

@@ -194,6 +194,11 @@ fn open_parts(
         Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
             .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
     );
+    archive.store().space().configure(
+        config.storage.reserve,
+        metrics.archive_free_bytes.clone(),
+        metrics.archive_reserve_bytes.clone(),
+    );
     let ingest = Ingest::new(archive.clone(), metrics.clone());
     let collector_store = CollectorStore::new(archive.index().clone());
     let collectors = Collectors::new(

@@ -48,7 +48,7 @@ pub enum ArchiveError {
     #[error("{} is not empty; export into a new or empty directory", .0.display())]
     ExportTargetNotEmpty(PathBuf),
     /// The index could not be opened.
-    #[error("opening the index {}: {source}", path.display())]
+    #[error("opening the index {}{}", path.display(), open_hint(source))]
     OpenIndex {
         /// The index file.
         path: PathBuf,
@@ -56,6 +56,17 @@ pub enum ArchiveError {
         #[source]
         source: IndexError,
     },
+}
+
+/// What to do about an index that does not open.
+fn open_hint(e: &IndexError) -> &'static str {
+    match e {
+        IndexError::Database(redb::Error::DatabaseAlreadyOpen) => {
+            " (another process has it open: a running gateway, or an offline command)"
+        }
+        IndexError::Database(redb::Error::Io(io)) if io.kind() == io::ErrorKind::PermissionDenied => "",
+        _ => " (if the file is damaged: stop the gateway and run `journal-gateway reindex`, which rebuilds it from the Maildir and keeps the damaged file beside it)",
+    }
 }
 
 /// One arrival handed to [`Archive::apply`].

@@ -1,7 +1,9 @@
 //! The command line's own code (the binary only): the admin-API client with its tables
 //! ([`client`]) and the offline collector runs.
 
+pub mod archive;
 pub mod client;
+pub mod token;
 
 use std::path::PathBuf;
 

@@ -24,6 +24,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/messages/{*id}", get(message))
         .route("/api/v1/reload", post(super::admin::reload))
         .route("/api/v1/backup", post(super::admin::backup))
+        .route("/api/v1/verify", get(verify_status).post(verify_start))
+        .route("/api/v1/token/reload", post(token_reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -76,6 +78,9 @@ fn find_collector(state: &AppState, name: &str) -> ApiResult<Collector> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // The free-space gauges are set by each check; one now keeps them current between mails.
+    let archive = state.ctx.archive.clone();
+    let _ = tokio::task::spawn_blocking(move || archive.store().space().low()).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -90,12 +95,17 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the index answers a read, the archive's `tmp/` takes a file, every listener is
-/// bound and the gateway is not shutting down.
+/// Ready when the index answers a read, the archive's `tmp/` takes a file, its filesystem is
+/// above the free-space reserve, every listener is bound and the gateway is not shutting down.
 async fn readyz(State(state): State<AppState>) -> Response {
     let archive = state.ctx.archive.clone();
     let tmp = state.archive_dir.join("tmp");
-    let (index, writable) = tokio::task::spawn_blocking(move || {
+    let (index, writable, space) = tokio::task::spawn_blocking(move || {
+        // Below the reserve: the reason, with figures but no path.
+        let space = match archive.store().space().low() {
+            None => Ok(()),
+            Some(space) => Err(space.to_string()),
+        };
         // The failures' details are logged; the answer (no token needed) only names them.
         let index = archive.count().map(|_| ()).map_err(|e| {
             tracing::warn!("readyz: index: {e}");
@@ -108,13 +118,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 tracing::warn!("readyz: {}: {e}", tmp.display());
                 "archive/tmp does not take files".to_string()
             });
-        (index, writable)
+        (index, writable, space)
     })
     .await
-    .unwrap_or_else(|e| (Err(e.to_string()), Err("probe task failed".into())));
+    .unwrap_or_else(|e| {
+        tracing::warn!("readyz: probe task failed: {e}");
+        let failed = || Err("probe task failed".to_string());
+        (failed(), failed(), failed())
+    });
     let bound = state.readiness.listeners_bound();
     let stopping = state.ctx.shutdown.is_cancelled();
-    let ready = index.is_ok() && writable.is_ok() && bound && !stopping;
+    let ready = index.is_ok() && writable.is_ok() && space.is_ok() && bound && !stopping;
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
         Err(e) => e.clone(),
@@ -123,6 +137,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "ready": ready,
         "index": show(&index),
         "archive_writable": show(&writable),
+        "free_space": show(&space),
         "listeners_bound": bound,
         "shutting_down": stopping,
     });
@@ -424,4 +439,36 @@ async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
         })
     })
     .await?
+}
+
+/// `POST /api/v1/verify`: starts a verify in the background (202 with its status); 409 while
+/// one runs.
+async fn verify_start(State(state): State<AppState>) -> ApiResult {
+    state
+        .verifier
+        .start(state.ctx.archive.clone(), state.ctx.shutdown.clone())
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(state.verifier.status())).into_response())
+}
+
+/// `GET /api/v1/verify`: the last (or running) verify: state, progress, problems.
+async fn verify_status(State(state): State<AppState>) -> Json<crate::verify::VerifyStatus> {
+    Json(state.verifier.status())
+}
+
+/// `POST /api/v1/token/reload` (with the token in use): reads the token file again, after
+/// `journal-gateway token rotate` wrote a new one.
+async fn token_reload(State(state): State<AppState>) -> ApiResult {
+    let token = state.token.clone();
+    blocking(move || {
+        token.reload().map_err(|e| {
+            tracing::warn!("admin token reload refused: {e:#}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token file is not usable; the token in use is kept (see the log)",
+            )
+        })
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "reloaded": true })).into_response())
 }

@@ -12,6 +12,7 @@
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
 //! | `POST /api/v1/reload` | token | read the configuration file again ([`crate::reload`]) |
 //! | `POST /api/v1/backup` | token | an online copy of the archive into a directory ([`crate::archive::Archive::backup`]) |
+//! | `POST /api/v1/verify`, `GET /api/v1/verify` | token | start a background verify ([`crate::verify`]), its progress and problems |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
@@ -93,6 +94,10 @@ pub(crate) struct AppState {
     pub https: bool,
     /// The web console's sessions and what it shows of the SMTP endpoint.
     pub console: console::Console,
+    /// The background verify of `POST /api/v1/verify`.
+    pub verifier: crate::verify::Verifier,
+    /// Wrong admin tokens per client address.
+    pub throttle: Arc<auth::Throttle>,
 }
 
 /// The journal addresses SMTP accepts: fixed at start, or following the reloads.
@@ -149,6 +154,8 @@ impl HttpServer {
                 readiness: Readiness::default(),
                 started: std::time::Instant::now(),
                 console: console::Console::new(config),
+                verifier: crate::verify::Verifier::default(),
+                throttle: Arc::default(),
             },
             tls,
         })
@@ -184,13 +191,15 @@ impl HttpServer {
         if let Some(certs) = &self.tls {
             tracing::info!("HTTPS (metrics, admin API, console) on https://{addr}");
             let listener = https::TlsListener::new(self.listener, certs, shutdown.clone())?;
-            return axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<auth::Peer>();
+            return axum::serve(listener, service)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
                 .context("serving HTTPS");
         }
         tracing::info!("HTTP (metrics, admin API, console) on http://{addr}");
-        axum::serve(self.listener, router)
+        let service = router.into_make_service_with_connect_info::<auth::Peer>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")

@@ -127,6 +127,10 @@ pub struct Stats {
     pub pop3_only_after_smtp: u64,
 }
 
+/// A chunk of records in key order ([`Index::records_after`]): each key with its record, or
+/// with the error that stopped its decoding.
+pub type Chunk = Vec<(String, Result<Record, IndexError>)>;
+
 /// Low-level figures of the database file (benchmarks report them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageFigures {
@@ -209,6 +213,23 @@ impl Index {
             f(k.value(), Record::decode(v.value())?)?;
         }
         Ok(())
+    }
+
+    /// Up to `limit` records after `after` (exclusive; `None`: from the first), in key order,
+    /// each decoded or with the error that stopped its decoding. One short read transaction per
+    /// call: a scan of a large index in chunks (`verify`) holds no snapshot for long and never
+    /// waits for, or holds up, the writers.
+    pub fn records_after(&self, after: Option<&str>, limit: usize) -> Result<Chunk, IndexError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for entry in table.range::<&str>((start, Bound::Unbounded))?.take(limit) {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), Record::decode(v.value())));
+        }
+        Ok(out)
     }
 
     /// The key a collector's UIDL was archived under.

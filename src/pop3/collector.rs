@@ -380,6 +380,9 @@ impl Collector {
                     "stopped: the gateway is shutting down (or a reload removed or changed this collector)",
                 ));
             }
+            if let Some(space) = self.inner.ctx.ingest.storage_low() {
+                return Err(low_space(&space));
+            }
             if !self.session(kind, run).await? {
                 return Ok(());
             }
@@ -584,6 +587,10 @@ impl Collector {
                         if retrs_sent + ingests.len() >= depth {
                             break;
                         }
+                        if let Some(space) = gw.ingest.storage_low() {
+                            soft = Some(low_space(&space));
+                            break;
+                        }
                         client.send_retr(items[next].n);
                         sent.push_back(Sent::Retr(next));
                         retrs_sent += 1;
@@ -689,6 +696,14 @@ impl Collector {
     }
 }
 
+/// Collection pauses: the archive is below its free-space reserve.
+fn low_space(space: &crate::store::Space) -> Pop3Error {
+    Pop3Error::new(
+        ErrorKind::LowSpace,
+        format!("paused: {space}; nothing is fetched until space returns"),
+    )
+}
+
 fn ingest_error(e: IngestError) -> Pop3Error {
     match e {
         IngestError::ShuttingDown => {
@@ -699,8 +714,12 @@ fn ingest_error(e: IngestError) -> Pop3Error {
 }
 
 /// The wait after the `failures`-th failure in a row: the kind's minimum, doubled per failure,
-/// at most an hour (or the interval, if longer).
+/// at most an hour (or the interval, if longer); a pause for free space is the minimum always.
 pub fn backoff(kind: ErrorKind, failures: u32, interval: Duration) -> Duration {
+    if kind == ErrorKind::LowSpace {
+        // Not the server's fault: look again soon, whatever the number of failures.
+        return kind.min_backoff();
+    }
     let cap = MAX_BACKOFF.max(interval);
     let doubled = kind
         .min_backoff()

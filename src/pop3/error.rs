@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Server,
     /// The archive could not store a message (nothing was deleted for it).
     Ingest,
+    /// The archive's filesystem is below its free-space reserve: collection pauses (nothing
+    /// is fetched or deleted) and is tried again every few seconds.
+    LowSpace,
     /// The gateway is stopping.
     Shutdown,
 }
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::SysTemp => "sys_temp",
             ErrorKind::Server => "server",
             ErrorKind::Ingest => "ingest",
+            ErrorKind::LowSpace => "low_space",
             ErrorKind::Shutdown => "shutdown",
         }
     }

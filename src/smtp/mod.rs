@@ -5,11 +5,10 @@
 //! down, then waits for open sessions to finish their in-flight ingest. Each connection is one
 //! [`session::Session`], which hands complete messages to the one ingest path.
 //!
-//! Connection admission happens here: `allowed_clients` (554 at connect) and `max_connections`
-//! (421 4.7.0 beyond it). Who the sender is (AUTH with the `users` file, TLS client
-//! certificates checked by `client_cert`, failed attempts slowed down by `slowdown`) is decided
-//! in the session, per MAIL and per journal address (`accept`).
-//! (421 4.7.0 beyond it).
+//! Connection admission happens here: `allowed_clients` (554 at connect), `max_connections`
+//! and `max_connections_per_ip` (421 4.7.0 beyond either). Who the sender is (AUTH with the
+//! `users` file, TLS client certificates checked by `client_cert`, failed attempts slowed down by
+//! `slowdown`) is decided in the session, per MAIL and per journal address (`accept`).
 //!
 //! What a reload may change (every `[smtp]` key but the listen addresses, and the certificate) is
 //! one [`Live`] value behind a `watch` channel ([`SmtpLive`]): each connection takes the value
@@ -22,9 +21,10 @@ mod session;
 mod slowdown;
 pub mod users;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -64,6 +64,8 @@ struct Shared {
     live: watch::Receiver<Arc<Live>>,
     /// Sessions open now (admitted against the live `max_connections`).
     open: Arc<AtomicUsize>,
+    /// Open sessions per client address (admitted against the live `max_connections_per_ip`).
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     sessions: TaskTracker,
 }
 
@@ -77,6 +79,8 @@ pub(crate) struct Live {
     allowed: Vec<IpNet>,
     /// Concurrent sessions; one more is answered `421 4.7.0`.
     max_connections: usize,
+    /// Concurrent sessions from one client address; one more is answered `421 4.7.0`.
+    per_ip_limit: usize,
     /// The certificate served.
     tls: TlsIdentity,
 }
@@ -98,6 +102,10 @@ impl Live {
             acceptor,
             allowed: config.smtp.allowed_clients.clone(),
             max_connections: config.smtp.max_connections,
+            per_ip_limit: config
+                .smtp
+                .max_connections_per_ip
+                .unwrap_or(config.smtp.max_connections),
             tls,
         })
     }
@@ -121,6 +129,40 @@ impl SmtpLive {
     /// The certificate new connections are served.
     pub(crate) fn tls(&self) -> TlsIdentity {
         self.0.borrow().tls.clone()
+    }
+}
+
+/// One session's place in the per-address count, given back when the session ends.
+struct IpSlot {
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl IpSlot {
+    /// Takes a place for `ip`, unless it has `limit` sessions already.
+    fn take(shared: &Shared, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut map = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            per_ip: shared.per_ip.clone(),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -169,6 +211,7 @@ impl SmtpServer {
             shutdown,
             live: receiver,
             open: Arc::new(AtomicUsize::new(0)),
+            per_ip: Arc::default(),
             sessions: TaskTracker::new(),
         });
         Ok(SmtpServer {
@@ -279,9 +322,25 @@ fn admit(stream: TcpStream, peer: SocketAddr, implicit_tls: bool, shared: &Arc<S
         );
         return;
     }
+    let Some(ip_slot) = IpSlot::take(shared, ip, live.per_ip_limit) else {
+        shared.open.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!(%peer, "SMTP max_connections_per_ip reached, refused");
+        metrics
+            .smtp_rejected
+            .with_label_values(&["connections_per_ip"])
+            .inc();
+        refuse(
+            stream,
+            implicit_tls,
+            format!("421 4.7.0 {host} Too many connections from your address, try again later\r\n"),
+            shared,
+        );
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let shared2 = shared.clone();
     shared.sessions.spawn(async move {
+        let _ip_slot = ip_slot;
         shared2.metrics.smtp_sessions_active.inc();
         let _active = ActiveGuard(
             shared2.metrics.smtp_sessions_active.clone(),

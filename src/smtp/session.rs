@@ -69,6 +69,11 @@ pub trait Sink: Clone + Send + Sync + 'static {
         delivery: Delivery,
         writer: Self::Writer,
     ) -> impl Future<Output = Result<Outcome, IngestError>> + Send + '_;
+    /// Some when no new transaction can be taken now (the archive is below its free-space
+    /// reserve), saying why.
+    fn storage_low(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Sink for Ingest {
@@ -84,6 +89,10 @@ impl Sink for Ingest {
         writer: MessageWriter,
     ) -> impl Future<Output = Result<Outcome, IngestError>> + Send + '_ {
         Ingest::ingest(self, delivery, writer)
+    }
+
+    fn storage_low(&self) -> Option<String> {
+        Ingest::storage_low(self).map(|space| space.to_string())
     }
 }
 

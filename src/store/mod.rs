@@ -7,6 +7,10 @@
 //! ([`Maildir::publish`]) and, with the next [`Maildir::sync`], durably there. A second
 //! implementation (an object store) would offer the same steps.
 
+mod space;
+
+pub use space::{FreeSpace, Space};
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,8 @@ pub struct Maildir {
     seq: AtomicU64,
     /// Files published into `new/` since `new/` was last fsynced.
     published: Mutex<Vec<String>>,
+    /// The free space of the Maildir's filesystem against the reserve.
+    space: FreeSpace,
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -52,6 +58,7 @@ impl Maildir {
             host: hostname(),
             seq: AtomicU64::new(0),
             published: Mutex::default(),
+            space: FreeSpace::new(root),
         })
     }
 
@@ -68,6 +75,11 @@ impl Maildir {
             self.seq.fetch_add(1, Ordering::Relaxed),
             self.host
         )
+    }
+
+    /// The free space of the Maildir's filesystem.
+    pub fn space(&self) -> &FreeSpace {
+        &self.space
     }
 
     /// Path of a file in `tmp/` (the ingest path spools large messages there).
@@ -133,6 +145,28 @@ impl Maildir {
         } else {
             self.tmp.join(name)
         }
+    }
+
+    /// Where an archived file is now: `new/`, or `tmp/` between its commit and its rename;
+    /// `new/` is looked at again after `tmp/`, so a rename between the two looks is not missed.
+    /// None: in neither place.
+    pub fn locate(&self, name: &str) -> Option<PathBuf> {
+        [&self.new, &self.tmp, &self.new]
+            .into_iter()
+            .map(|dir| dir.join(name))
+            .find(|p| p.exists())
+    }
+
+    /// The names of the files in `new/` (the archived messages), unsorted.
+    pub fn list_new(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.new)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
     }
 
     /// The bytes of an archived file.

@@ -4,6 +4,7 @@
 mod backup;
 mod console;
 mod crash;
+mod hostile;
 mod http_api;
 mod http_cutover;
 mod http_prometheus;
@@ -23,6 +24,8 @@ mod smtp_clients;
 mod smtp_common;
 mod smtp_sigkill;
 mod smtp_source;
+mod storage;
+mod verify;
 
 use std::path::Path;
 

@@ -278,11 +278,25 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !state.token.matches(form.token.trim()) {
+    let ip = super::auth::client_ip(&extensions);
+    if let Some(wait) = state.throttle.wait(ip) {
+        return super::auth::too_many(wait, "console", &state);
+    }
+    if state.token.matches(form.token.trim()) {
+        state.throttle.succeeded(ip);
+    } else {
+        state.throttle.failed(ip);
         state.ctx.metrics.console_logins_refused.inc();
-        tracing::warn!("console: refused a login with a wrong admin token");
+        state
+            .ctx
+            .metrics
+            .admin_auth_failures
+            .with_label_values(&["console"])
+            .inc();
+        tracing::warn!(%ip, "console: refused a login with a wrong admin token");
         return (
             StatusCode::UNAUTHORIZED,
             login_form(Some("Wrong admin token.")),

@@ -44,6 +44,15 @@ where
                 "size",
             );
         }
+        // Refused before any data is read, so the sender queues it or tries another host.
+        if self.sink.storage_low().is_some() {
+            return self.reject(
+                452,
+                [4, 3, 1],
+                "Insufficient system storage, try again later",
+                "storage",
+            );
+        }
         self.tx = Some(Transaction {
             mail_from: from.address,
             rcpt_to: Vec::new(),

@@ -668,6 +668,23 @@ impl ArchiveView {
             .collect()
     }
 
+    /// Removes the index entry under `key` (and nothing else): the damage `verify` must find.
+    pub fn forget(&self, key: &str) {
+        self.archive
+            .index()
+            .write(|w| w.remove_record(key))
+            .expect("remove an index entry");
+    }
+
+    /// The path of the archived file of the record under `key` (for tests that damage it).
+    #[must_use]
+    pub fn file_of(&self, key: &str) -> PathBuf {
+        let rec = self
+            .record(key)
+            .unwrap_or_else(|| panic!("no record {key}"));
+        self.archive.file_path(&rec.file)
+    }
+
     /// Totals per source, conflicts.
     #[must_use]
     pub fn stats(&self) -> Stats {

@@ -129,3 +129,90 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// A tmpfs of a given size mounted on a temp dir (the tests run as root), unmounted when the
+/// guard drops, however the test ends (lazily if something still holds it open).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `32m`); fails the test, saying why, when
+    /// it cannot (it needs root).
+    #[must_use]
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("jg-tmpfs-")
+            .tempdir()
+            .expect("temp dir");
+        let mount = require("mount", "mount");
+        let out = Command::new(mount)
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs on {} failed (the storage tests run as root): {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    /// The mount point.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes available on it now (`statvfs`, as the gateway sees it).
+    #[must_use]
+    pub fn free_bytes(&self) -> u64 {
+        let out = run_ok(
+            Command::new("stat")
+                .args(["-f", "-c", "%a %S"])
+                .arg(self.dir.path()),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().expect("stat -f"));
+        it.next().expect("free blocks") * it.next().expect("block size")
+    }
+
+    /// Writes a filler file of `bytes` at `name` on the tmpfs (what fills the disk in a test).
+    pub fn fill(&self, name: &str, bytes: u64) {
+        let f = std::fs::File::create(self.path().join(name)).expect("filler");
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = bytes;
+        let mut w = std::io::BufWriter::new(f);
+        while left > 0 {
+            let n = usize::try_from(left.min(chunk.len() as u64)).expect("chunk");
+            std::io::Write::write_all(&mut w, &chunk[..n]).expect("write filler");
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut w).expect("flush filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}

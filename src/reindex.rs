@@ -1,0 +1,189 @@
+//! `reindex`: rebuilds `index.redb` from the Maildir alone, when the index is damaged or lost.
+//!
+//! Every file in `archive/new/` is read, hashed and parsed as ingest parses an arrival, and
+//! recorded under the same key (the original's Message-ID, or a variant key when another message
+//! holds it, or `sha256:` of the original). Files are taken in the order of the time in their
+//! names (when their first byte arrived), so the first message to use a Message-ID keeps the
+//! plain key, as it did, unless a large message that started arriving earlier was archived
+//! after it (then the two swap the plain and the variant key).
+//!
+//! The new index is written beside the old one (`index.redb.rebuild`) and moved into place only
+//! when complete; the old file is kept as `index.redb.damaged-<unix seconds>`. The gateway must
+//! be stopped (the index is opened by one process at a time; a running gateway makes this
+//! refuse).
+//!
+//! What the files cannot give back, and a rebuilt index lacks: the arrival history of each
+//! message (sources, times, SMTP envelopes, POP3 UIDLs; records have no sightings), the
+//! recipients that only later duplicate reports carried (their files were never stored), the
+//! per-source counters, the migration facts and the collectors' state and history. The
+//! tamper-evident ledger (issue 14) will keep that history and join the rebuild.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::index::{Index, IndexError};
+use crate::ingest::{bound_warnings, record_of, variant_key};
+use crate::store::Maildir;
+
+/// Files recorded per write transaction.
+const BATCH: usize = 1000;
+
+/// What [`reindex`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Files in `archive/new/`.
+    pub files: u64,
+    /// Records written (variants included).
+    pub indexed: u64,
+    /// Of those, variants (a reused Message-ID).
+    pub variants: u64,
+    /// Files holding a message another file already holds (same key and identity): left
+    /// unindexed, as they were never meant to be there.
+    pub duplicates: Vec<String>,
+    /// Files that could not be read: `(file, error)`. They are not in the new index.
+    pub unreadable: Vec<(String, String)>,
+    /// Where the old index was moved (None when there was none).
+    pub old_index: Option<PathBuf>,
+}
+
+/// Why a rebuild could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    /// The index is open in another process.
+    #[error("{} is in use (is the gateway running?): stop it before reindexing", .0.display())]
+    InUse(PathBuf),
+    /// The new index could not be written.
+    #[error("writing the new index: {0}")]
+    Index(#[from] IndexError),
+    /// The Maildir could not be listed, or the new index put in place.
+    #[error("{0}")]
+    Storage(#[from] io::Error),
+}
+
+/// Rebuilds `<data_dir>/index.redb` from `<data_dir>/archive/new/` (see the module docs), with
+/// `cache_bytes` of index page cache. Blocking.
+pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexError> {
+    let path = data_dir.join("index.redb");
+    if path.exists() {
+        match Index::open(&path, 1 << 20) {
+            Err(IndexError::Database(redb::Error::DatabaseAlreadyOpen)) => {
+                return Err(ReindexError::InUse(path));
+            }
+            Ok(index) => drop(index),
+            Err(e) => tracing::info!("the old index does not open ({e}); rebuilding it"),
+        }
+    }
+    let store = Maildir::open(&data_dir.join("archive"))?;
+    let mut names = store.list_new()?;
+    names.sort_by_cached_key(|n| arrival_order(n));
+    let staging = data_dir.join("index.redb.rebuild");
+    match std::fs::remove_file(&staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut rebuilt = Rebuilt {
+        files: names.len() as u64,
+        ..Rebuilt::default()
+    };
+    {
+        let index = Index::open(&staging, cache_bytes)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        for batch in names.chunks(BATCH) {
+            let mut records = Vec::with_capacity(batch.len());
+            for name in batch {
+                match read(&store, name, &mut buf) {
+                    Ok(r) => records.push(r),
+                    Err(e) => rebuilt.unreadable.push((name.clone(), e.to_string())),
+                }
+            }
+            index.write(|w| {
+                for (key, mut record) in records {
+                    let target = match w.record(&key)? {
+                        None => key,
+                        Some(held) if held.identity == record.identity => {
+                            rebuilt.duplicates.push(record.file);
+                            continue;
+                        }
+                        Some(_) => {
+                            let variant = variant_key(&key, &record.identity);
+                            if w.record(&variant)?.is_some() {
+                                rebuilt.duplicates.push(record.file);
+                                continue;
+                            }
+                            record.variant = true;
+                            rebuilt.variants += 1;
+                            variant
+                        }
+                    };
+                    w.put_record(&target, &record)?;
+                    rebuilt.indexed += 1;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    if path.exists() {
+        let secs = crate::clock::UnixMs::now().as_secs();
+        let old = data_dir.join(format!("index.redb.damaged-{secs}"));
+        std::fs::rename(&path, &old)?;
+        rebuilt.old_index = Some(old);
+    }
+    std::fs::rename(&staging, &path)?;
+    File::open(data_dir)?.sync_all()?;
+    Ok(rebuilt)
+}
+
+/// The sort key of a Maildir name `<secs>.M<micros>P<pid>Q<seq>.<host>.eml`: its time, then its
+/// sequence number in the writing process (names compared as text would put `M99` after
+/// `M100`); names of another shape go last, by name.
+fn arrival_order(name: &str) -> (u64, u64, u64, String) {
+    let parsed = (|| {
+        let (secs, rest) = name.split_once(".M")?;
+        let (micros, rest) = rest.split_once('P')?;
+        let (_pid, rest) = rest.split_once('Q')?;
+        let (seq, _) = rest.split_once('.')?;
+        Some((secs.parse().ok()?, micros.parse().ok()?, seq.parse().ok()?))
+    })();
+    let (secs, micros, seq) = parsed.unwrap_or((u64::MAX, u64::MAX, u64::MAX));
+    (secs, micros, seq, name.to_string())
+}
+
+/// The key and record of one archived file.
+fn read(store: &Maildir, name: &str, buf: &mut [u8]) -> io::Result<(String, crate::index::Record)> {
+    let path = store.file_path(name);
+    let (sha256, size) = crate::verify::hash_file(&path, buf)?;
+    let report = crate::journal::parse_input(&File::open(&path)?)?;
+    let key = report.key.clone();
+    let warnings = bound_warnings(&report.warnings);
+    let mut record = record_of(report, size, sha256, warnings, Vec::new());
+    record.file = name.to_string();
+    Ok((key, record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arrival_order;
+
+    #[test]
+    fn files_sort_by_the_time_and_sequence_in_their_names() {
+        let mut names = vec![
+            "1795905894.M124461P30864Q9.vm.eml".to_string(),
+            "foreign-file".to_string(),
+            "1795905894.M75785P30864Q3.vm.eml".to_string(),
+            "1795905893.M999999P1Q12.vm.eml".to_string(),
+            "1795905894.M75785P30864Q2.vm.eml".to_string(),
+        ];
+        names.sort_by_cached_key(|n| arrival_order(n));
+        assert_eq!(
+            names,
+            [
+                "1795905893.M999999P1Q12.vm.eml",
+                "1795905894.M75785P30864Q2.vm.eml",
+                "1795905894.M75785P30864Q3.vm.eml",
+                "1795905894.M124461P30864Q9.vm.eml",
+                "foreign-file",
+            ]
+        );
+    }
+}
