@@ -29,6 +29,8 @@
 //!   collector state and history.
 //! - `store` (crate-private): the message files, a Maildir (tmp/new/cur, fsync, recovery).
 //! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
+//! - [`forward`]: delivers each unique journal report to the `[[forward]]` downstream
+//!   archives from the durable outbound queue (mail-send, streamed from the archived file).
 //! - [`http`]: metrics, health and the admin API (axum).
 //! - [`metrics`], [`clock`] (`UnixMs`, the one time type), [`tls`] (the SMTP certificate and
 //!   the SHA-256 [`tls::Fingerprint`]).
@@ -56,6 +58,7 @@
 pub mod archive;
 pub mod clock;
 pub mod config;
+pub mod forward;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::config::Config;
+use crate::forward::Forwarders;
 use crate::http::{HttpContext, HttpServer};
 use crate::index::CollectorStore;
 use crate::ingest::Ingest;
@@ -23,6 +24,7 @@ use crate::pop3::{CollectorContext, Collectors};
 use crate::smtp::SmtpServer;
 
 /// What [`start`] runs besides the archive and the ingest path.
+#[allow(clippy::struct_excessive_bools)] // independent switches, set by name
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Start {
     /// Bind and serve the SMTP listeners.
@@ -31,6 +33,8 @@ pub struct Start {
     pub http: bool,
     /// Start each collector's polling loop (collectors are built either way).
     pub poll_collectors: bool,
+    /// Start delivering to the `[[forward]]` targets (new originals are queued either way).
+    pub forward: bool,
 }
 
 impl Start {
@@ -39,6 +43,7 @@ impl Start {
         smtp: true,
         http: true,
         poll_collectors: true,
+        forward: true,
     };
     /// No listener and no polling: the archive, the ingest path and the collectors, for
     /// one-off runs in this process (`collector test --offline`).
@@ -46,6 +51,7 @@ impl Start {
         smtp: false,
         http: false,
         poll_collectors: false,
+        forward: false,
     };
 }
 
@@ -69,6 +75,8 @@ pub struct Running {
     pub collector_store: CollectorStore,
     /// Every configured collector.
     pub collectors: Collectors,
+    /// Every `[[forward]]` target and the outbound queue.
+    pub forwarders: Forwarders,
     /// Cancel to shut the gateway down (what SIGTERM does); see [`Running::stop`].
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -83,7 +91,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     // Opening the archive (recovery), seeding the counters and the collectors' gauges read the
     // index and the disk: blocking work, done off the async workers.
-    let (archive, ingest, collector_store, collectors) = {
+    let (archive, ingest, collector_store, collectors, forwarders) = {
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || open_parts(&config, metrics, shutdown))
             .await
@@ -99,6 +107,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         metrics,
         collector_store,
         collectors,
+        forwarders,
         shutdown,
         tasks: JoinSet::new(),
     };
@@ -129,6 +138,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
                 archive: running.archive.clone(),
                 store: running.collector_store.clone(),
                 collectors: running.collectors.clone(),
+                forwarders: running.forwarders.clone(),
                 metrics: running.metrics.clone(),
                 shutdown: running.shutdown.clone(),
             },
@@ -153,6 +163,11 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     if what.poll_collectors {
         running.collectors.spawn_all(&mut running.tasks);
     }
+    if what.forward {
+        running
+            .forwarders
+            .spawn_all(&mut running.tasks, &running.shutdown);
+    }
     if let Some(http) = http {
         let readiness = http.readiness();
         running.tasks.spawn(http.run());
@@ -162,16 +177,26 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     Ok(running)
 }
 
-/// The archive, the ingest path, the collector store and the collectors.
+/// The parts [`open_parts`] opens.
+type Parts = (Arc<Archive>, Ingest, CollectorStore, Collectors, Forwarders);
+
+/// The archive, the ingest path, the collector store, the collectors and the forward targets
+/// (which the archive queues new originals for from here on).
 fn open_parts(
     config: &Config,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Arc<Archive>, Ingest, CollectorStore, Collectors)> {
+) -> anyhow::Result<Parts> {
     let archive = Arc::new(
         Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
             .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
     );
+    let forwarders = Forwarders::new(
+        &config.forwards,
+        &config.smtp.hostname,
+        archive.clone(),
+        metrics.clone(),
+    )?;
     let ingest = Ingest::new(archive.clone(), metrics.clone());
     let collector_store = CollectorStore::new(archive.index().clone());
     let collectors = Collectors::new(
@@ -183,7 +208,7 @@ fn open_parts(
             shutdown,
         },
     )?;
-    Ok((archive, ingest, collector_store, collectors))
+    Ok((archive, ingest, collector_store, collectors, forwarders))
 }
 
 impl Running {
@@ -301,6 +326,18 @@ pub fn describe(config: &Config) -> String {
                 .as_ref()
                 .map(|f| format!(" from drop-in {}", f.display()))
                 .unwrap_or_default()
+        );
+    }
+    for f in &config.forwards {
+        let _ = writeln!(
+            s,
+            "forward {}: {}:{} ({:?} TLS) to {}, {} connection(s)",
+            f.name(),
+            f.host,
+            f.port(),
+            f.tls,
+            f.rcpt_to.join(", "),
+            f.max_connections
         );
     }
     s

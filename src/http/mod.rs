@@ -10,6 +10,8 @@
 //! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
+//! | `GET /api/v1/forward[/{name}]` | - | forward targets: queue, last error (and failed entries) |
+//! | `POST /api/v1/forward/{name}/{retry,backfill}` | token | retry failed entries; queue archived messages |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
@@ -64,6 +66,8 @@ pub struct HttpContext {
     pub store: CollectorStore,
     /// The configured collectors, operated by the admin API.
     pub collectors: Collectors,
+    /// The forward targets and their queue (the forward endpoints).
+    pub forwarders: crate::forward::Forwarders,
     /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// Cancelled when the gateway shuts down: the server stops, `/readyz` says 503.

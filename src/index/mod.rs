@@ -7,13 +7,16 @@
 //! - counters (`stats`), read as [`Stats`];
 //! - migration facts (`pop3_only_after_smtp`, `first_smtp/<addr>`, `pop3_after_smtp`, ...),
 //!   written through [`Facts`] inside the archive's transaction;
-//! - collector state and run history ([`CollectorStore`]).
+//! - collector state and run history ([`CollectorStore`]);
+//! - the forwarder's outbound queue (`outbound`, [`OutboundStore`]), written in the archive's
+//!   transaction through [`Writer::enqueue`].
 //!
 //! Writes of arrivals happen in one transaction per batch ([`Index::write`] with a [`Writer`]).
 //! A second implementation (another database) would provide the same operations; the archive
 //! and the stores above are the seam.
 
 mod collectors;
+mod outbound;
 mod record;
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
+pub use outbound::{Attempt, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{Record, Sighting, Source};
 
 use crate::clock::UnixMs;
@@ -155,6 +159,7 @@ impl Index {
         txn.open_table(POP3_ONLY)?;
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
+        txn.open_table(outbound::OUTBOUND)?;
         txn.commit()?;
         Ok(Index { db })
     }
@@ -313,6 +318,7 @@ impl Index {
                 pending: txn.open_table(PENDING)?,
                 stats: txn.open_table(STATS)?,
                 pop3_only: txn.open_table(POP3_ONLY)?,
+                outbound: txn.open_table(outbound::OUTBOUND)?,
                 counters: Counters::default(),
             };
             let out = f(&mut w)?;
@@ -343,6 +349,7 @@ pub struct Writer<'txn> {
     pending: Table<'txn, &'static str, &'static str>,
     stats: Table<'txn, &'static str, u64>,
     pop3_only: Table<'txn, &'static str, u64>,
+    outbound: Table<'txn, (&'static str, u64), &'static [u8]>,
     counters: Counters,
 }
 

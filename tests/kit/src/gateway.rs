@@ -167,6 +167,7 @@ impl Builder {
                 smtp: self.smtp.is_some(),
                 http: self.http && self.announce_ready,
                 poll_collectors: self.poll,
+                forward: true,
             },
         )
         .await
@@ -191,6 +192,7 @@ impl Builder {
                         archive: gateway.archive.clone(),
                         store: gateway.collector_store.clone(),
                         collectors: gateway.collectors.clone(),
+                        forwarders: gateway.forwarders.clone(),
                         metrics: gateway.metrics.clone(),
                         shutdown: gateway.shutdown.clone(),
                     },
