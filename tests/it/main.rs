@@ -3,6 +3,7 @@
 
 mod console;
 mod crash;
+mod forward;
 mod http_api;
 mod http_cutover;
 mod http_prometheus;

@@ -8,6 +8,7 @@
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
+//! - [`postfix`]: a private Postfix instance delivering into a Maildir (downstream, benchmark).
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
@@ -26,6 +27,7 @@ mod gateway;
 pub mod http;
 pub mod machine;
 pub mod peers;
+pub mod postfix;
 pub mod proxy;
 pub mod sample;
 pub mod token_service;
