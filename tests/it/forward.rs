@@ -101,7 +101,7 @@ fn delivered_by_id(pf: &Postfix) -> BTreeMap<String, Vec<Vec<u8>>> {
 }
 
 /// A delivered Maildir file is the archived report (LF line ends) under the lines Postfix adds
-/// (`Return-Path`, `Delivered-To`, `Received` and their continuations).
+/// (`Return-Path`, `X-Original-To`, `Delivered-To`, `Received` and their continuations).
 fn assert_same_report(delivered: &[u8], archived: &[u8], id: &str) {
     let archived = lf(archived);
     assert!(
@@ -113,6 +113,7 @@ fn assert_same_report(delivered: &[u8], archived: &[u8], id: &str) {
         assert!(
             line.starts_with("Return-Path:")
                 || line.starts_with("Delivered-To:")
+                || line.starts_with("X-Original-To:")
                 || line.starts_with("Received:")
                 || line.starts_with([' ', '\t']),
             "{id}: a line before the report that Postfix does not add: {line:?}"
@@ -227,9 +228,10 @@ async fn unique_reports_from_smtp_and_pop3_reach_postfix_once_byte_identical() {
     assert_eq!(delivered.len(), usize::try_from(UNIQUE).unwrap());
     for (id, copies) in &delivered {
         assert_eq!(copies.len(), 1, "{id} delivered {} times", copies.len());
+        // The archive key of a report is its original's Message-ID.
         let archived = gw
             .archive()
-            .raw_by_message_id(id)
+            .raw(id)
             .unwrap_or_else(|| panic!("{id} not archived"));
         assert_same_report(&copies[0], &archived, id);
     }
@@ -320,17 +322,21 @@ async fn a_550_fails_the_entry_with_the_reply_and_retry_delivers_it() {
         .await
         .expect("archived");
     }
-    wait_for("3 entries failed", Duration::from_secs(30), || {
-        let (f, q) = (metric(&gw, "failed", "pf"), metric(&gw, "queue", "pf"));
-        async move {
-            if f == 3 {
+    // The API reads the queue: the entries are failed there once their outcome is recorded.
+    wait_for(
+        "3 entries failed in the queue",
+        Duration::from_secs(30),
+        || async {
+            let view = gw.json("/api/v1/forward/pf").await;
+            if view["queue"]["failed"] == 3 {
                 Ok(())
             } else {
-                Err(format!("failed {f}, queue {q}"))
+                Err(format!("{view}"))
             }
-        }
-    })
+        },
+    )
     .await;
+    assert_eq!(metric(&gw, "failed", "pf"), 3);
     let view = gw.json("/api/v1/forward/pf").await;
     let failed = view["failed_entries"].as_array().expect("failed entries");
     assert_eq!(failed.len(), 3, "{view}");
