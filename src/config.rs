@@ -1093,10 +1093,10 @@ mod tests {
         assert_eq!(f.tls, ForwardTls::Starttls);
         assert_eq!(f.port(), 25);
         assert_eq!(f.max_connections, 4);
-        assert_eq!(f.max_age, Duration::from_secs(5 * 86400));
-        assert_eq!(f.retry_after(1), Duration::from_secs(60));
-        assert_eq!(f.retry_after(4), Duration::from_secs(3600));
-        assert_eq!(f.retry_after(40), Duration::from_secs(3600));
+        assert_eq!(f.max_age, Duration::from_hours(5 * 24));
+        assert_eq!(f.retry_after(1), Duration::from_mins(1));
+        assert_eq!(f.retry_after(4), Duration::from_hours(1));
+        assert_eq!(f.retry_after(40), Duration::from_hours(1));
         assert_eq!(f.rcpt_to, vec!["journal@archive.corp"]);
         assert!(f.resolve_password().unwrap().is_none());
         for (extra, expect) in [

@@ -204,7 +204,7 @@ async fn unique_reports_from_smtp_and_pop3_reach_postfix_once_byte_identical() {
 
     wait_for(
         "Postfix to hold every unique report",
-        Duration::from_secs(120),
+        Duration::from_mins(2),
         || {
             let (n, queue) = (pf.delivered(), metric(&gw, "queue", "pf"));
             async move {
@@ -288,7 +288,7 @@ async fn stopped_downstream_grows_the_queue_and_it_drains_when_back() {
     .await
     .expect("ingest goes on with the downstream down");
     pf.start_again();
-    wait_for("the queue to drain", Duration::from_secs(60), || {
+    wait_for("the queue to drain", Duration::from_mins(1), || {
         let (n, q) = (pf.delivered(), metric(&gw, "queue", "pf"));
         async move {
             if n == 41 && q == 0 {
@@ -425,7 +425,7 @@ async fn chained_gateways_over_pinned_starttls_hold_each_message_once() {
             .expect("archived");
         sent.insert(out.key().to_string(), m.clone());
     }
-    wait_for("B to hold all 32", Duration::from_secs(60), || {
+    wait_for("B to hold all 32", Duration::from_mins(1), || {
         let (n, q) = (b.archive().count(), metric(&a, "queue", "b"));
         async move {
             if n == 32 && q == 0 {

@@ -57,6 +57,7 @@ fn run(cmd: &mut Command) {
 
 impl Postfix {
     /// Configures and starts the instance on `port` (127.0.0.1); returns once it accepts.
+    #[must_use]
     pub fn start(port: u16) -> Postfix {
         Postfix::start_with(port, "")
     }
