@@ -9,7 +9,8 @@
 //!   streamed from the archive through a fixed buffer.
 //! - Outcomes are written back in batches (one index transaction): a 250 removes the entry (a
 //!   crash between the 250 and that commit resends it: at-least-once); a 4xx or a connection
-//!   failure reschedules it per `retry` until `max_age`, then marks it failed; a 5xx marks it
+//!   failure reschedules it per `retry` until `max_age`, then marks it failed (a downstream that
+//!   cannot be reached makes the whole target wait per `retry`, not each entry); a 5xx marks it
 //!   failed at once with the reply kept. Failed entries stay until an operator retries them
 //!   ([`Forwarders::retry`]).
 
@@ -85,11 +86,22 @@ pub struct Activity {
     pub last_error_ms: Option<UnixMs>,
 }
 
+/// A target whose downstream cannot be reached waits before connecting again, all its
+/// entries at once (instead of each entry failing in turn and being rescheduled).
+#[derive(Debug, Default)]
+struct Backoff {
+    /// No connection is tried before this.
+    until: UnixMs,
+    /// Connection failures in a row (the `retry` schedule's step).
+    failures: u32,
+}
+
 /// One forward target: its settings, its activity, its wake-up.
 pub struct Target {
     name: String,
     settings: RwLock<Arc<Settings>>,
     activity: Mutex<Activity>,
+    backoff: Mutex<Backoff>,
     wake: Notify,
 }
 
@@ -119,6 +131,37 @@ impl Target {
         if let Ok(mut a) = self.activity.lock() {
             f(&mut a);
         }
+    }
+
+    /// A connection could not be made: the target waits per its `retry` schedule (one step per
+    /// wait, however many workers failed meanwhile). Returns when it tries again.
+    fn connect_failed(&self, settings: &Settings) -> UnixMs {
+        let now = UnixMs::now();
+        let Ok(mut b) = self.backoff.lock() else {
+            return now;
+        };
+        if now >= b.until {
+            b.failures = b.failures.saturating_add(1);
+            let wait = settings.config.retry_after(b.failures);
+            b.until = UnixMs(
+                now.0
+                    .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+        b.until
+    }
+
+    /// A connection was made (or an operator asked for a retry): no more waiting.
+    fn connected(&self) {
+        if let Ok(mut b) = self.backoff.lock() {
+            *b = Backoff::default();
+        }
+    }
+
+    /// When the target may connect again, if it is waiting.
+    fn waiting_until(&self) -> Option<UnixMs> {
+        let until = self.backoff.lock().map_or(UnixMs(0), |b| b.until);
+        (until > UnixMs::now()).then_some(until)
     }
 }
 
@@ -193,6 +236,7 @@ impl Forwarders {
                     name,
                     settings: RwLock::new(Arc::new(settings)),
                     activity: Mutex::new(Activity::default()),
+                    backoff: Mutex::new(Backoff::default()),
                     wake: Notify::new(),
                 }),
             );
@@ -269,6 +313,7 @@ impl Forwarders {
     /// (blocking: writes the index). Returns how many were failed.
     pub fn retry(&self, target: &Target) -> Result<u64, IndexError> {
         let n = self.store.retry(target.name(), UnixMs::now())?;
+        target.connected();
         self.refresh_gauges(target.name())?;
         target.wake.notify_one();
         Ok(n)
@@ -338,9 +383,29 @@ impl Forwarders {
         let mut queued = self.archive.forward_queued();
         let name = target.name().to_string();
         let mut last_gauges = Instant::now();
+        let mut gauge_every = TICK;
         let limit = connections * DUE_PER_CONNECTION;
         let result: anyhow::Result<()> = async {
             while !shutdown.is_cancelled() {
+                if last_gauges.elapsed() >= gauge_every {
+                    let n = name.clone();
+                    let scan = Instant::now();
+                    if let Err(e) = self.blocking(move |f| f.refresh_gauges(&n)).await {
+                        tracing::warn!(target = %name, "forward queue gauges: {e:#}");
+                    }
+                    // A long queue is counted less often: at most 2% of the time.
+                    gauge_every = TICK.max(scan.elapsed() * 50);
+                    last_gauges = Instant::now();
+                }
+                if let Some(until) = target.waiting_until() {
+                    let wait = Duration::from_millis(until.since(UnixMs::now())).min(TICK);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = target.wake.notified() => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
                 let snapshot = busy.lock().map(|b| b.clone()).unwrap_or_default();
                 let n = name.clone();
                 let due = self
@@ -353,13 +418,6 @@ impl Forwarders {
                         Vec::new()
                     }
                 };
-                if last_gauges.elapsed() >= TICK {
-                    let n = name.clone();
-                    if let Err(e) = self.blocking(move |f| f.refresh_gauges(&n)).await {
-                        tracing::warn!(target = %name, "forward queue gauges: {e:#}");
-                    }
-                    last_gauges = Instant::now();
-                }
                 if due.is_empty() {
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -487,14 +545,21 @@ impl Worker {
         ];
         let started = Instant::now();
         let mut result = Err(DeliveryError::Temporary("not attempted".into()));
+        // Set when the connection failed: the entry waits with its whole target.
+        let mut retry_at = None;
         for _ in 0..2 {
             let reused = client.is_some();
             let mut c = match client.take() {
                 Some(c) => c,
                 None => match smtp::Client::connect(&settings).await {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        self.target.connected();
+                        c
+                    }
                     Err(e) => {
+                        let until = self.target.connect_failed(&settings);
                         result = Err(e);
+                        retry_at = Some(until);
                         break;
                     }
                 },
@@ -545,11 +610,14 @@ impl Worker {
                     Attempt::Failed { error }
                 } else {
                     m.forward_deferred.with_label_values(&[name]).inc();
-                    let wait = settings.config.retry_after(entry.attempts + 1);
-                    let next = UnixMs(
-                        now.0
-                            .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
-                    );
+                    let next =
+                        retry_at.unwrap_or_else(|| {
+                            let wait = settings.config.retry_after(entry.attempts + 1);
+                            UnixMs(now.0.saturating_add(
+                                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                            ))
+                        });
+                    let wait = Duration::from_millis(next.since(now));
                     tracing::info!(target = name, key = %entry.key, "forwarding deferred ({wait:?}): {error}");
                     Attempt::Deferred { error, next }
                 }
