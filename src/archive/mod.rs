@@ -9,8 +9,9 @@
 //! A new message's bytes are written to `tmp/<name>` and fsynced by the caller (in parallel with
 //! other callers). [`Archive::apply`] then takes a whole batch of arrivals:
 //! 1. fsync `tmp/` (the new names are durable),
-//! 2. one index write transaction: records, UIDLs, counters, and a `pending` entry per new file,
-//!    committed with fsync,
+//! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
+//!    and an outbound entry per forward target for each new original
+//!    ([`Archive::set_forward_targets`]), committed with fsync,
 //! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
 //!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
 //! 4. answer the callers.
