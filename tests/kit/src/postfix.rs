@@ -73,6 +73,37 @@ impl Postfix {
         )
     }
 
+    /// A relay for the forwarding benchmark: mail to `journal.test` is queued, held
+    /// (`defer_transports`), and relayed over SMTP to 127.0.0.1:`to` once
+    /// [`Postfix::release`] is called. Postfix defaults otherwise (connection cache included).
+    #[must_use]
+    pub fn relay(port: u16, to: u16) -> Postfix {
+        Postfix::start_with(
+            port,
+            &format!(
+                "virtual_mailbox_domains =\nrelay_domains = journal.test\nrelay_transport = relay:[127.0.0.1]:{to}\ndefer_transports = relay\n"
+            ),
+        )
+    }
+
+    /// Releases the messages a [`Postfix::relay`] holds: delivery to the relay starts now.
+    pub fn release(&self) {
+        run(Command::new(require("/usr/sbin/postconf", "postfix"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-e")
+            .arg("defer_transports ="));
+        let postfix = require("/usr/sbin/postfix", "postfix");
+        run(Command::new(&postfix)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("reload"));
+        run(Command::new(require("/usr/sbin/postqueue", "postfix"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-f"));
+    }
+
     /// [`Postfix::start`] with `extra` appended to `main.cf` (`{etc}` is its directory).
     fn start_with(port: u16, extra: &str) -> Postfix {
         // SAFETY: geteuid has no preconditions.
@@ -257,6 +288,15 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             .iter()
             .map(|q| count_tree(&self.dir.path().join("queue").join(q)))
             .sum()
+    }
+
+    /// Deliveries its log reports as `status=sent` (relayed or delivered).
+    #[must_use]
+    pub fn sent(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("maillog"))
+            .unwrap_or_default()
+            .matches("status=sent")
+            .count()
     }
 
     /// The last 30 lines of its log.
