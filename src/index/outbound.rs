@@ -304,3 +304,112 @@ impl OutboundStore {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, OutboundStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), 1 << 20).unwrap();
+        (dir, OutboundStore::new(Arc::new(index)))
+    }
+
+    fn enqueue(s: &OutboundStore, target: &str, keys: &[&str], at: u64) {
+        s.index
+            .write(|w| {
+                for k in keys {
+                    w.enqueue(
+                        target,
+                        &OutboundEntry::new(k, &format!("{k}.eml"), 10, UnixMs(at)),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn keys(v: &[(u64, OutboundEntry)]) -> Vec<&str> {
+        v.iter().map(|(_, e)| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn entries_come_due_oldest_first_per_target_and_outcomes_stick() {
+        let (_dir, s) = store();
+        enqueue(&s, "a", &["k1", "k2"], 100);
+        enqueue(&s, "ab", &["other"], 100);
+        enqueue(&s, "a", &["k3"], 200);
+        let now = UnixMs(1000);
+        let due = s.due("a", now, &HashSet::new(), 10).unwrap();
+        assert_eq!(keys(&due), ["k1", "k2", "k3"]);
+        let seqs: Vec<u64> = due.iter().map(|(q, _)| *q).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        // Busy entries are skipped; the limit holds.
+        let busy = HashSet::from([seqs[0]]);
+        assert_eq!(keys(&s.due("a", now, &busy, 1).unwrap()), ["k2"]);
+        assert_eq!(
+            s.summary("a").unwrap(),
+            QueueSummary {
+                queued: 3,
+                failed: 0,
+                oldest_ms: Some(UnixMs(100)),
+            }
+        );
+
+        s.finish(
+            "a",
+            &[
+                (seqs[0], Attempt::Delivered),
+                (
+                    seqs[1],
+                    Attempt::Deferred {
+                        error: "451 later".into(),
+                        next: UnixMs(5000),
+                    },
+                ),
+                (
+                    seqs[2],
+                    Attempt::Failed {
+                        error: "RCPT TO: 550 no".into(),
+                    },
+                ),
+                // An entry another outcome removed already: ignored.
+                (seqs[0], Attempt::Failed { error: "x".into() }),
+            ],
+        )
+        .unwrap();
+        assert!(s.due("a", now, &HashSet::new(), 10).unwrap().is_empty());
+        assert_eq!(
+            keys(&s.due("a", UnixMs(5000), &HashSet::new(), 10).unwrap()),
+            ["k2"]
+        );
+        assert_eq!(s.next_due("a").unwrap(), Some(UnixMs(5000)));
+        let failed = s.failed("a", 10).unwrap();
+        assert_eq!(keys(&failed), ["k3"]);
+        assert_eq!(failed[0].1.attempts, 1);
+        assert_eq!(failed[0].1.last_error.as_deref(), Some("RCPT TO: 550 no"));
+        assert_eq!(
+            s.summary("a").unwrap(),
+            QueueSummary {
+                queued: 1,
+                failed: 1,
+                oldest_ms: Some(UnixMs(100)),
+            }
+        );
+        // The other target is untouched.
+        assert_eq!(
+            keys(&s.due("ab", now, &HashSet::new(), 10).unwrap()),
+            ["other"]
+        );
+
+        // Retry: failed and waiting entries are due now, max_age counting afresh.
+        assert_eq!(s.retry("a", UnixMs(2000)).unwrap(), 1);
+        let due = s.due("a", UnixMs(2000), &HashSet::new(), 10).unwrap();
+        assert_eq!(keys(&due), ["k2", "k3"]);
+        assert!(due
+            .iter()
+            .all(|(_, e)| e.age_from_ms == UnixMs(2000) && !e.failed));
+        assert_eq!(due[0].1.enqueued_ms, UnixMs(100), "the queue time is kept");
+        assert_eq!(s.summary("a").unwrap().failed, 0);
+    }
+}
