@@ -85,6 +85,15 @@ impl Client {
         } else {
             builder.connect().await.map(|c| Client::Tls(Box::new(c)))
         };
+        // Commands and the end of data are small writes after unacknowledged data: without
+        // TCP_NODELAY, Nagle's algorithm and the peer's delayed ACK stall each message ~40 ms.
+        if let Ok(c) = &connected {
+            let socket = match c {
+                Client::Tls(c) => c.stream.get_ref().0,
+                Client::Plain(c) => &c.stream,
+            };
+            let _ = socket.set_nodelay(true);
+        }
         connected.map_err(|e| {
             let mut msg = format!("connecting to {}:{}: {e}", cfg.host, cfg.port());
             if matches!(e, mail_send::Error::Tls(_) | mail_send::Error::Io(_)) {
