@@ -88,6 +88,12 @@ fn main() {
     } else {
         (100, 5000, 4)
     };
+    // Every wait is bounded: generous for a full run, short for the smoke run.
+    let limit = if full {
+        Duration::from_mins(10)
+    } else {
+        Duration::from_mins(1)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -150,7 +156,7 @@ fn main() {
             .post("/api/v1/forward/sink/backfill", Some(gw.token()))
             .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        until("the gateway to forward everything", Duration::from_mins(10), || {
+        until("the gateway to forward everything", limit, || {
             let d = delivered();
             if d >= n as u64 {
                 Ok(())
@@ -173,33 +179,25 @@ fn main() {
     let postfix_secs = runtime.block_on(async {
         let pf = Postfix::relay(free_port(), sink.port);
         send(pf.port, &reports, connections).await;
-        until(
-            "Postfix to queue everything",
-            Duration::from_mins(5),
-            || {
-                let q = pf.queued();
-                if q >= n {
-                    Ok(())
-                } else {
-                    Err(format!("{q} of {n} queued"))
-                }
-            },
-        )
+        until("Postfix to queue everything", limit, || {
+            let q = pf.queued();
+            if q >= n {
+                Ok(())
+            } else {
+                Err(format!("{q} of {n} queued"))
+            }
+        })
         .await;
         let start = Instant::now();
         pf.release();
-        until(
-            "Postfix to relay everything",
-            Duration::from_mins(10),
-            || {
-                let q = pf.queued();
-                if q == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("{q} still queued; log:\n{}", pf.log()))
-                }
-            },
-        )
+        until("Postfix to relay everything", limit, || {
+            let q = pf.queued();
+            if q == 0 {
+                Ok(())
+            } else {
+                Err(format!("{q} still queued; log:\n{}", pf.log()))
+            }
+        })
         .await;
         let secs = start.elapsed().as_secs_f64();
         let sent = pf.sent();
