@@ -1377,6 +1377,7 @@ mod example_file {
         )
         .unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
         assert_eq!(c.collectors.len(), 1);
+        assert_eq!(c.forwards.len(), 1);
         assert!(c.smtp.tls_cert.is_some());
     }
 
