@@ -5,7 +5,7 @@
 //!   `cargo bench`), archiving into a temp `data_dir`; 250 only after the file and the index commit
 //!   are fsynced;
 //! - **smtp-sink**: Postfix's test server, which discards (the protocol ceiling on this machine);
-//! - **Postfix**: a private instance delivering into a virtual Maildir (`smtp/postfix.rs`), timed
+//! - **Postfix**: a private instance delivering into a virtual Maildir (the kit's `postfix`), timed
 //!   until every message is *delivered* into `new/`, not just queued.
 //!
 //! Two load generators: Postfix's `smtp-source` (plain messages with unique Message-IDs) and our
@@ -38,8 +38,6 @@
 
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
-#[path = "smtp/postfix.rs"]
-mod postfix;
 #[path = "smtp/sys.rs"]
 mod sys;
 
@@ -56,7 +54,7 @@ use journal_gateway_testkit::peers::{free_port, SmtpSink};
 use journal_gateway_testkit::{machine, sample};
 use sha2::{Digest, Sha256};
 
-use postfix::Postfix;
+use journal_gateway_testkit::mta::Postfix;
 
 /// The journal address every server accepts (Postfix: the virtual domain).
 const RCPT: &str = "journal@journal.test";

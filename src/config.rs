@@ -61,6 +61,9 @@ pub struct Config {
     /// `[storage]`: the archive's filesystem (the free space kept).
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Every `[[forward]]` (downstream archives each unique journal report is delivered to).
+    #[serde(default, rename = "forward")]
+    pub forwards: Vec<ForwardConfig>,
 }
 
 /// `[storage]`: the archive's filesystem.
@@ -460,6 +463,200 @@ pub struct CollectorConfig {
     pub dropin: Option<PathBuf>,
 }
 
+/// How the forwarder secures its SMTP connection to a downstream (`[[forward]] tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardTls {
+    /// Plain connection upgraded with STARTTLS; a server without STARTTLS is refused (default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Implicit,
+    /// No TLS at all; needs `allow_insecure = true`.
+    None,
+}
+
+/// One `[[forward]]`: a downstream archive every unique journal report is delivered to, once,
+/// from a durable queue (see docs/forwarding.md). One struct per target, so a reload can swap
+/// a target's settings whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// The target's name (letters, digits, `-_.`): the queue's key and the metrics' label.
+    pub name: toml::Spanned<String>,
+    /// The downstream SMTP server.
+    pub host: String,
+    /// Default: 465 for implicit TLS, 25 otherwise.
+    pub port: Option<u16>,
+    /// STARTTLS (default, required), implicit TLS, or none.
+    #[serde(default)]
+    pub tls: ForwardTls,
+    /// Allows `tls = "none"`.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// PEM file of the CA(s) to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint (hex, colons allowed) of the downstream's certificate to accept.
+    pub pin_sha256: Option<String>,
+    /// SMTP AUTH (PLAIN/LOGIN) login; unset: no AUTH.
+    pub username: Option<String>,
+    /// The password itself (one of three sources, with `username`).
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// The envelope sender (`MAIL FROM`); empty: the null sender `<>`.
+    #[serde(default)]
+    pub mail_from: String,
+    /// The downstream journal address(es) (`RCPT TO`).
+    #[serde(deserialize_with = "address_list")]
+    pub rcpt_to: Vec<String>,
+    /// Concurrent SMTP connections to the downstream.
+    #[serde(default = "default_forward_connections")]
+    pub max_connections: usize,
+    /// Waits between attempts after a temporary failure; the last one repeats
+    /// (default: 1m, 5m, 15m, 1h, then hourly).
+    #[serde(default = "default_forward_retry", deserialize_with = "duration_list")]
+    pub retry: Vec<Duration>,
+    /// After this long in the queue, an entry that still fails temporarily is marked failed
+    /// (kept, never dropped; retried from the API or CLI).
+    #[serde(default = "default_forward_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// Network timeout of one SMTP command or reply (and of connecting).
+    #[serde(default = "default_forward_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl ForwardConfig {
+    /// The target's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    /// The configured port, or the default of the TLS mode (465 implicit, 25 otherwise).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            ForwardTls::Implicit => 465,
+            _ => 25,
+        })
+    }
+
+    /// The wait after the `attempt`-th failed attempt (from 1): the schedule's entry, the last
+    /// one repeating.
+    #[must_use]
+    pub fn retry_after(&self, attempt: u32) -> Duration {
+        let i = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.retry
+            .get(i)
+            .or(self.retry.last())
+            .copied()
+            .unwrap_or(Duration::from_hours(1))
+    }
+
+    /// The AUTH password, when `username` is set (from whichever source is configured).
+    pub fn resolve_password(&self) -> anyhow::Result<Option<String>> {
+        if self.username.is_none() {
+            return Ok(None);
+        }
+        if let Some(p) = &self.password {
+            return Ok(Some(p.expose().to_string()));
+        }
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read_to_string(f).with_context(|| {
+                format!(
+                    "forward {}: reading password_file {}",
+                    self.name(),
+                    f.display()
+                )
+            })?;
+            return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(v) = &self.password_env {
+            return std::env::var(v)
+                .map(Some)
+                .with_context(|| format!("forward {}: password_env {v} is not set", self.name()));
+        }
+        bail!(
+            "forward {}: username needs password, password_file or password_env",
+            self.name()
+        )
+    }
+
+    /// The checks of one target, errors naming it and its line in `text`.
+    fn validate(&self, text: &str) -> anyhow::Result<()> {
+        let at = format!(
+            "forward {:?} (line {})",
+            self.name(),
+            line_of(text, self.name.span().start)
+        );
+        if self.name().is_empty()
+            || !self
+                .name()
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            bail!("{at}: name must be non-empty and use only letters, digits, '-', '_' and '.'");
+        }
+        if self.host.is_empty() {
+            bail!("{at}: host is needed");
+        }
+        if self.rcpt_to.is_empty() {
+            bail!("{at}: rcpt_to needs at least one downstream journal address");
+        }
+        if !self.mail_from.is_empty() && !is_address(&self.mail_from) {
+            bail!(
+                "{at}: mail_from {:?} is not an address (local@domain, or empty for <>)",
+                self.mail_from
+            );
+        }
+        if self.tls == ForwardTls::None && !self.allow_insecure {
+            bail!("{at}: tls = \"none\" sends journal reports in clear; it needs allow_insecure = true");
+        }
+        if let Some(pin) = &self.pin_sha256 {
+            if parse_fingerprint(pin).is_none() {
+                bail!("{at}: pin_sha256 must be 64 hex digits (colons allowed), got {pin:?}");
+            }
+        }
+        let sources = [
+            self.password.is_some(),
+            self.password_file.is_some(),
+            self.password_env.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        match (self.username.is_some(), sources) {
+            (true, 1) | (false, 0) => {}
+            (true, 0) => {
+                bail!("{at}: username needs one of password, password_file or password_env")
+            }
+            (false, _) => bail!("{at}: a password without username; set username"),
+            (true, _) => {
+                bail!("{at}: password, password_file and password_env are exclusive; set one")
+            }
+        }
+        if self.max_connections == 0 {
+            bail!("{at}: max_connections must be at least 1");
+        }
+        if self.retry.is_empty() {
+            bail!("{at}: retry needs at least one wait (e.g. [\"1m\", \"5m\"])");
+        }
+        if self.timeout < Duration::from_secs(1) {
+            bail!("{at}: timeout must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+/// `local@domain` with no space or angle bracket.
+fn is_address(s: &str) -> bool {
+    matches!(s.rsplit_once('@'), Some((l, d)) if !l.is_empty() && !d.is_empty())
+        && !s.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+}
+
 /// How a collector logs in (`auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -767,6 +964,12 @@ impl Config {
         Self::parse(EMBEDDED_DEFAULT).expect("embedded default configuration is valid")
     }
 
+    /// The forward target named `name`.
+    #[must_use]
+    pub fn forward(&self, name: &str) -> Option<&ForwardConfig> {
+        self.forwards.iter().find(|f| f.name() == name)
+    }
+
     /// The collector named `name`.
     #[must_use]
     pub fn collector(&self, name: &str) -> Option<&CollectorConfig> {
@@ -798,6 +1001,17 @@ impl Config {
                 );
             }
             c.validate(text)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.forwards {
+            if !seen.insert(f.name()) {
+                bail!(
+                    "forward {:?} (line {}): name is used by another forward target",
+                    f.name(),
+                    line_of(text, f.name.span().start)
+                );
+            }
+            f.validate(text)?;
         }
         Ok(())
     }
@@ -945,6 +1159,43 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    Vec::<Raw>::deserialize(d)?
+        .into_iter()
+        .map(|r| match r {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        })
+        .collect()
+}
+
+fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    };
+    for a in &list {
+        if !is_address(a) {
+            return Err(serde::de::Error::custom(format!(
+                "{a:?} is not an address (local@domain)"
+            )));
+        }
+    }
+    Ok(list)
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -1031,6 +1282,21 @@ fn fingerprints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Fingerprint>, D::
         .collect()
 }
 
+fn default_forward_connections() -> usize {
+    4
+}
+fn default_forward_retry() -> Vec<Duration> {
+    [60, 300, 900, 3600]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+fn default_forward_max_age() -> Duration {
+    Duration::from_hours(5 * 24)
+}
+fn default_forward_timeout() -> Duration {
+    Duration::from_mins(1)
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -1158,6 +1424,59 @@ mod tests {
         assert_eq!(c.smtp.max_message_size, 150 * 1024 * 1024);
         assert_eq!(c.http.listen.port(), 9898);
         assert!(c.collectors.is_empty());
+    }
+
+    #[test]
+    fn forward_targets_parse_with_defaults_and_checks() {
+        let c = Config::parse(
+            "[[forward]]\nname = \"piler\"\nhost = \"archive.corp\"\nrcpt_to = \"journal@archive.corp\"\n",
+        )
+        .unwrap();
+        let f = c.forward("piler").unwrap();
+        assert_eq!(f.tls, ForwardTls::Starttls);
+        assert_eq!(f.port(), 25);
+        assert_eq!(f.max_connections, 4);
+        assert_eq!(f.max_age, Duration::from_hours(5 * 24));
+        assert_eq!(f.retry_after(1), Duration::from_mins(1));
+        assert_eq!(f.retry_after(4), Duration::from_hours(1));
+        assert_eq!(f.retry_after(40), Duration::from_hours(1));
+        assert_eq!(f.rcpt_to, vec!["journal@archive.corp"]);
+        assert!(f.resolve_password().unwrap().is_none());
+        for (extra, expect) in [
+            ("tls = \"none\"\n", "allow_insecure"),
+            ("pin_sha256 = \"ab\"\n", "pin_sha256"),
+            ("username = \"u\"\n", "password"),
+            ("password = \"p\"\n", "username"),
+            ("max_connections = 0\n", "max_connections"),
+            ("retry = []\n", "retry"),
+            ("mail_from = \"nobody\"\n", "mail_from"),
+        ] {
+            let text = format!(
+                "\n[[forward]]\nname = \"down\"\nhost = \"h\"\nrcpt_to = [\"j@h\"]\n{extra}"
+            );
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(
+                err.contains(expect) && err.contains("\"down\"") && err.contains("line 3"),
+                "{extra}: {err}"
+            );
+        }
+        let err = format!(
+            "{:#}",
+            Config::parse("[[forward]]\nname = \"a\"\nhost = \"h\"\nrcpt_to = [\"x\"]\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("not an address"), "{err}");
+        let dup = "[[forward]]\nname = \"a\"\nhost = \"h\"\nrcpt_to = \"j@h\"\n";
+        let err = format!("{:#}", Config::parse(&format!("{dup}{dup}")).unwrap_err());
+        assert!(err.contains("used by another"), "{err}");
+        let c = Config::parse(
+            "[[forward]]\nname = \"b\"\nhost = \"h\"\ntls = \"implicit\"\nrcpt_to = \"j@h\"\nretry = [\"1s\", 5]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let f = c.forward("b").unwrap();
+        assert_eq!(f.port(), 465);
+        assert_eq!(f.retry_after(2), Duration::from_secs(5));
+        assert_eq!(f.resolve_password().unwrap().as_deref(), Some("p"));
     }
 
     #[test]
@@ -1427,6 +1746,7 @@ mod example_file {
         )
         .unwrap_or_else(|e| panic!("{e:#}\n{uncommented}"));
         assert_eq!(c.collectors.len(), 1);
+        assert_eq!(c.forwards.len(), 1);
         assert!(c.smtp.tls_cert.is_some());
     }
 

@@ -30,6 +30,8 @@
 //!   collector state and history.
 //! - `store` (crate-private): the message files, a Maildir (tmp/new/cur, fsync, recovery).
 //! - [`migration`]: the POP3 -> SMTP cutover: facts recorded with each arrival, the verdict.
+//! - [`forward`]: delivers each unique journal report to the `[[forward]]` downstream
+//!   archives from the durable outbound queue (mail-send, streamed from the archived file).
 //! - [`http`]: metrics, health and the admin API (axum).
 //! - [`verify`]: checks the archive against its index (offline, or in the background for the
 //!   admin API); [`reindex`] rebuilds a damaged index from the Maildir.
@@ -59,6 +61,7 @@
 pub mod archive;
 pub mod clock;
 pub mod config;
+pub mod forward;
 pub mod http;
 pub mod index;
 pub mod ingest;

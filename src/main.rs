@@ -113,6 +113,11 @@ enum Command {
         #[command(subcommand)]
         action: SmtpUserCommand,
     },
+    /// Forwarding to downstream archives (`[[forward]]`): queues, failures, retry, backfill.
+    Forward {
+        #[command(subcommand)]
+        action: ForwardCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +140,38 @@ enum SmtpUserCommand {
     List {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForwardCommand {
+    /// Forward targets with their queue depth, oldest entry and last error.
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// One target: its queue, last error and failed entries (with the downstream's reply).
+    Show {
+        /// The target's name (`[[forward]] name`).
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make the target's failed (and deferred) entries due now.
+    Retry {
+        name: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Queue already-archived messages for the target (bringing a new downstream online);
+    /// messages queued for it already are skipped.
+    Backfill {
+        name: String,
+        /// Only messages first seen at or after this date (2026-01-31, UTC) or RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -359,6 +396,25 @@ fn run(command: Command) -> anyhow::Result<()> {
                 config.data_dir.display()
             );
             Ok(())
+        }
+        Command::Forward { action } => {
+            let (remote, verb) = match action {
+                ForwardCommand::List { remote } => (remote, Verb::ForwardList),
+                ForwardCommand::Show { name, remote } => (remote, Verb::ForwardShow { name }),
+                ForwardCommand::Retry { name, remote } => (remote, Verb::ForwardRetry { name }),
+                ForwardCommand::Backfill {
+                    name,
+                    since,
+                    remote,
+                } => {
+                    if let Some(s) = &since {
+                        journal_gateway::forward::parse_since(s)
+                            .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                    }
+                    (remote, Verb::ForwardBackfill { name, since })
+                }
+            };
+            remote_verb(remote, verb)
         }
         Command::Migration {
             action: MigrationCommand::Status { remote },

@@ -4,8 +4,8 @@
 //! from the index at start, so they survive restarts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -67,6 +67,20 @@ pub struct Metrics {
     /// The free space the archive keeps (`[storage] reserve`, in bytes): below it no new mail
     /// is taken.
     pub archive_reserve_bytes: IntGauge,
+    /// Messages waiting in each forward target's queue (not failed).
+    pub forward_queue: IntGaugeVec,
+    /// Age in seconds of the oldest waiting entry of each forward target (0 when empty).
+    pub forward_oldest_age: IntGaugeVec,
+    /// Queue entries marked failed (5xx, or `max_age` passed), per target.
+    pub forward_failed_queued: IntGaugeVec,
+    /// Messages the downstream accepted, per target.
+    pub forward_delivered: IntCounterVec,
+    /// Delivery attempts that failed temporarily (4xx, connection, TLS), per target.
+    pub forward_deferred: IntCounterVec,
+    /// Entries given up (5xx, or `max_age` passed), per target.
+    pub forward_failed: IntCounterVec,
+    /// Seconds of one successful delivery (the SMTP transaction, streaming included), per target.
+    pub forward_duration: HistogramVec,
 }
 
 const NS: &str = "journal_gateway";
@@ -254,6 +268,52 @@ impl Metrics {
                         "Free space the archive keeps: below it SMTP answers 452 and collectors pause.",
                     )
                     .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
+            forward_queue: gauge_vec(
+                "forward_queue_messages",
+                "Messages waiting in the forward target's queue (failed ones excluded).",
+                &["target"],
+            ),
+            forward_oldest_age: gauge_vec(
+                "forward_oldest_age_seconds",
+                "Age of the oldest waiting entry of the forward target's queue (0 when empty).",
+                &["target"],
+            ),
+            forward_failed_queued: gauge_vec(
+                "forward_failed_messages",
+                "Queue entries marked failed (5xx or max_age), kept until retried.",
+                &["target"],
+            ),
+            forward_delivered: counter_vec(
+                "forward_delivered_total",
+                "Messages the downstream archive accepted.",
+                &["target"],
+            ),
+            forward_deferred: counter_vec(
+                "forward_deferred_total",
+                "Delivery attempts that failed temporarily (4xx, connection or TLS failure).",
+                &["target"],
+            ),
+            forward_failed: counter_vec(
+                "forward_failed_total",
+                "Queue entries given up (5xx, or max_age passed).",
+                &["target"],
+            ),
+            forward_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "forward_duration_seconds",
+                        "Time of one successful delivery to the downstream.",
+                    )
+                    .namespace(NS)
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0,
+                    ]),
+                    &["target"],
                 )
                 .expect("valid metric"),
             ),

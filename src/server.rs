@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::config::Config;
+use crate::forward::Forwarders;
 use crate::http::{HttpContext, HttpServer};
 use crate::index::CollectorStore;
 use crate::ingest::Ingest;
@@ -24,6 +25,7 @@ use crate::reload::{Bound, Reloader};
 use crate::smtp::SmtpServer;
 
 /// What [`start`] runs besides the archive and the ingest path.
+#[allow(clippy::struct_excessive_bools)] // independent switches, set by name
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Start {
     /// Bind and serve the SMTP listeners.
@@ -32,6 +34,8 @@ pub struct Start {
     pub http: bool,
     /// Start each collector's polling loop (collectors are built either way).
     pub poll_collectors: bool,
+    /// Start delivering to the `[[forward]]` targets (new originals are queued either way).
+    pub forward: bool,
 }
 
 impl Start {
@@ -40,6 +44,7 @@ impl Start {
         smtp: true,
         http: true,
         poll_collectors: true,
+        forward: true,
     };
     /// No listener and no polling: the archive, the ingest path and the collectors, for
     /// one-off runs in this process (`collector test --offline`).
@@ -47,6 +52,7 @@ impl Start {
         smtp: false,
         http: false,
         poll_collectors: false,
+        forward: false,
     };
 }
 
@@ -72,6 +78,8 @@ pub struct Running {
     pub collectors: Collectors,
     /// Reloads the configuration file (what SIGHUP and `POST /api/v1/reload` call).
     pub reloader: Reloader,
+    /// Every `[[forward]]` target and the outbound queue.
+    pub forwarders: Forwarders,
     /// Cancel to shut the gateway down (what SIGTERM does); see [`Running::stop`].
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
@@ -86,7 +94,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     // Opening the archive (recovery), seeding the counters and the collectors' gauges read the
     // index and the disk: blocking work, done off the async workers.
-    let (archive, ingest, collector_store, collectors) = {
+    let (archive, ingest, collector_store, collectors, forwarders) = {
         let (config, metrics, shutdown) = (config.clone(), metrics.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || open_parts(&config, metrics, shutdown))
             .await
@@ -109,6 +117,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
         ),
         collector_store,
         collectors,
+        forwarders,
         shutdown,
         tasks: JoinSet::new(),
     };
@@ -139,6 +148,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
                 archive: running.archive.clone(),
                 store: running.collector_store.clone(),
                 collectors: running.collectors.clone(),
+                forwarders: running.forwarders.clone(),
                 metrics: running.metrics.clone(),
                 shutdown: running.shutdown.clone(),
             },
@@ -175,6 +185,11 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     if what.poll_collectors {
         running.collectors.spawn_all(&mut running.tasks);
     }
+    if what.forward {
+        running
+            .forwarders
+            .spawn_all(&mut running.tasks, &running.shutdown);
+    }
     if let Some(http) = http {
         let readiness = http.readiness();
         running.tasks.spawn(http.run());
@@ -184,12 +199,16 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     Ok(running)
 }
 
-/// The archive, the ingest path, the collector store and the collectors.
+/// The parts [`open_parts`] opens.
+type Parts = (Arc<Archive>, Ingest, CollectorStore, Collectors, Forwarders);
+
+/// The archive, the ingest path, the collector store, the collectors and the forward targets
+/// (which the archive queues new originals for from here on).
 fn open_parts(
     config: &Config,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Arc<Archive>, Ingest, CollectorStore, Collectors)> {
+) -> anyhow::Result<Parts> {
     let archive = Arc::new(
         Archive::open_with_cache(&config.data_dir, config.index_cache_bytes())
             .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?,
@@ -199,6 +218,12 @@ fn open_parts(
         metrics.archive_free_bytes.clone(),
         metrics.archive_reserve_bytes.clone(),
     );
+    let forwarders = Forwarders::new(
+        &config.forwards,
+        &config.smtp.hostname,
+        archive.clone(),
+        metrics.clone(),
+    )?;
     let ingest = Ingest::new(archive.clone(), metrics.clone());
     let collector_store = CollectorStore::new(archive.index().clone());
     let collectors = Collectors::new(
@@ -210,7 +235,7 @@ fn open_parts(
             shutdown,
         },
     )?;
-    Ok((archive, ingest, collector_store, collectors))
+    Ok((archive, ingest, collector_store, collectors, forwarders))
 }
 
 impl Running {
@@ -365,6 +390,18 @@ pub fn describe(config: &Config) -> String {
                 .as_ref()
                 .map(|f| format!(" from drop-in {}", f.display()))
                 .unwrap_or_default()
+        );
+    }
+    for f in &config.forwards {
+        let _ = writeln!(
+            s,
+            "forward {}: {}:{} ({:?} TLS) to {}, {} connection(s)",
+            f.name(),
+            f.host,
+            f.port(),
+            f.tls,
+            f.rcpt_to.join(", "),
+            f.max_connections
         );
     }
     s

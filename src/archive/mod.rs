@@ -10,8 +10,9 @@
 //! A new message's bytes are written to `tmp/<name>` and fsynced by the caller (in parallel with
 //! other callers). [`Archive::apply`] then takes a whole batch of arrivals:
 //! 1. fsync `tmp/` (the new names are durable),
-//! 2. one index write transaction: records, UIDLs, counters, and a `pending` entry per new file,
-//!    committed with fsync,
+//! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
+//!    and an outbound entry per forward target for each new original
+//!    ([`Archive::set_forward_targets`]), committed with fsync,
 //! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
 //!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
 //! 4. answer the callers.
@@ -23,7 +24,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use crate::index::{
     ClientCert, Provenance, Record, Sighting, Source, Stats, TlsSession, DEFAULT_CACHE_BYTES,
@@ -32,7 +33,8 @@ mod backup;
 
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
-use crate::index::{Facts, Index, IndexError};
+use crate::clock::UnixMs;
+use crate::index::{Facts, Index, IndexError, OutboundEntry};
 use crate::store::Maildir;
 
 /// An archive failure: the index, or the message files.
@@ -134,6 +136,10 @@ impl FactRecorder for NoFacts {
 pub struct Archive {
     index: Arc<Index>,
     store: Maildir,
+    /// The forward targets each new original is queued for, in the batch's transaction.
+    forward: RwLock<Arc<[String]>>,
+    /// Bumped after a batch queued something: the forwarder's wake-up.
+    queued: tokio::sync::watch::Sender<u64>,
 }
 
 impl Archive {
@@ -152,6 +158,8 @@ impl Archive {
         let archive = Archive {
             index: Arc::new(index),
             store,
+            forward: RwLock::new(Arc::from(Vec::new())),
+            queued: tokio::sync::watch::Sender::new(0),
         };
         archive.recover()?;
         Ok(archive)
@@ -165,6 +173,19 @@ impl Archive {
     /// The message files.
     pub fn store(&self) -> &Maildir {
         &self.store
+    }
+
+    /// Sets the forward targets (by name) every new original is queued for from now on, in the
+    /// same transaction as its record (see `crate::forward`).
+    pub fn set_forward_targets(&self, names: Vec<String>) {
+        if let Ok(mut f) = self.forward.write() {
+            *f = Arc::from(names);
+        }
+    }
+
+    /// Changes after every batch that queued messages for forwarding.
+    pub fn forward_queued(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
     }
 
     /// Finishes renames the index already committed to, and deletes every other `tmp/` file.
@@ -219,6 +240,14 @@ impl Archive {
             }
         };
         self.finish(batch, &results)?;
+        let forwarding = self.forward.read().is_ok_and(|f| !f.is_empty());
+        if forwarding
+            && results
+                .iter()
+                .any(|r| matches!(r, Applied::Archived { .. }))
+        {
+            self.queued.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(results)
     }
 
@@ -232,13 +261,17 @@ impl Archive {
         // and drop their pending entries in this transaction.
         let staged = batch.iter().any(|a| a.tmp_file.is_some());
         let published = self.store.sync(staged)?;
+        let targets = self
+            .forward
+            .read()
+            .map_or_else(|_| Arc::from(Vec::new()), |f| f.clone());
         let written = self.index.write(|w| {
             for f in &published {
                 w.remove_pending(f)?;
             }
             let mut results = Vec::with_capacity(batch.len());
             for a in batch {
-                let result = record_one(w, a, facts)?;
+                let result = record_one(w, a, facts, &targets)?;
                 results.push(result);
             }
             Ok(results)
@@ -363,6 +396,7 @@ fn record_one(
     w: &mut crate::index::Writer<'_>,
     a: &Arrival,
     facts: &dyn FactRecorder,
+    forward_to: &[String],
 ) -> Result<Applied, IndexError> {
     let mut target = a.key.as_str();
     let mut variant = false;
@@ -402,6 +436,11 @@ fn record_one(
         w.put_record(target, &rec)?;
         w.add_pending(tmp_file, target)?;
         w.count_archived(source, rec.size, variant, rec.first_seen_ms());
+        // Queued in this transaction: no crash can archive it without queuing it.
+        let entry = OutboundEntry::new(target, tmp_file, rec.size, UnixMs::now());
+        for t in forward_to {
+            w.enqueue(t, &entry)?;
+        }
         (
             Applied::Archived {
                 key: target.to_string(),

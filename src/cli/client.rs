@@ -154,6 +154,10 @@ pub enum Verb {
     MigrationStatus,
     Reload,
     Backup { to: PathBuf },
+    ForwardList,
+    ForwardShow { name: String },
+    ForwardRetry { name: String },
+    ForwardBackfill { name: String, since: Option<String> },
 }
 
 /// A path segment, percent-encoded (collector names are plain, but be safe).
@@ -220,6 +224,29 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
             format!("/api/v1/backup?to={}", segment(&to.to_string_lossy())),
             true,
         ),
+        Verb::ForwardList => (Method::GET, "/api/v1/forward".to_string(), true),
+        Verb::ForwardShow { name } => (
+            Method::GET,
+            format!("/api/v1/forward/{}", segment(name)),
+            true,
+        ),
+        Verb::ForwardRetry { name } => (
+            Method::POST,
+            format!("/api/v1/forward/{}/retry", segment(name)),
+            true,
+        ),
+        Verb::ForwardBackfill { name, since } => (
+            Method::POST,
+            match since {
+                Some(s) => format!(
+                    "/api/v1/forward/{}/backfill?since={}",
+                    segment(name),
+                    segment(s)
+                ),
+                None => format!("/api/v1/forward/{}/backfill", segment(name)),
+            },
+            true,
+        ),
     };
     let token = if needs_token { Some(token()?) } else { None };
     let reply = request(&remote.server, method, &path, token.as_deref()).await?;
@@ -277,6 +304,27 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
                 b.created_ms.rfc3339().unwrap_or_default()
             )
         }
+        Verb::ForwardList => {
+            let v = reply.json()?;
+            format_forward_targets(v.as_array().map_or(&[][..], Vec::as_slice))
+        }
+        Verb::ForwardShow { .. } => format_forward_target(&reply.json()?),
+        Verb::ForwardRetry { name } => {
+            let v = reply.json()?;
+            format!(
+                "forward {name}: {} failed entr(y/ies) made due again\n{}",
+                v["retried_failed"],
+                format_forward_target(&v["target"])
+            )
+        }
+        Verb::ForwardBackfill { name, .. } => {
+            let v = reply.json()?;
+            format!(
+                "forward {name}: {} archived message(s) queued\n{}",
+                v["queued"],
+                format_forward_targets(std::slice::from_ref(&v["target"]))
+            )
+        }
     })
 }
 
@@ -293,6 +341,64 @@ fn format_reload(r: &ReloadReport) -> String {
     }
     if let Some(sha) = &r.smtp_certificate_sha256 {
         let _ = writeln!(out, "  SMTP certificate SHA-256: {sha}");
+    }
+    out
+}
+
+/// Forward targets as a table (from the API's JSON).
+fn format_forward_targets(targets: &[serde_json::Value]) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            vec![
+                text(&t["name"]),
+                text(&t["server"]),
+                text(&t["queue"]["queued"]),
+                text(&t["queue"]["failed"]),
+                format!("{}s", t["oldest_age_seconds"]),
+                time_ms(t["last_delivered_ms"].as_u64().map(UnixMs)),
+                text(&t["last_error"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "target",
+            "server",
+            "queued",
+            "failed",
+            "oldest",
+            "last delivered",
+            "last error",
+        ],
+        &rows,
+    )
+}
+
+/// One forward target and its failed entries.
+fn format_forward_target(t: &serde_json::Value) -> String {
+    let mut out = format_forward_targets(std::slice::from_ref(t));
+    if let Some(failed) = t["failed_entries"].as_array() {
+        if !failed.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = failed
+                .iter()
+                .map(|e| {
+                    vec![
+                        e["seq"].to_string(),
+                        e["key"].as_str().unwrap_or_default().to_string(),
+                        e["attempts"].to_string(),
+                        e["last_error"].as_str().unwrap_or("-").to_string(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["seq", "key", "attempts", "error"], &rows));
+        }
     }
     out
 }

@@ -26,6 +26,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/backup", post(super::admin::backup))
         .route("/api/v1/verify", get(verify_status).post(verify_start))
         .route("/api/v1/token/reload", post(token_reload))
+        .route("/api/v1/forward", get(forward_targets))
+        .route("/api/v1/forward/{name}", get(forward_target))
+        .route("/api/v1/forward/{name}/retry", post(forward_retry))
+        .route("/api/v1/forward/{name}/backfill", post(forward_backfill))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -471,4 +475,84 @@ async fn token_reload(State(state): State<AppState>) -> ApiResult {
     })
     .await?;
     Ok(Json(serde_json::json!({ "reloaded": true })).into_response())
+}
+
+fn find_target(state: &AppState, name: &str) -> ApiResult<std::sync::Arc<crate::forward::Target>> {
+    state
+        .ctx
+        .forwarders
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no forward target named {name:?}")))
+}
+
+/// `GET /api/v1/forward`: every target with its queue and last error.
+async fn forward_targets(
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<crate::forward::TargetView>>> {
+    blocking(move || {
+        let f = &state.ctx.forwarders;
+        Ok(Json(
+            f.iter()
+                .map(|t| f.view(t, false))
+                .collect::<Result<_, _>>()?,
+        ))
+    })
+    .await
+}
+
+/// `GET /api/v1/forward/{name}`: one target, with its failed entries.
+async fn forward_target(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<crate::forward::TargetView>> {
+    let target = find_target(&state, &name)?;
+    blocking(move || Ok(Json(state.ctx.forwarders.view(&target, true)?))).await
+}
+
+/// `POST /api/v1/forward/{name}/retry`: failed (and deferred) entries are due now.
+async fn forward_retry(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let target = find_target(&state, &name)?;
+    tracing::info!(target = %name, "admin API: forward retry");
+    blocking(move || {
+        let f = &state.ctx.forwarders;
+        let retried = f.retry(&target)?;
+        Ok(Json(serde_json::json!({
+            "retried_failed": retried,
+            "target": f.view(&target, true)?,
+        }))
+        .into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct BackfillQuery {
+    since: Option<String>,
+}
+
+/// `POST /api/v1/forward/{name}/backfill[?since=DATE]`: queues the archived messages (first
+/// seen since DATE) not queued for the target yet.
+async fn forward_backfill(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<BackfillQuery>, QueryRejection>,
+) -> ApiResult {
+    let target = find_target(&state, &name)?;
+    let since = query(q)?
+        .since
+        .map(|s| crate::forward::parse_since(&s))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    tracing::info!(target = %name, ?since, "admin API: forward backfill");
+    blocking(move || {
+        let f = &state.ctx.forwarders;
+        let queued = f.backfill(&target, since)?;
+        Ok(Json(serde_json::json!({
+            "queued": queued,
+            "target": f.view(&target, false)?,
+        }))
+        .into_response())
+    })
+    .await
 }

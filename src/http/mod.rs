@@ -13,6 +13,8 @@
 //! | `POST /api/v1/reload` | token | read the configuration file again ([`crate::reload`]) |
 //! | `POST /api/v1/backup` | token | an online copy of the archive into a directory ([`crate::archive::Archive::backup`]) |
 //! | `POST /api/v1/verify`, `GET /api/v1/verify` | token | start a background verify ([`crate::verify`]), its progress and problems |
+//! | `GET /api/v1/forward[/{name}]` | token | forward targets: queue, last error (and failed entries) |
+//! | `POST /api/v1/forward/{name}/{retry,backfill}` | token | retry failed entries; queue archived messages |
 //!
 //! | `GET /`, `/login`, `/collectors/{name}`, `/migration`, `/messages` | session | the web console ([`console`]) |
 //!
@@ -71,6 +73,8 @@ pub struct HttpContext {
     pub store: CollectorStore,
     /// The configured collectors, operated by the admin API.
     pub collectors: Collectors,
+    /// The forward targets and their queue (the forward endpoints).
+    pub forwarders: crate::forward::Forwarders,
     /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// Cancelled when the gateway shuts down: the server stops, `/readyz` says 503.

@@ -7,7 +7,9 @@
 //! - counters (`stats`), read as [`Stats`];
 //! - migration facts (`pop3_only_after_smtp`, `first_smtp/<addr>`, `pop3_after_smtp`, ...),
 //!   written through [`Facts`] inside the archive's transaction;
-//! - collector state and run history ([`CollectorStore`]).
+//! - collector state and run history ([`CollectorStore`]);
+//! - the forwarder's outbound queue (`outbound`, [`OutboundStore`]), written in the archive's
+//!   transaction through [`Writer::enqueue`].
 //!
 //! Writes of arrivals happen in one transaction per batch ([`Index::write`] with a [`Writer`]).
 //! A second implementation (another database) would provide the same operations; the archive
@@ -15,6 +17,7 @@
 
 mod backup;
 mod collectors;
+mod outbound;
 mod record;
 
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
+pub use outbound::{Attempt, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
 use crate::clock::UnixMs;
@@ -160,6 +164,7 @@ impl Index {
         txn.open_table(POP3_ONLY)?;
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
+        txn.open_table(outbound::OUTBOUND)?;
         txn.commit()?;
         Ok(Index { db })
     }
@@ -335,6 +340,7 @@ impl Index {
                 pending: txn.open_table(PENDING)?,
                 stats: txn.open_table(STATS)?,
                 pop3_only: txn.open_table(POP3_ONLY)?,
+                outbound: txn.open_table(outbound::OUTBOUND)?,
                 counters: Counters::default(),
             };
             let out = f(&mut w)?;
@@ -365,6 +371,7 @@ pub struct Writer<'txn> {
     pending: Table<'txn, &'static str, &'static str>,
     stats: Table<'txn, &'static str, u64>,
     pop3_only: Table<'txn, &'static str, u64>,
+    outbound: Table<'txn, (&'static str, u64), &'static [u8]>,
     counters: Counters,
 }
 

@@ -54,13 +54,24 @@ impl fmt::Debug for Trust {
 impl Trust {
     /// Builds the trust for a collector: pin, CA file or system roots.
     pub fn from_config(cfg: &CollectorConfig) -> anyhow::Result<Trust> {
+        Trust::new(
+            &format!("collector {}", cfg.name()),
+            cfg.pin_sha256.as_deref(),
+            cfg.ca_file.as_deref(),
+        )
+    }
+
+    /// Builds a trust from a pin, a CA file or (neither) the system roots; errors start with
+    /// `who` (`collector NAME`, `forward NAME`). Shared by collectors and forward targets.
+    pub fn new(
+        who: &str,
+        pin_sha256: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Trust> {
         let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
-        if let Some(pin) = &cfg.pin_sha256 {
+        if let Some(pin) = pin_sha256 {
             let Some(pin) = parse_fingerprint(pin) else {
-                bail!(
-                    "collector {}: pin_sha256 must be 64 hex digits (colons allowed)",
-                    cfg.name()
-                );
+                bail!("{who}: pin_sha256 must be 64 hex digits (colons allowed)");
             };
             let verifier = Arc::new(PinnedVerifier {
                 pin,
@@ -72,38 +83,23 @@ impl Trust {
                 mode: "pin_sha256",
             });
         }
-        let (roots, mode) = match &cfg.ca_file {
+        let (roots, mode) = match ca_file {
             Some(path) => {
-                let pem = std::fs::read(path).with_context(|| {
-                    format!(
-                        "collector {}: reading ca_file {}",
-                        cfg.name(),
-                        path.display()
-                    )
-                })?;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("{who}: reading ca_file {}", path.display()))?;
                 let mut roots = RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.with_context(|| {
-                        format!(
-                            "collector {}: parsing ca_file {}",
-                            cfg.name(),
-                            path.display()
-                        )
-                    })?;
+                    let cert =
+                        cert.with_context(|| format!("{who}: parsing ca_file {}", path.display()))?;
                     roots.add(cert).with_context(|| {
                         format!(
-                            "collector {}: a certificate in ca_file {} is unusable",
-                            cfg.name(),
+                            "{who}: a certificate in ca_file {} is unusable",
                             path.display()
                         )
                     })?;
                 }
                 if roots.is_empty() {
-                    bail!(
-                        "collector {}: ca_file {} holds no PEM certificate",
-                        cfg.name(),
-                        path.display()
-                    );
+                    bail!("{who}: ca_file {} holds no PEM certificate", path.display());
                 }
                 (roots, "ca_file")
             }
@@ -112,12 +108,7 @@ impl Trust {
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .with_context(|| {
-                    format!(
-                        "collector {}: building the certificate verifier",
-                        cfg.name()
-                    )
-                })?;
+                .with_context(|| format!("{who}: building the certificate verifier"))?;
         Ok(Trust {
             provider,
             verifier,

@@ -137,6 +137,11 @@ impl Maildir {
         let _ = fs::remove_file(self.tmp.join(name));
     }
 
+    /// Where an archived file ends up: `new/<name>`.
+    pub fn new_path(&self, name: &str) -> PathBuf {
+        self.new.join(name)
+    }
+
     /// Path of an archived file (in `new/`, or still in `tmp/` for a moment after its commit).
     pub fn file_path(&self, name: &str) -> PathBuf {
         let p = self.new.join(name);

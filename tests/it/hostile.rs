@@ -234,6 +234,7 @@ async fn unauthenticated_endpoints_reveal_no_content_addresses_subjects_or_paths
         "/",
         "/no-such-page",
         "/api/v1/verify",
+        "/api/v1/forward",
         &format!("/api/v1/messages/{key}"),
         &format!("/api/v1/messages/{key}/raw"),
     ] {

@@ -22,8 +22,14 @@ fn require(binary: &str) {
 
 /// A gateway with traffic from both sources and a collector, so every metric family has series.
 async fn busy_gateway() -> TestGateway {
+    // A forward target whose downstream is down: its queue metrics are exported.
+    let forward = format!(
+        "[[forward]]\nname = \"downstream\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nallow_insecure = true\nrcpt_to = \"journal@archive.test\"\n",
+        journal_gateway_testkit::peers::free_port()
+    );
     let gw = TestGateway::builder()
         .config(COLLECTOR)
+        .config(&forward)
         .smtp("")
         .http()
         .start()
@@ -343,6 +349,59 @@ tests:
     assert!(report.contains("SUCCESS"), "{report}");
 }
 
+/// `JournalGatewayForwardQueueStale` (promtool's rule unit test): an oldest entry of 50 minutes
+/// growing a minute per minute crosses the hour at 10m and fires 5 minutes later; a queue that
+/// keeps draining (oldest at 2 minutes) never fires.
+fn forward_alert_fires_when_the_oldest_entry_is_over_an_hour_old(rules: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("forward-alert-test.yml");
+    let series = "journal_gateway_forward_oldest_age_seconds";
+    let labels = "instance=\"gw:9898\", job=\"journal-gateway\"";
+    std::fs::write(
+        &test,
+        format!(
+            r#"rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: '{series}{{target="piler", {labels}}}'
+        values: '3000+60x60'
+      - series: '{series}{{target="mailstore", {labels}}}'
+        values: '120x60'
+    alert_rule_test:
+      - eval_time: 12m
+        alertname: JournalGatewayForwardQueueStale
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: JournalGatewayForwardQueueStale
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              target: piler
+              instance: gw:9898
+              job: journal-gateway
+            exp_annotations:
+              summary: "Forwarding to piler is more than an hour behind on gw:9898"
+              description: "The oldest queued report is 1h 10m 0s old. See the last error: journal-gateway forward show piler (docs/forwarding.md)."
+"#,
+            rules = rules.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(PROMTOOL)
+        .args(["test", "rules"])
+        .arg(&test)
+        .output()
+        .expect("run promtool");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{report}");
+    assert!(out.status.success(), "promtool test rules:\n{report}");
+    assert!(report.contains("SUCCESS"), "{report}");
+}
+
 /// Metric names used in a `PromQL` text (histogram suffixes folded onto their family).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -377,8 +436,9 @@ async fn alert_rules_and_dashboard_are_valid_and_use_real_metrics() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     println!("{report}");
     assert!(out.status.success(), "promtool check rules:\n{report}");
-    assert!(report.contains("SUCCESS: 9 rules found"), "{report}");
+    assert!(report.contains("SUCCESS: 11 rules found"), "{report}");
     certificate_alert_fires_14_days_before_expiry(&rules);
+    forward_alert_fires_when_the_oldest_entry_is_over_an_hour_old(&rules);
 
     let gw = busy_gateway().await;
     let exported: BTreeSet<String> = scrape(&gw)

@@ -4,6 +4,7 @@
 mod backup;
 mod console;
 mod crash;
+mod forward;
 mod hostile;
 mod http_api;
 mod http_cutover;

@@ -180,6 +180,7 @@ impl Builder {
                 smtp: self.smtp.is_some(),
                 http: self.http && self.announce_ready,
                 poll_collectors: self.poll,
+                forward: true,
             },
         )
         .await
@@ -204,6 +205,7 @@ impl Builder {
                         archive: gateway.archive.clone(),
                         store: gateway.collector_store.clone(),
                         collectors: gateway.collectors.clone(),
+                        forwarders: gateway.forwarders.clone(),
                         metrics: gateway.metrics.clone(),
                         shutdown: gateway.shutdown.clone(),
                     },
@@ -505,6 +507,18 @@ impl TestGateway {
     /// GET without a token, expecting 200 and JSON.
     pub async fn json(&self, path: &str) -> serde_json::Value {
         let r = self.get(path).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json().expect("JSON")
+    }
+
+    /// GET with the admin token, expecting 200 and JSON.
+    pub async fn json_auth(&self, path: &str) -> serde_json::Value {
+        let r = self.get_auth(path).await;
         assert_eq!(
             r.status,
             200,

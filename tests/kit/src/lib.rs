@@ -8,10 +8,11 @@
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
+//! - [`mta`]: a private Postfix instance delivering into a Maildir (forwarding downstream, benchmark peer).
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`pki`]: a test CA issuing TLS client certificates.
-//! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate);
+//! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate).
 //! - [`postfix_bounce`]: a private Postfix bouncing journal reports and keeping the NDRs it writes.
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
@@ -28,6 +29,7 @@ pub mod dovecot;
 mod gateway;
 pub mod http;
 pub mod machine;
+pub mod mta;
 pub mod peers;
 pub mod pki;
 pub mod postfix;

@@ -1,5 +1,6 @@
 //! A private Postfix instance receiving into a virtual Maildir: what an operator would otherwise
-//! run in front of an archive. Everything (`config_directory`, `queue_directory`, `data_directory`,
+//! run in front of an archive (the SMTP benchmark's comparison), and a downstream archive for
+//! the forwarding tests. Everything (`config_directory`, `queue_directory`, `data_directory`,
 //! the Maildir) lives in one temporary directory; `postfix -c DIR start` runs it, and the Drop
 //! guard stops it (also when the benchmark panics).
 //!
@@ -16,8 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::peers::{accepts_smtp, require};
+
+/// A private Postfix instance (see the module docs). Stopped when dropped.
 pub struct Postfix {
     config: PathBuf,
+    /// Its SMTP port on 127.0.0.1.
     pub port: u16,
     /// `<virtual_mailbox_base>/journal/new`.
     pub maildir_new: PathBuf,
@@ -52,7 +57,55 @@ fn run(cmd: &mut Command) {
 
 impl Postfix {
     /// Configures and starts the instance on `port` (127.0.0.1); returns once it accepts.
+    #[must_use]
     pub fn start(port: u16) -> Postfix {
+        Postfix::start_with(port, "")
+    }
+
+    /// A downstream archive for the forwarding tests: [`Postfix::start`] with a recipient access
+    /// map ([`Postfix::refuse_recipients`]) and no header address rewriting (so a message's
+    /// header arrives in the Maildir as it was sent).
+    #[must_use]
+    pub fn downstream(port: u16) -> Postfix {
+        Postfix::start_with(
+            port,
+            "smtpd_recipient_restrictions = check_recipient_access texthash:{etc}/rcpt_access, permit_mynetworks, reject_unauth_destination\nlocal_header_rewrite_clients =\n",
+        )
+    }
+
+    /// A relay for the forwarding benchmark: mail to `journal.test` is queued, held
+    /// (`defer_transports`), and relayed over SMTP to 127.0.0.1:`to` once
+    /// [`Postfix::release`] is called. Postfix defaults otherwise (connection cache included).
+    #[must_use]
+    pub fn relay(port: u16, to: u16) -> Postfix {
+        Postfix::start_with(
+            port,
+            &format!(
+                "virtual_mailbox_domains =\nrelay_domains = journal.test\nrelay_transport = relay:[127.0.0.1]:{to}\ndefer_transports = relay\n"
+            ),
+        )
+    }
+
+    /// Releases the messages a [`Postfix::relay`] holds: delivery to the relay starts now.
+    pub fn release(&self) {
+        run(Command::new(require("/usr/sbin/postconf", "postfix"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-e")
+            .arg("defer_transports ="));
+        let postfix = require("/usr/sbin/postfix", "postfix");
+        run(Command::new(&postfix)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("reload"));
+        run(Command::new(require("/usr/sbin/postqueue", "postfix"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-f"));
+    }
+
+    /// [`Postfix::start`] with `extra` appended to `main.cf` (`{etc}` is its directory).
+    fn start_with(port: u16, extra: &str) -> Postfix {
         // SAFETY: geteuid has no preconditions.
         assert!(
             unsafe { libc::geteuid() } == 0,
@@ -105,7 +158,9 @@ biff = no
             log = root.join("maillog").display(),
             root = root.display(),
         );
-        fs::write(config.join("main.cf"), main_cf).expect("main.cf");
+        let extra = extra.replace("{etc}", &config.display().to_string());
+        fs::write(config.join("main.cf"), main_cf + &extra).expect("main.cf");
+        fs::write(config.join("rcpt_access"), "").expect("rcpt_access");
         let master_cf = format!(
             "127.0.0.1:{port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
@@ -132,7 +187,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 "
         );
         fs::write(config.join("master.cf"), master_cf).expect("master.cf");
-        let postfix = crate::require("/usr/sbin/postfix", "postfix");
         let mut pf = Postfix {
             config: config.clone(),
             port,
@@ -141,36 +195,81 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             stopped: false,
             dir,
         };
+        let postfix = require("/usr/sbin/postfix", "postfix");
         run(Command::new(&postfix).arg("-c").arg(&config).arg("check"));
-        run(Command::new(&postfix).arg("-c").arg(&config).arg("start"));
-        let pid_file = pf.dir.path().join("queue/pid/master.pid");
+        pf.stopped = true;
+        pf.start_again();
+        pf
+    }
+
+    /// Starts the instance again after [`Postfix::stop`] (same port, queue and Maildir); returns
+    /// once it accepts.
+    pub fn start_again(&mut self) {
+        assert!(self.stopped, "Postfix is running");
+        let postfix = require("/usr/sbin/postfix", "postfix");
+        let pid_file = self.dir.path().join("queue/pid/master.pid");
+        let _ = fs::remove_file(&pid_file);
+        self.master = None;
+        run(Command::new(&postfix)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("start"));
+        self.stopped = false;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if pf.master.is_none() {
-                pf.master = fs::read_to_string(&pid_file)
+            if self.master.is_none() {
+                self.master = fs::read_to_string(&pid_file)
                     .ok()
                     .and_then(|s| s.trim().parse().ok());
             }
-            if pf.master.is_some() && crate::accepts_smtp(port) {
+            if self.master.is_some() && accepts_smtp(self.port) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "Postfix did not start listening on {port}; log:\n{}",
-                pf.log()
+                "Postfix did not start listening on {}; log:\n{}",
+                self.port,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        pf
     }
 
+    /// From now on, refuse every recipient with `reply` (e.g. `550 5.7.1 archive closed`), or
+    /// (None) accept them again: rewrites the access map of [`Postfix::downstream`] and reloads.
+    /// Sessions open before keep the old answer until they end.
+    pub fn refuse_recipients(&self, reply: Option<&str>) {
+        // texthash keys are literal: the one address the tests deliver to.
+        let map = reply.map_or_else(String::new, |r| format!("journal@journal.test {r}\n"));
+        fs::write(self.config.join("rcpt_access"), map).expect("rcpt_access");
+        run(Command::new(require("/usr/sbin/postfix", "postfix"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("reload"));
+    }
+
+    /// The master process's id.
+    #[must_use]
     pub fn master_pid(&self) -> u32 {
         self.master.expect("master pid")
     }
 
     /// Messages delivered into the Maildir (files in `new/`).
+    #[must_use]
     pub fn delivered(&self) -> usize {
-        crate::sys::count_files(&self.maildir_new)
+        fs::read_dir(&self.maildir_new).map_or(0, Iterator::count)
+    }
+
+    /// The delivered messages' bytes (as Postfix's `virtual` wrote them: LF line ends, its
+    /// `Return-Path`, `Delivered-To` and `Received` lines on top).
+    #[must_use]
+    pub fn delivered_files(&self) -> Vec<Vec<u8>> {
+        let Ok(d) = fs::read_dir(&self.maildir_new) else {
+            return Vec::new();
+        };
+        d.flatten()
+            .filter_map(|e| fs::read(e.path()).ok())
+            .collect()
     }
 
     /// Empties `new/` between runs (outside the timed part).
@@ -183,6 +282,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     }
 
     /// Messages still in the queue (incoming, active, deferred), for error messages.
+    #[must_use]
     pub fn queued(&self) -> usize {
         ["incoming", "active", "deferred", "hold"]
             .iter()
@@ -190,6 +290,17 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             .sum()
     }
 
+    /// Deliveries its log reports as `status=sent` (relayed or delivered).
+    #[must_use]
+    pub fn sent(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("maillog"))
+            .unwrap_or_default()
+            .matches("status=sent")
+            .count()
+    }
+
+    /// The last 30 lines of its log.
+    #[must_use]
     pub fn log(&self) -> String {
         let text = fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -207,7 +318,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             .arg(&self.config)
             .arg("stop")
             .output();
-        if let Some(pid) = self.master {
+        if let Some(pid) = self.master.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));

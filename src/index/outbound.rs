@@ -1,0 +1,415 @@
+//! The durable outbound queue of the forwarder (`outbound`: `(target, seq)` -> JSON
+//! [`OutboundEntry`]).
+//!
+//! Entries are written by the archive's batch transaction ([`super::Writer::enqueue`]), so no
+//! crash can archive a message without queuing it, and removed by the forwarder only after the
+//! downstream's 250 ([`OutboundStore::finish`]). `seq` comes from a counter in `stats`
+//! (`outbound_seq`) and never repeats, so the queue is in arrival order per target.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Index, IndexError, Writer, MESSAGES, STATS};
+use crate::clock::UnixMs;
+
+/// `(target, seq)` -> JSON [`OutboundEntry`].
+pub(super) const OUTBOUND: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbound");
+/// The last sequence number given to an entry (in `stats`).
+const SEQ: &str = "outbound_seq";
+
+/// One queued delivery of one archived message to one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundEntry {
+    /// The archive key of the message.
+    pub key: String,
+    /// The message file in the archive (the journal report as first received).
+    pub file: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was queued.
+    pub enqueued_ms: UnixMs,
+    /// Where `max_age` counts from: the enqueue, or the operator's last retry.
+    pub age_from_ms: UnixMs,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be tried before this time.
+    pub next_attempt_ms: UnixMs,
+    /// Given up (a 5xx, or `max_age` passed): kept until an operator retries it.
+    pub failed: bool,
+    /// The last failure (the downstream's reply text, or the connection error).
+    pub last_error: Option<String>,
+}
+
+impl OutboundEntry {
+    /// A fresh entry for the message `key` stored in `file`, queued at `now`.
+    #[must_use]
+    pub fn new(key: &str, file: &str, size: u64, now: UnixMs) -> OutboundEntry {
+        OutboundEntry {
+            key: key.to_string(),
+            file: file.to_string(),
+            size,
+            enqueued_ms: now,
+            age_from_ms: now,
+            attempts: 0,
+            next_attempt_ms: now,
+            failed: false,
+            last_error: None,
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, IndexError> {
+        serde_json::to_vec(self).map_err(IndexError::Json)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<OutboundEntry, IndexError> {
+        serde_json::from_slice(bytes).map_err(IndexError::Json)
+    }
+}
+
+/// What became of one delivery attempt, for [`OutboundStore::finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The downstream accepted it: the entry goes.
+    Delivered,
+    /// A temporary failure: try again at `next`.
+    Deferred {
+        /// The failure.
+        error: String,
+        /// The next attempt.
+        next: UnixMs,
+    },
+    /// Given up: kept, marked failed, with the reason.
+    Failed {
+        /// The reply text or why it was given up.
+        error: String,
+    },
+}
+
+/// A target's queue at a glance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueSummary {
+    /// Entries waiting for delivery (not failed).
+    pub queued: u64,
+    /// Entries marked failed.
+    pub failed: u64,
+    /// When the oldest waiting entry was queued.
+    pub oldest_ms: Option<UnixMs>,
+}
+
+/// The outbound queue of every target: typed access to the index's `outbound` table.
+#[derive(Clone)]
+pub struct OutboundStore {
+    index: Arc<Index>,
+}
+
+impl Writer<'_> {
+    /// Queues `entry` for `target` (in the batch's transaction).
+    pub fn enqueue(&mut self, target: &str, entry: &OutboundEntry) -> Result<(), IndexError> {
+        let seq = self.stats.get(SEQ)?.map_or(0, |v| v.value()) + 1;
+        self.stats.insert(SEQ, seq)?;
+        self.outbound
+            .insert((target, seq), entry.encode()?.as_slice())?;
+        Ok(())
+    }
+}
+
+impl OutboundStore {
+    /// The queue of the index `index`.
+    #[must_use]
+    pub fn new(index: Arc<Index>) -> OutboundStore {
+        OutboundStore { index }
+    }
+
+    /// Up to `limit` entries of `target` due at `now` (not failed, not in `busy`), oldest first.
+    pub fn due(
+        &self,
+        target: &str,
+        now: UnixMs,
+        busy: &HashSet<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut out = Vec::new();
+        for item in table.range((target, 0)..=(target, u64::MAX))? {
+            let (k, v) = item?;
+            let seq = k.value().1;
+            if busy.contains(&seq) {
+                continue;
+            }
+            let e = OutboundEntry::decode(v.value())?;
+            if !e.failed && e.next_attempt_ms <= now {
+                out.push((seq, e));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest next attempt among `target`'s waiting entries (None: nothing waits).
+    pub fn next_due(&self, target: &str) -> Result<Option<UnixMs>, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut next: Option<UnixMs> = None;
+        for item in table.range((target, 0)..=(target, u64::MAX))? {
+            let e = OutboundEntry::decode(item?.1.value())?;
+            if !e.failed {
+                next = Some(next.map_or(e.next_attempt_ms, |n| n.min(e.next_attempt_ms)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Records the outcome of attempts on `target`'s entries, in one transaction.
+    pub fn finish(&self, target: &str, outcomes: &[(u64, Attempt)]) -> Result<(), IndexError> {
+        let txn = self.index.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OUTBOUND)?;
+            for (seq, outcome) in outcomes {
+                let key = (target, *seq);
+                if *outcome == Attempt::Delivered {
+                    table.remove(key)?;
+                    continue;
+                }
+                let Some(mut e) = table
+                    .get(key)?
+                    .map(|v| OutboundEntry::decode(v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                e.attempts = e.attempts.saturating_add(1);
+                match outcome {
+                    Attempt::Deferred { error, next } => {
+                        e.last_error = Some(error.clone());
+                        e.next_attempt_ms = *next;
+                    }
+                    Attempt::Failed { error } => {
+                        e.last_error = Some(error.clone());
+                        e.failed = true;
+                    }
+                    Attempt::Delivered => {}
+                }
+                table.insert(key, e.encode()?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The counts and the oldest waiting entry of `target`.
+    pub fn summary(&self, target: &str) -> Result<QueueSummary, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut s = QueueSummary::default();
+        for item in table.range((target, 0)..=(target, u64::MAX))? {
+            let e = OutboundEntry::decode(item?.1.value())?;
+            if e.failed {
+                s.failed += 1;
+            } else {
+                s.queued += 1;
+                s.oldest_ms = Some(s.oldest_ms.map_or(e.enqueued_ms, |o| o.min(e.enqueued_ms)));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Up to `limit` entries of `target` marked failed, oldest first, with their sequence.
+    pub fn failed(
+        &self,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut out = Vec::new();
+        for item in table.range((target, 0)..=(target, u64::MAX))? {
+            let (k, v) = item?;
+            let e = OutboundEntry::decode(v.value())?;
+            if e.failed {
+                out.push((k.value().1, e));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes every failed entry of `target` (and every deferred one) due now, `max_age`
+    /// counting afresh. Returns how many entries were failed.
+    pub fn retry(&self, target: &str, now: UnixMs) -> Result<u64, IndexError> {
+        let txn = self.index.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut table = txn.open_table(OUTBOUND)?;
+            let mut changed = Vec::new();
+            for item in table.range((target, 0)..=(target, u64::MAX))? {
+                let (k, v) = item?;
+                let mut e = OutboundEntry::decode(v.value())?;
+                if e.failed || e.next_attempt_ms > now {
+                    n += u64::from(e.failed);
+                    e.failed = false;
+                    e.next_attempt_ms = now;
+                    e.age_from_ms = now;
+                    changed.push((k.value().1, e));
+                }
+            }
+            for (seq, e) in changed {
+                table.insert((target, seq), e.encode()?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    /// Queues for `target` every archived message first seen at or after `since` that is not
+    /// queued for it already (bringing a new downstream online). Returns how many were queued.
+    pub fn backfill(&self, target: &str, since: Option<UnixMs>) -> Result<u64, IndexError> {
+        let now = UnixMs::now();
+        let txn = self.index.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut outbound = txn.open_table(OUTBOUND)?;
+            let mut queued = HashSet::new();
+            for item in outbound.range((target, 0)..=(target, u64::MAX))? {
+                queued.insert(OutboundEntry::decode(item?.1.value())?.key);
+            }
+            let mut stats = txn.open_table(STATS)?;
+            let mut seq = stats.get(SEQ)?.map_or(0, |v| v.value());
+            let messages = txn.open_table(MESSAGES)?;
+            for item in messages.iter()? {
+                let (k, v) = item?;
+                let key = k.value();
+                if queued.contains(key) {
+                    continue;
+                }
+                let rec = super::Record::decode(v.value())?;
+                if since.is_some_and(|s| rec.first_seen_ms() < s) {
+                    continue;
+                }
+                seq += 1;
+                let entry = OutboundEntry::new(key, &rec.file, rec.size, now);
+                outbound.insert((target, seq), entry.encode()?.as_slice())?;
+                n += 1;
+            }
+            stats.insert(SEQ, seq)?;
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, OutboundStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), 1 << 20).unwrap();
+        (dir, OutboundStore::new(Arc::new(index)))
+    }
+
+    fn enqueue(s: &OutboundStore, target: &str, keys: &[&str], at: u64) {
+        s.index
+            .write(|w| {
+                for k in keys {
+                    w.enqueue(
+                        target,
+                        &OutboundEntry::new(k, &format!("{k}.eml"), 10, UnixMs(at)),
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn keys(v: &[(u64, OutboundEntry)]) -> Vec<&str> {
+        v.iter().map(|(_, e)| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn entries_come_due_oldest_first_per_target_and_outcomes_stick() {
+        let (_dir, s) = store();
+        enqueue(&s, "a", &["k1", "k2"], 100);
+        enqueue(&s, "ab", &["other"], 100);
+        enqueue(&s, "a", &["k3"], 200);
+        let now = UnixMs(1000);
+        let due = s.due("a", now, &HashSet::new(), 10).unwrap();
+        assert_eq!(keys(&due), ["k1", "k2", "k3"]);
+        let seqs: Vec<u64> = due.iter().map(|(q, _)| *q).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        // Busy entries are skipped; the limit holds.
+        let busy = HashSet::from([seqs[0]]);
+        assert_eq!(keys(&s.due("a", now, &busy, 1).unwrap()), ["k2"]);
+        assert_eq!(
+            s.summary("a").unwrap(),
+            QueueSummary {
+                queued: 3,
+                failed: 0,
+                oldest_ms: Some(UnixMs(100)),
+            }
+        );
+
+        s.finish(
+            "a",
+            &[
+                (seqs[0], Attempt::Delivered),
+                (
+                    seqs[1],
+                    Attempt::Deferred {
+                        error: "451 later".into(),
+                        next: UnixMs(5000),
+                    },
+                ),
+                (
+                    seqs[2],
+                    Attempt::Failed {
+                        error: "RCPT TO: 550 no".into(),
+                    },
+                ),
+                // An entry another outcome removed already: ignored.
+                (seqs[0], Attempt::Failed { error: "x".into() }),
+            ],
+        )
+        .unwrap();
+        assert!(s.due("a", now, &HashSet::new(), 10).unwrap().is_empty());
+        assert_eq!(
+            keys(&s.due("a", UnixMs(5000), &HashSet::new(), 10).unwrap()),
+            ["k2"]
+        );
+        assert_eq!(s.next_due("a").unwrap(), Some(UnixMs(5000)));
+        let failed = s.failed("a", 10).unwrap();
+        assert_eq!(keys(&failed), ["k3"]);
+        assert_eq!(failed[0].1.attempts, 1);
+        assert_eq!(failed[0].1.last_error.as_deref(), Some("RCPT TO: 550 no"));
+        assert_eq!(
+            s.summary("a").unwrap(),
+            QueueSummary {
+                queued: 1,
+                failed: 1,
+                oldest_ms: Some(UnixMs(100)),
+            }
+        );
+        // The other target is untouched.
+        assert_eq!(
+            keys(&s.due("ab", now, &HashSet::new(), 10).unwrap()),
+            ["other"]
+        );
+
+        // Retry: failed and waiting entries are due now, max_age counting afresh.
+        assert_eq!(s.retry("a", UnixMs(2000)).unwrap(), 1);
+        let due = s.due("a", UnixMs(2000), &HashSet::new(), 10).unwrap();
+        assert_eq!(keys(&due), ["k2", "k3"]);
+        assert!(due
+            .iter()
+            .all(|(_, e)| e.age_from_ms == UnixMs(2000) && !e.failed));
+        assert_eq!(due[0].1.enqueued_ms, UnixMs(100), "the queue time is kept");
+        assert_eq!(s.summary("a").unwrap().failed, 0);
+    }
+}
