@@ -479,7 +479,7 @@ pub enum ForwardTls {
 /// One `[[forward]]`: a downstream archive every unique journal report is delivered to, once,
 /// from a durable queue (see docs/forwarding.md). One struct per target, so a reload can swap
 /// a target's settings whole.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// The target's name (letters, digits, `-_.`): the queue's key and the metrics' label.

@@ -19,8 +19,9 @@
 //! - What cannot change live (listen addresses, `data_dir`, `index_cache_mb`, `[http]`,
 //!   `log_format`, `[storage] reserve`) is kept as it runs and reported as "kept, restart needed" ([`Kept`]).
 //!
-//! Forwarding targets (`[[forward]]`, not implemented yet) would be prepared beside the
-//! collectors in `Inner::prepare` and swapped in `Inner::apply`, the same way.
+//! - Forwarding targets (`[[forward]]`): every running target's settings are built again in
+//!   `Inner::prepare` and swapped in `Inner::apply` ([`Forwarders::replace_settings`]); a target
+//!   added or removed, or a changed `max_connections`, is kept until a restart.
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -29,7 +30,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::{Config, SmtpConfig};
+use crate::config::{Config, ForwardConfig, SmtpConfig};
+use crate::forward::{self, Forwarders};
 use crate::http::{HttpsCert, HttpsLive};
 use crate::metrics::Metrics;
 use crate::pop3::{CollectorChanges, Collectors, Prepared};
@@ -128,6 +130,9 @@ struct Inner {
     /// The running configuration, for readers (the console's journal addresses, the cutover).
     published: watch::Sender<Arc<Config>>,
     collectors: Collectors,
+    /// The `[[forward]]` targets (their settings are swapped; adding or removing one needs a
+    /// restart).
+    forwarders: Forwarders,
     metrics: Metrics,
 }
 
@@ -149,6 +154,8 @@ struct Ready {
     smtp: Option<Live>,
     https: Option<HttpsCert>,
     collectors: Prepared,
+    /// New settings for every running forward target.
+    forward: Vec<forward::Settings>,
 }
 
 impl Reloader {
@@ -158,6 +165,7 @@ impl Reloader {
         config: Config,
         smtp: Option<SmtpLive>,
         collectors: Collectors,
+        forwarders: Forwarders,
         metrics: Metrics,
         bound: Bound,
     ) -> Reloader {
@@ -172,6 +180,7 @@ impl Reloader {
                 }),
                 published,
                 collectors,
+                forwarders,
                 metrics,
             }),
         }
@@ -261,12 +270,23 @@ impl Inner {
             .collectors
             .prepare(&next.collectors)
             .map_err(ReloadError::Invalid)?;
+        // Every running target's settings are built again (a renewed CA file or password file
+        // is read again too); a target the file lacks or adds was kept by keep_restart_keys.
+        let forward = next
+            .forwards
+            .iter()
+            .map(|c| {
+                forward::Settings::new(c, &next.smtp.hostname)
+                    .map_err(|e| ReloadError::Invalid(e.context(format!("forward {}", c.name()))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Ready {
             next,
             kept,
             smtp,
             https,
             collectors,
+            forward,
         })
     }
 
@@ -308,8 +328,16 @@ impl Inner {
                 .set(new.not_after);
             handle.replace(cert);
         }
-        // Forwarding targets ([[forward]], to come) are swapped here, prepared beside the
-        // collectors.
+        for settings in ready.forward {
+            let name = settings.config.name().to_string();
+            let before = state.running.forwards.iter().find(|c| c.name() == name);
+            if before != Some(&settings.config) {
+                report.applied.push(format!("forward.{name}"));
+            }
+            if !self.forwarders.replace_settings(settings) {
+                tracing::warn!(target = %name, "reload: no running forward target of that name");
+            }
+        }
         report.collectors = self.collectors.apply(ready.collectors);
         (report, ready.next)
     }
@@ -343,6 +371,47 @@ fn smtp_changes(old: &SmtpConfig, new: &SmtpConfig) -> Vec<String> {
         changed.push("smtp (other keys)".to_string());
     }
     changed
+}
+
+/// The file's `[[forward]]` tables for the targets that run; a target added or removed in the
+/// file is kept as it runs (its tasks start at a restart), and so is a changed
+/// `max_connections` (the number of a target's connection tasks).
+fn keep_forward_targets(
+    running: &[ForwardConfig],
+    file: &[ForwardConfig],
+    keep: &mut impl FnMut(&str, String, String),
+) -> Vec<ForwardConfig> {
+    let names = |list: &[ForwardConfig]| {
+        list.iter()
+            .map(|c| c.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same_targets = running.len() == file.len()
+        && running
+            .iter()
+            .all(|r| file.iter().any(|f| f.name() == r.name()));
+    if !same_targets {
+        keep("forward", names(running), names(file));
+    }
+    running
+        .iter()
+        .map(|r| match file.iter().find(|f| f.name() == r.name()) {
+            Some(f) => {
+                let mut f = f.clone();
+                if f.max_connections != r.max_connections {
+                    keep(
+                        &format!("forward.{}.max_connections", r.name()),
+                        r.max_connections.to_string(),
+                        f.max_connections.to_string(),
+                    );
+                    f.max_connections = r.max_connections;
+                }
+                f
+            }
+            None => r.clone(),
+        })
+        .collect()
 }
 
 /// The file's configuration with every key that cannot change live set back to its running
@@ -415,6 +484,7 @@ fn keep_restart_keys(running: &Config, mut file: Config, bound: &Bound) -> (Conf
             format!("{:?}", file.log_format).to_lowercase(),
         );
     }
+    file.forwards = keep_forward_targets(&running.forwards, &file.forwards, &mut keep);
     if file.storage.reserve != running.storage.reserve {
         keep(
             "storage.reserve",

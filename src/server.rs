@@ -112,6 +112,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
             (*config).clone(),
             None,
             collectors.clone(),
+            forwarders.clone(),
             metrics,
             Bound::default(),
         ),

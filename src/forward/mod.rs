@@ -255,6 +255,25 @@ impl Forwarders {
         Ok(forwarders)
     }
 
+    /// Swaps the settings of the target `settings` names (a reload): new connections use them;
+    /// a delivery in progress finishes with the ones it started with. A target waiting after
+    /// connection failures tries again at once (the new settings may be what it needed).
+    /// False when no such target runs (adding a target needs a restart).
+    #[must_use]
+    pub fn replace_settings(&self, settings: Settings) -> bool {
+        let Some(target) = self.targets.get(settings.config.name()) else {
+            return false;
+        };
+        if let Ok(mut current) = target.settings.write() {
+            *current = Arc::new(settings);
+        }
+        if let Ok(mut backoff) = target.backoff.lock() {
+            *backoff = Backoff::default();
+        }
+        target.wake.notify_one();
+        true
+    }
+
     /// The target named `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&Arc<Target>> {
