@@ -161,32 +161,7 @@ biff = no
         let extra = extra.replace("{etc}", &config.display().to_string());
         fs::write(config.join("main.cf"), main_cf + &extra).expect("main.cf");
         fs::write(config.join("rcpt_access"), "").expect("rcpt_access");
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"
-        );
-        fs::write(config.join("master.cf"), master_cf).expect("master.cf");
+        fs::write(config.join("master.cf"), master_cf(Some(port))).expect("master.cf");
         let mut pf = Postfix {
             config: config.clone(),
             port,
@@ -358,3 +333,39 @@ fn set_mode(p: &Path, mode: u32) {
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
 }
+
+/// The services of every private Postfix instance of the kit (this module's, [`crate::postfix`]'s
+/// and [`crate::postfix_bounce`]'s), after an SMTP listener on `127.0.0.1:<smtpd>` if given.
+pub(crate) fn master_cf(smtpd: Option<u16>) -> String {
+    let listener = smtpd.map_or_else(String::new, |port| {
+        format!("127.0.0.1:{port} inet n - n - - smtpd\n")
+    });
+    listener + SERVICES
+}
+
+/// `master.cf` lines of the services a private instance runs (no chroot, as the instances run
+/// from temporary directories).
+const SERVICES: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";

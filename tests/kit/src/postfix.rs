@@ -14,29 +14,6 @@ use std::process::{Command, Stdio};
 
 use crate::peers::{require, run_ok};
 
-const MASTER_CF: &str = "\
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-";
-
 /// How the private Postfix authenticates to the relay host.
 #[derive(Debug, Clone, Default)]
 pub struct RelayAuth {
@@ -139,7 +116,7 @@ smtp_sasl_mechanism_filter = plain, login
             );
         }
         std::fs::write(conf.join("main.cf"), main).expect("main.cf");
-        std::fs::write(conf.join("master.cf"), MASTER_CF).expect("master.cf");
+        std::fs::write(conf.join("master.cf"), crate::mta::master_cf(None)).expect("master.cf");
         run_ok(Command::new(&postfix).arg("-c").arg(&conf).arg("start"));
         Postfix { dir, conf }
     }
