@@ -561,28 +561,14 @@ impl ForwardConfig {
         if self.username.is_none() {
             return Ok(None);
         }
-        if let Some(p) = &self.password {
-            return Ok(Some(p.expose().to_string()));
-        }
-        if let Some(f) = &self.password_file {
-            let s = std::fs::read_to_string(f).with_context(|| {
-                format!(
-                    "forward {}: reading password_file {}",
-                    self.name(),
-                    f.display()
-                )
-            })?;
-            return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(v) = &self.password_env {
-            return std::env::var(v)
-                .map(Some)
-                .with_context(|| format!("forward {}: password_env {v} is not set", self.name()));
-        }
-        bail!(
-            "forward {}: username needs password, password_file or password_env",
-            self.name()
-        )
+        let s = resolve_secret(
+            &format!("forward {}", self.name()),
+            "password",
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        Ok(Some(s.0))
     }
 
     /// The checks of one target, errors naming it and its line in `text`.
@@ -678,6 +664,31 @@ impl AuthMethod {
     }
 }
 
+/// A secret given one of three ways: `<key>` itself, `<key>_file` (trailing newline ignored) or
+/// `<key>_env`; errors name `who` and the key.
+fn resolve_secret(
+    who: &str,
+    key: &str,
+    value: Option<&Secret>,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> anyhow::Result<Secret> {
+    if let Some(s) = value {
+        return Ok(s.clone());
+    }
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("{who}: reading {key}_file {}", f.display()))?;
+        return Ok(Secret(s.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    if let Some(v) = env {
+        return std::env::var(v)
+            .map(Secret)
+            .with_context(|| format!("{who}: {key}_env {v} is not set"));
+    }
+    bail!("{who}: no {key}, {key}_file or {key}_env")
+}
+
 /// A secret from the configuration: its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -727,28 +738,14 @@ impl CollectorConfig {
 
     /// Resolves the password from whichever of the three sources is configured.
     pub fn resolve_password(&self) -> anyhow::Result<String> {
-        if let Some(p) = &self.password {
-            return Ok(p.expose().to_string());
-        }
-        if let Some(f) = &self.password_file {
-            let s = std::fs::read_to_string(f).with_context(|| {
-                format!(
-                    "collector {}: reading password_file {}",
-                    self.name(),
-                    f.display()
-                )
-            })?;
-            return Ok(s.trim_end_matches(['\r', '\n']).to_string());
-        }
-        if let Some(v) = &self.password_env {
-            return std::env::var(v).with_context(|| {
-                format!("collector {}: password_env {v} is not set", self.name())
-            });
-        }
-        bail!(
-            "collector {}: no password, password_file or password_env",
-            self.name()
-        )
+        let s = resolve_secret(
+            &format!("collector {}", self.name()),
+            "password",
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )?;
+        Ok(s.0)
     }
 }
 
@@ -833,30 +830,12 @@ impl CollectorConfig {
 
     /// Resolves the `OAuth2` client secret from whichever of the three sources is configured.
     pub fn resolve_client_secret(&self) -> anyhow::Result<Secret> {
-        if let Some(s) = &self.client_secret {
-            return Ok(s.clone());
-        }
-        if let Some(f) = &self.client_secret_file {
-            let s = std::fs::read_to_string(f).with_context(|| {
-                format!(
-                    "collector {}: reading client_secret_file {}",
-                    self.name(),
-                    f.display()
-                )
-            })?;
-            return Ok(Secret(s.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(v) = &self.client_secret_env {
-            return std::env::var(v).map(Secret).with_context(|| {
-                format!(
-                    "collector {}: client_secret_env {v} is not set",
-                    self.name()
-                )
-            });
-        }
-        bail!(
-            "collector {}: no client_secret, client_secret_file or client_secret_env",
-            self.name()
+        resolve_secret(
+            &format!("collector {}", self.name()),
+            "client_secret",
+            self.client_secret.as_ref(),
+            self.client_secret_file.as_deref(),
+            self.client_secret_env.as_deref(),
         )
     }
 }
@@ -1365,6 +1344,37 @@ fn default_pop3_timeout() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret comes from the value, a file (newline trimmed) or the environment, in that
+    /// order; each missing source is an error naming the owner and the key.
+    #[test]
+    fn secrets_resolve_from_value_file_or_env_and_name_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\r\n").unwrap();
+        let value = Secret("inline".into());
+        let get = |v: Option<&Secret>, f: Option<&Path>, e: Option<&str>| {
+            resolve_secret("forward x", "password", v, f, e).map(|s| s.0)
+        };
+        assert_eq!(get(Some(&value), Some(&file), None).unwrap(), "inline");
+        assert_eq!(get(None, Some(&file), None).unwrap(), "from-file");
+        let missing = dir.path().join("nope");
+        let e = get(None, Some(&missing), None).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("forward x: reading password_file"),
+            "{e:#}"
+        );
+        let e = get(None, None, Some("JOURNAL_GATEWAY_TEST_SURELY_UNSET")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "forward x: password_env JOURNAL_GATEWAY_TEST_SURELY_UNSET is not set"
+        );
+        let e = get(None, None, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "forward x: no password, password_file or password_env"
+        );
+    }
 
     #[test]
     fn smtp_auth_keys_and_accept_tables() {
