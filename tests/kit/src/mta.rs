@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::peers::{accepts_smtp, require};
+use crate::peers::{accepts_smtp, require, run_ok};
 
 /// A private Postfix instance (see the module docs). Stopped when dropped.
 pub struct Postfix {
@@ -31,7 +31,8 @@ pub struct Postfix {
     dir: tempfile::TempDir,
 }
 
-fn user_ids(name: &str) -> (u32, u32) {
+/// The uid and gid of the system user `name` (Postfix's own users).
+pub(crate) fn user_ids(name: &str) -> (u32, u32) {
     let c = CString::new(name).expect("user name");
     // SAFETY: getpwnam returns a pointer to static storage or NULL.
     let pw = unsafe { libc::getpwnam(c.as_ptr()) };
@@ -40,19 +41,6 @@ fn user_ids(name: &str) -> (u32, u32) {
         "user `{name}` is missing: install the Debian package `postfix`"
     );
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Postfix {
@@ -88,20 +76,26 @@ impl Postfix {
 
     /// Releases the messages a [`Postfix::relay`] holds: delivery to the relay starts now.
     pub fn release(&self) {
-        run(Command::new(require("/usr/sbin/postconf", "postfix"))
-            .arg("-c")
-            .arg(&self.config)
-            .arg("-e")
-            .arg("defer_transports ="));
+        run_ok(
+            Command::new(require("/usr/sbin/postconf", "postfix"))
+                .arg("-c")
+                .arg(&self.config)
+                .arg("-e")
+                .arg("defer_transports ="),
+        );
         let postfix = require("/usr/sbin/postfix", "postfix");
-        run(Command::new(&postfix)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("reload"));
-        run(Command::new(require("/usr/sbin/postqueue", "postfix"))
-            .arg("-c")
-            .arg(&self.config)
-            .arg("-f"));
+        run_ok(
+            Command::new(&postfix)
+                .arg("-c")
+                .arg(&self.config)
+                .arg("reload"),
+        );
+        run_ok(
+            Command::new(require("/usr/sbin/postqueue", "postfix"))
+                .arg("-c")
+                .arg(&self.config)
+                .arg("-f"),
+        );
     }
 
     /// [`Postfix::start`] with `extra` appended to `main.cf` (`{etc}` is its directory).
@@ -171,7 +165,7 @@ biff = no
             dir,
         };
         let postfix = require("/usr/sbin/postfix", "postfix");
-        run(Command::new(&postfix).arg("-c").arg(&config).arg("check"));
+        run_ok(Command::new(&postfix).arg("-c").arg(&config).arg("check"));
         pf.stopped = true;
         pf.start_again();
         pf
@@ -185,10 +179,12 @@ biff = no
         let pid_file = self.dir.path().join("queue/pid/master.pid");
         let _ = fs::remove_file(&pid_file);
         self.master = None;
-        run(Command::new(&postfix)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("start"));
+        run_ok(
+            Command::new(&postfix)
+                .arg("-c")
+                .arg(&self.config)
+                .arg("start"),
+        );
         self.stopped = false;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -217,10 +213,12 @@ biff = no
         // texthash keys are literal: the one address the tests deliver to.
         let map = reply.map_or_else(String::new, |r| format!("journal@journal.test {r}\n"));
         fs::write(self.config.join("rcpt_access"), map).expect("rcpt_access");
-        run(Command::new(require("/usr/sbin/postfix", "postfix"))
-            .arg("-c")
-            .arg(&self.config)
-            .arg("reload"));
+        run_ok(
+            Command::new(require("/usr/sbin/postfix", "postfix"))
+                .arg("-c")
+                .arg(&self.config)
+                .arg("reload"),
+        );
     }
 
     /// The master process's id.
@@ -325,7 +323,8 @@ fn count_tree(dir: &Path) -> usize {
         .sum()
 }
 
-fn set_mode(p: &Path, mode: u32) {
+/// chmod, panicking with the path.
+pub(crate) fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
 }

@@ -42,7 +42,7 @@ impl Postfix {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         // The postfix user walks into the queue below it.
-        set_mode(dir.path(), 0o755);
+        crate::mta::set_mode(dir.path(), 0o755);
         let conf = dir.path().join("conf");
         for sub in ["conf", "queue", "data"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("Postfix dirs");
@@ -92,7 +92,7 @@ maximal_backoff_time = 2s
                 format!("[{}]:{} {user}:{password}\n", relay.ip(), relay.port()),
             )
             .expect("write sasl_passwd");
-            set_mode(&map, 0o644);
+            crate::mta::set_mode(&map, 0o644);
             let _ = write!(
                 main,
                 "smtp_sasl_auth_enable = yes
@@ -106,7 +106,7 @@ smtp_sasl_mechanism_filter = plain, login
         }
         if let Some((cert, key)) = &auth.client_cert {
             for f in [cert, key] {
-                set_mode(f, 0o644);
+                crate::mta::set_mode(f, 0o644);
             }
             let _ = write!(
                 main,
@@ -175,10 +175,4 @@ impl Drop for Postfix {
             .arg("stop")
             .output();
     }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }

@@ -9,7 +9,6 @@
 //! Maildir, its log) lives in one temporary directory; `postfix -c DIR start` runs it and the
 //! drop guard stops it, however the test ends. Needs root (Postfix's own users).
 
-use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,18 +30,6 @@ pub struct BouncingPostfix {
     dir: tempfile::TempDir,
 }
 
-fn user_ids(name: &str) -> (u32, u32) {
-    let c = CString::new(name).expect("user name");
-    // SAFETY: getpwnam returns a pointer to static storage or NULL; read at once.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "user `{name}` is missing: install the Debian package `postfix`"
-    );
-    // SAFETY: not NULL (checked above).
-    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
-}
-
 impl BouncingPostfix {
     /// Configures and starts an instance returning whole messages up to `bounce_size_limit`
     /// bytes; returns once it accepts SMTP.
@@ -54,7 +41,7 @@ impl BouncingPostfix {
             unsafe { libc::geteuid() } == 0,
             "the Postfix peer needs root (postfix start, delivery as the postfix user)"
         );
-        let (uid, gid) = user_ids("postfix");
+        let (uid, gid) = crate::mta::user_ids("postfix");
         let dir = tempfile::Builder::new()
             .prefix("jg-postfix-")
             .tempdir()
