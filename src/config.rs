@@ -526,6 +526,11 @@ pub struct ForwardConfig {
     /// Network timeout of one SMTP command or reply (and of connecting).
     #[serde(default = "default_forward_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Also forward a duplicate's journal report, as received, when it adds envelope recipients
+    /// the earlier reports of its original did not have (for downstreams that merge the
+    /// recipients of duplicates, such as piler). Default: false (each original once).
+    #[serde(default)]
+    pub forward_new_recipients: bool,
 }
 
 impl ForwardConfig {
@@ -1452,6 +1457,10 @@ mod tests {
         assert_eq!(f.retry_after(40), Duration::from_hours(1));
         assert_eq!(f.rcpt_to, vec!["journal@archive.corp"]);
         assert!(f.resolve_password().unwrap().is_none());
+        assert!(
+            !f.forward_new_recipients,
+            "duplicates are not forwarded by default"
+        );
         for (extra, expect) in [
             ("tls = \"none\"\n", "allow_insecure"),
             ("pin_sha256 = \"ab\"\n", "pin_sha256"),

@@ -377,6 +377,7 @@ impl Ingest {
             record,
             sighting,
             tmp_file: None,
+            update_file: None,
         };
         // A known original needs no file: only its index entry changes. The lookup (and, for a
         // message in memory, the file) is blocking work, done off the async workers.
@@ -421,11 +422,25 @@ impl Ingest {
         let outcome = loop {
             match self.commit(arrival.clone()).await? {
                 Applied::Archived { key, variant } => break Outcome::Archived { key, variant },
-                Applied::Duplicate { key } => break Outcome::Duplicate { key },
+                Applied::Duplicate { key, update_queued } => {
+                    if update_queued {
+                        tracing::debug!(%key, "duplicate adds recipients: queued for forwarding");
+                    }
+                    break Outcome::Duplicate { key };
+                }
                 Applied::NeedsFile => match body.take() {
                     Some(b) => arrival.tmp_file = Some(self.store(b).await?),
                     None => return Err(IngestError::LostFile),
                 },
+                Applied::NeedsUpdateFile => {
+                    // A file written as a new original that turned out a duplicate is moved.
+                    let tmp = match (arrival.tmp_file.take(), body.take()) {
+                        (Some(tmp), _) => tmp,
+                        (None, Some(b)) => self.store(b).await?,
+                        (None, None) => return Err(IngestError::LostFile),
+                    };
+                    arrival.update_file = Some(self.keep_for_forwarding(tmp).await?);
+                }
             }
         };
         if let Some(ndr) = &ndr {
@@ -549,6 +564,25 @@ impl Ingest {
                 .map_err(blocking_failed)??;
             Ok(name)
         }
+    }
+
+    /// Moves the fsynced `tmp/` file `name` into the archive's `outbound/` (durable there when
+    /// this returns): a duplicate's report kept for the `forward_new_recipients` targets. On
+    /// failure the file goes.
+    async fn keep_for_forwarding(&self, name: String) -> Result<String, IngestError> {
+        let archive = self.inner.archive.clone();
+        tokio::task::spawn_blocking(move || {
+            let from = archive.store().tmp_path(&name);
+            match archive.outbound_files().adopt(&from, &name) {
+                Ok(()) => Ok(name),
+                Err(e) => {
+                    archive.store().discard(&name);
+                    Err(e.into())
+                }
+            }
+        })
+        .await
+        .map_err(blocking_failed)?
     }
 
     async fn commit(&self, arrival: Arrival) -> Result<Applied, IngestError> {

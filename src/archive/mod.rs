@@ -12,7 +12,8 @@
 //! 1. fsync `tmp/` (the new names are durable),
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
 //!    and an outbound entry per forward target for each new original
-//!    ([`Archive::set_forward_targets`]), committed with fsync,
+//!    ([`Archive::set_forward_targets`]) and per `forward_new_recipients` target for a duplicate
+//!    whose report added recipients, committed with fsync,
 //! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
 //!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
 //! 4. answer the callers.
@@ -20,6 +21,12 @@
 //! A crash before 2 leaves only `tmp/` files that no record names: [`Archive::open`] deletes them
 //! (nobody was told they were archived). A crash after 2 leaves `pending` entries whose file may still
 //! be in `tmp/`: `open` finishes the rename. So the index and `new/` always agree after `open`.
+//!
+//! A duplicate's report kept for `forward_new_recipients` goes to `outbound/` (beside the
+//! Maildir) and is made durable there, file and directory, before the transaction that queues
+//! it ([`Applied::NeedsUpdateFile`] asks the caller for it); no rename follows. `open` removes
+//! the `outbound/` files no queue entry refers to (a crash before that commit, or after the one
+//! that delivered its last entry).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -34,8 +41,8 @@ mod backup;
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
 use crate::clock::UnixMs;
-use crate::index::{Facts, Index, IndexError, OutboundEntry};
-use crate::store::Maildir;
+use crate::index::{Facts, Index, IndexError, OutboundEntry, OutboundStore};
+use crate::store::{Maildir, OutboundFiles};
 
 /// An archive failure: the index, or the message files.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +91,9 @@ pub(crate) struct Arrival {
     pub sighting: Sighting,
     /// The file in `tmp/` holding the bytes, or None when the caller already found a duplicate.
     pub tmp_file: Option<String>,
+    /// The bytes as a durable file in `outbound/`, when [`Applied::NeedsUpdateFile`] asked for
+    /// them: queued if the arrival still adds recipients, removed otherwise.
+    pub update_file: Option<String>,
 }
 
 /// What [`Archive::apply`] did with one arrival.
@@ -100,9 +110,25 @@ pub(crate) enum Applied {
     Duplicate {
         /// The key of the record it merged into.
         key: String,
+        /// Its report was queued for the `forward_new_recipients` targets (it added recipients).
+        update_queued: bool,
     },
     /// The arrival carried no file but its original is not archived: write the file and retry.
     NeedsFile,
+    /// A duplicate that adds recipients while some target forwards those: nothing was recorded;
+    /// put its bytes in `outbound/` ([`Arrival::update_file`]) and retry. A `tmp_file` it
+    /// carried (it was written as a new original) is left in `tmp/` for that.
+    NeedsUpdateFile,
+}
+
+/// The forward targets, as the batch's transaction queues for them.
+#[derive(Debug, Default)]
+struct ForwardTargets {
+    /// Every target: each new original is queued for them.
+    all: Vec<String>,
+    /// The targets with `forward_new_recipients`: a duplicate adding recipients is queued for
+    /// them too.
+    new_recipients: Vec<String>,
 }
 
 /// One recorded arrival, as a [`FactRecorder`] sees it.
@@ -136,8 +162,10 @@ impl FactRecorder for NoFacts {
 pub struct Archive {
     index: Arc<Index>,
     store: Maildir,
+    /// Duplicates' reports held for the forward queue (`archive/outbound/`).
+    outbound: OutboundFiles,
     /// The forward targets each new original is queued for, in the batch's transaction.
-    forward: RwLock<Arc<[String]>>,
+    forward: RwLock<Arc<ForwardTargets>>,
     /// Bumped after a batch queued something: the forwarder's wake-up.
     queued: tokio::sync::watch::Sender<u64>,
 }
@@ -152,13 +180,15 @@ impl Archive {
     /// [`Archive::open`] with `cache_bytes` of page cache for the index.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Archive, ArchiveError> {
         let store = Maildir::open(&data_dir.join("archive"))?;
+        let outbound = OutboundFiles::open(&data_dir.join("archive").join("outbound"))?;
         let path = data_dir.join("index.redb");
         let index = Index::open(&path, cache_bytes)
             .map_err(|source| ArchiveError::OpenIndex { path, source })?;
         let archive = Archive {
             index: Arc::new(index),
             store,
-            forward: RwLock::new(Arc::from(Vec::new())),
+            outbound,
+            forward: RwLock::default(),
             queued: tokio::sync::watch::Sender::new(0),
         };
         archive.recover()?;
@@ -175,11 +205,20 @@ impl Archive {
         &self.store
     }
 
+    /// The duplicates' reports held for the forward queue.
+    pub fn outbound_files(&self) -> &OutboundFiles {
+        &self.outbound
+    }
+
     /// Sets the forward targets (by name) every new original is queued for from now on, in the
-    /// same transaction as its record (see `crate::forward`).
-    pub fn set_forward_targets(&self, names: Vec<String>) {
+    /// same transaction as its record, and those of them (`new_recipients`) a duplicate whose
+    /// report adds envelope recipients is queued for too (see `crate::forward`).
+    pub fn set_forward_targets(&self, all: Vec<String>, new_recipients: Vec<String>) {
         if let Ok(mut f) = self.forward.write() {
-            *f = Arc::from(names);
+            *f = Arc::new(ForwardTargets {
+                all,
+                new_recipients,
+            });
         }
     }
 
@@ -218,6 +257,31 @@ impl Archive {
                 "recovered the archive: finished committed files, discarded unacknowledged ones"
             );
         }
+        self.recover_outbound()
+    }
+
+    /// The `outbound/` files: those no queue entry refers to go; entries whose file is gone go
+    /// too (see [`OutboundStore::forget_files`]).
+    fn recover_outbound(&self) -> Result<(), ArchiveError> {
+        let queue = OutboundStore::new(self.index.clone());
+        let check = self
+            .outbound
+            .discard_unreferenced(&queue.referenced_files()?)?;
+        if check.discarded > 0 {
+            tracing::info!(
+                discarded = check.discarded,
+                "recovered the forward queue's files: removed those no entry refers to"
+            );
+        }
+        if !check.missing.is_empty() {
+            let gone = check.missing.iter().cloned().collect();
+            let dropped = queue.forget_files(&gone)?;
+            tracing::warn!(
+                files = ?check.missing,
+                dropped,
+                "dropping forward entries whose duplicate's report is gone (its commit failed)"
+            );
+        }
         Ok(())
     }
 
@@ -233,18 +297,30 @@ impl Archive {
             Err(e) => {
                 // Nothing was committed (or, if the commit's outcome is unknown, open() sorts it
                 // out): the callers answer with a temporary error and their files go.
-                for f in batch.iter().filter_map(|a| a.tmp_file.as_ref()) {
-                    self.store.discard(f);
+                for a in batch {
+                    if let Some(f) = &a.tmp_file {
+                        self.store.discard(f);
+                    }
+                    if let Some(f) = &a.update_file {
+                        self.outbound.remove(f);
+                    }
                 }
                 return Err(e);
             }
         };
         self.finish(batch, &results)?;
-        let forwarding = self.forward.read().is_ok_and(|f| !f.is_empty());
+        let forwarding = self.forward.read().is_ok_and(|f| !f.all.is_empty());
         if forwarding
-            && results
-                .iter()
-                .any(|r| matches!(r, Applied::Archived { .. }))
+            && results.iter().any(|r| {
+                matches!(
+                    r,
+                    Applied::Archived { .. }
+                        | Applied::Duplicate {
+                            update_queued: true,
+                            ..
+                        }
+                )
+            })
         {
             self.queued.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -264,7 +340,7 @@ impl Archive {
         let targets = self
             .forward
             .read()
-            .map_or_else(|_| Arc::from(Vec::new()), |f| f.clone());
+            .map_or_else(|_| Arc::default(), |f| f.clone());
         let written = self.index.write(|w| {
             for f in &published {
                 w.remove_pending(f)?;
@@ -287,11 +363,25 @@ impl Archive {
     /// entries let `open` redo a rename a crash undid.
     fn finish(&self, batch: &[Arrival], results: &[Applied]) -> io::Result<()> {
         for (a, r) in batch.iter().zip(results) {
+            if let Some(update_file) = &a.update_file {
+                // Queued: the forwarder removes it once delivered. Else nothing refers to it.
+                if !matches!(
+                    r,
+                    Applied::Duplicate {
+                        update_queued: true,
+                        ..
+                    }
+                ) {
+                    self.outbound.remove(update_file);
+                }
+            }
             let Some(tmp_file) = &a.tmp_file else {
                 continue;
             };
             match r {
                 Applied::Archived { .. } => self.store.publish(tmp_file)?,
+                // The caller moves it to outbound/ and retries.
+                Applied::NeedsUpdateFile => {}
                 _ => self.store.discard(tmp_file),
             }
         }
@@ -396,7 +486,7 @@ fn record_one(
     w: &mut crate::index::Writer<'_>,
     a: &Arrival,
     facts: &dyn FactRecorder,
-    forward_to: &[String],
+    forward_to: &ForwardTargets,
 ) -> Result<Applied, IndexError> {
     let mut target = a.key.as_str();
     let mut variant = false;
@@ -417,11 +507,27 @@ fn record_one(
     let (result, previous) = if let Some(previous) = existing {
         let mut rec = previous.clone();
         rec.merge(&a.record, a.sighting.clone());
+        let adds_recipients = rec.recipients.len() > previous.recipients.len();
+        let mut update_queued = false;
+        if adds_recipients && !forward_to.new_recipients.is_empty() {
+            // Its report goes to the targets that merge recipients: its bytes must be durable
+            // before this transaction refers to them.
+            let Some(file) = &a.update_file else {
+                return Ok(Applied::NeedsUpdateFile);
+            };
+            let entry =
+                OutboundEntry::recipients_update(target, file, a.record.size, UnixMs::now());
+            for t in &forward_to.new_recipients {
+                w.enqueue(t, &entry)?;
+            }
+            update_queued = true;
+        }
         w.put_record(target, &rec)?;
         w.count_duplicate(source);
         (
             Applied::Duplicate {
                 key: target.to_string(),
+                update_queued,
             },
             Some(previous),
         )
@@ -438,7 +544,7 @@ fn record_one(
         w.count_archived(source, rec.size, variant, rec.first_seen_ms());
         // Queued in this transaction: no crash can archive it without queuing it.
         let entry = OutboundEntry::new(target, tmp_file, rec.size, UnixMs::now());
-        for t in forward_to {
+        for t in &forward_to.all {
             w.enqueue(t, &entry)?;
         }
         (

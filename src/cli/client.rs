@@ -392,12 +392,13 @@ fn format_forward_target(t: &serde_json::Value) -> String {
                     vec![
                         e["seq"].to_string(),
                         e["key"].as_str().unwrap_or_default().to_string(),
+                        e["kind"].as_str().unwrap_or("original").replace('_', " "),
                         e["attempts"].to_string(),
                         e["last_error"].as_str().unwrap_or("-").to_string(),
                     ]
                 })
                 .collect();
-            out.push_str(&table(&["seq", "key", "attempts", "error"], &rows));
+            out.push_str(&table(&["seq", "key", "kind", "attempts", "error"], &rows));
         }
     }
     out

@@ -3,7 +3,10 @@
 //! ([`crate::index::OutboundStore`]). See docs/forwarding.md.
 //!
 //! - The archive queues an entry per target in the same transaction as a new original's record
-//!   ([`crate::archive::Archive::set_forward_targets`]), and wakes the forwarder.
+//!   ([`crate::archive::Archive::set_forward_targets`]), and wakes the forwarder. For a target
+//!   with `forward_new_recipients`, a duplicate whose journal report adds envelope recipients
+//!   is queued too: that report, as received, kept in the archive's `outbound/` until every
+//!   target that queued it delivered it ([`EntryKind::RecipientsUpdate`]).
 //! - Per target, one task takes due entries oldest first and hands them to up to
 //!   `max_connections` workers, each with its own SMTP connection ([`smtp`]); the file is
 //!   streamed from the archive through a fixed buffer.
@@ -30,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::Archive;
 use crate::clock::UnixMs;
 use crate::config::{ForwardConfig, ForwardTls};
-use crate::index::{Attempt, IndexError, OutboundEntry, OutboundStore, QueueSummary};
+use crate::index::{Attempt, EntryKind, IndexError, OutboundEntry, OutboundStore, QueueSummary};
 use crate::metrics::Metrics;
 use crate::pop3::trust::Trust;
 
@@ -185,12 +188,16 @@ pub struct TargetView {
     pub activity: Activity,
     /// The failed entries (only in the one-target view), oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_entries: Option<Vec<FailedEntry>>,
+    pub failed_entries: Option<Vec<QueuedEntry>>,
+    /// The first waiting entries (only in the one-target view, at most [`WAITING_SHOWN`]),
+    /// oldest first; `kind` says whether each is an original or a recipients update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_entries: Option<Vec<QueuedEntry>>,
 }
 
-/// A failed queue entry as the admin API shows it.
+/// A queue entry as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct FailedEntry {
+pub struct QueuedEntry {
     /// Its place in the queue.
     pub seq: u64,
     /// The entry.
@@ -200,6 +207,8 @@ pub struct FailedEntry {
 
 /// Failed entries listed per target in the one-target view at most.
 pub const FAILED_SHOWN: usize = 1000;
+/// Waiting entries listed per target in the one-target view at most.
+pub const WAITING_SHOWN: usize = 100;
 
 /// Every configured forward target, and the queue they drain. Cheap to clone.
 #[derive(Clone)]
@@ -241,7 +250,6 @@ impl Forwarders {
                 }),
             );
         }
-        archive.set_forward_targets(targets.keys().cloned().collect());
         let store = OutboundStore::new(archive.index().clone());
         let forwarders = Forwarders {
             targets: Arc::new(targets),
@@ -249,6 +257,7 @@ impl Forwarders {
             archive,
             metrics,
         };
+        forwarders.tell_archive();
         for t in forwarders.targets.values() {
             forwarders.refresh_gauges(t.name())?;
         }
@@ -270,8 +279,23 @@ impl Forwarders {
         if let Ok(mut backoff) = target.backoff.lock() {
             *backoff = Backoff::default();
         }
+        // `forward_new_recipients` may have changed: it applies to the next arrivals.
+        self.tell_archive();
         target.wake.notify_one();
         true
+    }
+
+    /// Tells the archive which targets to queue new originals for (all), and which of them
+    /// duplicates that add recipients (`forward_new_recipients`), per the settings in force.
+    fn tell_archive(&self) {
+        let all = self.targets.keys().cloned().collect();
+        let new_recipients = self
+            .targets
+            .values()
+            .filter(|t| t.settings().config.forward_new_recipients)
+            .map(|t| t.name.clone())
+            .collect();
+        self.archive.set_forward_targets(all, new_recipients);
     }
 
     /// The target named `name`.
@@ -299,22 +323,24 @@ impl Forwarders {
         }
     }
 
-    /// A target as the admin API shows it (blocking: reads the index); `failed` adds its
-    /// failed entries.
-    pub fn view(&self, target: &Target, failed: bool) -> Result<TargetView, IndexError> {
+    /// A target as the admin API shows it (blocking: reads the index); `entries` adds its
+    /// failed entries and its first waiting ones.
+    pub fn view(&self, target: &Target, entries: bool) -> Result<TargetView, IndexError> {
         let settings = target.settings();
         let queue = self.store.summary(target.name())?;
         let oldest_age_seconds = queue.oldest_ms.map_or(0, |o| UnixMs::now().since(o) / 1000);
-        let failed_entries = if failed {
-            Some(
-                self.store
-                    .failed(target.name(), FAILED_SHOWN)?
-                    .into_iter()
-                    .map(|(seq, entry)| FailedEntry { seq, entry })
-                    .collect(),
+        let shown = |list: Vec<(u64, OutboundEntry)>| {
+            list.into_iter()
+                .map(|(seq, entry)| QueuedEntry { seq, entry })
+                .collect()
+        };
+        let (failed_entries, waiting_entries) = if entries {
+            (
+                Some(shown(self.store.failed(target.name(), FAILED_SHOWN)?)),
+                Some(shown(self.store.waiting(target.name(), WAITING_SHOWN)?)),
             )
         } else {
-            None
+            (None, None)
         };
         Ok(TargetView {
             name: target.name().to_string(),
@@ -325,6 +351,7 @@ impl Forwarders {
             oldest_age_seconds,
             activity: target.activity(),
             failed_entries,
+            waiting_entries,
         })
     }
 
@@ -493,9 +520,17 @@ impl Forwarders {
             let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
             let n = name.clone();
             let written = self.blocking(move |f| f.store.finish(&n, &batch)).await;
-            if let Err(e) = written {
+            match written {
+                Ok(unreferenced) => {
+                    // Duplicates' reports every target that queued them delivered.
+                    for file in unreferenced {
+                        self.archive.outbound_files().remove(&file);
+                    }
+                }
                 // The entries stay as they were: delivered ones are sent again (at-least-once).
-                tracing::error!(target = %name, "recording forward outcomes failed: {e:#}");
+                Err(e) => {
+                    tracing::error!(target = %name, "recording forward outcomes failed: {e:#}");
+                }
             }
             if let Ok(mut b) = busy.lock() {
                 for s in seqs {
@@ -557,11 +592,15 @@ impl Worker {
         let settings = self.target.settings();
         let name = self.target.name();
         let archive = &self.forwarders.archive;
-        let paths: Vec<PathBuf> = vec![
-            archive.store().new_path(&entry.file),
-            archive.store().tmp_path(&entry.file),
-            archive.store().new_path(&entry.file),
-        ];
+        let paths: Vec<PathBuf> = match entry.kind {
+            // In new/, or in tmp/ for a moment after its commit (looked at again after tmp/).
+            EntryKind::Original => vec![
+                archive.store().new_path(&entry.file),
+                archive.store().tmp_path(&entry.file),
+                archive.store().new_path(&entry.file),
+            ],
+            EntryKind::RecipientsUpdate => vec![archive.outbound_files().path(&entry.file)],
+        };
         let started = Instant::now();
         let mut result = Err(DeliveryError::Temporary("not attempted".into()));
         // Set when the connection failed: the entry waits with its whole target.

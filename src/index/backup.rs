@@ -5,13 +5,13 @@ use std::path::Path;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{collectors, Index, IndexError, MESSAGES, PENDING, POP3_ONLY, STATS, UIDLS};
+use super::{collectors, outbound, Index, IndexError, MESSAGES, PENDING, POP3_ONLY, STATS, UIDLS};
 
 impl Index {
     /// Copies every table as one read transaction sees it into a new database at `to` (which
     /// must not exist), committed with fsync. `pending` is copied empty: the copy is meant to
-    /// sit beside every record's file in `new/` (see `Archive::backup`). Returns the number of
-    /// records copied.
+    /// sit beside every record's file in `new/` and every file the forward queue refers to in
+    /// `outbound/` (see `Archive::backup`). Returns the number of records copied.
     pub fn snapshot_to(&self, to: &Path) -> Result<u64, IndexError> {
         let read = self.db.begin_read()?;
         let copy = Database::builder()
@@ -25,6 +25,9 @@ impl Index {
             copy_table(&read, &write, POP3_ONLY)?;
             copy_table(&read, &write, collectors::HISTORY)?;
             copy_table(&read, &write, collectors::STATE)?;
+            // The forward queue, and the references to the files it holds (copied beside it).
+            copy_table(&read, &write, outbound::OUTBOUND)?;
+            copy_table(&read, &write, outbound::OUTBOUND_FILES)?;
             write.open_table(PENDING)?;
             n
         };

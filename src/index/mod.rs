@@ -8,8 +8,9 @@
 //! - migration facts (`pop3_only_after_smtp`, `first_smtp/<addr>`, `pop3_after_smtp`, ...),
 //!   written through [`Facts`] inside the archive's transaction;
 //! - collector state and run history ([`CollectorStore`]);
-//! - the forwarder's outbound queue (`outbound`, [`OutboundStore`]), written in the archive's
-//!   transaction through [`Writer::enqueue`].
+//! - the forwarder's outbound queue (`outbound`, [`OutboundStore`], and `outbound_files`: the
+//!   references to duplicates' reports kept for it), written in the archive's transaction
+//!   through [`Writer::enqueue`].
 //!
 //! Writes of arrivals happen in one transaction per batch ([`Index::write`] with a [`Writer`]).
 //! A second implementation (another database) would provide the same operations; the archive
@@ -28,7 +29,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
-pub use outbound::{Attempt, OutboundEntry, OutboundStore, QueueSummary};
+pub use outbound::{Attempt, EntryKind, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
 use crate::clock::UnixMs;
@@ -165,6 +166,7 @@ impl Index {
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
         txn.open_table(outbound::OUTBOUND)?;
+        txn.open_table(outbound::OUTBOUND_FILES)?;
         txn.commit()?;
         Ok(Index { db })
     }
@@ -341,6 +343,7 @@ impl Index {
                 stats: txn.open_table(STATS)?,
                 pop3_only: txn.open_table(POP3_ONLY)?,
                 outbound: txn.open_table(outbound::OUTBOUND)?,
+                outbound_files: txn.open_table(outbound::OUTBOUND_FILES)?,
                 counters: Counters::default(),
             };
             let out = f(&mut w)?;
@@ -372,6 +375,7 @@ pub struct Writer<'txn> {
     stats: Table<'txn, &'static str, u64>,
     pop3_only: Table<'txn, &'static str, u64>,
     outbound: Table<'txn, (&'static str, u64), &'static [u8]>,
+    outbound_files: Table<'txn, &'static str, u64>,
     counters: Counters,
 }
 

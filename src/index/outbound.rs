@@ -5,6 +5,13 @@
 //! crash can archive a message without queuing it, and removed by the forwarder only after the
 //! downstream's 250 ([`OutboundStore::finish`]). `seq` comes from a counter in `stats`
 //! (`outbound_seq`) and never repeats, so the queue is in arrival order per target.
+//!
+//! An entry sends an archived original ([`EntryKind::Original`], its file in the Maildir) or a
+//! duplicate's report that added envelope recipients ([`EntryKind::RecipientsUpdate`], for
+//! targets with `forward_new_recipients`): that report's file is in the archive's `outbound/`
+//! directory and only the queue refers to it. `outbound_files` counts the entries referring to
+//! each such file; [`OutboundStore::finish`] names the files whose last entry went, for the
+//! forwarder to remove after the commit.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,8 +24,24 @@ use crate::clock::UnixMs;
 
 /// `(target, seq)` -> JSON [`OutboundEntry`].
 pub(super) const OUTBOUND: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbound");
+/// A file of the archive's `outbound/` directory -> the number of entries referring to it.
+pub(super) const OUTBOUND_FILES: TableDefinition<&str, u64> =
+    TableDefinition::new("outbound_files");
 /// The last sequence number given to an entry (in `stats`).
 const SEQ: &str = "outbound_seq";
+
+/// What an entry sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An archived original: its journal report as first received (the record's file, in the
+    /// Maildir).
+    #[default]
+    Original,
+    /// A duplicate's journal report, as received, that added envelope recipients to the record
+    /// (`forward_new_recipients`); its file is in the archive's `outbound/` directory.
+    RecipientsUpdate,
+}
 
 /// One queued delivery of one archived message to one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +64,10 @@ pub struct OutboundEntry {
     pub failed: bool,
     /// The last failure (the downstream's reply text, or the connection error).
     pub last_error: Option<String>,
+    /// An original, or a duplicate's report with new recipients (entries queued before
+    /// `forward_new_recipients` existed are originals).
+    #[serde(default)]
+    pub kind: EntryKind,
 }
 
 impl OutboundEntry {
@@ -57,6 +84,17 @@ impl OutboundEntry {
             next_attempt_ms: now,
             failed: false,
             last_error: None,
+            kind: EntryKind::Original,
+        }
+    }
+
+    /// A fresh entry for a duplicate of `key` whose journal report, kept in the archive's
+    /// `outbound/` as `file`, added envelope recipients.
+    #[must_use]
+    pub fn recipients_update(key: &str, file: &str, size: u64, now: UnixMs) -> OutboundEntry {
+        OutboundEntry {
+            kind: EntryKind::RecipientsUpdate,
+            ..OutboundEntry::new(key, file, size, now)
         }
     }
 
@@ -106,12 +144,20 @@ pub struct OutboundStore {
 }
 
 impl Writer<'_> {
-    /// Queues `entry` for `target` (in the batch's transaction).
+    /// Queues `entry` for `target` (in the batch's transaction). A recipients update's file
+    /// counts one more reference.
     pub fn enqueue(&mut self, target: &str, entry: &OutboundEntry) -> Result<(), IndexError> {
         let seq = self.stats.get(SEQ)?.map_or(0, |v| v.value()) + 1;
         self.stats.insert(SEQ, seq)?;
         self.outbound
             .insert((target, seq), entry.encode()?.as_slice())?;
+        if entry.kind == EntryKind::RecipientsUpdate {
+            let refs = self
+                .outbound_files
+                .get(entry.file.as_str())?
+                .map_or(0, |v| v.value());
+            self.outbound_files.insert(entry.file.as_str(), refs + 1)?;
+        }
         Ok(())
     }
 }
@@ -165,15 +211,31 @@ impl OutboundStore {
         Ok(next)
     }
 
-    /// Records the outcome of attempts on `target`'s entries, in one transaction.
-    pub fn finish(&self, target: &str, outcomes: &[(u64, Attempt)]) -> Result<(), IndexError> {
+    /// Records the outcome of attempts on `target`'s entries, in one transaction. Returns the
+    /// `outbound/` files no entry refers to any more (every target that queued a recipients
+    /// update delivered it): the caller removes them once this returned.
+    pub fn finish(
+        &self,
+        target: &str,
+        outcomes: &[(u64, Attempt)],
+    ) -> Result<Vec<String>, IndexError> {
         let txn = self.index.db.begin_write()?;
+        let mut unreferenced = Vec::new();
         {
             let mut table = txn.open_table(OUTBOUND)?;
+            let mut files = txn.open_table(OUTBOUND_FILES)?;
             for (seq, outcome) in outcomes {
                 let key = (target, *seq);
                 if *outcome == Attempt::Delivered {
-                    table.remove(key)?;
+                    let removed = table
+                        .remove(key)?
+                        .map(|v| OutboundEntry::decode(v.value()))
+                        .transpose()?;
+                    if let Some(e) = removed.filter(|e| e.kind == EntryKind::RecipientsUpdate) {
+                        if release(&mut files, &e.file)? {
+                            unreferenced.push(e.file);
+                        }
+                    }
                     continue;
                 }
                 let Some(mut e) = table
@@ -199,7 +261,70 @@ impl OutboundStore {
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(unreferenced)
+    }
+
+    /// The `outbound/` files some entry refers to (at start, every other file there goes).
+    pub fn referenced_files(&self) -> Result<HashSet<String>, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND_FILES)?;
+        table
+            .iter()?
+            .map(|e| Ok(e?.0.value().to_string()))
+            .collect()
+    }
+
+    /// Drops every entry (of any target) that refers to one of the `outbound/` files `gone`,
+    /// and their counts: those files are missing (only after a commit that reported failure
+    /// but happened; the arrival's sender was told to retry). Returns how many entries went.
+    pub fn forget_files(&self, gone: &HashSet<String>) -> Result<u64, IndexError> {
+        let txn = self.index.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut table = txn.open_table(OUTBOUND)?;
+            let mut doomed = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let e = OutboundEntry::decode(v.value())?;
+                if e.kind == EntryKind::RecipientsUpdate && gone.contains(&e.file) {
+                    let (t, seq) = k.value();
+                    doomed.push((t.to_string(), seq));
+                }
+            }
+            for (t, seq) in doomed {
+                table.remove((t.as_str(), seq))?;
+                n += 1;
+            }
+            let mut files = txn.open_table(OUTBOUND_FILES)?;
+            for f in gone {
+                files.remove(f.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+
+    /// Up to `limit` waiting (not failed) entries of `target`, oldest first, with their
+    /// sequence.
+    pub fn waiting(
+        &self,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(OUTBOUND)?;
+        let mut out = Vec::new();
+        for item in table.range((target, 0)..=(target, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let e = OutboundEntry::decode(v.value())?;
+            if !e.failed {
+                out.push((k.value().1, e));
+            }
+        }
+        Ok(out)
     }
 
     /// The counts and the oldest waiting entry of `target`.
@@ -278,7 +403,11 @@ impl OutboundStore {
             let mut outbound = txn.open_table(OUTBOUND)?;
             let mut queued = HashSet::new();
             for item in outbound.range((target, 0)..=(target, u64::MAX))? {
-                queued.insert(OutboundEntry::decode(item?.1.value())?.key);
+                let e = OutboundEntry::decode(item?.1.value())?;
+                // A recipients update queued does not make the original queued.
+                if e.kind == EntryKind::Original {
+                    queued.insert(e.key);
+                }
             }
             let mut stats = txn.open_table(STATS)?;
             let mut seq = stats.get(SEQ)?.map_or(0, |v| v.value());
@@ -302,6 +431,18 @@ impl OutboundStore {
         }
         txn.commit()?;
         Ok(n)
+    }
+}
+
+/// One entry referring to `file` went: counts it down. True when it was the last.
+fn release(files: &mut redb::Table<'_, &'static str, u64>, file: &str) -> Result<bool, IndexError> {
+    let refs = files.get(file)?.map_or(0, |v| v.value());
+    if refs <= 1 {
+        files.remove(file)?;
+        Ok(true)
+    } else {
+        files.insert(file, refs - 1)?;
+        Ok(false)
     }
 }
 

@@ -7,8 +7,10 @@
 //! ([`Maildir::publish`]) and, with the next [`Maildir::sync`], durably there. A second
 //! implementation (an object store) would offer the same steps.
 
+mod outbound;
 mod space;
 
+pub use outbound::OutboundFiles;
 pub use space::{FreeSpace, Space};
 
 use std::fs::{self, File};
