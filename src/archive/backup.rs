@@ -10,7 +10,9 @@
 //! again, so a restored directory is known to hold every message of the backup, byte-exact.
 //!
 //! Layout of a backup (a data directory without `certs/` and `admin.token`):
-//! `index.redb`, `archive/{tmp,new,cur}` with every file in `new/`, and `BACKUP` (JSON).
+//! `index.redb`, `archive/{tmp,new,cur}` with every file in `new/`, `archive/outbound/` with the
+//! duplicates' reports the snapshot's forward queue refers to (`forward_new_recipients`), and
+//! `BACKUP` (JSON).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -21,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::Archive;
 use crate::clock::UnixMs;
-use crate::index::{Index, IndexError, Record};
+use crate::index::{Index, IndexError, OutboundStore, Record};
 
 /// The manifest's file name in a backup directory.
 pub const MANIFEST: &str = "BACKUP";
@@ -208,7 +210,7 @@ impl Archive {
             bytes += n;
             Ok(())
         })?;
-        drop(copy);
+        self.backup_outbound(copy, to)?;
         fsync_dir(&new)?;
         let summary = BackupSummary {
             format: 1,
@@ -226,6 +228,41 @@ impl Archive {
         );
         Ok(summary)
     }
+}
+
+impl Archive {
+    /// Copies the `outbound/` files the snapshot `copy`'s forward queue refers to into the
+    /// backup `to`. A file delivered (and removed) since the snapshot is gone: its entries go
+    /// from the copy too, as they went from the running queue.
+    fn backup_outbound(&self, copy: Index, to: &Path) -> Result<(), BackupError> {
+        let queue = OutboundStore::new(std::sync::Arc::new(copy));
+        let dir = outbound_dir(to)?;
+        let mut gone = std::collections::HashSet::new();
+        for file in queue.referenced_files()? {
+            let from = self.outbound_files().path(&file);
+            let target = dir.join(&file);
+            match fs::copy(&from, &target) {
+                Ok(_) => File::open(&target)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_at(&target))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    gone.insert(file);
+                }
+                Err(e) => return Err(io_at(&from)(e)),
+            }
+        }
+        if !gone.is_empty() {
+            queue.forget_files(&gone)?;
+        }
+        fsync_dir(&dir)
+    }
+}
+
+/// `<root>/archive/outbound/`, created.
+fn outbound_dir(root: &Path) -> Result<PathBuf, BackupError> {
+    let dir = root.join("archive").join("outbound");
+    fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    Ok(dir)
 }
 
 fn write_manifest(dir: &Path, summary: &BackupSummary) -> Result<(), BackupError> {
@@ -289,7 +326,23 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupSummary, BackupErro
         bytes += n;
         Ok(())
     })?;
-    drop(index);
+    // The duplicates' reports the forward queue refers to (a missing one: its entries are
+    // dropped when the restored archive opens).
+    let queue = OutboundStore::new(std::sync::Arc::new(index));
+    let outbound = outbound_dir(data_dir)?;
+    for file in queue.referenced_files()? {
+        let from_file = from.join("archive").join("outbound").join(&file);
+        let to_file = outbound.join(&file);
+        match fs::copy(&from_file, &to_file) {
+            Ok(_) => File::open(&to_file)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&to_file))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&from_file)(e)),
+        }
+    }
+    drop(queue);
+    fsync_dir(&outbound)?;
     fsync_dir(&new)?;
     fsync_dir(data_dir)?;
     if messages != manifest.messages {

@@ -37,6 +37,8 @@ pub use crate::index::{
     ClientCert, Provenance, Record, Sighting, Source, Stats, TlsSession, DEFAULT_CACHE_BYTES,
 };
 mod backup;
+#[cfg(test)]
+mod outbound_tests;
 
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
