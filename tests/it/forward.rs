@@ -1,7 +1,8 @@
 //! Forwarding to a downstream archive (issue 11) against real peers: a private Postfix
 //! delivering into a Maildir, and a second gateway (chained, STARTTLS with a pinned
 //! certificate). Unique reports delivered once and byte-identical, a stopped downstream, a 550,
-//! a wrong pin, and SIGKILLs of the real binary while it forwards.
+//! a wrong pin, SIGKILLs of the real binary while it forwards, and `forward_new_recipients`
+//! (a duplicate's report adding envelope recipients, over SMTP and POP3).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -19,8 +20,13 @@ use journal_gateway_testkit::{sample, ArchiveView, TestGateway, JOURNAL};
 
 /// The `[[forward]]` table of a target `name` on 127.0.0.1:`port`; `extra` adds keys.
 fn forward(name: &str, port: u16, extra: &str) -> String {
+    forward_to(name, port, JOURNAL, extra)
+}
+
+/// [`forward`] to the downstream journal address `rcpt_to`.
+fn forward_to(name: &str, port: u16, rcpt_to: &str, extra: &str) -> String {
     format!(
-        "[[forward]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nmail_from = \"gateway@journal.test\"\nrcpt_to = \"{JOURNAL}\"\nretry = [\"1s\"]\ntimeout = \"20s\"\n{extra}\n"
+        "[[forward]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\nmail_from = \"gateway@journal.test\"\nrcpt_to = \"{rcpt_to}\"\nretry = [\"1s\"]\ntimeout = \"20s\"\n{extra}\n"
     )
 }
 
@@ -654,4 +660,220 @@ fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
 /// The original Message-IDs Postfix holds.
 fn delivered_ids(pf: &Postfix) -> HashSet<String> {
     delivered_by_id(pf).into_keys().collect()
+}
+
+/// The downstream journal address of the target that merges duplicates' recipients...
+const MERGING: &str = "merging@journal.test";
+/// ...and of the one that takes each original once (one Postfix holds both).
+const ONCE: &str = "once@journal.test";
+
+/// Two targets on the Postfix at `port`: `merging` (`forward_new_recipients = true`, to
+/// [`MERGING`]) and `once` (the default, to [`ONCE`]), both plain SMTP.
+fn merging_and_once(port: u16) -> String {
+    let insecure = "tls = \"none\"\nallow_insecure = true\n";
+    format!(
+        "{}{}",
+        forward_to(
+            "merging",
+            port,
+            MERGING,
+            &format!("{insecure}forward_new_recipients = true\n")
+        ),
+        forward_to("once", port, ONCE, insecure)
+    )
+}
+
+/// A journal report of `msg` whose envelope names `addresses` (To).
+fn report_to(msg: &sample::SampleMessage, addresses: &[&str]) -> Vec<u8> {
+    let rcpts: Vec<_> = addresses
+        .iter()
+        .map(|a| journal_gateway::journal::Recipient {
+            address: (*a).to_string(),
+            kind: journal_gateway::journal::RecipientKind::To,
+            expanded: None,
+            forwarded: None,
+        })
+        .collect();
+    sample::report_2007(msg, &rcpts)
+}
+
+/// What Postfix delivered for the downstream address `rcpt` (its `X-Original-To:` line).
+fn delivered_for(pf: &Postfix, rcpt: &str) -> Vec<Vec<u8>> {
+    let line = format!("X-Original-To: {rcpt}\n");
+    pf.delivered_files()
+        .into_iter()
+        .filter(|f| {
+            let head = &f[..f.len().min(2000)];
+            String::from_utf8_lossy(head).contains(&line)
+        })
+        .collect()
+}
+
+/// Asserts that `delivered` are exactly `sent` (in any order), each byte-identical under the
+/// lines Postfix adds.
+fn assert_delivered_exactly(delivered: &[Vec<u8>], sent: &[&[u8]], what: &str) {
+    assert_eq!(
+        delivered.len(),
+        sent.len(),
+        "{what}: {} delivered, {} expected",
+        delivered.len(),
+        sent.len()
+    );
+    for (i, report) in sent.iter().enumerate() {
+        let copy = delivered
+            .iter()
+            .find(|d| d.ends_with(&lf(report)))
+            .unwrap_or_else(|| panic!("{what}: report {i} not delivered byte for byte"));
+        assert_same_report(copy, report, what);
+    }
+}
+
+/// The files the gateway keeps for its forward queue (duplicates' reports).
+fn outbound_files(data_dir: &Path) -> Vec<Vec<u8>> {
+    let dir = data_dir.join("archive").join("outbound");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect()
+}
+
+/// The kinds of the waiting entries of `target`, oldest first (the admin API's view).
+async fn waiting_kinds(gw: &TestGateway, target: &str) -> Vec<String> {
+    let view = gw.json_auth(&format!("/api/v1/forward/{target}")).await;
+    view["waiting_entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no waiting_entries: {view}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits until Postfix holds `n` messages and both targets' queues are empty, and the files
+/// kept for delivered updates are gone.
+async fn wait_drained(gw: &TestGateway, pf: &Postfix, n: usize) {
+    let data = gw.data_dir().to_path_buf();
+    wait_for(
+        "the queues to drain into Postfix",
+        Duration::from_mins(1),
+        || {
+            let data = data.clone();
+            async move {
+                let held = pf.delivered();
+                let merging = waiting_kinds(gw, "merging").await;
+                let once = waiting_kinds(gw, "once").await;
+                let kept = outbound_files(&data).len();
+                if held == n && merging.is_empty() && once.is_empty() && kept == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{held} delivered, waiting {merging:?} / {once:?}, {kept} file(s) kept"
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_adding_recipients_is_forwarded_as_received_to_the_targets_that_merge_them() {
+    let mut pf = Postfix::downstream(free_port());
+    pf.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = merging_and_once(pf.port);
+    let gw = TestGateway::builder()
+        .data_dir(&data)
+        .smtp("")
+        .http()
+        .config(&config)
+        .start()
+        .await;
+    let msg = sample::numbered(7, 3000);
+    let first = report_to(&msg, &["a@corp.test", "b@corp.test"]);
+    let adds_c = report_to(&msg, &["a@corp.test", "c@corp.test"]);
+    let adds_nothing = report_to(&msg, &["a@corp.test"]);
+    send_smtp(
+        gw.smtp_addr().port(),
+        vec![first.clone(), adds_c.clone(), adds_nothing.clone()],
+        1,
+    )
+    .await;
+    let rec = gw
+        .archive()
+        .record("sample-7@example.com")
+        .expect("archived");
+    assert_eq!((rec.recipients.len(), rec.duplicates), (3, 2), "{rec:?}");
+    // Queued while the downstream is down: the API says which entry is a recipients update.
+    assert_eq!(
+        waiting_kinds(&gw, "merging").await,
+        ["original", "recipients_update"]
+    );
+    assert_eq!(waiting_kinds(&gw, "once").await, ["original"]);
+    assert_eq!(
+        outbound_files(&data),
+        [adds_c.clone()],
+        "the duplicate that added C is kept as received, and only it"
+    );
+    // Kept durably: a restart (recovery) keeps the file its entry refers to.
+    gw.stop().await;
+    let gw = TestGateway::builder()
+        .data_dir(&data)
+        .smtp("")
+        .http()
+        .config(&config)
+        .start()
+        .await;
+    assert_eq!(outbound_files(&data), [adds_c.clone()]);
+    pf.start_again();
+    wait_drained(&gw, &pf, 3).await;
+    assert_delivered_exactly(
+        &delivered_for(&pf, MERGING),
+        &[&first, &adds_c],
+        "merging target",
+    );
+    assert_delivered_exactly(&delivered_for(&pf, ONCE), &[&first], "once target");
+    assert_eq!(metric(&gw, "delivered", "merging"), 2);
+    assert_eq!(metric(&gw, "failed", "merging"), 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_collected_over_pop3_that_adds_recipients_is_forwarded_too() {
+    let pf = Postfix::downstream(free_port());
+    let msg = sample::numbered(3, 3000);
+    let first = report_to(&msg, &["a@corp.test", "b@corp.test"]);
+    let adds_d = report_to(&msg, &["a@corp.test", "d@corp.test"]);
+    let adds_nothing = report_to(&msg, &["b@corp.test"]);
+    let mut dovecot = Dovecot::new(Options::default());
+    for (i, report) in [&adds_d, &adds_nothing].into_iter().enumerate() {
+        let name = format!("{}.M{i}P{}.dup", 1_800_000_000 + i, std::process::id());
+        let tmp = dovecot.maildir.join("tmp").join(&name);
+        std::fs::write(&tmp, lf(report)).unwrap();
+        std::fs::rename(&tmp, dovecot.maildir.join("new").join(&name)).unwrap();
+    }
+    dovecot.hand_over();
+    dovecot.start();
+    let gw = TestGateway::builder()
+        .smtp("")
+        .http()
+        .config(&merging_and_once(pf.port))
+        .start()
+        .await;
+    send_smtp(gw.smtp_addr().port(), vec![first.clone()], 1).await;
+    let run = gw
+        .collector(&dovecot.collector("exch", "implicit", ""))
+        .collect(RunKind::Normal)
+        .await
+        .unwrap_or_else(|f| panic!("POP3 run: {f}\n{}", dovecot.log()));
+    assert_eq!((run.archived, run.duplicates), (0, 2), "{run:?}");
+    wait_drained(&gw, &pf, 3).await;
+    // What POP3 gave (RETR, unstuffed) is the report with CRLF line ends, as sent above.
+    assert_delivered_exactly(
+        &delivered_for(&pf, MERGING),
+        &[&first, &adds_d],
+        "merging target",
+    );
+    assert_delivered_exactly(&delivered_for(&pf, ONCE), &[&first], "once target");
+    gw.stop().await;
 }
