@@ -362,3 +362,25 @@ fn a_backup_keeps_the_queue_and_the_files_it_refers_to() {
         dup
     );
 }
+
+#[test]
+fn verify_and_reindex_do_not_take_the_kept_reports_for_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_with_original(dir.path());
+    let dup = report(&["c@corp.test"]);
+    let mut a = arrival(&dup);
+    let file = in_outbound(&archive, &dup);
+    a.update_file = Some(file.clone());
+    apply_one(&archive, &a);
+    let progress = crate::verify::verify(&archive, &|| false, &mut |_, _| {}).unwrap();
+    assert!(progress.problems.is_empty(), "{:?}", progress.problems);
+    assert_eq!((progress.checked, progress.files), (1, 1));
+    drop(archive);
+    let rebuilt = crate::reindex::reindex(dir.path(), 1 << 20).unwrap();
+    assert_eq!((rebuilt.files, rebuilt.indexed), (1, 1), "{rebuilt:?}");
+    assert!(rebuilt.duplicates.is_empty() && rebuilt.unreadable.is_empty());
+    // A rebuilt index has no forward queue (see reindex's docs): the next start removes the
+    // file nothing refers to any more.
+    let archive = Archive::open(dir.path()).unwrap();
+    assert!(outbound_names(&archive).is_empty());
+}

@@ -878,3 +878,37 @@ async fn a_duplicate_collected_over_pop3_that_adds_recipients_is_forwarded_too()
     assert_delivered_exactly(&delivered_for(&pf, ONCE), &[&first], "once target");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_duplicate_adding_recipients_is_kept_from_its_spool_file() {
+    // Nothing listens downstream: the entries wait, and what is kept can be looked at.
+    let gw = TestGateway::builder()
+        .http()
+        .config(&merging_and_once(free_port()))
+        .start()
+        .await;
+    // Over the ingest path's memory limit: spooled to tmp/ as it arrives, then moved.
+    let msg = sample::numbered(11, 400_000);
+    let first = report_to(&msg, &["a@corp.test"]);
+    let adds_b = report_to(&msg, &["a@corp.test", "b@corp.test"]);
+    assert!(adds_b.len() > journal_gateway::ingest::MEMORY_LIMIT);
+    for report in [&first, &adds_b] {
+        gw.ingest(
+            Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
+            report,
+        )
+        .await
+        .expect("archived");
+    }
+    assert_eq!(outbound_files(gw.data_dir()), [adds_b]);
+    assert!(
+        gw.archive().maildir_files("tmp").is_empty(),
+        "the spool file was moved, not copied"
+    );
+    assert_eq!(
+        waiting_kinds(&gw, "merging").await,
+        ["original", "recipients_update"]
+    );
+    assert_eq!(waiting_kinds(&gw, "once").await, ["original"]);
+    gw.stop().await;
+}
