@@ -19,7 +19,9 @@ fn report(rcpts: &[&str]) -> Vec<u8> {
          \r\n--b\r\nContent-Type: text/plain\r\n\r\nSender: a@example.com\r\nMessage-Id: <orig@example.com>\r\n",
     );
     for r in rcpts {
-        out.push_str(&format!("To: {r}\r\n"));
+        out.push_str("To: ");
+        out.push_str(r);
+        out.push_str("\r\n");
     }
     out.push_str("--b\r\nContent-Type: message/rfc822\r\n\r\n");
     out.push_str(

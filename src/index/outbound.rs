@@ -284,15 +284,15 @@ impl OutboundStore {
             let mut table = txn.open_table(OUTBOUND)?;
             let mut doomed = Vec::new();
             for item in table.iter()? {
-                let (k, v) = item?;
-                let e = OutboundEntry::decode(v.value())?;
-                if e.kind == EntryKind::RecipientsUpdate && gone.contains(&e.file) {
-                    let (t, seq) = k.value();
-                    doomed.push((t.to_string(), seq));
+                let (key, value) = item?;
+                let entry = OutboundEntry::decode(value.value())?;
+                if entry.kind == EntryKind::RecipientsUpdate && gone.contains(&entry.file) {
+                    let (target, seq) = key.value();
+                    doomed.push((target.to_string(), seq));
                 }
             }
-            for (t, seq) in doomed {
-                table.remove((t.as_str(), seq))?;
+            for (target, seq) in doomed {
+                table.remove((target.as_str(), seq))?;
                 n += 1;
             }
             let mut files = txn.open_table(OUTBOUND_FILES)?;
