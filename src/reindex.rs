@@ -15,8 +15,11 @@
 //! What the files cannot give back, and a rebuilt index lacks: the arrival history of each
 //! message (sources, times, SMTP envelopes, POP3 UIDLs; records have no sightings), the
 //! recipients that only later duplicate reports carried (their files were never stored), the
-//! per-source counters, the migration facts and the collectors' state and history. The
-//! tamper-evident ledger (issue 14) will keep that history and join the rebuild.
+//! per-source counters, the migration facts, the collectors' state and history, and the forward
+//! queue (`forward backfill` queues the originals again; the duplicates' reports kept in
+//! `archive/outbound/` for `forward_new_recipients` are removed at the next start, nothing
+//! referring to them). The tamper-evident ledger (issue 14) will keep that history and join the
+//! rebuild.
 
 use std::fs::File;
 use std::io;
