@@ -579,6 +579,9 @@ fn serve(config: &Path) -> Child {
 #[test]
 fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
     const MESSAGES: u64 = 300;
+    /// Duplicates that add a recipient (`forward_new_recipients`): their kept reports must
+    /// survive the kills and restarts too.
+    const UPDATES: u64 = 60;
     const ROUNDS: u64 = 12;
     let mut pf = Postfix::downstream(free_port());
     pf.stop();
@@ -590,7 +593,7 @@ fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
         format!(
             "data_dir = {:?}\n{}[smtp]\nlisten = \"127.0.0.1:{smtp_port}\"\nhostname = \"journal.test\"\naccept = [\"{JOURNAL}\"]\n[http]\nlisten = \"127.0.0.1:{}\"\n",
             dir.path().join("data"),
-            forward("pf", pf.port, "tls = \"none\"\nallow_insecure = true\nmax_connections = 4\n"),
+            forward("pf", pf.port, "tls = \"none\"\nallow_insecure = true\nmax_connections = 4\nforward_new_recipients = true\n"),
             free_port()
         ),
     )
@@ -608,6 +611,21 @@ fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
         .map(|i| sample::report_2007(&sample::numbered(i, 5000), &[]))
         .collect();
     runtime.block_on(send_smtp(smtp_port, reports, 4));
+    // Then a second report of some of them, each adding the recipient `new-<i>@corp.test`.
+    let updates = (0..UPDATES)
+        .map(|i| {
+            let msg = sample::numbered(i, 5000);
+            let mut rcpts = sample::default_recipients(&msg);
+            rcpts.push(journal_gateway::journal::Recipient {
+                address: format!("new-{i}@corp.test"),
+                kind: journal_gateway::journal::RecipientKind::To,
+                expanded: None,
+                forwarded: None,
+            });
+            sample::report_2007(&msg, &rcpts)
+        })
+        .collect();
+    runtime.block_on(send_smtp(smtp_port, updates, 4));
     pf.start_again();
     // Kill at pseudo-random moments (a fixed seed: the same schedule every run) while it
     // forwards, restarting on the same data each time.
@@ -624,11 +642,13 @@ fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
     // The last run drains the queue, then stops cleanly.
     let deadline = Instant::now() + Duration::from_secs(90);
     let all = usize::try_from(MESSAGES).unwrap();
-    while delivered_ids(&pf).len() < all {
+    let updates = usize::try_from(UPDATES).unwrap();
+    while delivered_ids(&pf).len() < all || delivered_updates(&pf).len() < updates {
         assert!(
             Instant::now() < deadline,
-            "only {} of {MESSAGES} reached Postfix after the kills; log:\n{}",
+            "only {} of {MESSAGES} reports and {} of {UPDATES} updates reached Postfix after the kills; log:\n{}",
             delivered_ids(&pf).len(),
+            delivered_updates(&pf).len(),
             pf.log()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -650,11 +670,29 @@ fn sigkill_while_forwarding_loses_nothing_and_counts_resends() {
         .filter(|id| !delivered.contains(*id))
         .collect();
     assert!(missing.is_empty(), "archived, never forwarded: {missing:?}");
+    let kept: Vec<u64> = delivered_updates(&pf).into_iter().collect();
+    assert_eq!(
+        kept,
+        (0..UPDATES).collect::<Vec<_>>(),
+        "every update, once at least"
+    );
     let copies = pf.delivered();
     println!(
-        "forward SIGKILL test: {ROUNDS} kills, {MESSAGES} archived, {copies} delivered: {} resent",
-        copies - all
+        "forward SIGKILL test: {ROUNDS} kills, {MESSAGES} archived and {UPDATES} recipient updates queued, {copies} delivered: {} resent",
+        copies - all - updates
     );
+}
+
+/// The numbers `i` of the recipient updates Postfix holds (their `new-<i>@corp.test` line).
+fn delivered_updates(pf: &Postfix) -> std::collections::BTreeSet<u64> {
+    pf.delivered_files()
+        .iter()
+        .filter_map(|f| {
+            let text = String::from_utf8_lossy(f);
+            let rest = text.split("To: new-").nth(1)?;
+            rest.split('@').next()?.parse().ok()
+        })
+        .collect()
 }
 
 /// The original Message-IDs Postfix holds.
