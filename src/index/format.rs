@@ -30,6 +30,24 @@ pub(super) const MIGRATION_CHUNK: usize = 20_000;
 /// Format 1's only record table: key -> encoded record.
 pub(super) const LEGACY_MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 
+/// How a migration runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Migration {
+    /// Records per transaction.
+    pub(super) chunk: usize,
+    /// Stop after this many transactions (tests: a migration cut short).
+    pub(super) stop_after: Option<usize>,
+}
+
+impl Default for Migration {
+    fn default() -> Migration {
+        Migration {
+            chunk: MIGRATION_CHUNK,
+            stop_after: None,
+        }
+    }
+}
+
 /// What [`Index::open`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Found {
@@ -60,14 +78,9 @@ pub(super) fn check(txn: &redb::WriteTransaction) -> Result<Found, IndexError> {
 }
 
 impl Index {
-    /// Moves every record of `messages` into the record log, `chunk` per transaction; with
-    /// `stop_after`, stops after that many transactions (tests: a migration cut short).
-    /// Returns whether it finished.
-    pub(super) fn migrate(
-        &self,
-        chunk: usize,
-        stop_after: Option<usize>,
-    ) -> Result<bool, IndexError> {
+    /// Moves every record of `messages` into the record log (see [`Migration`]). Returns
+    /// whether it finished.
+    pub(super) fn migrate(&self, how: Migration) -> Result<bool, IndexError> {
         let total = {
             let txn = redb::ReadableDatabase::begin_read(&self.db)?;
             txn.open_table(LEGACY_MESSAGES)?.len()?
@@ -78,10 +91,10 @@ impl Index {
         );
         let mut transactions = 0;
         loop {
-            if stop_after.is_some_and(|n| transactions >= n) {
+            if how.stop_after.is_some_and(|n| transactions >= n) {
                 return Ok(false);
             }
-            let done = self.migrate_chunk(chunk)?;
+            let done = self.migrate_chunk(how.chunk.max(1))?;
             transactions += 1;
             if done {
                 tracing::info!(records = total, "index migration finished");

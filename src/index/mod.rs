@@ -21,6 +21,8 @@ mod format;
 mod keys;
 mod log;
 mod record;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -179,16 +181,21 @@ impl Index {
     /// creates every table so readers never meet a missing one. The record log is
     /// `index.records` beside it; an index in the first format is migrated here.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Index, IndexError> {
-        Index::open_with(path, cache_bytes, keys::key_hash, None)
+        Index::open_with(
+            path,
+            cache_bytes,
+            keys::key_hash,
+            format::Migration::default(),
+        )
     }
 
-    /// [`Index::open`] with the key hash `hash`; the migration of a format 1 index stops after
-    /// `stop_migration_after` transactions when given (tests).
+    /// [`Index::open`] with the key hash `hash` and the migration's chunking (tests force
+    /// collisions and cut migrations short).
     fn open_with(
         path: &Path,
         cache_bytes: usize,
         hash: keys::KeyHash,
-        stop_migration_after: Option<usize>,
+        migration: format::Migration,
     ) -> Result<Index, IndexError> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
@@ -217,7 +224,7 @@ impl Index {
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         };
         if found == format::Found::Legacy {
-            index.migrate(format::MIGRATION_CHUNK, stop_migration_after)?;
+            index.migrate(migration)?;
         }
         Ok(index)
     }
