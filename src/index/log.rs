@@ -26,6 +26,8 @@ use super::{IndexError, Record};
 
 /// Bytes before an entry's payload: length and checksum.
 const HEADER: u64 = 8;
+/// [`HEADER`] as a buffer length.
+const HEADER_LEN: usize = 8;
 
 /// The record log file.
 pub(super) struct RecordLog {
@@ -133,9 +135,9 @@ impl RecordLog {
 }
 
 fn split_header(header: [u8; 8]) -> (usize, u32) {
-    let [a, b, c, d, e, f, g, h] = header;
-    let len = u32::from_le_bytes([a, b, c, d]) as usize;
-    (len, u32::from_le_bytes([e, f, g, h]))
+    let (len, crc) = header.split_at(4);
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    (word(len) as usize, word(crc))
 }
 
 /// Splits a payload into its key and record bytes.
@@ -211,7 +213,7 @@ impl LogBatch {
         let key_len = u32::try_from(key.len()).map_err(|_| too_large())?;
         let len = u32::try_from(4 + key.len() + record.len()).map_err(|_| too_large())?;
         let offset = self.end();
-        self.buf.reserve(HEADER as usize + len as usize);
+        self.buf.reserve(HEADER_LEN + len as usize);
         self.buf.extend_from_slice(&len.to_le_bytes());
         let crc_at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
