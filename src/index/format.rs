@@ -4,7 +4,8 @@
 //! - Format 2: `message_keys` / `message_key_collisions` (see `super::keys`) and the record log
 //!   `index.records` (see `super::log`); `index_meta` holds `format` = 2.
 //!
-//! Opening a format 1 index migrates it in chunks of [`MIGRATION_CHUNK`] records, one write
+//! Opening a format 1 index migrates it in chunks of [`MIGRATION_CHUNK`] records (or
+//! [`MIGRATION_CHUNK_BYTES`]), one write
 //! transaction each: the chunk's records are appended to the log (raw, as stored: whatever
 //! version of the record encoding they are in, they are read as before) and synced, then the
 //! transaction points their keys at them, removes them from `messages`, counts them in
@@ -26,6 +27,10 @@ pub(super) const FORMAT_KEY: &str = "format";
 pub(super) const MIGRATED: &str = "migrated_records";
 /// Records per migration transaction.
 pub(super) const MIGRATION_CHUNK: usize = 20_000;
+/// Log bytes per migration transaction at most (after the record that crosses it): records
+/// with long recipient lists are megabytes each, and a transaction's entries are in memory
+/// until they are written.
+pub(super) const MIGRATION_CHUNK_BYTES: u64 = 64 << 20;
 
 /// Format 1's only record table: key -> encoded record.
 pub(super) const LEGACY_MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
@@ -35,6 +40,8 @@ pub(super) const LEGACY_MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition
 pub(super) struct Migration {
     /// Records per transaction.
     pub(super) chunk: usize,
+    /// Log bytes per transaction (after the record that crosses it).
+    pub(super) chunk_bytes: u64,
     /// Stop after this many transactions (tests: a migration cut short).
     pub(super) stop_after: Option<usize>,
 }
@@ -43,6 +50,7 @@ impl Default for Migration {
     fn default() -> Migration {
         Migration {
             chunk: MIGRATION_CHUNK,
+            chunk_bytes: MIGRATION_CHUNK_BYTES,
             stop_after: None,
         }
     }
@@ -94,7 +102,7 @@ impl Index {
             if how.stop_after.is_some_and(|n| transactions >= n) {
                 return Ok(false);
             }
-            let done = self.migrate_chunk(how.chunk.max(1))?;
+            let done = self.migrate_chunk(how.chunk.max(1), how.chunk_bytes)?;
             transactions += 1;
             if done {
                 tracing::info!(records = total, "index migration finished");
@@ -104,13 +112,16 @@ impl Index {
     }
 
     /// One migration transaction; true when `messages` is empty and gone.
-    fn migrate_chunk(&self, chunk: usize) -> Result<bool, IndexError> {
+    fn migrate_chunk(&self, chunk: usize, chunk_bytes: u64) -> Result<bool, IndexError> {
         let txn = self.db.begin_write()?;
         let done = {
             let mut records = Records::open(&txn, &self.log, self.hash)?;
             let mut legacy = txn.open_table(LEGACY_MESSAGES)?;
             let mut moved = 0u64;
             for _ in 0..chunk {
+                if records.pending_bytes() >= chunk_bytes {
+                    break;
+                }
                 let Some((key, value)) = legacy.pop_first()? else {
                     break;
                 };

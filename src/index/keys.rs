@@ -175,6 +175,11 @@ impl<'txn> Records<'txn> {
         Ok(())
     }
 
+    /// Bytes of log entries this transaction added so far.
+    pub(super) fn pending_bytes(&self) -> u64 {
+        self.batch.len()
+    }
+
     /// The meta table of this transaction.
     pub(super) fn meta(&mut self) -> &mut Table<'txn, &'static str, u64> {
         &mut self.meta

@@ -202,9 +202,14 @@ impl LogBatch {
         self.buf.is_empty()
     }
 
+    /// Bytes of the entries added.
+    pub(super) fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
     /// The log's end once this batch is written.
     pub(super) fn end(&self) -> u64 {
-        self.base + self.buf.len() as u64
+        self.base + self.len()
     }
 
     /// Adds an entry of `key` and encoded `record`; returns its offset.

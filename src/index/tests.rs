@@ -366,14 +366,28 @@ fn an_interrupted_migration_resumes_on_the_next_open() {
     let cut = |stop_after| Migration {
         chunk: 10,
         stop_after: Some(stop_after),
+        ..Migration::default()
     };
-    // Two chunks committed, then the process stops.
+    // A transaction stops at its byte bound too (after the record that crosses it).
+    let bytes_bound = Migration {
+        chunk: 1000,
+        chunk_bytes: 1,
+        stop_after: Some(2),
+    };
+    drop(Index::open_with(&path, 1 << 20, key_hash, bytes_bound).unwrap());
+    {
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get(MIGRATED).unwrap().unwrap().value(), 2);
+    }
+    // Two more chunks committed, then the process stops.
     let index = Index::open_with(&path, 1 << 20, key_hash, cut(2)).unwrap();
     {
         let txn = index.db.begin_read().unwrap();
-        assert_eq!(txn.open_table(LEGACY_MESSAGES).unwrap().len().unwrap(), 75);
+        assert_eq!(txn.open_table(LEGACY_MESSAGES).unwrap().len().unwrap(), 73);
         let meta = txn.open_table(META).unwrap();
-        assert_eq!(meta.get(MIGRATED).unwrap().unwrap().value(), 20);
+        assert_eq!(meta.get(MIGRATED).unwrap().unwrap().value(), 22);
         assert!(meta.get(FORMAT_KEY).unwrap().is_none(), "not version 2 yet");
     }
     assert_eq!(index.get(&key(0)).unwrap(), Some(record(0)));
@@ -382,7 +396,8 @@ fn an_interrupted_migration_resumes_on_the_next_open() {
     assert!(index
         .migrate(Migration {
             chunk: 10,
-            stop_after: None
+            stop_after: None,
+            ..Migration::default()
         })
         .is_err());
     let end = committed_end(&index);
@@ -397,6 +412,7 @@ fn an_interrupted_migration_resumes_on_the_next_open() {
         Migration {
             chunk: 10,
             stop_after: None,
+            ..Migration::default()
         },
     )
     .unwrap();
