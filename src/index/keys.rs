@@ -43,20 +43,25 @@ pub(super) fn key_hash(key: &str) -> u128 {
     u128::from_be_bytes(first)
 }
 
-/// The offset of `key`'s current record, if it has one.
-pub(super) fn locate(
+/// The current record of `key`, if it has one: the entry its hash slot names when that entry
+/// is `key`'s, else the collision table's.
+pub(super) fn lookup(
     keys: &impl ReadableTable<u128, u64>,
     collisions: &impl ReadableTable<&'static str, u64>,
     entries: &impl Entries,
     hash: KeyHash,
     key: &str,
-) -> Result<Option<u64>, IndexError> {
+) -> Result<Option<Record>, IndexError> {
     if let Some(offset) = keys.get(hash(key))?.map(|v| v.value()) {
-        if entries.key_at(offset)? == key {
-            return Ok(Some(offset));
+        let (found, record) = entries.entry_at(offset)?;
+        if found == key {
+            return Ok(Some(record));
         }
     }
-    Ok(collisions.get(key)?.map(|v| v.value()))
+    match collisions.get(key)?.map(|v| v.value()) {
+        Some(offset) => Ok(Some(entries.entry_at(offset)?.1)),
+        None => Ok(None),
+    }
 }
 
 /// Number of keys.
@@ -128,11 +133,13 @@ impl<'txn> Records<'txn> {
 
     /// The record under `key` (as this transaction left it).
     pub(super) fn get(&self, key: &str) -> Result<Option<Record>, IndexError> {
-        let entries = self.entries();
-        match locate(&self.keys, &self.collisions, &entries, self.hash, key)? {
-            Some(offset) => Ok(Some(entries.entry_at(offset)?.1)),
-            None => Ok(None),
-        }
+        lookup(
+            &self.keys,
+            &self.collisions,
+            &self.entries(),
+            self.hash,
+            key,
+        )
     }
 
     /// Stores `rec` under `key`.

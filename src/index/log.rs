@@ -28,6 +28,8 @@ use super::{IndexError, Record};
 const HEADER: u64 = 8;
 /// [`HEADER`] as a buffer length.
 const HEADER_LEN: usize = 8;
+/// Bytes read at once for an entry (the payload of a record with a few recipients fits).
+const FIRST_READ: usize = 1024;
 
 /// The record log file.
 pub(super) struct RecordLog {
@@ -120,13 +122,36 @@ impl RecordLog {
         self.file.read_exact_at(buf, offset).map_err(|e| self.io(e))
     }
 
-    /// The payload of the entry at `offset`, its checksum verified.
+    /// The payload of the entry at `offset`, its checksum verified: one read of
+    /// [`FIRST_READ`] bytes (most records), a second one for the rest of a longer one.
     fn payload(&self, offset: u64) -> Result<Vec<u8>, IndexError> {
-        let mut header = [0u8; 8];
-        self.read_exact_at(&mut header, offset)?;
+        let mut buf = vec![0u8; FIRST_READ];
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        let header: [u8; HEADER_LEN] = buf
+            .get(..HEADER_LEN)
+            .filter(|_| got >= HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(IndexError::Corrupt(
+                "record log entry past the end of the log",
+            ))?;
         let (len, crc) = split_header(header);
-        let mut payload = vec![0u8; len];
-        self.read_exact_at(&mut payload, offset + HEADER)?;
+        let end = HEADER_LEN + len;
+        if end <= got {
+            buf.truncate(end);
+        } else {
+            buf.truncate(got);
+            buf.resize(end, 0);
+            self.read_exact_at(&mut buf[got..], offset + got as u64)?;
+        }
+        let payload = buf.split_off(HEADER_LEN);
         if crc32c(&payload) != crc {
             return Err(IndexError::Corrupt("record log entry checksum mismatch"));
         }

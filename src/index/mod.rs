@@ -246,10 +246,7 @@ impl Index {
             txn.open_table(keys::KEYS)?,
             txn.open_table(keys::COLLISIONS)?,
         );
-        match keys::locate(&keys, &collisions, &self.log, self.hash, key)? {
-            Some(offset) => Ok(Some(log::Entries::entry_at(&self.log, offset)?.1)),
-            None => Ok(None),
-        }
+        keys::lookup(&keys, &collisions, &self.log, self.hash, key)
     }
 
     /// Looks an original up: the record under `key`, or under `variant_key` when `key` holds a
@@ -266,10 +263,10 @@ impl Index {
             txn.open_table(keys::COLLISIONS)?,
         );
         for k in [key, variant_key] {
-            match keys::locate(&keys, &collisions, &self.log, self.hash, k)? {
+            match keys::lookup(&keys, &collisions, &self.log, self.hash, k)? {
                 None => return Ok(None),
-                Some(offset) => {
-                    if log::Entries::entry_at(&self.log, offset)?.1.identity == identity {
+                Some(rec) => {
+                    if rec.identity == identity {
                         return Ok(Some(k.to_string()));
                     }
                 }

@@ -115,11 +115,29 @@ fn records_round_trip_through_the_key_table_and_the_log() {
     let figures = index.storage_figures().unwrap();
     assert_eq!(figures.log_bytes, end);
     assert!(figures.key_table_bytes > 0);
+    // A record longer than the first read of an entry (a long recipient list), between two
+    // short ones, the last one at the end of the log.
+    let mut long = record(4);
+    long.recipients = (0..500)
+        .map(|r| Recipient {
+            address: format!("member{r}@corp.example"),
+            kind: RecipientKind::Bcc,
+            expanded: Some("all-staff@corp.example".into()),
+            forwarded: None,
+        })
+        .collect();
+    index
+        .write(|w| {
+            w.put_record(&key(4), &long)?;
+            w.put_record(&key(5), &record(5))
+        })
+        .unwrap();
     drop(index);
     let index = Index::open(&path, 1 << 20).unwrap();
-    for i in 1..=3 {
+    for i in [1, 2, 3, 5] {
         assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)));
     }
+    assert_eq!(index.get(&key(4)).unwrap(), Some(long));
 }
 
 /// A duplicate's merge appends a new version and repoints the key; the old one stays in the
