@@ -59,7 +59,9 @@ impl Default for Migration {
 /// What [`Index::open`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Found {
-    /// A new index, or one in the current format.
+    /// A new index (created now).
+    New,
+    /// An index in the current format.
     Current,
     /// A format 1 index (or one whose migration was interrupted): migrate.
     Legacy,
@@ -80,7 +82,7 @@ pub(super) fn check(txn: &redb::WriteTransaction) -> Result<Found, IndexError> {
         Some(_) => Ok(Found::Current),
         None => {
             meta.insert(FORMAT_KEY, FORMAT)?;
-            Ok(Found::Current)
+            Ok(Found::New)
         }
     }
 }

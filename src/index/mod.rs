@@ -98,6 +98,10 @@ pub enum IndexError {
         /// The end the last committed transaction recorded.
         committed_end: u64,
     },
+    /// The index is new but a record log with records is beside it (`index.redb` lost or
+    /// replaced): nothing is cut or overwritten.
+    #[error("index record log {} holds records but the index is new: restore the index that belongs to it, or move the log away", .0.display())]
+    OrphanLog(PathBuf),
     /// The index was written in a newer format.
     #[error("index format version {0} is newer than this gateway")]
     Format(u64),
@@ -214,8 +218,14 @@ impl Index {
         txn.open_table(POP3_ONLY)?;
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
+        let log_path = path.with_extension("records");
+        if found == format::Found::New && std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
+            // Cutting it to the new index's empty log would destroy the only copy of the
+            // records (the log holds every key): the operator decides.
+            return Err(IndexError::OrphanLog(log_path));
+        }
         txn.commit()?;
-        let log = log::RecordLog::open(&path.with_extension("records"), log_end)?;
+        let log = log::RecordLog::open(&log_path, log_end)?;
         let index = Index {
             db,
             log,

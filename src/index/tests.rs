@@ -281,6 +281,14 @@ fn open_cuts_a_torn_tail_and_refuses_a_lost_log() {
         Index::open(&path, 1 << 20),
         Err(IndexError::LogTruncated { len: 0, .. })
     ));
+    // The other way round: the index is lost, the log is not. A new index does not cut it.
+    std::fs::write(log_path(&path), &bytes).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        Index::open(&path, 1 << 20),
+        Err(IndexError::OrphanLog(_))
+    ));
+    assert_eq!(std::fs::read(log_path(&path)).unwrap(), bytes);
 }
 
 #[test]
