@@ -12,13 +12,15 @@
 //!   `index.records` (every version of every record), and the two files together.
 //!
 //! The index is grown between scales with index entries only (no message files) by the index's
-//! bulk loader (`Index::bulk_load`, 100,000 per transaction): realistic records (three
+//! bulk loader (`Index::bulk_load`, `INDEX_PREFILL_CHUNK` per transaction, default 500,000):
+//! realistic records (three
 //! recipients, one sighting) under random Message-ID-like keys.
 //! Ingested messages get random keys too, so they land all over the B-tree as real ones do.
 //!
 //! Environment: `INDEX_SCALES` (default `0,1000000,10000000`), `INDEX_INGEST` (5000),
 //! `INDEX_TASKS` (64), `INDEX_REPEAT` (3 ingest rounds per scale, the median shown),
 //! `INDEX_LOOKUPS` (200000), `INDEX_CACHE_MB` (the index page cache; default the gateway's),
+//! `INDEX_PREFILL_CHUNK` (500000 keys per prefill transaction),
 //! `BENCH_DIR` (where the data dir goes; default the
 //! system temp dir). Without `--bench` (as `cargo test --all-targets` runs it): a smoke run with
 //! scales 0 and 20,000, 300 messages, 2,000 lookups.
@@ -32,8 +34,6 @@ use journal_gateway::ingest::{Delivery, Ingest, Outcome};
 use journal_gateway::journal::{Format, Recipient, RecipientKind};
 use journal_gateway::metrics::Metrics;
 use journal_gateway_testkit::{machine, sample};
-
-const CHUNK: u64 = 100_000;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -118,12 +118,12 @@ fn prefill_record(i: u64, key: &str) -> Record {
     }
 }
 
-/// Grows the index from `from` to `to` prefilled keys; returns keys/s.
-fn prefill(archive: &Archive, from: u64, to: u64) -> f64 {
+/// Grows the index from `from` to `to` prefilled keys, `chunk` per transaction; returns keys/s.
+fn prefill(archive: &Archive, from: u64, to: u64, chunk: u64) -> f64 {
     let start = Instant::now();
     let mut i = from;
     while i < to {
-        let end = (i + CHUNK).min(to);
+        let end = (i + chunk).min(to);
         let batch: Vec<(String, Record)> = (i..end)
             .map(|j| {
                 let key = prefill_key(j);
@@ -227,6 +227,7 @@ fn main() {
         std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(base).expect("bench dir");
     let cache_mb = env_num("INDEX_CACHE_MB", (DEFAULT_CACHE_BYTES >> 20) as u64);
+    let chunk = env_num("INDEX_PREFILL_CHUNK", 500_000).max(1);
     let archive = Arc::new(
         Archive::open_with_cache(
             dir.path(),
@@ -257,7 +258,7 @@ fn main() {
     let mut ingested_keys = Vec::new();
     for (round, &scale) in scales.iter().enumerate() {
         let prefill_rate = if scale > filled {
-            let r = prefill(&archive, filled, scale);
+            let r = prefill(&archive, filled, scale, chunk);
             filled = scale;
             format!("{r:.0}")
         } else {
