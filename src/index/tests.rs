@@ -320,7 +320,8 @@ fn write_format_1(path: &Path, n: u64) {
     {
         let mut messages = txn.open_table(LEGACY_MESSAGES).unwrap();
         for i in 0..n {
-            let mut bytes = record(i).encode();
+            // What the first format's code wrote: encoding version 3 (version 4 came later).
+            let mut bytes = record(i).encode_v3();
             if i == 0 {
                 // The version 2 encoding: version 3's body without the empty warning list.
                 bytes[0] = 2;

@@ -225,6 +225,18 @@ async fn below_the_reserve_collectors_pause_deleting_nothing_and_resume_by_thems
         || paused() >= 1,
     )
     .await;
+    // The counter goes up just before the run is written to the history.
+    wait_for(
+        "the paused run is in the history",
+        Duration::from_secs(20),
+        || {
+            gw.archive()
+                .runs("dc1", 1)
+                .first()
+                .is_some_and(|r| r.error.is_some())
+        },
+    )
+    .await;
     assert_eq!(server.mailbox_count(), 5, "nothing deleted");
     assert_eq!(gw.archive().count(), 0, "nothing fetched");
     let runs = gw.archive().runs("dc1", 10);
