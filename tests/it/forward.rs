@@ -512,7 +512,7 @@ async fn a_wrong_pin_is_refused_and_retried_never_sent_in_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_queues_archived_messages_for_a_new_target() {
-    let pf = Postfix::downstream(free_port());
+    let mut pf = Postfix::downstream(free_port());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Archived before the target existed.
@@ -534,6 +534,9 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pf.delivered(), 0, "a new target gets nothing by itself");
+    // Held in the queue while both backfills run (a delivered entry is no longer queued, and
+    // a second backfill would queue it again).
+    pf.stop();
     let (ok, out, err) = gw.cli(
         crate::gateway_bin(),
         &["forward", "backfill", "pf", "--since", "1970-01-01"],
@@ -552,6 +555,7 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
         &["forward", "backfill", "pf", "--since", "soon"],
     );
     assert!(!ok && err.contains("--since"), "{err}");
+    pf.start_again();
     wait_for("5 delivered", Duration::from_secs(30), || {
         let n = pf.delivered();
         async move {
