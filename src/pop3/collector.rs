@@ -626,20 +626,18 @@ impl Collector {
                         Err(e) => break Some(e),
                     }
                 }
-                Some(Sent::Dele(i)) => {
-                    match client.read_ok(&format!("DELE {}", items[i].n)).await {
-                        Ok(_) => {
-                            committed.deleted += 1;
-                            if items[i].action == Action::Delete {
-                                committed.known += 1;
-                            }
+                Some(Sent::Dele(i)) => match client.read_dele(items[i].n).await {
+                    Ok(()) => {
+                        committed.deleted += 1;
+                        if items[i].action == Action::Delete {
+                            committed.known += 1;
                         }
-                        Err(e) if e.kind.is_refusal() => {
-                            soft.get_or_insert(e);
-                        }
-                        Err(e) => break Some(e),
                     }
-                }
+                    Err(e) if e.kind.is_refusal() => {
+                        soft.get_or_insert(e);
+                    }
+                    Err(e) => break Some(e),
+                },
                 None if !ingests.is_empty() => {
                     if let Some(done) = ingests.join_next().await {
                         self.ingested(done, delete, run, &mut to_delete, &mut soft);
