@@ -196,13 +196,17 @@ fn inspect_unguarded(input: &dyn Input, depth: usize) -> io::Result<Option<Ndr>>
     // Every message passes here and almost none is an NDR: the gate parses the Content-Type
     // alone (the one header `report_marker` reads, with the same parser as a full parse; the
     // others are skipped to their end, not parsed: addresses, Received, dates, ...).
-    let Some(msg) = content_type_parser().parse_headers(&top[..]) else {
+    let Some(marker) = content_type_parser()
+        .parse_headers(&top[..])
+        .and_then(|gate| report_marker(&gate))
+    else {
         return Ok(None);
     };
-    let Some(marker) = report_marker(&msg) else {
-        return Ok(None);
-    };
+    // A multipart/report: its headers in full (the NDR's Message-ID is kept).
     let parser = MessageParser::new();
+    let Some(msg) = parser.parse_headers(&top[..]) else {
+        return Ok(None);
+    };
     let found = walk(&mut lines, &marker)?;
     let Some(returned) = found.returned else {
         return Ok(None);
