@@ -270,7 +270,10 @@ fn print_notes() {
     println!(
         "- Peak RSS: VmHWM of the tool's process (the gateway's is the whole process, all \
          threads), sampled from /proc every 10 ms, largest over the runs. Tool CPU: user + \
-         system from wait4 (with the children it waited for: fetchmail's MDA shells); CPU          ms/msg is that over the mailbox size, split into user and kernel time, each the          median over the runs (the kernel part includes the durable writes: the gateway's file,          directory and index fsyncs, mpop's file fsyncs)."
+         system from wait4 (with the children it waited for: fetchmail's MDA shells); CPU \
+         ms/msg is that over the mailbox size, split into user and kernel time, each the \
+         median over the runs (the kernel part includes the durable writes: the gateway's file, \
+         directory and index fsyncs, mpop's file fsyncs)."
     );
 }
 
