@@ -25,8 +25,13 @@
 //!   `5000`; larger mailboxes skip that row and say so).
 //! - `POP3_BENCH_GATEWAY_TOML`: extra keys for the gateway's `[[collector]]` table, e.g.
 //!   `pipeline_depth = 16` (`\n` between keys).
+//! - `POP3_BENCH_GATEWAY_BIN`: another `journal-gateway` binary to run as the gateway (an A/B
+//!   against an earlier build: run the bench once per binary, interleaved).
 //! - `POP3_BENCH_PERF=DIR`: record `perf record -e cpu-clock -g -p <gateway pid>` into
 //!   `DIR/gateway-<N>.data` and a system-wide `DIR/system-<N>.data` during the gateway's drains.
+//! - `POP3_BENCH_CALLGRIND=DIR`: diagnostic, not for figures: run the gateway and mpop under
+//!   `valgrind --tool=callgrind` (output in `DIR/<tool>-<N>.out`): user-space instructions per
+//!   message, robust to the load of a shared machine (the wall times of such a run mean nothing).
 //! - `POP3_BENCH_STRACE=DIR`: diagnostic, not for figures: run every tool under `strace -f -c -e
 //!   trace=fsync,fdatasync,sync_file_range,syncfs,rename,openat` and keep the counts in
 //!   `DIR/<tool>-<N>.txt` (that is how we know who fsyncs).
@@ -45,6 +50,7 @@ const TOOLS: [&str; 4] = ["gateway", "mpop", "fetchmail", "fetchmail-mda"];
 const MPOP: &str = "/usr/bin/mpop";
 const FETCHMAIL: &str = "/usr/bin/fetchmail";
 const PERF: &str = "/usr/bin/perf";
+const VALGRIND: &str = "/usr/bin/valgrind";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -91,6 +97,9 @@ fn main() {
     if perf_dir.is_some() {
         require(PERF, "linux-perf");
     }
+    if std::env::var_os("POP3_BENCH_CALLGRIND").is_some() {
+        require(VALGRIND, "valgrind");
+    }
 
     println!("## POP3 drain: gateway vs mpop vs fetchmail\n");
     println!("machine: {}\n", machine::description());
@@ -122,17 +131,31 @@ fn main() {
                 runs[k].push(bench.run(tool, perf_dir.as_deref()));
             }
         }
-        let mut gateway: Option<f64> = None;
+        let mut gateway: Option<(f64, f64)> = None;
         for (tool, mut ms) in run_tools.into_iter().zip(runs) {
             ms.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
             let rates: Vec<f64> = ms.iter().map(|m| count as f64 / m.seconds).collect();
             let peak_kib = ms.iter().map(|m| m.peak_kib).max().unwrap_or(0);
+            // CPU per message in ms, each the median over the runs on its own.
+            let per_message = |f: fn(&Measured) -> f64| {
+                let mut v: Vec<f64> = ms.iter().map(|m| f(m) * 1000.0 / count as f64).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let cpu_ms = (
+                per_message(|m| m.cpu),
+                per_message(|m| m.user),
+                per_message(|m| m.sys),
+            );
             let m = ms.swap_remove(ms.len() / 2);
             let rate = count as f64 / m.seconds;
             if tool == "gateway" {
-                gateway = Some(rate);
+                gateway = Some((rate, cpu_ms.0));
             }
+            let peer = gateway.filter(|_| tool != "gateway");
             rows.push(Row {
+                cpu_ms,
+                cpu_ratio: peer.map(|(_, g)| g / cpu_ms.0),
                 workload: format!("drain + delete {count} × {} KB", size / 1000),
                 tool: tool.clone(),
                 m,
@@ -140,7 +163,7 @@ fn main() {
                 range: (rates[rates.len() - 1], rates[0]),
                 runs: rates.len(),
                 peak_kib,
-                ratio: gateway.filter(|_| tool != "gateway").map(|g| g / rate),
+                ratio: peer.map(|(g, _)| g / rate),
             });
         }
     }
@@ -164,16 +187,20 @@ struct Row {
     /// Largest over the runs.
     peak_kib: u64,
     ratio: Option<f64>,
+    /// CPU ms per message: total, user, system (each the median over the runs).
+    cpu_ms: (f64, f64, f64),
+    /// The gateway's CPU per message over this tool's.
+    cpu_ratio: Option<f64>,
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| workload | peer | delivery | messages/s (median) | gateway / peer | runs: min–max msg/s | wall s | tool CPU s | Dovecot CPU s | peak RSS MiB |"
+        "| workload | peer | delivery | messages/s (median) | gateway / peer | runs: min–max msg/s | wall s | tool CPU s | CPU ms/msg (user + sys) | gateway CPU / peer CPU | Dovecot CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.0} | {} | {}: {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.0} | {} | {}: {:.0}–{:.0} | {:.2} | {:.2} | {:.3} ({:.3} + {:.3}) | {} | {:.2} | {:.1} |",
             r.workload,
             r.tool,
             delivery(&r.tool),
@@ -184,6 +211,10 @@ fn print_table(rows: &[Row]) {
             r.range.1,
             r.m.seconds,
             r.m.cpu,
+            r.cpu_ms.0,
+            r.cpu_ms.1,
+            r.cpu_ms.2,
+            r.cpu_ratio.map_or("—".into(), |x| format!("{x:.2}x")),
             r.m.dovecot_cpu,
             r.peak_kib as f64 / 1024.0,
         );
@@ -239,7 +270,10 @@ fn print_notes() {
     println!(
         "- Peak RSS: VmHWM of the tool's process (the gateway's is the whole process, all \
          threads), sampled from /proc every 10 ms, largest over the runs. Tool CPU: user + \
-         system from wait4 (with the children it waited for: fetchmail's MDA shells)."
+         system from wait4 (with the children it waited for: fetchmail's MDA shells); CPU \
+         ms/msg is that over the mailbox size, split into user and kernel time, each the \
+         median over the runs (the kernel part includes the durable writes: the gateway's file, \
+         directory and index fsyncs, mpop's file fsyncs)."
     );
 }
 
@@ -319,6 +353,27 @@ impl Bench {
             "fetchmail-mda" => fetchmail_command(&server, work.path(), true),
             _ => unreachable!(),
         };
+        let callgrind = std::env::var_os("POP3_BENCH_CALLGRIND")
+            .filter(|_| matches!(tool, "gateway" | "mpop"))
+            .map(PathBuf::from);
+        if let Some(dir) = callgrind {
+            std::fs::create_dir_all(&dir).expect("create callgrind dir");
+            let mut wrapped = Command::new(VALGRIND);
+            wrapped
+                .args(["--tool=callgrind", "--trace-children=no"])
+                .arg(format!(
+                    "--callgrind-out-file={}",
+                    dir.join(format!("{tool}-{}.out", self.count)).display()
+                ))
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    wrapped.env(k, v);
+                }
+            }
+            cmd = wrapped;
+        }
         if let Some(dir) = std::env::var_os("POP3_BENCH_STRACE") {
             let dir = PathBuf::from(dir);
             std::fs::create_dir_all(&dir).expect("create strace dir");
@@ -371,11 +426,13 @@ impl Bench {
             self.count, m.stderr
         );
         eprintln!(
-            "{tool}: {} messages in {:.2} s ({:.0}/s), CPU {:.2} s, Dovecot CPU {:.2} s, peak RSS {:.1} MiB",
+            "{tool}: {} messages in {:.2} s ({:.0}/s), CPU {:.2} s (user {:.2}, sys {:.2}), Dovecot CPU {:.2} s, peak RSS {:.1} MiB",
             self.count,
             m.seconds,
             self.count as f64 / m.seconds,
             m.cpu,
+            m.user,
+            m.sys,
             m.dovecot_cpu,
             m.peak_kib as f64 / 1024.0
         );
@@ -437,7 +494,11 @@ fn gateway_command(server: &Dovecot, work: &Path) -> Command {
             pin = server.fingerprint,
         ),
     );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_journal-gateway"));
+    let binary = std::env::var_os("POP3_BENCH_GATEWAY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_journal-gateway")),
+        PathBuf::from,
+    );
+    let mut cmd = Command::new(binary);
     cmd.args(["collector", "collect", "bench", "--offline", "--config"])
         .arg(&config)
         .env("JOURNAL_GATEWAY_LOG", "warn");
@@ -555,6 +616,10 @@ struct Measured {
     seconds: f64,
     /// User + system CPU of the tool (and the children it waited for).
     cpu: f64,
+    /// The user-space part of `cpu`.
+    user: f64,
+    /// The kernel part of `cpu` (system calls: TLS reads, file creation, fsync, ...).
+    sys: f64,
     dovecot_cpu: f64,
     peak_kib: u64,
     success: bool,
@@ -626,6 +691,8 @@ fn measure(cmd: &mut Command, work: &Path, perf: Option<&(PathBuf, u64)>) -> Mea
     Measured {
         seconds: (ended - started).as_secs_f64(),
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        user: tv(usage.ru_utime),
+        sys: tv(usage.ru_stime),
         dovecot_cpu: 0.0,
         // Not ru_maxrss: Linux folds the pre-exec memory of the forked child (a copy of this
         // process) into it.

@@ -22,7 +22,7 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use mail_parser::{Message, MessageParser, MimeHeaders};
+use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
 
 use super::input::Input;
@@ -193,11 +193,18 @@ fn inspect_unguarded(input: &dyn Input, depth: usize) -> io::Result<Option<Ndr>>
     let Some(top) = header_section(&mut lines)? else {
         return Ok(None);
     };
-    let parser = MessageParser::new();
-    let Some(msg) = parser.parse_headers(&top[..]) else {
+    // Every message passes here and almost none is an NDR: the gate parses the Content-Type
+    // alone (the one header `report_marker` reads, with the same parser as a full parse; the
+    // others are skipped to their end, not parsed: addresses, Received, dates, ...).
+    let Some(marker) = content_type_parser()
+        .parse_headers(&top[..])
+        .and_then(|gate| report_marker(&gate))
+    else {
         return Ok(None);
     };
-    let Some(marker) = report_marker(&msg) else {
+    // A multipart/report: its headers in full (the NDR's Message-ID is kept).
+    let parser = MessageParser::new();
+    let Some(msg) = parser.parse_headers(&top[..]) else {
         return Ok(None);
     };
     let found = walk(&mut lines, &marker)?;
@@ -289,6 +296,14 @@ fn header_section(lines: &mut Lines<'_, impl Input + ?Sized>) -> io::Result<Opti
 
 /// `--boundary` of a `multipart/report; report-type=delivery-status` (or the RFC 6533
 /// `global-delivery-status`), else None.
+/// A header parser for [`report_marker`]: `Content-Type` parsed as a full parse does, every
+/// other header skipped.
+fn content_type_parser() -> MessageParser {
+    MessageParser::new()
+        .header_content_type(HeaderName::ContentType)
+        .default_header_ignore()
+}
+
 fn report_marker(msg: &Message<'_>) -> Option<Vec<u8>> {
     let ct = msg.content_type()?;
     let is_report = ct.ctype().eq_ignore_ascii_case("multipart")
@@ -491,6 +506,59 @@ mod tests {
              --jr--\r\n"
         )
         .into_bytes()
+    }
+
+    /// The gate's parser sees the same headers (names and extents) and the same Content-Type
+    /// as a full parse, also where the skipped headers are malformed: unterminated quotes and
+    /// comments, folded and bare-CR lines, an empty value, a header without a colon.
+    #[test]
+    fn the_content_type_gate_reads_what_a_full_parse_reads() {
+        let odd = [
+            "From: \"unterminated <a@b>\r\nTo: (open comment a@b\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=x\r\n\r\n",
+            "Received: from a (b [1.2.3.4])\r\n\tby c; Mon, 1 Jan 2024 00:00:00 +0000\r\nDate: not a date\r\nContent-Type: multipart/report;\r\n report-type=\"delivery-status\";\r\n boundary=\"q\"\r\n\r\n",
+            "Subject: =?utf-8?q?x?=\rbare cr\r\nMessage-ID: <x@y\r\nContent-Type: MULTIPART/REPORT; REPORT-TYPE=global-delivery-status; boundary=z\r\n\r\n",
+            "X-Empty:\r\nno colon line\r\nTo: \"a\r\n b\" <c@d>, <e@f\r\nContent-Type: text/plain\r\n\r\n",
+            "Content-Type: multipart/mixed; boundary=\"jr\"\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=y\r\n\r\n",
+            "Cc: a@b,\r\n\r\n",
+        ];
+        let ndr = ndr("message/rfc822", "", &journal_report("x"));
+        let journal = journal_report("y");
+        let inputs: Vec<&[u8]> = odd
+            .iter()
+            .map(|s| s.as_bytes())
+            .chain([&ndr[..], &journal[..]])
+            .collect();
+        for input in inputs {
+            let full = MessageParser::new().parse_headers(input);
+            let gate = content_type_parser().parse_headers(input);
+            let extents = |m: &Option<Message<'_>>| {
+                m.as_ref().map(|m| {
+                    m.headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.as_str().to_string(),
+                                h.offset_field,
+                                h.offset_start,
+                                h.offset_end,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
+            let text = String::from_utf8_lossy(input);
+            assert_eq!(extents(&gate), extents(&full), "{text:?}");
+            assert_eq!(
+                gate.as_ref().and_then(|m| m.content_type().cloned()),
+                full.as_ref().and_then(|m| m.content_type().cloned()),
+                "{text:?}"
+            );
+            assert_eq!(
+                gate.as_ref().and_then(report_marker),
+                full.as_ref().and_then(report_marker),
+                "{text:?}"
+            );
+        }
     }
 
     const STATUS: &str = "Reporting-MTA: dns; mx.corp.test\r\n\r\n\

@@ -170,10 +170,14 @@ pub(super) struct Lines<'a, I: ?Sized> {
 
 impl<'a, I: Input + ?Sized> Lines<'a, I> {
     pub(super) fn new(input: &'a I, size: u64, window: usize) -> Self {
+        // An input smaller than the window fits whole: a buffer of its size reads the same
+        // lines (no line can be longer than the input) without zeroing a whole window for
+        // every small message (`dsn::inspect` runs on each one).
+        let len = usize::try_from(size).map_or(window, |size| size.min(window));
         Lines {
             input,
             size,
-            buf: vec![0u8; window],
+            buf: vec![0u8; len],
             start: 0,
             end: 0,
             read_at: 0,

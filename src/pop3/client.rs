@@ -98,6 +98,26 @@ pub struct Client {
     capabilities: Capabilities,
     /// The `<...>` timestamp of the greeting, when the server offers APOP.
     apop_stamp: Option<String>,
+    /// A line buffer for the next answer, reused from one `+OK` to the next.
+    line: Vec<u8>,
+}
+
+/// A command with a message number, for the queue and for error messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Numbered {
+    /// `RETR n`.
+    Retr(u32),
+    /// `DELE n`.
+    Dele(u32),
+}
+
+impl std::fmt::Display for Numbered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Numbered::Retr(n) => write!(f, "RETR {n}"),
+            Numbered::Dele(n) => write!(f, "DELE {n}"),
+        }
+    }
 }
 
 impl Client {
@@ -117,6 +137,7 @@ impl Client {
             timeout: endpoint.timeout,
             capabilities: Capabilities::default(),
             apop_stamp: None,
+            line: Vec::new(),
         };
         let greeting = client.response("greeting").await?;
         client.apop_stamp = login::apop_stamp(&greeting);
@@ -220,17 +241,37 @@ impl Client {
 
     /// Queues `RETR n` (written by the next [`Client::flush`]).
     pub fn send_retr(&mut self, n: u32) {
-        self.send_raw(&format!("RETR {n}"));
+        self.send_numbered(Numbered::Retr(n));
     }
 
     /// Queues `DELE n`.
     pub fn send_dele(&mut self, n: u32) {
-        self.send_raw(&format!("DELE {n}"));
+        self.send_numbered(Numbered::Dele(n));
     }
 
-    /// Reads a single-line `+OK` answer (to DELE, or any command queued with `send_*`).
-    pub async fn read_ok(&mut self, what: &str) -> Result<String, Pop3Error> {
-        self.response(what).await
+    /// Reads the single-line `+OK` answer to a `DELE n` queued with [`Client::send_dele`].
+    pub async fn read_dele(&mut self, n: u32) -> Result<(), Pop3Error> {
+        self.expect_ok(Numbered::Dele(n)).await
+    }
+
+    /// Appends `VERB n` and its CRLF to the queued commands, without a temporary string (one
+    /// per message otherwise).
+    fn send_numbered(&mut self, command: Numbered) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.out, "{command}\r\n");
+    }
+
+    /// Reads a single-line answer that must be `+OK`; its text is not needed, so nothing is
+    /// allocated for it (the per-message answers to RETR and DELE). `what` names the command
+    /// in an error.
+    async fn expect_ok(&mut self, what: impl std::fmt::Display) -> Result<(), Pop3Error> {
+        let line = self.read_line().await?;
+        if line.starts_with(b"+OK") {
+            self.line = line;
+            return Ok(());
+        }
+        self.status(&line, &what.to_string()).map(drop)
     }
 
     /// `QUIT`: the server commits the deletions (RFC 1939 UPDATE state) and closes.
@@ -316,14 +357,17 @@ impl Client {
             if line == b"." {
                 return Ok(());
             }
-            let line = line.strip_prefix(b".").unwrap_or(&line);
-            each(line)?;
+            each(line.strip_prefix(b".").unwrap_or(&line))?;
+            // The buffer serves the next line (a 100,000-line UIDL listing: one allocation).
+            self.line = line;
         }
     }
 
-    /// Reads one line (without its CRLF), at most [`MAX_LINE`] long.
+    /// Reads one line (without its CRLF), at most [`MAX_LINE`] long. The line's buffer is the
+    /// one [`Client::expect_ok`] gave back, when it did (no allocation per answer).
     async fn read_line(&mut self) -> Result<Vec<u8>, Pop3Error> {
-        let mut line = Vec::new();
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
         loop {
             let timeout = self.timeout;
             let buf = match tokio::time::timeout(timeout, self.io.fill_buf()).await {

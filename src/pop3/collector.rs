@@ -563,6 +563,8 @@ impl Collector {
         };
         let mut next = 0;
         let mut sent: VecDeque<Sent> = VecDeque::new();
+        // The last `queued` commands of `sent` are not written yet (see `must_flush`).
+        let mut queued = 0usize;
         let mut retrs_sent = 0usize;
         let mut ingests: JoinSet<(usize, Result<Outcome, IngestError>)> = JoinSet::new();
         let mut to_delete: VecDeque<usize> = VecDeque::new();
@@ -577,6 +579,7 @@ impl Collector {
                 if let Some(i) = to_delete.pop_front() {
                     client.send_dele(items[i].n);
                     sent.push_back(Sent::Dele(i));
+                    queued += 1;
                     continue;
                 }
                 if soft.is_some() || gw.shutdown.is_cancelled() || next >= items.len() {
@@ -594,16 +597,21 @@ impl Collector {
                         client.send_retr(items[next].n);
                         sent.push_back(Sent::Retr(next));
                         retrs_sent += 1;
+                        queued += 1;
                     }
                     Action::Delete => {
                         client.send_dele(items[next].n);
                         sent.push_back(Sent::Dele(next));
+                        queued += 1;
                     }
                 }
                 next += 1;
             }
-            if let Err(e) = client.flush().await {
-                break Some(e);
+            if must_flush(sent.len() - queued, queued) {
+                if let Err(e) = client.flush().await {
+                    break Some(e);
+                }
+                queued = 0;
             }
             match sent.pop_front() {
                 Some(Sent::Retr(i)) => {
@@ -626,20 +634,18 @@ impl Collector {
                         Err(e) => break Some(e),
                     }
                 }
-                Some(Sent::Dele(i)) => {
-                    match client.read_ok(&format!("DELE {}", items[i].n)).await {
-                        Ok(_) => {
-                            committed.deleted += 1;
-                            if items[i].action == Action::Delete {
-                                committed.known += 1;
-                            }
+                Some(Sent::Dele(i)) => match client.read_dele(items[i].n).await {
+                    Ok(()) => {
+                        committed.deleted += 1;
+                        if items[i].action == Action::Delete {
+                            committed.known += 1;
                         }
-                        Err(e) if e.kind.is_refusal() => {
-                            soft.get_or_insert(e);
-                        }
-                        Err(e) => break Some(e),
                     }
-                }
+                    Err(e) if e.kind.is_refusal() => {
+                        soft.get_or_insert(e);
+                    }
+                    Err(e) => break Some(e),
+                },
                 None if !ingests.is_empty() => {
                     if let Some(done) = ingests.join_next().await {
                         self.ingested(done, delete, run, &mut to_delete, &mut soft);
@@ -694,6 +700,20 @@ impl Collector {
             }
         }
     }
+}
+
+/// Most commands queued before they are written anyway.
+const MAX_QUEUED: usize = 8;
+
+/// Whether the queued commands are written now. They wait while the server still has at least
+/// two written commands to answer (it is not idle, and the next answer read is of a written
+/// command), so that one write (one TLS record, one system call, one wake-up of the server)
+/// carries several RETRs and DELEs instead of one write per command; at most [`MAX_QUEUED`].
+/// With one written command left (or none) they go at once: the server never waits for them,
+/// and an answer is never awaited for a command that was not sent. Without `PIPELINING` (at
+/// most one command outstanding) every command is written at once, as before.
+fn must_flush(written: usize, queued: usize) -> bool {
+    queued > 0 && (written <= 1 || queued >= MAX_QUEUED)
 }
 
 /// Collection pauses: the archive is below its free-space reserve.
@@ -770,6 +790,22 @@ mod tests {
             .map(|_| jitter(Duration::from_hours(1), ErrorKind::InUse, random_fraction()))
             .collect();
         assert!(spread.len() > 1, "random jitter varies: {spread:?}");
+    }
+
+    #[test]
+    fn queued_commands_wait_only_while_the_server_has_two_to_answer() {
+        // Nothing queued: nothing to write.
+        assert!(!must_flush(0, 0));
+        assert!(!must_flush(5, 0));
+        // The server has at most one written command left: write at once (never await an
+        // answer to an unwritten command).
+        assert!(must_flush(0, 1));
+        assert!(must_flush(1, 1));
+        assert!(must_flush(1, MAX_QUEUED - 1));
+        // It has two or more: wait, up to MAX_QUEUED.
+        assert!(!must_flush(2, 1));
+        assert!(!must_flush(30, MAX_QUEUED - 1));
+        assert!(must_flush(30, MAX_QUEUED));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use super::Client;
+use super::{Client, Numbered};
 use crate::net::BodyWriter;
 use crate::pop3::error::{ErrorKind, Pop3Error};
 
@@ -18,7 +18,7 @@ impl Client {
         n: u32,
         sink: &mut W,
     ) -> Result<u64, Pop3Error> {
-        self.response(&format!("RETR {n}")).await?;
+        self.expect_ok(Numbered::Retr(n)).await?;
         let timeout = self.timeout;
         unstuff(&mut self.io, sink, timeout)
             .await
