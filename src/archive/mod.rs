@@ -11,7 +11,8 @@
 //! other callers). [`Archive::apply`] then takes a whole batch of arrivals:
 //! 1. fsync `tmp/` (the new names are durable),
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
-//!    and an outbound entry per forward target for each new original
+//!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
+//!    each new original
 //!    ([`Archive::set_forward_targets`]), committed with fsync,
 //! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
 //!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
@@ -34,7 +35,7 @@ mod backup;
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
 use crate::clock::UnixMs;
-use crate::index::{Facts, Index, IndexError, OutboundEntry};
+use crate::index::{Facts, Index, IndexError, Kind, OutboundEntry};
 use crate::store::Maildir;
 
 /// An archive failure: the index, or the message files.
@@ -205,6 +206,9 @@ impl Archive {
                     w.remove_pending(file)?;
                 }
                 for key in &recovery.missing {
+                    if let Some(rec) = w.record(key)? {
+                        w.ledger_removed(key, &rec, UnixMs::now())?;
+                    }
                     w.remove_record(key)?;
                 }
                 Ok(())
@@ -418,6 +422,7 @@ fn record_one(
         let mut rec = previous.clone();
         rec.merge(&a.record, a.sighting.clone());
         w.put_record(target, &rec)?;
+        w.ledger_arrival(Kind::Merge, target, &rec, &a.sighting)?;
         w.count_duplicate(source);
         (
             Applied::Duplicate {
@@ -434,6 +439,8 @@ fn record_one(
         rec.variant = variant;
         rec.sightings = vec![a.sighting.clone()];
         w.put_record(target, &rec)?;
+        let kind = if variant { Kind::Variant } else { Kind::New };
+        w.ledger_arrival(kind, target, &rec, &a.sighting)?;
         w.add_pending(tmp_file, target)?;
         w.count_archived(source, rec.size, variant, rec.first_seen_ms());
         // Queued in this transaction: no crash can archive it without queuing it.

@@ -25,6 +25,8 @@ impl Index {
             copy_table(&read, &write, POP3_ONLY)?;
             copy_table(&read, &write, collectors::HISTORY)?;
             copy_table(&read, &write, collectors::STATE)?;
+            copy_table(&read, &write, super::ledger::LEDGER)?;
+            copy_table(&read, &write, super::ledger::LEDGER_META)?;
             write.open_table(PENDING)?;
             n
         };

@@ -9,7 +9,9 @@
 //!   written through [`Facts`] inside the archive's transaction;
 //! - collector state and run history ([`CollectorStore`]);
 //! - the forwarder's outbound queue (`outbound`, [`OutboundStore`]), written in the archive's
-//!   transaction through [`Writer::enqueue`].
+//!   transaction through [`Writer::enqueue`];
+//! - the tamper-evident ledger (`ledger`, `ledger_meta`: a hash chain of every arrival),
+//!   appended in the archive's transaction through [`Writer::ledger_arrival`] (see `ledger`).
 //!
 //! Writes of arrivals happen in one transaction per batch ([`Index::write`] with a [`Writer`]).
 //! A second implementation (another database) would provide the same operations; the archive
@@ -17,6 +19,7 @@
 
 mod backup;
 mod collectors;
+mod ledger;
 mod outbound;
 mod record;
 
@@ -28,6 +31,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
+pub use ledger::{Entry, EntryHash, Kind, LedgerHead, LedgerStatus, Stored};
 pub use outbound::{Attempt, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
@@ -165,6 +169,8 @@ impl Index {
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
         txn.open_table(outbound::OUTBOUND)?;
+        txn.open_table(ledger::LEDGER)?;
+        txn.open_table(ledger::LEDGER_META)?;
         txn.commit()?;
         Ok(Index { db })
     }
@@ -202,7 +208,12 @@ impl Index {
 
     /// Number of archived originals.
     pub fn count(&self) -> Result<u64, IndexError> {
-        let txn = self.db.begin_read()?;
+        self.count_in(&self.db.begin_read()?)
+    }
+
+    /// Number of archived originals as `txn` sees them.
+    #[allow(clippy::unused_self)]
+    fn count_in(&self, txn: &redb::ReadTransaction) -> Result<u64, IndexError> {
         Ok(txn.open_table(MESSAGES)?.len()?)
     }
 
@@ -334,8 +345,11 @@ impl Index {
     ) -> Result<T, IndexError> {
         let txn = self.db.begin_write()?;
         let out = {
+            let messages = txn.open_table(MESSAGES)?;
+            let ledger = ledger::Chain::open(&txn, messages.len()?)?;
             let mut w = Writer {
-                messages: txn.open_table(MESSAGES)?,
+                messages,
+                ledger,
                 uidls: txn.open_table(UIDLS)?,
                 pending: txn.open_table(PENDING)?,
                 stats: txn.open_table(STATS)?,
@@ -372,6 +386,7 @@ pub struct Writer<'txn> {
     stats: Table<'txn, &'static str, u64>,
     pop3_only: Table<'txn, &'static str, u64>,
     outbound: Table<'txn, (&'static str, u64), &'static [u8]>,
+    ledger: ledger::Chain<'txn>,
     counters: Counters,
 }
 
