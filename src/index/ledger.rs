@@ -393,7 +393,7 @@ impl<'txn> Chain<'txn> {
     /// empty; the new head.
     fn append(&mut self, mut entry: Entry) -> Result<LedgerHead, IndexError> {
         if self.head.is_none() {
-            self.push(Entry {
+            self.push(&Entry {
                 seq: 0,
                 prev: EntryHash::default(),
                 kind: Kind::Genesis,
@@ -411,10 +411,10 @@ impl<'txn> Chain<'txn> {
         let head = self.head.ok_or(IndexError::Corrupt("ledger head"))?;
         entry.seq = head.seq + 1;
         entry.prev = head.hash;
-        self.push(entry)
+        self.push(&entry)
     }
 
-    fn push(&mut self, entry: Entry) -> Result<LedgerHead, IndexError> {
+    fn push(&mut self, entry: &Entry) -> Result<LedgerHead, IndexError> {
         let (bytes, hash) = entry.stored();
         self.entries.insert(entry.seq, bytes.as_slice())?;
         let head = LedgerHead {
