@@ -10,6 +10,7 @@ use anyhow::bail;
 use journal_gateway::archive::{Archive, ArchiveError};
 use journal_gateway::config::Config;
 use journal_gateway::index::{IndexError, LedgerHead};
+use journal_gateway::reindex::LedgerCarry;
 use journal_gateway::verify;
 
 /// Opens the archive of a stopped gateway; a running one gets a hint to use the API.
@@ -91,8 +92,18 @@ pub fn reindex(config: Option<&PathBuf>) -> anyhow::Result<()> {
     if let Some(old) = &r.old_index {
         println!("the old index is kept as {}", old.display());
     }
+    match &r.ledger {
+        LedgerCarry::Kept { entries, head } => println!(
+            "the ledger is kept ({entries} entries, head {head}); {} records took their key and arrivals (sources, times) from it",
+            r.from_ledger
+        ),
+        LedgerCarry::None => println!("the old index had no ledger entries"),
+        LedgerCarry::Lost(why) => println!(
+            "LEDGER LOST: the old index does not open ({why}); the next arrival begins a new chain (heads recorded before cannot be checked against it)"
+        ),
+    }
     println!(
-        "not recoverable from the files: arrival history (sources, times, envelopes, UIDLs), recipients only later reports carried, per-source counters, collector state and history"
+        "not recoverable from the files: envelopes, UIDLs and NDR details of each arrival (and its source and time where the ledger does not give them), recipients only later reports carried, per-source counters, collector state and history"
     );
     if !r.unreadable.is_empty() {
         bail!(
