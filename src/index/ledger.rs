@@ -612,6 +612,95 @@ mod tests {
         assert!(LedgerHead::decode(&[0; 39]).is_err());
     }
 
+    fn record(file: &str) -> Record {
+        Record {
+            file: file.into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+            format: crate::journal::Format::Exchange2007,
+            message_id: None,
+            subject: None,
+            from: None,
+            date: None,
+            identity: "i".into(),
+            variant: false,
+            sender: None,
+            recipients: vec![],
+            sightings: vec![],
+            duplicates: 0,
+            journaled_ms: None,
+            envelope_warnings: vec![],
+        }
+    }
+
+    fn sighting() -> Sighting {
+        Sighting {
+            source: super::super::Source::Smtp,
+            at_ms: UnixMs(5),
+            mail_from: None,
+            rcpt_to: vec![],
+            uidl: None,
+            ndr: None,
+            provenance: None,
+        }
+    }
+
+    #[test]
+    fn the_chain_begins_after_an_upgrade_with_a_genesis_counting_the_records_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), 1 << 20).unwrap();
+        // Records of an older version: no ledger entries.
+        index
+            .write(|w| {
+                for i in 0..3 {
+                    w.put_record(&format!("old-{i}"), &record(&format!("f{i}")))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let status = index.ledger_status().unwrap();
+        assert_eq!((status.head, status.entries, status.records), (None, 0, 3));
+
+        let head = index
+            .write(|w| {
+                let rec = record("f3");
+                w.put_record("new", &rec)?;
+                w.ledger_arrival(Kind::New, "new", &rec, &sighting())?;
+                w.ledger_arrival(Kind::Merge, "new", &rec, &sighting())
+            })
+            .unwrap();
+        assert_eq!(head.seq, 2, "genesis, new, merge");
+        let status = index.ledger_status().unwrap();
+        assert_eq!(status.head, Some(head));
+        assert_eq!((status.entries, status.records), (3, 4));
+
+        let chain = index.ledger_after(None, 10).unwrap();
+        let entries: Vec<Entry> = chain
+            .iter()
+            .map(|(s, _)| s.entry.clone().unwrap())
+            .collect();
+        assert_eq!(entries[0].kind, Kind::Genesis);
+        assert_eq!(entries[0].records_before, 3, "the records before the chain");
+        assert_eq!(entries[0].prev, EntryHash::default());
+        assert_eq!(entries[1].kind, Kind::New);
+        assert_eq!(entries[1].key, "new");
+        assert_eq!(entries[1].file, "f3");
+        assert_eq!(entries[1].source, "smtp");
+        for pair in chain.windows(2) {
+            let (a, b) = (&pair[0].0, &pair[1].0);
+            assert_eq!(a.stored_hash, Some(a.computed_hash));
+            assert_eq!(b.entry.as_ref().unwrap().prev, a.computed_hash, "linked");
+        }
+        assert_eq!(chain[2].0.computed_hash, head.hash);
+        // A later transaction continues the chain.
+        let next = index
+            .write(|w| w.ledger_removed("new", &record("f3"), UnixMs(9)))
+            .unwrap();
+        assert_eq!(next.seq, 3);
+        let last = index.ledger_after(Some(2), 10).unwrap();
+        assert_eq!(last[0].0.entry.as_ref().unwrap().prev, head.hash);
+    }
+
     #[test]
     fn a_stored_value_too_short_for_a_hash_is_reported_not_a_panic() {
         let s = Stored::decode(3, b"short");
