@@ -775,6 +775,23 @@ impl ArchiveView {
             .expect("truncate the ledger");
     }
 
+    /// The problems `ledger verify` finds (the chain's links and hashes, its entries against
+    /// the records, the count), as printed; empty when the ledger is whole.
+    #[must_use]
+    pub fn ledger_problems(&self) -> Vec<String> {
+        journal_gateway::verify::verify_ledger(
+            self.archive.index(),
+            None,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .expect("read the ledger")
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
     /// Removes ledger entry `seq` alone (the head unchanged).
     pub fn ledger_remove(&self, seq: u64) {
         self.archive
