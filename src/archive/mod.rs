@@ -206,9 +206,9 @@ impl Archive {
                     w.remove_pending(file)?;
                 }
                 for key in &recovery.missing {
-                    if let Some(rec) = w.record(key)? {
-                        w.ledger_removed(key, &rec, UnixMs::now())?;
-                    }
+                    // A record that does not decode is still dropped, and said so.
+                    let rec = w.record(key).ok().flatten();
+                    w.ledger_removed(key, rec.as_ref(), UnixMs::now())?;
                     w.remove_record(key)?;
                 }
                 Ok(())

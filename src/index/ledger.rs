@@ -453,12 +453,12 @@ impl Writer<'_> {
         })
     }
 
-    /// Appends the ledger entry of a record dropped at `at` (recovery: its commit had failed
-    /// and its file is gone); the new head.
+    /// Appends the ledger entry of the record under `key` dropped at `at` (recovery: its commit
+    /// had failed and its file is gone; `rec`: the record, when it still decodes); the new head.
     pub fn ledger_removed(
         &mut self,
         key: &str,
-        rec: &Record,
+        rec: Option<&Record>,
         at: UnixMs,
     ) -> Result<LedgerHead, IndexError> {
         self.ledger.append(Entry {
@@ -468,10 +468,10 @@ impl Writer<'_> {
             at_ms: at,
             source: String::new(),
             key: key.to_string(),
-            file: rec.file.clone(),
-            sha256: rec.sha256.clone(),
-            size: rec.size,
-            recipients: rec.recipients.len() as u64,
+            file: rec.map(|r| r.file.clone()).unwrap_or_default(),
+            sha256: rec.map(|r| r.sha256.clone()).unwrap_or_default(),
+            size: rec.map_or(0, |r| r.size),
+            recipients: rec.map_or(0, |r| r.recipients.len() as u64),
             ndr: false,
             records_before: 0,
         })
@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(chain[2].0.computed_hash, head.hash);
         // A later transaction continues the chain.
         let next = index
-            .write(|w| w.ledger_removed("new", &record("f3"), UnixMs(9)))
+            .write(|w| w.ledger_removed("new", Some(&record("f3")), UnixMs(9)))
             .unwrap();
         assert_eq!(next.seq, 3);
         let last = index.ledger_after(Some(2), 10).unwrap();
