@@ -388,3 +388,38 @@ async fn the_head_is_served_by_the_api_the_metrics_and_the_cli_and_checked_by_th
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_dropped_by_recovery_is_ledgered_and_the_chain_still_verifies() {
+    use journal_gateway::index::{Index, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    archive(&data, 10..13).await;
+    // What a commit that reported failure but reached the disk leaves: a record, its ledger
+    // entry and a pending file that is gone.
+    {
+        let index = Index::open(&data.join("index.redb"), 1 << 20).unwrap();
+        let mut rec = index.get(&key(10)).unwrap().unwrap();
+        rec.file = "1.M1P1Q1.gone.eml".into();
+        let sighting = rec.sightings[0].clone();
+        index
+            .write(|w| {
+                w.put_record("ghost@example.com", &rec)?;
+                w.ledger_arrival(Kind::New, "ghost@example.com", &rec, &sighting)?;
+                w.add_pending(&rec.file, "ghost@example.com")
+            })
+            .unwrap();
+    }
+    let view = ArchiveView::open(&data).unwrap();
+    assert!(
+        view.record("ghost@example.com").is_none(),
+        "recovery dropped it"
+    );
+    let chain = view.ledger();
+    let (seq, last) = chain.last().unwrap();
+    assert_eq!(*seq, 5, "genesis, 3 new, the ghost, its removal");
+    assert_eq!(last.kind, Kind::Removed);
+    assert_eq!(last.key, "ghost@example.com");
+    assert_eq!(last.file, "1.M1P1Q1.gone.eml");
+    assert_eq!(view.ledger_problems(), Vec::<String>::new());
+}
