@@ -374,18 +374,23 @@ pub(super) struct Chain<'txn> {
 }
 
 impl<'txn> Chain<'txn> {
-    /// Opens the tables in `txn`; `records` is the number of records before any change.
-    pub(super) fn open(txn: &'txn WriteTransaction, records: u64) -> Result<Self, IndexError> {
+    /// Opens the tables in `txn`; `records` counts the records before any change (asked only
+    /// while the chain has no head: a genesis records it).
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        records: impl FnOnce() -> Result<u64, IndexError>,
+    ) -> Result<Self, IndexError> {
         let meta = txn.open_table(LEDGER_META)?;
         let head = meta
             .get(HEAD)?
             .map(|v| LedgerHead::decode(v.value()))
             .transpose()?;
+        let records_at_start = if head.is_none() { records()? } else { 0 };
         Ok(Chain {
             entries: txn.open_table(LEDGER)?,
             meta,
             head,
-            records_at_start: records,
+            records_at_start,
         })
     }
 
