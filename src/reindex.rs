@@ -15,13 +15,13 @@
 //! be stopped (the index is opened by one process at a time; a running gateway makes this
 //! refuse).
 //!
-//! The ledger (`crate::index::Entry`) is carried over from the old index whenever that still
-//! opens: every entry byte for byte, and its head, so heads recorded before the rebuild still
+//! The ledger (`crate::index::Entry`) is carried over from the old index whenever its database
+//! still opens (whatever became of its record log): every entry byte for byte, and its head, so heads recorded before the rebuild still
 //! verify. Its entries also give the rebuild what the files cannot: the key each file was
 //! archived under (a reused Message-ID keeps the variant key it had) and each message's
 //! arrivals (source and time of every arrival, as sightings without envelope, UIDL or NDR
 //! details; `duplicates` counted from them). Only entries whose hash matches their content are
-//! used; an entry later `removed` is not. When the old index does not open, its ledger is lost
+//! used; an entry later `removed` is not. When the old database does not open, its ledger is lost
 //! with it ([`LedgerCarry::Lost`]): the next arrival begins a new chain whose genesis counts the
 //! rebuilt records.
 //!
@@ -36,7 +36,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::clock::UnixMs;
-use crate::index::{Index, IndexError, Kind, LedgerHead, Sighting, Source};
+use crate::index::{Index, IndexError, Kind, LedgerFile, LedgerHead, Sighting, Source};
 use crate::ingest::{bound_warnings, record_of, variant_key};
 use crate::store::Maildir;
 
@@ -96,12 +96,12 @@ struct FromLedger {
 
 /// Copies the ledger of `old` into `new` (entries byte for byte, then the head) and gathers
 /// what the rebuild takes from it.
-fn carry_ledger(old: &Index, new: &Index) -> Result<(LedgerCarry, FromLedger), IndexError> {
+fn carry_ledger(old: &LedgerFile, new: &Index) -> Result<(LedgerCarry, FromLedger), IndexError> {
     let mut from = FromLedger::default();
     let mut entries = 0;
     let mut after = None;
     loop {
-        let chunk = old.ledger_after(after, LEDGER_BATCH)?;
+        let chunk = old.after(after, LEDGER_BATCH)?;
         let Some((last, _)) = chunk.last() else {
             break;
         };
@@ -140,7 +140,7 @@ fn carry_ledger(old: &Index, new: &Index) -> Result<(LedgerCarry, FromLedger), I
             }
         }
     }
-    let carry = match old.ledger_status()?.head {
+    let carry = match old.head()?.0 {
         Some(head) => {
             new.write(|w| w.ledger_set_head(head))?;
             LedgerCarry::Kept { entries, head }
@@ -175,11 +175,13 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
             Err(IndexError::Database(redb::Error::DatabaseAlreadyOpen)) => {
                 return Err(ReindexError::InUse(path));
             }
-            Ok(index) => old = Some(index),
-            Err(e) => {
-                tracing::info!("the old index does not open ({e}); rebuilding it");
-                ledger = LedgerCarry::Lost(e.to_string());
-            }
+            Ok(index) => drop(index),
+            Err(e) => tracing::info!("the old index does not open ({e}); rebuilding it"),
+        }
+        // The ledger is read from the database alone: a lost or cut record log leaves it.
+        match LedgerFile::open(&path) {
+            Ok(file) => old = Some(file),
+            Err(e) => ledger = LedgerCarry::Lost(e.to_string()),
         }
     }
     let store = Maildir::open(&data_dir.join("archive"))?;

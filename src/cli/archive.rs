@@ -99,7 +99,7 @@ pub fn reindex(config: Option<&PathBuf>) -> anyhow::Result<()> {
         ),
         LedgerCarry::None => println!("the old index had no ledger entries"),
         LedgerCarry::Lost(why) => println!(
-            "LEDGER LOST: the old index does not open ({why}); the next arrival begins a new chain (heads recorded before cannot be checked against it)"
+            "LEDGER LOST: the old index database does not open ({why}); the next arrival begins a new chain (heads recorded before cannot be checked against it)"
         ),
     }
     println!(

@@ -506,18 +506,53 @@ impl Writer<'_> {
     }
 }
 
+/// The stored head and the number of entries as `txn` sees them (none in a database older than
+/// the ledger).
+fn read_head(txn: &redb::ReadTransaction) -> Result<(Option<LedgerHead>, u64), IndexError> {
+    let meta = match txn.open_table(LEDGER_META) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, 0)),
+        t => t?,
+    };
+    let head = meta
+        .get(HEAD)?
+        .map(|v| LedgerHead::decode(v.value()))
+        .transpose()?;
+    let entries = match txn.open_table(LEDGER) {
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        t => redb::ReadableTableMetadata::len(&t?)?,
+    };
+    Ok((head, entries))
+}
+
+/// Up to `limit` stored entries after `after`, in one read transaction.
+fn read_after(
+    db: &redb::Database,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(Stored, Vec<u8>)>, IndexError> {
+    use std::ops::Bound;
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(LEDGER) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        t => t?,
+    };
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for entry in table.range::<u64>((start, Bound::Unbounded))?.take(limit) {
+        let (k, v) = entry?;
+        out.push((Stored::decode(k.value(), v.value()), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
 impl Index {
     /// The ledger's head and size, with the number of records (one read transaction).
     pub fn ledger_status(&self) -> Result<LedgerStatus, IndexError> {
         let txn = self.db.begin_read()?;
-        let head = txn
-            .open_table(LEDGER_META)?
-            .get(HEAD)?
-            .map(|v| LedgerHead::decode(v.value()))
-            .transpose()?;
+        let (head, entries) = read_head(&txn)?;
         Ok(LedgerStatus {
             head,
-            entries: redb::ReadableTableMetadata::len(&txn.open_table(LEDGER)?)?,
+            entries,
             records: self.count_in(&txn)?,
         })
     }
@@ -529,16 +564,39 @@ impl Index {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(Stored, Vec<u8>)>, IndexError> {
-        use std::ops::Bound;
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(LEDGER)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut out = Vec::with_capacity(limit.min(4096));
-        for entry in table.range::<u64>((start, Bound::Unbounded))?.take(limit) {
-            let (k, v) = entry?;
-            out.push((Stored::decode(k.value(), v.value()), v.value().to_vec()));
-        }
-        Ok(out)
+        read_after(&self.db, after, limit)
+    }
+}
+
+/// The ledger of an index database read on its own, without the record log or any other
+/// table: what `reindex` carries over from an index that does not open as a whole (its record
+/// log lost or cut) but whose database still does.
+pub struct LedgerFile {
+    db: redb::Database,
+}
+
+impl LedgerFile {
+    /// Opens the database at `path` (it must exist) for reading its ledger.
+    pub fn open(path: &std::path::Path) -> Result<LedgerFile, IndexError> {
+        Ok(LedgerFile {
+            db: redb::Database::builder()
+                .set_cache_size(1 << 20)
+                .open(path)?,
+        })
+    }
+
+    /// The stored head and the number of entries.
+    pub fn head(&self) -> Result<(Option<LedgerHead>, u64), IndexError> {
+        read_head(&self.db.begin_read()?)
+    }
+
+    /// Up to `limit` stored entries after `after`, as [`Index::ledger_after`].
+    pub fn after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(Stored, Vec<u8>)>, IndexError> {
+        read_after(&self.db, after, limit)
     }
 }
 

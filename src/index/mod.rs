@@ -39,7 +39,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
-pub use ledger::{Entry, EntryHash, Kind, LedgerHead, LedgerStatus, Stored};
+pub use ledger::{Entry, EntryHash, Kind, LedgerFile, LedgerHead, LedgerStatus, Stored};
 pub use outbound::{Attempt, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
