@@ -62,6 +62,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The tamper-evident ingest ledger: print its head (to record elsewhere), check the chain
+    /// against a head recorded earlier.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerCommand,
+    },
     /// The admin API token.
     Token {
         #[command(subcommand)]
@@ -138,6 +144,31 @@ enum SmtpUserCommand {
     },
     /// The user names.
     List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Print the ledger's head as SEQ:HASH, to record elsewhere: a later `ledger verify --head`
+    /// proves nothing recorded up to it was removed or rewritten. Asks the running server;
+    /// --offline reads the index of a stopped gateway.
+    Head {
+        /// Read the index directly (the gateway stopped) instead of asking the server.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Check the ledger's chain (every link and hash, every entry against its record, the
+    /// count) and, with --head, that a head recorded earlier is still in it. Offline: stop the
+    /// server first (a running server checks with `POST /api/v1/verify?head=SEQ:HASH`). Exits
+    /// non-zero naming each problem.
+    Verify {
+        /// A head recorded earlier (SEQ:HASH, as `ledger head` printed it).
+        #[arg(long)]
+        head: Option<String>,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -375,6 +406,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::SmtpUser { action } => smtp_user(action),
         Command::Verify { config } => cli::archive::verify(config.as_ref()),
         Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
+        Command::Ledger {
+            action: LedgerCommand::Head { offline, remote },
+        } => {
+            if offline {
+                cli::archive::ledger_head(remote.config.as_ref())
+            } else {
+                remote_verb(remote, Verb::LedgerHead)
+            }
+        }
+        Command::Ledger {
+            action: LedgerCommand::Verify { head, config },
+        } => cli::archive::ledger_verify(config.as_ref(), head.as_deref()),
         Command::Token {
             command: TokenCommand::Rotate { config, server },
         } => cli::token::rotate(config.as_ref(), server),

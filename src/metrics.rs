@@ -81,6 +81,12 @@ pub struct Metrics {
     pub forward_failed: IntCounterVec,
     /// Seconds of one successful delivery (the SMTP transaction, streaming included), per target.
     pub forward_duration: HistogramVec,
+    /// Entries in the tamper-evident ledger (the head's sequence number plus one), set at each
+    /// scrape.
+    pub ledger_entries: IntGauge,
+    /// The ledger's head (always 1), labelled with its `seq` and `hash`, set at each scrape:
+    /// what an operator records elsewhere (`journal-gateway ledger head`).
+    pub ledger_head: IntGaugeVec,
 }
 
 const NS: &str = "journal_gateway";
@@ -317,6 +323,22 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            ledger_entries: reg(
+                &registry,
+                IntGauge::with_opts(
+                    Opts::new(
+                        "ledger_entries",
+                        "Entries in the tamper-evident ingest ledger (hash chain).",
+                    )
+                    .namespace(NS),
+                )
+                .expect("valid metric"),
+            ),
+            ledger_head: gauge_vec(
+                "ledger_head_info",
+                "The ingest ledger's head (always 1): its sequence number and SHA-256.",
+                &["seq", "hash"],
+            ),
             registry,
         };
         m.build_info
@@ -340,6 +362,18 @@ impl Metrics {
             m.ndr_unrecoverable.with_label_values(&[source]);
         }
         m
+    }
+
+    /// Sets the ledger gauges from `status` (the head label replaced, never accumulated).
+    pub fn set_ledger(&self, status: &crate::index::LedgerStatus) {
+        self.ledger_entries
+            .set(i64::try_from(status.entries).unwrap_or(i64::MAX));
+        self.ledger_head.reset();
+        if let Some(head) = status.head {
+            self.ledger_head
+                .with_label_values(&[head.seq.to_string(), head.hash.to_string()])
+                .set(1);
+        }
     }
 
     /// The text exposition format, for `GET /metrics`.

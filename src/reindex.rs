@@ -1,4 +1,5 @@
-//! `reindex`: rebuilds `index.redb` from the Maildir alone, when the index is damaged or lost.
+//! `reindex`: rebuilds `index.redb` from the Maildir and the ledger, when the index is damaged
+//! or lost.
 //!
 //! Every file in `archive/new/` is read, hashed and parsed as ingest parses an arrival, and
 //! recorded under the same key (the original's Message-ID, or a variant key when another message
@@ -14,20 +15,31 @@
 //! be stopped (the index is opened by one process at a time; a running gateway makes this
 //! refuse).
 //!
-//! What the files cannot give back, and a rebuilt index lacks: the arrival history of each
-//! message (sources, times, SMTP envelopes, POP3 UIDLs; records have no sightings), the
-//! recipients that only later duplicate reports carried (their files were never stored), the
-//! per-source counters, the migration facts, the collectors' state and history, and the forward
-//! queue (`forward backfill` queues the originals again; the duplicates' reports kept in
+//! The ledger (`crate::index::Entry`) is carried over from the old index whenever its database
+//! still opens (whatever became of its record log): every entry byte for byte, and its head, so heads recorded before the rebuild still
+//! verify. Its entries also give the rebuild what the files cannot: the key each file was
+//! archived under (a reused Message-ID keeps the variant key it had) and each message's
+//! arrivals (source and time of every arrival, as sightings without envelope, UIDL or NDR
+//! details; `duplicates` counted from them). Only entries whose hash matches their content are
+//! used; an entry later `removed` is not. When the old database does not open, its ledger is lost
+//! with it ([`LedgerCarry::Lost`]): the next arrival begins a new chain whose genesis counts the
+//! rebuilt records.
+//!
+//! What a rebuilt index lacks: SMTP envelopes, POP3 UIDLs and NDR details of each arrival (and,
+//! without the ledger, its sources and times: records have no sightings), the recipients that
+//! only later duplicate reports carried (their files were never stored), the per-source
+//! counters, the migration facts, the collectors' state and history, and the forward queue
+//! (`forward backfill` queues the originals again; the duplicates' reports kept in
 //! `archive/outbound/` for `forward_new_recipients` are removed at the next start, nothing
-//! referring to them). The tamper-evident ledger (issue 14) will keep that history and join the
-//! rebuild.
+//! referring to them).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::index::{Index, IndexError};
+use crate::clock::UnixMs;
+use crate::index::{Index, IndexError, Kind, LedgerFile, LedgerHead, Sighting, Source};
 use crate::ingest::{bound_warnings, record_of, variant_key};
 use crate::store::Maildir;
 
@@ -50,6 +62,95 @@ pub struct Rebuilt {
     pub unreadable: Vec<(String, String)>,
     /// Where the old index was moved (None when there was none).
     pub old_index: Option<PathBuf>,
+    /// What became of the old index's ledger.
+    pub ledger: LedgerCarry,
+    /// Records whose key and arrivals came from the ledger.
+    pub from_ledger: u64,
+}
+
+/// What became of the old index's ledger in a rebuild.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LedgerCarry {
+    /// There was no old index, or its ledger was empty.
+    #[default]
+    None,
+    /// Carried into the new index unchanged.
+    Kept {
+        /// Entries copied.
+        entries: u64,
+        /// The head (the same as before).
+        head: LedgerHead,
+    },
+    /// The old index does not open: its ledger is lost (why).
+    Lost(String),
+}
+
+/// Entries copied per write transaction.
+const LEDGER_BATCH: usize = 10_000;
+
+/// What the ledger tells a rebuild.
+#[derive(Default)]
+struct FromLedger {
+    /// File -> (key, variant) of every new or variant entry not removed since.
+    keys: HashMap<String, (String, bool)>,
+    /// Key -> its arrivals (source, time), in chain order.
+    arrivals: HashMap<String, Vec<(Source, UnixMs)>>,
+}
+
+/// Copies the ledger of `old` into `new` (entries byte for byte, then the head) and gathers
+/// what the rebuild takes from it.
+fn carry_ledger(old: &LedgerFile, new: &Index) -> Result<(LedgerCarry, FromLedger), IndexError> {
+    let mut from = FromLedger::default();
+    let mut entries = 0;
+    let mut after = None;
+    loop {
+        let chunk = old.after(after, LEDGER_BATCH)?;
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        after = Some(last.seq);
+        new.write(|w| {
+            for (stored, raw) in &chunk {
+                w.ledger_put_raw(stored.seq, raw)?;
+            }
+            Ok(())
+        })?;
+        for (stored, _) in chunk {
+            entries += 1;
+            let Ok(e) = stored.entry else { continue };
+            if stored.stored_hash != Some(stored.computed_hash) {
+                continue;
+            }
+            let arrival = || e.source.parse::<Source>().ok().map(|s| (s, e.at_ms));
+            match e.kind {
+                Kind::New | Kind::Variant => {
+                    from.keys
+                        .insert(e.file.clone(), (e.key.clone(), e.kind == Kind::Variant));
+                    let arrivals = from.arrivals.entry(e.key.clone()).or_default();
+                    arrivals.clear();
+                    arrivals.extend(arrival());
+                }
+                Kind::Merge => from
+                    .arrivals
+                    .entry(e.key.clone())
+                    .or_default()
+                    .extend(arrival()),
+                Kind::Removed => {
+                    from.keys.remove(&e.file);
+                    from.arrivals.remove(&e.key);
+                }
+                Kind::Genesis => {}
+            }
+        }
+    }
+    let carry = match old.head()?.0 {
+        Some(head) => {
+            new.write(|w| w.ledger_set_head(head))?;
+            LedgerCarry::Kept { entries, head }
+        }
+        None => LedgerCarry::None,
+    };
+    Ok((carry, from))
 }
 
 /// Why a rebuild could not be made.
@@ -70,6 +171,8 @@ pub enum ReindexError {
 /// `cache_bytes` of index page cache. Blocking.
 pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexError> {
     let path = data_dir.join("index.redb");
+    let mut old = None;
+    let mut ledger = LedgerCarry::None;
     if path.exists() {
         match Index::open(&path, 1 << 20) {
             Err(IndexError::Database(redb::Error::DatabaseAlreadyOpen)) => {
@@ -77,6 +180,11 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
             }
             Ok(index) => drop(index),
             Err(e) => tracing::info!("the old index does not open ({e}); rebuilding it"),
+        }
+        // The ledger is read from the database alone: a lost or cut record log leaves it.
+        match LedgerFile::open(&path) {
+            Ok(file) => old = Some(file),
+            Err(e) => ledger = LedgerCarry::Lost(e.to_string()),
         }
     }
     let store = Maildir::open(&data_dir.join("archive"))?;
@@ -96,6 +204,18 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     };
     {
         let index = Index::open(&staging, cache_bytes)?;
+        let mut from = FromLedger::default();
+        if let Some(old) = old.take() {
+            match carry_ledger(&old, &index) {
+                Ok((carry, f)) => (ledger, from) = (carry, f),
+                Err(e) => {
+                    // Entries copied so far are left: a partial chain still verifies up to
+                    // where it ends (and says where it breaks).
+                    tracing::warn!("the old index's ledger could not be read: {e}");
+                    ledger = LedgerCarry::Lost(e.to_string());
+                }
+            }
+        }
         let mut buf = vec![0u8; 256 * 1024];
         for batch in names.chunks(BATCH) {
             let mut records = Vec::with_capacity(batch.len());
@@ -107,13 +227,23 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
             }
             index.write(|w| {
                 for (key, mut record) in records {
-                    let target = match w.record(&key)? {
-                        None => key,
-                        Some(held) if held.identity == record.identity => {
+                    let ledger_key = from.keys.get(&record.file);
+                    let target = match (ledger_key, w.record(&key)?) {
+                        (Some((k, _)), _) if w.record(k)?.is_some() => {
                             rebuilt.duplicates.push(record.file);
                             continue;
                         }
-                        Some(_) => {
+                        (Some((k, variant)), _) => {
+                            record.variant = *variant;
+                            rebuilt.variants += u64::from(*variant);
+                            k.clone()
+                        }
+                        (None, None) => key,
+                        (None, Some(held)) if held.identity == record.identity => {
+                            rebuilt.duplicates.push(record.file);
+                            continue;
+                        }
+                        (None, Some(_)) => {
                             let variant = variant_key(&key, &record.identity);
                             if w.record(&variant)?.is_some() {
                                 rebuilt.duplicates.push(record.file);
@@ -124,6 +254,22 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
                             variant
                         }
                     };
+                    if let Some(arrivals) = ledger_key.and(from.arrivals.get(&target)) {
+                        record.sightings = arrivals
+                            .iter()
+                            .map(|(source, at_ms)| Sighting {
+                                source: source.clone(),
+                                at_ms: *at_ms,
+                                mail_from: None,
+                                rcpt_to: Vec::new(),
+                                uidl: None,
+                                ndr: None,
+                                provenance: None,
+                            })
+                            .collect();
+                        record.duplicates = (arrivals.len() as u64).saturating_sub(1);
+                        rebuilt.from_ledger += 1;
+                    }
                     w.put_record(&target, &record)?;
                     rebuilt.indexed += 1;
                 }
@@ -146,6 +292,7 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     std::fs::rename(&staging_log, &log)?;
     std::fs::rename(&staging, &path)?;
     File::open(data_dir)?.sync_all()?;
+    rebuilt.ledger = ledger;
     Ok(rebuilt)
 }
 

@@ -14,10 +14,20 @@
 //! already has its record when the scan reaches it; records committed during the scan are
 //! checked when the scan reaches their key (their file may still be in `tmp/`, which counts).
 //!
-//! What it proves: each indexed message is byte-for-byte what was acknowledged, and the index and
-//! `new/` name the same files. What it does not: a consistent rewrite of a file together with
-//! its record (the tamper-evident ledger of issue 14 will cover that; `reindex` will rebuild it
-//! too).
+//! Then the ledger (the hash chain of every arrival, `crate::index::Entry`) is checked up to the
+//! head it had when the check began: every entry's hash against its content, every link to the
+//! entry before, no sequence number missing, the stored head; every entry against its record
+//! (the key still has a record, with the entry's SHA-256, size and file, and at least the
+//! entry's recipients); and the records the chain accounts for (the genesis' `records_before`,
+//! plus new and variant entries, minus removed ones) against the index's count.
+//! [`verify_ledger`] does that part alone, and also checks an earlier recorded head
+//! (`journal-gateway ledger verify --head SEQ:HASH`): the chain must still hold that entry with
+//! that hash, so the chain recorded then is a prefix of the chain now.
+//!
+//! What it proves: each indexed message is byte-for-byte what was acknowledged, the index and
+//! `new/` name the same files, and nothing recorded by the ledger was removed or rewritten
+//! (unless the whole chain was rewritten after the last head recorded elsewhere; see
+//! docs/reliability.md).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -31,10 +41,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::clock::UnixMs;
-use crate::index::IndexError;
+use crate::index::{EntryHash, Index, IndexError, Kind, LedgerHead};
 
 /// Records read per index read transaction.
 pub const CHUNK: usize = 256;
+
+/// Ledger entries read per index read transaction.
+pub const LEDGER_CHUNK: usize = 1024;
 
 /// Bytes read from a message file at a time.
 const READ_BUF: usize = 256 * 1024;
@@ -86,6 +99,39 @@ pub enum Problem {
         /// Why it does not decode.
         error: String,
     },
+    /// The ledger's chain is broken at `seq`: an entry edited (its hash does not match its
+    /// content), missing, out of place, not linked to the one before, or the stored head does
+    /// not match the last entry.
+    LedgerBroken {
+        /// The first sequence number concerned.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A ledger entry disagrees with the index: its key has no record, or a record with another
+    /// SHA-256, size or file, or fewer recipients than the entry recorded.
+    LedgerMismatch {
+        /// The entry's sequence number.
+        seq: u64,
+        /// Its key.
+        key: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The records the chain accounts for are not the records in the index.
+    LedgerCount {
+        /// Records before the genesis, plus new and variant entries, minus removed entries.
+        chain: u64,
+        /// Records in the index (at the same snapshot as the head checked).
+        index: u64,
+    },
+    /// A head recorded earlier is not in the chain: entries were removed or rewritten since.
+    RecordedHead {
+        /// The recorded head (`SEQ:HASH`).
+        head: String,
+        /// What the chain holds instead.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -114,6 +160,19 @@ impl std::fmt::Display for Problem {
             Problem::CorruptRecord { key, error } => {
                 write!(f, "CORRUPT RECORD {key}: {error}")
             }
+            Problem::LedgerBroken { seq, reason } => {
+                write!(f, "LEDGER BROKEN at entry {seq}: {reason}")
+            }
+            Problem::LedgerMismatch { seq, key, reason } => {
+                write!(f, "LEDGER MISMATCH {key} (entry {seq}): {reason}")
+            }
+            Problem::LedgerCount { chain, index } => write!(
+                f,
+                "LEDGER COUNT: the chain accounts for {chain} records, the index holds {index}"
+            ),
+            Problem::RecordedHead { head, reason } => {
+                write!(f, "RECORDED HEAD {head} is not in the chain: {reason}")
+            }
         }
     }
 }
@@ -129,6 +188,10 @@ pub struct Progress {
     pub bytes: u64,
     /// Files in `archive/new/` when the verify started.
     pub files: u64,
+    /// Ledger entries checked.
+    pub ledger_entries: u64,
+    /// The ledger head checked up to (None: no chain yet).
+    pub ledger_head: Option<LedgerHead>,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
 }
@@ -153,6 +216,16 @@ pub enum VerifyError {
 /// sound when its `problems` is empty. Blocking.
 pub fn verify(
     archive: &Archive,
+    stop: &dyn Fn() -> bool,
+    on_chunk: &mut dyn FnMut(&Progress, &[Problem]),
+) -> Result<Progress, VerifyError> {
+    verify_with_head(archive, None, stop, on_chunk)
+}
+
+/// [`verify`], also checking that the ledger still holds `recorded` (a head recorded earlier).
+pub fn verify_with_head(
+    archive: &Archive,
+    recorded: Option<LedgerHead>,
     stop: &dyn Fn() -> bool,
     on_chunk: &mut dyn FnMut(&Progress, &[Problem]),
 ) -> Result<Progress, VerifyError> {
@@ -234,7 +307,277 @@ pub fn verify(
         .problems
         .extend(left.into_iter().map(|file| Problem::Unindexed { file }));
     on_chunk(&progress, &progress.problems[first_new..]);
+    check_ledger(
+        archive.index(),
+        recorded,
+        false,
+        stop,
+        &mut progress,
+        on_chunk,
+    )?;
     Ok(progress)
+}
+
+/// Checks the ledger alone (see the module docs), and, with `recorded`, that the chain still
+/// holds that head. Returns the progress (its `problems` empty when the chain is sound and
+/// agrees with the index). Blocking.
+pub fn verify_ledger(
+    index: &Index,
+    recorded: Option<LedgerHead>,
+    stop: &dyn Fn() -> bool,
+    on_chunk: &mut dyn FnMut(&Progress, &[Problem]),
+) -> Result<Progress, VerifyError> {
+    let mut progress = Progress::default();
+    check_ledger(index, recorded, true, stop, &mut progress, on_chunk)?;
+    Ok(progress)
+}
+
+/// What the chain accounts for while it is walked.
+#[derive(Default)]
+struct Walk {
+    /// The next sequence number expected.
+    next: u64,
+    /// The hash of the entry before `next` (zeros before the genesis).
+    prev: EntryHash,
+    /// Records accounted for.
+    records: i128,
+    /// Per key: the mismatches found (a later `removed` entry explains them away).
+    mismatches: std::collections::BTreeMap<String, Vec<Problem>>,
+    /// Whether the recorded head was met.
+    recorded_met: bool,
+}
+
+/// The ledger part of a verify; `corrupt_records`: report records that do not decode (the
+/// record scan of [`verify`] reports them already).
+fn check_ledger(
+    index: &Index,
+    recorded: Option<LedgerHead>,
+    corrupt_records: bool,
+    stop: &dyn Fn() -> bool,
+    progress: &mut Progress,
+    on_chunk: &mut dyn FnMut(&Progress, &[Problem]),
+) -> Result<(), VerifyError> {
+    let status = index.ledger_status()?;
+    progress.ledger_head = status.head;
+    let first_new = progress.problems.len();
+    let Some(head) = status.head else {
+        if status.entries > 0 {
+            progress.problems.push(Problem::LedgerBroken {
+                seq: 0,
+                reason: format!("{} entries but no head", status.entries),
+            });
+        }
+        if let Some(r) = recorded {
+            progress.problems.push(Problem::RecordedHead {
+                head: r.to_string(),
+                reason: "the ledger has no head".into(),
+            });
+        }
+        on_chunk(progress, &progress.problems[first_new..]);
+        return Ok(());
+    };
+    let mut walk = Walk::default();
+    let mut after = None;
+    'chunks: loop {
+        let chunk = index.ledger_after(after, LEDGER_CHUNK)?;
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        after = Some(last.seq);
+        let first_new = progress.problems.len();
+        for (stored, _) in chunk {
+            if stored.seq > head.seq {
+                // Appended after the check began: the next check covers it.
+                break 'chunks;
+            }
+            if stop() {
+                return Err(VerifyError::Stopped);
+            }
+            progress.ledger_entries += 1;
+            check_entry(
+                index,
+                &stored,
+                recorded,
+                corrupt_records,
+                &mut walk,
+                &mut progress.problems,
+            )?;
+        }
+        on_chunk(progress, &progress.problems[first_new..]);
+    }
+    let first_new = progress.problems.len();
+    let problems = &mut progress.problems;
+    if walk.next <= head.seq {
+        problems.push(Problem::LedgerBroken {
+            seq: walk.next,
+            reason: format!(
+                "entries {} to {} are missing (the stored head is {})",
+                walk.next, head.seq, head.seq
+            ),
+        });
+    } else if walk.prev != head.hash {
+        problems.push(Problem::LedgerBroken {
+            seq: head.seq,
+            reason: format!(
+                "the stored head {head} does not match the last entry (it hashes to {})",
+                walk.prev
+            ),
+        });
+    }
+    if let Some(r) = recorded {
+        if !walk.recorded_met {
+            problems.push(Problem::RecordedHead {
+                head: r.to_string(),
+                reason: if r.seq > head.seq {
+                    format!(
+                        "the chain ends at entry {} (entries were removed)",
+                        head.seq
+                    )
+                } else {
+                    format!("entry {} is missing", r.seq)
+                },
+            });
+        }
+    }
+    let mut mismatches: Vec<Problem> = walk.mismatches.into_values().flatten().collect();
+    mismatches.sort_by_key(|p| match p {
+        Problem::LedgerMismatch { seq, .. } => *seq,
+        _ => 0,
+    });
+    problems.extend(mismatches);
+    let index_count = i128::from(status.records);
+    if walk.records != index_count {
+        problems.push(Problem::LedgerCount {
+            chain: u64::try_from(walk.records.max(0)).unwrap_or(u64::MAX),
+            index: status.records,
+        });
+    }
+    on_chunk(progress, &progress.problems[first_new..]);
+    Ok(())
+}
+
+/// One entry: its place in the chain, its hash, its record.
+fn check_entry(
+    index: &Index,
+    stored: &crate::index::Stored,
+    recorded: Option<LedgerHead>,
+    corrupt_records: bool,
+    walk: &mut Walk,
+    problems: &mut Vec<Problem>,
+) -> Result<(), IndexError> {
+    let seq = stored.seq;
+    let broken = |reason: String| Problem::LedgerBroken { seq, reason };
+    let mut linked = true;
+    if seq != walk.next {
+        problems.push(Problem::LedgerBroken {
+            seq: walk.next,
+            reason: if seq > walk.next {
+                format!("entries {} to {} are missing", walk.next, seq - 1)
+            } else {
+                format!("entry {seq} is out of order")
+            },
+        });
+        linked = false;
+    }
+    if let Some(r) = recorded.filter(|r| r.seq == seq) {
+        walk.recorded_met = true;
+        if r.hash != stored.computed_hash {
+            problems.push(Problem::RecordedHead {
+                head: r.to_string(),
+                reason: format!("entry {seq} now hashes to {}", stored.computed_hash),
+            });
+        }
+    }
+    let computed = stored.computed_hash;
+    let this_prev = std::mem::replace(&mut walk.prev, computed);
+    walk.next = seq + 1;
+    let entry = match &stored.entry {
+        Ok(e) => e,
+        Err(why) => {
+            problems.push(broken(format!("does not decode ({why})")));
+            return Ok(());
+        }
+    };
+    if stored.stored_hash != Some(computed) {
+        problems.push(broken(
+            "its content does not match its hash (the entry was edited)".into(),
+        ));
+    }
+    if entry.seq != seq {
+        problems.push(broken(format!("the entry says it is entry {}", entry.seq)));
+    }
+    if linked && entry.prev != this_prev {
+        problems.push(broken(format!(
+            "it does not link to the entry before (it names {}, that entry hashes to {this_prev})",
+            entry.prev
+        )));
+    }
+    match entry.kind {
+        Kind::Genesis => {
+            if seq != 0 {
+                problems.push(broken("a genesis entry after the first".into()));
+            }
+            walk.records += i128::from(entry.records_before);
+            return Ok(());
+        }
+        _ if seq == 0 => problems.push(broken("the first entry is not a genesis".into())),
+        Kind::Removed => {
+            walk.records -= 1;
+            walk.mismatches.remove(&entry.key);
+            return Ok(());
+        }
+        Kind::New | Kind::Variant => walk.records += 1,
+        Kind::Merge => {}
+    }
+    let mismatch = |reason: String| Problem::LedgerMismatch {
+        seq,
+        key: entry.key.clone(),
+        reason,
+    };
+    let found = match index.get(&entry.key) {
+        Ok(r) => r,
+        Err(IndexError::Record(_) | IndexError::RecordVersion(_) | IndexError::Corrupt(_))
+            if !corrupt_records =>
+        {
+            return Ok(());
+        }
+        Err(
+            e @ (IndexError::Record(_) | IndexError::RecordVersion(_) | IndexError::Corrupt(_)),
+        ) => {
+            problems.push(mismatch(format!("its record does not decode ({e})")));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let problem = match found {
+        None => {
+            if walk.mismatches.contains_key(&entry.key) {
+                return Ok(());
+            }
+            Some("the key has no record (its index entry was deleted)".to_string())
+        }
+        Some(rec) if rec.sha256 != entry.sha256 || rec.size != entry.size => Some(format!(
+            "the record holds SHA-256 {} ({} bytes), the ledger {} ({} bytes)",
+            rec.sha256, rec.size, entry.sha256, entry.size
+        )),
+        Some(rec) if rec.file != entry.file => Some(format!(
+            "the record names file {}, the ledger {}",
+            rec.file, entry.file
+        )),
+        Some(rec) if (rec.recipients.len() as u64) < entry.recipients => Some(format!(
+            "the record has {} recipients, the ledger recorded {} (recipients were removed)",
+            rec.recipients.len(),
+            entry.recipients
+        )),
+        Some(_) => None,
+    };
+    if let Some(reason) = problem {
+        walk.mismatches
+            .entry(entry.key.clone())
+            .or_default()
+            .push(mismatch(reason));
+    }
+    Ok(())
 }
 
 /// The SHA-256 (hex) and size of a file.
@@ -327,6 +670,17 @@ impl Verifier {
         archive: Arc<Archive>,
         shutdown: CancellationToken,
     ) -> Result<(), AlreadyRunning> {
+        self.start_with_head(archive, None, shutdown)
+    }
+
+    /// [`Verifier::start`], also checking that the ledger still holds `recorded` (a head
+    /// recorded earlier).
+    pub fn start_with_head(
+        &self,
+        archive: Arc<Archive>,
+        recorded: Option<LedgerHead>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AlreadyRunning> {
         {
             let mut guard = self.lock();
             if guard.0.state == State::Running {
@@ -344,24 +698,31 @@ impl Verifier {
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("verify".into())
-            .spawn(move || me.run(&archive, &shutdown));
+            .spawn(move || me.run(&archive, recorded, &shutdown));
         if let Err(e) = spawned {
             self.finish(Err(VerifyError::Storage(e)));
         }
         Ok(())
     }
 
-    fn run(&self, archive: &Archive, shutdown: &CancellationToken) {
+    fn run(&self, archive: &Archive, recorded: Option<LedgerHead>, shutdown: &CancellationToken) {
         tracing::info!("verify started");
-        let result = verify(archive, &|| shutdown.is_cancelled(), &mut |p, new| {
-            let mut guard = self.lock();
-            let status = &mut guard.0.progress;
-            status.total = p.total;
-            status.checked = p.checked;
-            status.bytes = p.bytes;
-            status.files = p.files;
-            status.problems.extend_from_slice(new);
-        });
+        let result = verify_with_head(
+            archive,
+            recorded,
+            &|| shutdown.is_cancelled(),
+            &mut |p, new| {
+                let mut guard = self.lock();
+                let status = &mut guard.0.progress;
+                status.total = p.total;
+                status.checked = p.checked;
+                status.bytes = p.bytes;
+                status.files = p.files;
+                status.ledger_entries = p.ledger_entries;
+                status.ledger_head = p.ledger_head;
+                status.problems.extend_from_slice(new);
+            },
+        );
         match &result {
             Ok(p) if p.problems.is_empty() => {
                 tracing::info!(

@@ -11,9 +11,9 @@
 //! other callers). [`Archive::apply`] then takes a whole batch of arrivals:
 //! 1. fsync `tmp/` (the new names are durable),
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
-//!    and an outbound entry per forward target for each new original
-//!    ([`Archive::set_forward_targets`]) and per `forward_new_recipients` target for a duplicate
-//!    whose report added recipients, committed with fsync,
+//!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
+//!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`
+//!    target for a duplicate whose report added recipients, committed with fsync,
 //! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
 //!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
 //! 4. answer the callers.
@@ -43,7 +43,7 @@ mod outbound_tests;
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
 use crate::clock::UnixMs;
-use crate::index::{Facts, Index, IndexError, OutboundEntry, OutboundStore};
+use crate::index::{Facts, Index, IndexError, Kind, OutboundEntry, OutboundStore};
 use crate::store::{Maildir, OutboundFiles};
 
 /// An archive failure: the index, or the message files.
@@ -246,6 +246,9 @@ impl Archive {
                     w.remove_pending(file)?;
                 }
                 for key in &recovery.missing {
+                    // A record that does not decode is still dropped, and said so.
+                    let rec = w.record(key).ok().flatten();
+                    w.ledger_removed(key, rec.as_ref(), UnixMs::now())?;
                     w.remove_record(key)?;
                 }
                 Ok(())
@@ -525,6 +528,7 @@ fn record_one(
             update_queued = true;
         }
         w.put_record(target, &rec)?;
+        w.ledger_arrival(Kind::Merge, target, &rec, &a.sighting)?;
         w.count_duplicate(source);
         (
             Applied::Duplicate {
@@ -542,6 +546,8 @@ fn record_one(
         rec.variant = variant;
         rec.sightings = vec![a.sighting.clone()];
         w.put_record(target, &rec)?;
+        let kind = if variant { Kind::Variant } else { Kind::New };
+        w.ledger_arrival(kind, target, &rec, &a.sighting)?;
         w.add_pending(tmp_file, target)?;
         w.count_archived(source, rec.size, variant, rec.first_seen_ms());
         // Queued in this transaction: no crash can archive it without queuing it.

@@ -158,6 +158,7 @@ pub enum Verb {
     ForwardShow { name: String },
     ForwardRetry { name: String },
     ForwardBackfill { name: String, since: Option<String> },
+    LedgerHead,
 }
 
 /// A path segment, percent-encoded (collector names are plain, but be safe).
@@ -225,6 +226,7 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
             true,
         ),
         Verb::ForwardList => (Method::GET, "/api/v1/forward".to_string(), true),
+        Verb::LedgerHead => (Method::GET, "/api/v1/ledger".to_string(), false),
         Verb::ForwardShow { name } => (
             Method::GET,
             format!("/api/v1/forward/{}", segment(name)),
@@ -323,6 +325,15 @@ pub async fn run(remote: &Remote, verb: Verb) -> anyhow::Result<String> {
                 "forward {name}: {} archived message(s) queued\n{}",
                 v["queued"],
                 format_forward_targets(std::slice::from_ref(&v["target"]))
+            )
+        }
+        Verb::LedgerHead => {
+            let v = reply.json()?;
+            format!(
+                "{}\n{} ledger entries; the index holds {} records\n",
+                v["head"].as_str().unwrap_or("none"),
+                v["entries"],
+                v["records"]
             )
         }
     })

@@ -43,6 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/collectors", get(collectors))
         .route("/api/v1/collectors/{name}", get(collector))
         .route("/api/v1/collectors/{name}/history", get(collector_history))
+        .route("/api/v1/ledger", get(ledger))
         .merge(protected)
         .merge(super::console::router())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -83,8 +84,17 @@ fn find_collector(state: &AppState, name: &str) -> ApiResult<Collector> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // The free-space gauges are set by each check; one now keeps them current between mails.
+    // The ledger's head is read now too.
     let archive = state.ctx.archive.clone();
-    let _ = tokio::task::spawn_blocking(move || archive.store().space().low()).await;
+    let metrics = state.ctx.metrics.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        archive.store().space().low();
+        match archive.index().ledger_status() {
+            Ok(status) => metrics.set_ledger(&status),
+            Err(e) => tracing::warn!("metrics: reading the ledger head: {e}"),
+        }
+    })
+    .await;
     (
         [(
             header::CONTENT_TYPE,
@@ -445,14 +455,47 @@ async fn message(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     .await?
 }
 
-/// `POST /api/v1/verify`: starts a verify in the background (202 with its status); 409 while
-/// one runs.
-async fn verify_start(State(state): State<AppState>) -> ApiResult {
+/// `?head=SEQ:HASH` of `POST /api/v1/verify`.
+#[derive(Deserialize)]
+struct VerifyQuery {
+    head: Option<String>,
+}
+
+/// `POST /api/v1/verify[?head=SEQ:HASH]`: starts a verify in the background (202 with its
+/// status); 409 while one runs. With `head`, the ledger must still hold that recorded head.
+async fn verify_start(
+    State(state): State<AppState>,
+    q: Result<Query<VerifyQuery>, QueryRejection>,
+) -> ApiResult {
+    let recorded = query(q)?
+        .head
+        .map(|h| h.parse::<crate::index::LedgerHead>())
+        .transpose()
+        .map_err(ApiError::bad_request)?;
     state
         .verifier
-        .start(state.ctx.archive.clone(), state.ctx.shutdown.clone())
+        .start_with_head(
+            state.ctx.archive.clone(),
+            recorded,
+            state.ctx.shutdown.clone(),
+        )
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
     Ok((StatusCode::ACCEPTED, Json(state.verifier.status())).into_response())
+}
+
+/// `GET /api/v1/ledger`: the ledger's head (`SEQ:HASH`, what an operator records elsewhere),
+/// its entries and the records in the index. Hashes and counts only: no token needed.
+async fn ledger(State(state): State<AppState>) -> ApiResult {
+    let archive = state.ctx.archive.clone();
+    let status = blocking(move || Ok(archive.index().ledger_status()?)).await?;
+    Ok(Json(serde_json::json!({
+        "head": status.head.map(|h| h.to_string()),
+        "seq": status.head.map(|h| h.seq),
+        "hash": status.head.map(|h| h.hash.to_string()),
+        "entries": status.entries,
+        "records": status.records,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/verify`: the last (or running) verify: state, progress, problems.

@@ -8,11 +8,12 @@
 //! | `GET /api/v1/status` | - | totals per source, duplicates, conflicts, collected since |
 //! | `GET /api/v1/migration` | - | the cutover verdict ([`crate::migration`]) |
 //! | `GET /api/v1/collectors[/{name}/history]` | - | collectors and their runs |
+//! | `GET /api/v1/ledger` | - | the ingest ledger's head (`SEQ:HASH`), entries, records ([`crate::index::LedgerHead`]) |
 //! | `POST /api/v1/collectors/{name}/{test,collect,activate,deactivate,retire}` | token | operate |
 //! | `GET /api/v1/messages/{message-id}[/raw]` | token | an archived record, or its bytes |
 //! | `POST /api/v1/reload` | token | read the configuration file again ([`crate::reload`]) |
 //! | `POST /api/v1/backup` | token | an online copy of the archive into a directory ([`crate::archive::Archive::backup`]) |
-//! | `POST /api/v1/verify`, `GET /api/v1/verify` | token | start a background verify ([`crate::verify`]), its progress and problems |
+//! | `POST /api/v1/verify[?head=SEQ:HASH]`, `GET /api/v1/verify` | token | start a background verify ([`crate::verify`]; with `head`, also of a recorded ledger head), its progress and problems |
 //! | `GET /api/v1/forward[/{name}]` | token | forward targets: queue, last error (and failed entries) |
 //! | `POST /api/v1/forward/{name}/{retry,backfill}` | token | retry failed entries; queue archived messages |
 //!

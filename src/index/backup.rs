@@ -38,6 +38,8 @@ impl Index {
             copy_table(&read, &write, collectors::STATE)?;
             // The references to the files the forward queue holds (copied beside it).
             copy_table(&read, &write, outbound::OUTBOUND_FILES)?;
+            copy_table(&read, &write, super::ledger::LEDGER)?;
+            copy_table(&read, &write, super::ledger::LEDGER_META)?;
             write.open_table(PENDING)?;
             n
         };

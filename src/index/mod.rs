@@ -13,7 +13,9 @@
 //! - collector state and run history ([`CollectorStore`]);
 //! - the forwarder's outbound queue (`outbound`, [`OutboundStore`], and `outbound_files`: the
 //!   references to duplicates' reports kept for it), written in the archive's transaction
-//!   through [`Writer::enqueue`].
+//!   through [`Writer::enqueue`];
+//! - the tamper-evident ledger (`ledger`, `ledger_meta`: a hash chain of every arrival),
+//!   appended in the archive's transaction through [`Writer::ledger_arrival`] (see `ledger`).
 //!
 //! Writes of arrivals happen in one transaction per batch ([`Index::write`] with a [`Writer`]).
 //! A second implementation (another database) would provide the same operations; the archive
@@ -23,6 +25,7 @@ mod backup;
 mod collectors;
 mod format;
 mod keys;
+mod ledger;
 mod log;
 mod outbound;
 mod record;
@@ -37,6 +40,7 @@ use redb::{
 };
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
+pub use ledger::{Entry, EntryHash, Kind, LedgerFile, LedgerHead, LedgerStatus, Stored};
 pub use outbound::{Attempt, EntryKind, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
@@ -242,6 +246,8 @@ impl Index {
         txn.open_table(collectors::STATE)?;
         txn.open_table(outbound::OUTBOUND)?;
         txn.open_table(outbound::OUTBOUND_FILES)?;
+        txn.open_table(ledger::LEDGER)?;
+        txn.open_table(ledger::LEDGER_META)?;
         let log_path = path.with_extension("records");
         if found == format::Found::New && std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
             // Cutting it to the new index's empty log would destroy the only copy of the
@@ -311,7 +317,12 @@ impl Index {
 
     /// Number of archived originals.
     pub fn count(&self) -> Result<u64, IndexError> {
-        let txn = self.db.begin_read()?;
+        self.count_in(&self.db.begin_read()?)
+    }
+
+    /// Number of archived originals as `txn` sees them.
+    #[allow(clippy::unused_self)]
+    fn count_in(&self, txn: &redb::ReadTransaction) -> Result<u64, IndexError> {
         keys::count(
             &txn.open_table(keys::KEYS)?,
             &txn.open_table(keys::COLLISIONS)?,
@@ -519,8 +530,16 @@ impl Index {
     ) -> Result<T, IndexError> {
         let txn = self.db.begin_write()?;
         let out = {
+            // The records before any change: what a genesis entry records (read only then).
+            let ledger = ledger::Chain::open(&txn, || {
+                keys::count(
+                    &txn.open_table(keys::KEYS)?,
+                    &txn.open_table(keys::COLLISIONS)?,
+                )
+            })?;
             let mut w = Writer {
                 records: keys::Records::open(&txn, &self.log, self.hash)?,
+                ledger,
                 uidls: txn.open_table(UIDLS)?,
                 pending: txn.open_table(PENDING)?,
                 stats: txn.open_table(STATS)?,
@@ -562,6 +581,7 @@ pub struct Writer<'txn> {
     pop3_only: Table<'txn, &'static str, u64>,
     outbound: Table<'txn, (&'static str, u64), &'static [u8]>,
     outbound_files: Table<'txn, &'static str, u64>,
+    ledger: ledger::Chain<'txn>,
     counters: Counters,
 }
 

@@ -121,6 +121,16 @@ async fn backup_while_smtp_traffic_flows_then_restore_into_a_fresh_data_dir() {
         stdout.contains(&format!("restored {} messages", manifest.messages)),
         "{stdout}"
     );
+    // The ledger came along, as of the snapshot: whole, and accounting for exactly its records.
+    {
+        let restored = journal_gateway_testkit::ArchiveView::open(&data_dir).unwrap();
+        assert_eq!(restored.ledger_problems(), Vec::<String>::new());
+        assert_eq!(
+            restored.ledger().len() as u64,
+            manifest.messages + 1,
+            "genesis and one entry per message"
+        );
+    }
     // Into a data directory that holds something: refused, nothing touched.
     let out = std::process::Command::new(crate::gateway_bin())
         .args(["restore", "--from"])

@@ -107,6 +107,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let on_disk = archive.maildir_files("new");
         assert_eq!(indexed, on_disk, "round {round}: index and Maildir agree");
         assert_eq!(
+            archive.ledger_problems(),
+            Vec::<String>::new(),
+            "round {round}: the ledger is whole and agrees with the index"
+        );
+        assert_eq!(
             archive.maildir_files("tmp").len(),
             0,
             "round {round}: tmp/ cleaned"

@@ -230,6 +230,7 @@ async fn unauthenticated_endpoints_reveal_no_content_addresses_subjects_or_paths
         "/api/v1/status",
         "/api/v1/migration",
         "/api/v1/collectors",
+        "/api/v1/ledger",
         "/login",
         "/",
         "/no-such-page",

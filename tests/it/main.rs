@@ -13,6 +13,7 @@ mod ingest;
 mod journal_parse;
 mod journal_stream;
 mod large_reports;
+mod ledger;
 mod logs;
 mod ndr;
 mod pop3_dovecot;

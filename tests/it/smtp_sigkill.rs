@@ -147,4 +147,9 @@ fn sigkill_while_sending_loses_no_acknowledged_message() {
         missing.is_empty(),
         "acknowledged but not archived: {missing:?}"
     );
+    assert_eq!(
+        archive.ledger_problems(),
+        Vec::<String>::new(),
+        "the ledger is whole after the SIGKILL and agrees with the index"
+    );
 }

@@ -21,7 +21,7 @@ use journal_gateway::archive::{Archive, Record, Stats};
 use journal_gateway::clock::UnixMs;
 use journal_gateway::config::{CollectorConfig, Config};
 use journal_gateway::http::{HttpContext, HttpServer, Readiness};
-use journal_gateway::index::{CollectorState, CollectorStore, Run, RunKind};
+use journal_gateway::index::{CollectorState, CollectorStore, Entry, LedgerHead, Run, RunKind};
 use journal_gateway::ingest::{Delivery, IngestError, MessageWriter, Outcome};
 use journal_gateway::metrics::Metrics;
 use journal_gateway::pop3::{Collector, CollectorContext, Collectors};
@@ -688,6 +688,116 @@ impl ArchiveView {
             .index()
             .write(|w| w.remove_record(key))
             .expect("remove an index entry");
+    }
+
+    /// The ledger's stored entries in order: `(seq, entry)` (panics on an entry that does not
+    /// decode).
+    #[must_use]
+    pub fn ledger(&self) -> Vec<(u64, Entry)> {
+        self.archive
+            .index()
+            .ledger_after(None, usize::MAX)
+            .expect("read the ledger")
+            .into_iter()
+            .map(|(s, _)| (s.seq, s.entry.expect("a ledger entry that decodes")))
+            .collect()
+    }
+
+    /// Replaces the stored bytes of ledger entry `seq` by `edit` of them, hash untouched: the
+    /// damage of a careless edit.
+    pub fn ledger_edit_raw(&self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+        let (_, mut raw) = self
+            .archive
+            .index()
+            .ledger_after(seq.checked_sub(1), 1)
+            .expect("read the ledger")
+            .into_iter()
+            .next()
+            .filter(|(s, _)| s.seq == seq)
+            .unwrap_or_else(|| panic!("no ledger entry {seq}"));
+        edit(&mut raw);
+        self.archive
+            .index()
+            .write(|w| w.ledger_put_raw(seq, &raw))
+            .expect("write a ledger entry");
+    }
+
+    /// Rewrites ledger entry `seq` by `edit` and, as a forger with write access would, every
+    /// later entry's link and hash and the stored head: the chain is whole again, only a head
+    /// recorded elsewhere tells.
+    pub fn ledger_rewrite(&self, seq: u64, edit: impl FnOnce(&mut Entry)) {
+        let mut entries: Vec<Entry> = self
+            .ledger()
+            .into_iter()
+            .filter(|(s, _)| *s >= seq)
+            .map(|(_, e)| e)
+            .collect();
+        edit(&mut entries[0]);
+        self.archive
+            .index()
+            .write(|w| {
+                let mut prev = entries[0].prev;
+                let mut head = None;
+                for e in &mut entries {
+                    e.prev = prev;
+                    let hash = e.hash();
+                    let mut raw = e.canonical();
+                    raw.extend_from_slice(&hash.0);
+                    w.ledger_put_raw(e.seq, &raw)?;
+                    prev = hash;
+                    head = Some(LedgerHead { seq: e.seq, hash });
+                }
+                w.ledger_set_head(head.expect("an entry"))
+            })
+            .expect("rewrite the ledger");
+    }
+
+    /// Removes every ledger entry after `seq` and makes `seq` the stored head: a chain cut
+    /// back consistently (only a head recorded elsewhere tells).
+    pub fn ledger_truncate(&self, seq: u64) {
+        let chain = self.ledger();
+        let (_, last) = chain
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .unwrap_or_else(|| panic!("no ledger entry {seq}"));
+        let head = LedgerHead {
+            seq,
+            hash: last.hash(),
+        };
+        self.archive
+            .index()
+            .write(|w| {
+                for (s, _) in chain.iter().filter(|(s, _)| *s > seq) {
+                    w.ledger_remove_raw(*s)?;
+                }
+                w.ledger_set_head(head)
+            })
+            .expect("truncate the ledger");
+    }
+
+    /// The problems `ledger verify` finds (the chain's links and hashes, its entries against
+    /// the records, the count), as printed; empty when the ledger is whole.
+    #[must_use]
+    pub fn ledger_problems(&self) -> Vec<String> {
+        journal_gateway::verify::verify_ledger(
+            self.archive.index(),
+            None,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .expect("read the ledger")
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    /// Removes ledger entry `seq` alone (the head unchanged).
+    pub fn ledger_remove(&self, seq: u64) {
+        self.archive
+            .index()
+            .write(|w| w.ledger_remove_raw(seq))
+            .expect("remove a ledger entry");
     }
 
     /// The path of the archived file of the record under `key` (for tests that damage it).
