@@ -18,6 +18,7 @@
 mod backup;
 mod collectors;
 mod outbound;
+pub mod pg;
 mod record;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,8 @@
 //! ([`Maildir::publish`]) and, with the next [`Maildir::sync`], durably there. A second
 //! implementation (an object store) would offer the same steps.
 
+// Message objects in S3 (issue 13): not wired in yet, see its module doc.
+pub(crate) mod s3;
 mod space;
 
 pub use space::{FreeSpace, Space};

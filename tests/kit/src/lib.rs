@@ -14,6 +14,7 @@
 //! - [`pki`]: a test CA issuing TLS client certificates.
 //! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate).
 //! - [`postfix_bounce`]: a private Postfix bouncing journal reports and keeping the NDRs it writes.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir (the scale-out index).
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
@@ -34,6 +35,7 @@ pub mod peers;
 pub mod pki;
 pub mod postfix;
 pub mod postfix_bounce;
+pub mod postgres;
 pub mod proxy;
 pub mod sample;
 pub mod token_service;
