@@ -444,3 +444,161 @@ fn path(name: &ObjectName) -> ObjectPath {
 fn modified(meta: &object_store::ObjectMeta) -> UnixMs {
     UnixMs(u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journal_gateway_testkit::garage::{Garage, REGION};
+
+    fn settings(g: &Garage, prefix: &str) -> S3Settings {
+        S3Settings {
+            prefix: prefix.to_string(),
+            ..S3Settings::new(
+                &g.endpoint,
+                &g.bucket,
+                REGION,
+                &g.access_key_id,
+                &g.secret_access_key,
+            )
+        }
+    }
+
+    async fn names(store: &S3Store) -> Vec<String> {
+        let mut out: Vec<String> = store
+            .list()
+            .map(|i| i.expect("listing").name.to_string())
+            .collect()
+            .await;
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn objects_are_put_under_their_content_hash_read_back_listed_and_deleted() {
+        let g = Garage::start("messages");
+        let store = S3Store::open(&settings(&g, "/archive/")).unwrap();
+        let body = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n".to_vec();
+        let sha = hex::encode(Sha256::digest(&body));
+
+        let stored = store.put_bytes(body.clone()).await.unwrap();
+        assert_eq!(stored.name.as_str(), format!("archive/{}/{sha}", &sha[..2]));
+        assert_eq!(stored.name.sha256(), sha);
+        assert_eq!((stored.size, stored.existed), (body.len() as u64, false));
+        // The same bytes again (a retry, another node): the same object, nothing sent.
+        let again = store.put_bytes(body.clone()).await.unwrap();
+        assert_eq!(
+            (again.name.clone(), again.existed),
+            (stored.name.clone(), true)
+        );
+
+        assert_eq!(store.get(&stored.name).await.unwrap(), body);
+        let info = store.head(&stored.name).await.unwrap().expect("head");
+        assert_eq!(info.size, body.len() as u64);
+        let now = UnixMs::now();
+        assert!(
+            info.modified.0 > now.0 - 600_000 && info.modified.0 < now.0 + 600_000,
+            "{info:?}"
+        );
+
+        let other = store.put_bytes(b"another message".to_vec()).await.unwrap();
+        // Something else in the bucket, under the prefix and outside it: not listed.
+        let raw = object_store::path::Path::from("archive/notes.txt");
+        store
+            .store
+            .put(&raw, PutPayload::from(b"x".to_vec()))
+            .await
+            .unwrap();
+        let outside = object_store::path::Path::from("elsewhere/00/x");
+        store
+            .store
+            .put(&outside, PutPayload::from(b"x".to_vec()))
+            .await
+            .unwrap();
+        let mut want = vec![stored.name.to_string(), other.name.to_string()];
+        want.sort();
+        assert_eq!(names(&store).await, want);
+
+        store.delete(&stored.name).await.unwrap();
+        assert_eq!(store.head(&stored.name).await.unwrap(), None);
+        // Deleting what is gone is not an error (a sweeper racing another).
+        store.delete(&stored.name).await.unwrap();
+        assert_eq!(names(&store).await, vec![other.name.to_string()]);
+        let err = store.get(&stored.name).await.unwrap_err();
+        assert!(
+            matches!(err, S3Error::Store(object_store::Error::NotFound { .. })),
+            "{err}"
+        );
+
+        // Names as an index keeps them are checked before use.
+        assert_eq!(store.parse_name(other.name.as_str()).unwrap(), other.name);
+        for bad in [
+            "archive/notes.txt",
+            "elsewhere/00/x",
+            &format!("{}/{sha}", &sha[..2]),
+        ] {
+            assert!(store.parse_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_file_is_streamed_as_a_multipart_upload() {
+        let g = Garage::start("large");
+        let mut s = settings(&g, "");
+        s.part_size = MIN_PART_SIZE;
+        s.multipart_threshold = 6 << 20;
+        let store = S3Store::open(&s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.eml");
+        // 12 MiB and a bit: two full parts and a short last one.
+        let body: Vec<u8> = (0..(12u32 << 20) + 12_345)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        std::fs::write(&file, &body).unwrap();
+        let stored = store.put_file(&file).await.unwrap();
+        assert_eq!(stored.name.sha256(), hex::encode(Sha256::digest(&body)));
+        assert_eq!((stored.size, stored.existed), (body.len() as u64, false));
+        assert_eq!(
+            store.head(&stored.name).await.unwrap().unwrap().size,
+            body.len() as u64
+        );
+        let mut fetched = Vec::new();
+        let n = store.get_to(&stored.name, &mut fetched).await.unwrap();
+        assert_eq!(n, body.len() as u64);
+        assert!(fetched == body, "the fetched bytes differ");
+        assert!(store.put_file(&file).await.unwrap().existed);
+
+        // A small file takes one PUT.
+        let small = dir.path().join("small.eml");
+        std::fs::write(&small, b"small").unwrap();
+        let stored = store.put_file(&small).await.unwrap();
+        assert_eq!(store.get(&stored.name).await.unwrap(), b"small");
+    }
+
+    #[tokio::test]
+    async fn damaged_objects_and_wrong_credentials_are_errors() {
+        let g = Garage::start("damaged");
+        let store = S3Store::open(&settings(&g, "p")).unwrap();
+        // An object whose bytes are not what its name says.
+        let name = store.name_for(&hex::encode(Sha256::digest(b"the original")));
+        store
+            .store
+            .put(&path(&name), PutPayload::from(b"tampered".to_vec()))
+            .await
+            .unwrap();
+        let err = store.get(&name).await.unwrap_err();
+        assert!(matches!(err, S3Error::Digest { .. }), "{err}");
+
+        let mut wrong = settings(&g, "p");
+        wrong.secret_access_key = "0".repeat(64);
+        let bad = S3Store::open(&wrong).unwrap();
+        let err = bad.put_bytes(b"x".to_vec()).await.unwrap_err();
+        assert!(matches!(err, S3Error::Store(_)), "{err}");
+
+        let mut tiny = settings(&g, "p");
+        tiny.part_size = 1 << 20;
+        assert!(matches!(S3Store::open(&tiny), Err(S3Error::Settings(_))));
+        let mut no_ca = settings(&g, "p");
+        no_ca.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(matches!(S3Store::open(&no_ca), Err(S3Error::Settings(_))));
+    }
+}

@@ -62,7 +62,7 @@ impl PgIndex {
         let row = client
             .query_opt(
                 "INSERT INTO collector_leases AS l (collector, holder, epoch, expires_at)
-                 VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond')
+                 VALUES ($1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond')
                  ON CONFLICT (collector) DO UPDATE SET
                      holder = EXCLUDED.holder,
                      epoch = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > clock_timestamp()
@@ -92,7 +92,7 @@ impl PgIndex {
         let row = client
             .query_opt(
                 "UPDATE collector_leases
-                 SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+                 SET expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
                  WHERE collector = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp()
                  RETURNING (extract(epoch FROM expires_at) * 1000)::bigint",
                 &[&lease.collector, &lease.holder, &lease.epoch, &millis(ttl)],

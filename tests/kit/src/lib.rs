@@ -7,6 +7,7 @@
 //!   index is ported here, not in every test.
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
+//! - [`garage`]: a real Garage (S3-compatible object store) node in a temp dir.
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
 //! - [`mta`]: a private Postfix instance delivering into a Maildir (forwarding downstream, benchmark peer).
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
@@ -27,6 +28,7 @@
 pub mod browser;
 pub mod crash;
 pub mod dovecot;
+pub mod garage;
 mod gateway;
 pub mod http;
 pub mod machine;

@@ -11,7 +11,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::peers::{free_port, require, run_ok};
@@ -174,7 +174,7 @@ impl Postgres {
     /// connections.
     pub fn start_again(&mut self) {
         assert!(!self.running, "PostgreSQL is already running");
-        let log = self.dir.path().join("postgres.log");
+        let log = self.socket_dir().join("postgres.log");
         let timeout = STARTUP.as_secs().to_string();
         let out = self
             .pg_ctl(&["start", "-w", "-t", &timeout, "-l"])
@@ -221,7 +221,7 @@ impl Postgres {
     /// The server's log so far (for assertion messages).
     #[must_use]
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        std::fs::read_to_string(self.socket_dir().join("postgres.log")).unwrap_or_default()
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Command {
