@@ -123,64 +123,86 @@ async fn futures_join4<T>(
     vec![a, b, c, d]
 }
 
-/// The same original reaches two nodes at the same moment, 1,000 times (a new key each time):
-/// each time exactly one node archives it, the other merges into that record, and the record
-/// has both nodes' recipients and both sightings.
+/// The same original reaches two nodes at the same moment, 1,000 times (a new key each time;
+/// eight lanes of races at once): each time exactly one node archives it, the other merges into
+/// that record, and the record has both nodes' recipients and both sightings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_two_nodes_racing_the_same_key_1000_times_record_it_once_with_recipients_unioned() {
+    const LANES: usize = 8;
+    const ROUNDS: usize = 1000 / LANES;
     let pg = Postgres::start();
     let url = pg.create_database("race");
-    let (a, b) = (node(&url).await, node(&url).await);
+    let lane_settings = PgSettings {
+        pool_size: LANES,
+        ..settings(&url)
+    };
+    let a = PgIndex::connect(&lane_settings).await.unwrap();
+    let b = PgIndex::connect(&lane_settings).await.unwrap();
     let started = Instant::now();
-    for i in 0..1000 {
-        let key = format!("<race-{i}@corp.example>");
-        let on_a = arrival(
-            &key,
-            "id",
-            &["shared@corp.example", "a@corp.example"],
-            Some("obj-a"),
-        );
-        let on_b = arrival(
-            &key,
-            "id",
-            &["b@corp.example", "shared@corp.example"],
-            Some("obj-b"),
-        );
-        let (ra, rb) = tokio::join!(
-            a.apply(std::slice::from_ref(&on_a)),
-            b.apply(std::slice::from_ref(&on_b))
-        );
-        let outcomes = [ra.unwrap().remove(0), rb.unwrap().remove(0)];
-        let archived = outcomes
-            .iter()
-            .filter(|o| matches!(o, Applied::Archived { variant: false, .. }))
-            .count();
-        let merged = outcomes
-            .iter()
-            .filter(|o| matches!(o, Applied::Duplicate { .. }))
-            .count();
-        assert_eq!((archived, merged), (1, 1), "round {i}: {outcomes:?}");
-        let rec = a.get(&key).await.unwrap().expect("the record");
-        assert_eq!(
-            addresses(&rec),
-            ["a@corp.example", "b@corp.example", "shared@corp.example"]
-                .map(String::from)
-                .into(),
-            "round {i}"
-        );
-        assert_eq!(rec.recipients.len(), 3, "round {i}: no recipient twice");
-        assert_eq!((rec.sightings.len(), rec.duplicates), (2, 1), "round {i}");
-        // The record names the winner's object; the loser's is unreferenced (the sweeper's).
-        let winner = if matches!(outcomes[0], Applied::Archived { .. }) {
-            "obj-a"
-        } else {
-            "obj-b"
-        };
-        assert_eq!(rec.file, winner, "round {i}");
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let (a, b) = (a.clone(), b.clone());
+        lanes.spawn(async move {
+            for round in 0..ROUNDS {
+                let i = lane * ROUNDS + round;
+                race_once(&a, &b, i).await;
+            }
+        });
+    }
+    while let Some(lane) = lanes.join_next().await {
+        lane.expect("a lane of races failed");
     }
     assert_eq!(a.count().await.unwrap(), 1000);
     assert_eq!(b.count().await.unwrap(), 1000);
     eprintln!("1,000 two-node races in {:?}", started.elapsed());
+}
+
+/// Both nodes apply an arrival of the original `<race-i@...>` at once.
+async fn race_once(a: &PgIndex, b: &PgIndex, i: usize) {
+    let key = format!("<race-{i}@corp.example>");
+    let on_a = arrival(
+        &key,
+        "id",
+        &["shared@corp.example", "a@corp.example"],
+        Some("obj-a"),
+    );
+    let on_b = arrival(
+        &key,
+        "id",
+        &["b@corp.example", "shared@corp.example"],
+        Some("obj-b"),
+    );
+    let (ra, rb) = tokio::join!(
+        a.apply(std::slice::from_ref(&on_a)),
+        b.apply(std::slice::from_ref(&on_b))
+    );
+    let outcomes = [ra.unwrap().remove(0), rb.unwrap().remove(0)];
+    let archived = outcomes
+        .iter()
+        .filter(|o| matches!(o, Applied::Archived { variant: false, .. }))
+        .count();
+    let merged = outcomes
+        .iter()
+        .filter(|o| matches!(o, Applied::Duplicate { .. }))
+        .count();
+    assert_eq!((archived, merged), (1, 1), "round {i}: {outcomes:?}");
+    let rec = a.get(&key).await.unwrap().expect("the record");
+    assert_eq!(
+        addresses(&rec),
+        ["a@corp.example", "b@corp.example", "shared@corp.example"]
+            .map(String::from)
+            .into(),
+        "round {i}"
+    );
+    assert_eq!(rec.recipients.len(), 3, "round {i}: no recipient twice");
+    assert_eq!((rec.sightings.len(), rec.duplicates), (2, 1), "round {i}");
+    // The record names the winner's object; the loser's is unreferenced (the sweeper's).
+    let winner = if matches!(outcomes[0], Applied::Archived { .. }) {
+        "obj-a"
+    } else {
+        "obj-b"
+    };
+    assert_eq!(rec.file, winner, "round {i}");
 }
 
 /// Both nodes keep merging arrivals of one original at once: no merge overwrites another.
