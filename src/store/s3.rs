@@ -180,7 +180,7 @@ impl S3Store {
         let mut options = ClientOptions::new()
             .with_allow_http(settings.endpoint.starts_with("http://"))
             .with_connect_timeout(std::time::Duration::from_secs(10))
-            .with_timeout(std::time::Duration::from_secs(300));
+            .with_timeout(std::time::Duration::from_mins(5));
         if let Some(ca) = &settings.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| S3Error::Settings(format!("CA file {}: {e}", ca.display())))?;

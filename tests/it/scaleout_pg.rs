@@ -361,7 +361,7 @@ async fn pg_collector_lease_expires_and_is_taken_over() {
     let pg = Postgres::start();
     let url = pg.create_database("lease");
     let (a, b) = (node(&url).await, node(&url).await);
-    let long = Duration::from_secs(60);
+    let long = Duration::from_mins(1);
     assert_eq!(a.lease_holder("exchange").await.unwrap(), None);
     let lease = a
         .acquire_lease("exchange", "node-a", long)

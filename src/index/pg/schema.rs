@@ -49,16 +49,15 @@ pub(super) async fn migrate(client: &mut Client) -> Result<(), PgError> {
         .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
         .await?;
-    let found: i32 = match tx
+    let row = tx
         .query_opt("SELECT version FROM schema_version", &[])
-        .await?
-    {
-        Some(row) => row.get(0),
-        None => {
-            tx.execute("INSERT INTO schema_version (version) VALUES (0)", &[])
-                .await?;
-            0
-        }
+        .await?;
+    let found: i32 = if let Some(row) = row {
+        row.get(0)
+    } else {
+        tx.execute("INSERT INTO schema_version (version) VALUES (0)", &[])
+            .await?;
+        0
     };
     if found > SCHEMA_VERSION {
         return Err(PgError::SchemaTooNew { found });

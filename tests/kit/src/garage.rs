@@ -133,6 +133,7 @@ root_domain = ".s3.garage.localhost"
     }
 
     /// Runs the Garage CLI against this node, failing the test when it fails; its output.
+    #[allow(clippy::must_use_candidate)] // called for the effect; the output is a convenience
     pub fn cli(&self, args: &[&str]) -> String {
         let out = run_ok(self.command().args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -40,14 +40,12 @@ pub fn bin_dir() -> PathBuf {
             })
             .max()
     });
-    match newest {
-        Some((_, dir)) => dir,
-        None => {
-            // Names the package to install (and fails the test).
-            require("/usr/lib/postgresql/15/bin/pg_ctl", "postgresql");
-            unreachable!("require fails when the program is missing")
-        }
+    if let Some((_, dir)) = newest {
+        return dir;
     }
+    // Names the package to install (and fails the test).
+    require("/usr/lib/postgresql/15/bin/pg_ctl", "postgresql");
+    unreachable!("require fails when the program is missing")
 }
 
 /// A PostgreSQL server of its own (cluster, socket and log in a temp dir).
@@ -150,6 +148,7 @@ impl Postgres {
 
     /// Runs one SQL command with `psql` in `database`, failing the test when it fails; returns
     /// its output (unaligned, tuples only: one row a line, columns split by `|`).
+    #[allow(clippy::must_use_candidate)] // called for the effect; the output is a convenience
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let out = run_ok(
             Command::new(self.bin.join("psql"))
@@ -181,14 +180,13 @@ impl Postgres {
             .arg(&log)
             .output()
             .expect("running pg_ctl start");
-        if !out.status.success() {
-            panic!(
-                "PostgreSQL did not start within {timeout}s ({}): {}\nlog:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start within {timeout}s ({}): {}\nlog:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         self.running = true;
         // `-w` waited for the server; check a real query works before handing it out.
         let deadline = Instant::now() + STARTUP;
