@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use journal_gateway::clock::UnixMs;
-use journal_gateway::index::pg::{Applied, Arrival, PgError, PgIndex, PgSettings, SCHEMA_VERSION};
+use journal_gateway::index::pg::{
+    Applied, Arrival, PgError, PgIndex, PgSettings, PgTls, SCHEMA_VERSION,
+};
 use journal_gateway::index::{Record, Sighting, Source};
 use journal_gateway::journal::{Format, Recipient, RecipientKind};
 use journal_gateway_testkit::postgres::Postgres;
@@ -470,4 +472,51 @@ async fn pg_server_restart_fails_operations_then_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(n.count().await.unwrap(), 2);
+}
+
+/// TLS to PostgreSQL (rustls on aws-lc-rs): the configured CA is trusted, and the session is
+/// encrypted; the system roots do not trust a private certificate; no TLS where the connection
+/// string requires it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_tls_trusts_the_configured_ca() {
+    let pg = Postgres::start_tls();
+    let url = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user={} dbname={} sslmode=require",
+        pg.port,
+        journal_gateway_testkit::postgres::USER,
+        journal_gateway_testkit::postgres::USER,
+    );
+    let n = PgIndex::connect(&PgSettings {
+        tls: PgTls::CaFile(pg.ca_file()),
+        ..settings(&url)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("TLS with the server's CA: {e}"));
+    assert_eq!(n.count().await.unwrap(), 0);
+    // The pool keeps its connection: PostgreSQL lists it as TLS.
+    let tls_sessions = pg.psql("postgres", "SELECT count(*) FROM pg_stat_ssl WHERE ssl");
+    assert_ne!(tls_sessions.trim(), "0", "no TLS session in pg_stat_ssl");
+
+    let err = PgIndex::connect(&PgSettings {
+        tls: PgTls::SystemRoots,
+        ..settings(&url)
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PgError::Pool(_)) && format!("{err:?}").contains("UnknownIssuer"),
+        "{err:?}"
+    );
+    let err = PgIndex::connect(&settings(&url)).await.unwrap_err();
+    assert!(
+        matches!(err, PgError::Pool(_)) && format!("{err:?}").contains("Tls"),
+        "{err:?}"
+    );
+    let err = PgIndex::connect(&PgSettings {
+        tls: PgTls::CaFile("/nonexistent/ca.pem".into()),
+        ..settings(&url)
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PgError::Tls(_)), "{err}");
 }

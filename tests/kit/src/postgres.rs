@@ -62,6 +62,24 @@ impl Postgres {
     /// [`USER`], starts the server and waits until it accepts connections.
     #[must_use]
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// Like [`Postgres::start`], with TLS on (`ssl = on`): a self-signed certificate for
+    /// `localhost`, whose PEM is at [`Postgres::ca_file`].
+    #[must_use]
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    /// The TLS server's certificate (PEM; self-signed, so also its CA), after
+    /// [`Postgres::start_tls`].
+    #[must_use]
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("jg-postgres-")
@@ -97,6 +115,23 @@ impl Postgres {
              log_min_messages = warning\n",
             run = run.display()
         );
+        let mut conf = conf;
+        if tls {
+            let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .expect("self-signed certificate");
+            std::fs::write(dir.path().join("ca.pem"), key.cert.pem()).expect("write ca.pem");
+            for (name, pem) in [
+                ("server.crt", key.cert.pem()),
+                ("server.key", key.signing_key.serialize_pem()),
+            ] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write TLS files");
+                std::os::unix::fs::chown(&path, Some(PG_UID), Some(PG_GID)).expect("chown");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         let conf_path = data.join("postgresql.conf");
         let mut all = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         all.push_str(&conf);
