@@ -473,6 +473,40 @@ mod tests {
         out
     }
 
+    #[test]
+    fn names_are_content_derived_and_checked() {
+        let open = |prefix: &str| {
+            let mut s = S3Settings::new("http://127.0.0.1:9", "b", "r", "k", "s");
+            s.prefix = prefix.to_string();
+            S3Store::open(&s).unwrap()
+        };
+        let sha = hex::encode(Sha256::digest(b"x"));
+        let plain = open("");
+        let prefixed = open("/journal/archive/");
+        assert_eq!(
+            plain.name_for(&sha).as_str(),
+            format!("{}/{sha}", &sha[..2])
+        );
+        let name = prefixed.name_for(&sha);
+        assert_eq!(
+            name.as_str(),
+            format!("journal/archive/{}/{sha}", &sha[..2])
+        );
+        assert_eq!(name.sha256(), sha);
+        assert_eq!(prefixed.parse_name(name.as_str()).unwrap(), name);
+        assert!(plain.parse_name(name.as_str()).is_err());
+        let upper = format!("journal/archive/{}/{}", &sha[..2], sha.to_uppercase());
+        let wrong_shard = format!("journal/archive/zz/{sha}");
+        let short = format!("journal/archive/{}/{}", &sha[..2], &sha[..63]);
+        for bad in [upper.as_str(), &wrong_shard, &short, "journal/archive", ""] {
+            assert!(prefixed.parse_name(bad).is_err(), "{bad:?}");
+        }
+        // S3's minimum part size is enforced when opening.
+        let mut s = S3Settings::new("http://127.0.0.1:9", "b", "r", "k", "s");
+        s.part_size = MIN_PART_SIZE - 1;
+        assert!(matches!(S3Store::open(&s), Err(S3Error::Settings(_))));
+    }
+
     #[tokio::test]
     async fn objects_are_put_under_their_content_hash_read_back_listed_and_deleted() {
         let g = Garage::start("messages");
