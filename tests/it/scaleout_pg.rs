@@ -353,6 +353,43 @@ async fn pg_variants_uidls_and_needs_object() {
     assert!(n.is_referenced("o1").await.unwrap());
     assert!(n.is_referenced("o2").await.unwrap());
     assert!(!n.is_referenced("o3").await.unwrap());
+
+    // Two nodes, two different messages reusing one Message-ID at the same moment, 100 times:
+    // one is stored under the key, the other as its variant, whoever comes first.
+    let other_node = node(&url).await;
+    for i in 0..100 {
+        let key = format!("<reuse-race-{i}@corp.example>");
+        let one = arrival(&key, "one", &["x@c"], Some("o1"));
+        let two = arrival(&key, "two", &["y@c"], Some("o2"));
+        let (r1, r2) = tokio::join!(
+            n.apply(std::slice::from_ref(&one)),
+            other_node.apply(std::slice::from_ref(&two))
+        );
+        let mut outcomes = [r1.unwrap().remove(0), r2.unwrap().remove(0)];
+        outcomes.sort_by_key(|o| matches!(o, Applied::Archived { variant: true, .. }));
+        let Applied::Archived {
+            key: stored,
+            variant: false,
+        } = &outcomes[0]
+        else {
+            panic!("round {i}: {outcomes:?}");
+        };
+        let Applied::Archived {
+            key: variant,
+            variant: true,
+        } = &outcomes[1]
+        else {
+            panic!("round {i}: {outcomes:?}");
+        };
+        assert_eq!(stored, &key);
+        let first = n.get(&key).await.unwrap().unwrap().identity;
+        let expected_variant = if first == "one" {
+            &two.variant_key
+        } else {
+            &one.variant_key
+        };
+        assert_eq!(variant, expected_variant, "round {i}");
+    }
 }
 
 /// One node holds a collector's lease; another cannot take it while it is renewed; when the
