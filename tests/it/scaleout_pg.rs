@@ -81,7 +81,7 @@ fn addresses(rec: &Record) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_schema_is_created_once_by_nodes_starting_together_and_checked() {
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("schema");
     // Four nodes start at once: one migrates, the others wait on the lock and find it done.
     let nodes = futures_join4(node(&url), node(&url), node(&url), node(&url)).await;
@@ -132,7 +132,7 @@ async fn futures_join4<T>(
 async fn pg_two_nodes_racing_the_same_key_1000_times_record_it_once_with_recipients_unioned() {
     const LANES: usize = 8;
     const ROUNDS: usize = 1000 / LANES;
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("race");
     let lane_settings = PgSettings {
         pool_size: LANES,
@@ -210,7 +210,7 @@ async fn race_once(a: &PgIndex, b: &PgIndex, i: usize) {
 /// Both nodes keep merging arrivals of one original at once: no merge overwrites another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_concurrent_merges_into_one_record_lose_no_recipient() {
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("merge");
     let (a, b) = (node(&url).await, node(&url).await);
     let key = "<one@corp.example>";
@@ -254,7 +254,7 @@ async fn pg_concurrent_merges_into_one_record_lose_no_recipient() {
 /// every key is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_overlapping_batches_of_two_nodes_commit_without_deadlock() {
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("batches");
     let (a, b) = (node(&url).await, node(&url).await);
     for round in 0..20 {
@@ -293,7 +293,7 @@ async fn pg_overlapping_batches_of_two_nodes_commit_without_deadlock() {
 /// referenced by their records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_variants_uidls_and_needs_object() {
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("variants");
     let n = node(&url).await;
     let key = "<reused@corp.example>";
@@ -397,7 +397,7 @@ async fn pg_variants_uidls_and_needs_object() {
 /// renew fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_collector_lease_expires_and_is_taken_over() {
-    let pg = Postgres::start();
+    let pg = Postgres::shared();
     let url = pg.create_database("lease");
     let (a, b) = (node(&url).await, node(&url).await);
     let long = Duration::from_mins(1);

@@ -65,6 +65,25 @@ impl Postgres {
         Postgres::start_with(false)
     }
 
+    /// A server shared by the tests running at the same time (each in a database of its own,
+    /// [`Postgres::create_database`]): started by the first, stopped when the last one drops
+    /// its handle, so a test binary pays for one `initdb` instead of one per test. Tests that
+    /// stop the server or need TLS start their own.
+    #[must_use]
+    pub fn shared() -> std::sync::Arc<Postgres> {
+        static SHARED: std::sync::Mutex<std::sync::Weak<Postgres>> =
+            std::sync::Mutex::new(std::sync::Weak::new());
+        let mut slot = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pg) = slot.upgrade() {
+            return pg;
+        }
+        let pg = std::sync::Arc::new(Postgres::start());
+        *slot = std::sync::Arc::downgrade(&pg);
+        pg
+    }
+
     /// Like [`Postgres::start`], with TLS on (`ssl = on`): a self-signed certificate for
     /// `localhost`, whose PEM is at [`Postgres::ca_file`].
     #[must_use]
