@@ -28,6 +28,7 @@ mod keys;
 mod ledger;
 mod log;
 mod outbound;
+pub mod pg;
 mod record;
 #[cfg(test)]
 mod tests;

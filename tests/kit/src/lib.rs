@@ -7,6 +7,7 @@
 //!   index is ported here, not in every test.
 //! - [`sample`]: the fixture generator (journal reports, original messages, seeded Maildirs).
 //! - [`dovecot`]: a real Dovecot POP3 server in a temp dir.
+//! - [`garage`]: a real Garage (S3-compatible object store) node in a temp dir.
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
 //! - [`mta`]: a private Postfix instance delivering into a Maildir (forwarding downstream, benchmark peer).
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
@@ -14,6 +15,7 @@
 //! - [`pki`]: a test CA issuing TLS client certificates.
 //! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate).
 //! - [`postfix_bounce`]: a private Postfix bouncing journal reports and keeping the NDRs it writes.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir (the scale-out index).
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
@@ -26,6 +28,7 @@
 pub mod browser;
 pub mod crash;
 pub mod dovecot;
+pub mod garage;
 mod gateway;
 pub mod http;
 pub mod machine;
@@ -34,6 +37,7 @@ pub mod peers;
 pub mod pki;
 pub mod postfix;
 pub mod postfix_bounce;
+pub mod postgres;
 pub mod proxy;
 pub mod sample;
 pub mod token_service;

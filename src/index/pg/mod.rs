@@ -1,0 +1,445 @@
+//! The PostgreSQL index (issue 13, scale-out; `docs/notes-scaleout.md`): several gateway nodes
+//! share one archive-wide index in PostgreSQL, as they share one S3 bucket for the message
+//! objects. This is the core the next increment wires in beside the redb [`super::Index`]:
+//!
+//! - [`PgIndex::connect`]: a connection pool (deadpool-postgres over tokio-postgres; TLS through
+//!   rustls on aws-lc-rs, [`PgTls`]) and the versioned schema, created or migrated by the
+//!   gateway under an advisory lock so nodes starting together do it once ([`SCHEMA_VERSION`]);
+//! - [`PgIndex::apply`]: the cross-node deduplication primitive. A batch of [`Arrival`]s in one
+//!   transaction: each is inserted as a new record, or merged (recipients unioned, sighting
+//!   added) into the record another node committed first, or stored as a variant when its
+//!   Message-ID names a message with another identity; the UIDL of a collected arrival is
+//!   recorded in the same transaction;
+//! - the collector lease ([`PgIndex::acquire_lease`], [`PgIndex::renew_lease`],
+//!   [`PgIndex::release_lease`]): one node polls a collector at a time; a lease that is not
+//!   renewed expires (on PostgreSQL's clock, never a node's) and another node takes it over,
+//!   with a higher [`Lease::epoch`] (the fencing token).
+//!
+//! Records are stored as JSON (`jsonb`, the serde form of [`Record`]) beside the columns the
+//! queries need; the merge of a duplicate is [`Record::merge`], the same code as the redb index.
+
+mod lease;
+mod schema;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+
+pub use lease::{Lease, LeaseHolder};
+pub use schema::SCHEMA_VERSION;
+
+use super::{Record, Sighting};
+
+/// How many times a batch is tried when PostgreSQL aborts it for a conflict with another node's
+/// transaction (a deadlock or a serialization failure) before [`PgError::Contended`].
+const ATTEMPTS: u32 = 8;
+
+/// A failure of the PostgreSQL index.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string does not parse.
+    #[error("PostgreSQL connection string: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The pool could not be built.
+    #[error("PostgreSQL connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    /// No connection could be had (the server is down or unreachable, or the pool timed out).
+    #[error("PostgreSQL connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement or a commit failed.
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The database's schema was written by a newer gateway.
+    #[error("PostgreSQL index schema version {found} is newer than this gateway's ({SCHEMA_VERSION}): upgrade the gateway")]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i32,
+    },
+    /// The database commits asynchronously (`synchronous_commit = off`): a commit that returned
+    /// could still be lost, which the acknowledgement rule does not allow.
+    #[error("PostgreSQL has synchronous_commit = off for this database or user: the gateway acknowledges only durable commits; set it to on (or remote_write/remote_apply)")]
+    AsynchronousCommit,
+    /// A stored record does not decode.
+    #[error("corrupt record under {key:?} in PostgreSQL: {source}")]
+    Record {
+        /// Its key.
+        key: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// A batch kept being aborted by conflicts with other nodes.
+    #[error("PostgreSQL aborted the batch {0} times for conflicts with other transactions")]
+    Contended(u32),
+    /// The TLS trust (a CA file) could not be loaded.
+    #[error("PostgreSQL TLS trust: {0}")]
+    Tls(String),
+}
+
+impl PgError {
+    /// True for an abort that a new attempt of the same transaction may not meet (deadlock,
+    /// serialization failure).
+    fn is_conflict(&self) -> bool {
+        let PgError::Db(e) = self else {
+            return false;
+        };
+        matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        )
+    }
+}
+
+/// How the gateway talks TLS to PostgreSQL. The connection string's `sslmode` says whether TLS
+/// is used (`disable`, `prefer`, `require`); this says which certificates are trusted.
+#[derive(Debug, Clone, Default)]
+pub enum PgTls {
+    /// No TLS (a connection string asking for `sslmode=require` then fails to connect).
+    #[default]
+    Disabled,
+    /// The system's trusted roots.
+    SystemRoots,
+    /// The CA certificates (PEM) of this file only.
+    CaFile(std::path::PathBuf),
+}
+
+/// What [`PgIndex::connect`] needs.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// A libpq connection string: `host=... port=... user=... dbname=...` or
+    /// `postgresql://user@host:port/db?sslmode=require`.
+    pub url: String,
+    /// Connections kept at most (each node's committer and readers share them).
+    pub pool_size: usize,
+    /// How long a caller waits for a free connection, or for a new one to be made, before the
+    /// operation fails (and the SMTP client gets a 451).
+    pub timeout: Duration,
+    /// TLS trust.
+    pub tls: PgTls,
+}
+
+impl PgSettings {
+    /// Settings for `url` with a pool of 8 and a 10 s timeout, without TLS.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> PgSettings {
+        PgSettings {
+            url: url.into(),
+            pool_size: 8,
+            timeout: Duration::from_secs(10),
+            tls: PgTls::Disabled,
+        }
+    }
+}
+
+/// One arrival handed to [`PgIndex::apply`] (the PostgreSQL counterpart of the archive's arrival).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The original's key (Message-ID or content hash).
+    pub key: String,
+    /// Where it goes if `key` is taken by a message with another identity (`<key>#<hash>`).
+    pub variant_key: String,
+    /// The record to store if the original is new (its `sightings` hold this arrival only).
+    pub record: Record,
+    /// This arrival.
+    pub sighting: Sighting,
+    /// The stored object holding its bytes (already durable: the PUT returned), or None when
+    /// the caller found the original archived already and stored nothing.
+    pub object: Option<String>,
+}
+
+/// What [`PgIndex::apply`] did with one arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A new original (or a new variant of a reused Message-ID) was recorded.
+    Archived {
+        /// The key it is stored under.
+        key: String,
+        /// Stored as a variant.
+        variant: bool,
+    },
+    /// The original was archived already (possibly by another node a moment ago): the arrival's
+    /// recipients and sighting were merged into its record. An object the arrival stored is not
+    /// referenced (the sweeper removes it after its grace period).
+    Duplicate {
+        /// The key of the record it merged into.
+        key: String,
+    },
+    /// The arrival carried no object but its original is not archived: store it and retry.
+    NeedsObject,
+}
+
+/// The PostgreSQL index: a connection pool over the archive-wide tables.
+#[derive(Clone)]
+pub struct PgIndex {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgIndex")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgIndex {
+    /// Connects (one connection first, so a wrong URL fails here), checks that commits are
+    /// synchronous, and creates or migrates the schema.
+    pub async fn connect(settings: &PgSettings) -> Result<PgIndex, PgError> {
+        let config: tokio_postgres::Config = settings.url.parse().map_err(PgError::Url)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &settings.tls {
+            PgTls::Disabled => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+            tls => Manager::from_config(config, rustls_connector(tls)?, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.timeout))
+            .create_timeout(Some(settings.timeout))
+            .recycle_timeout(Some(settings.timeout))
+            .build()?;
+        let index = PgIndex { pool };
+        let mut client = index.pool.get().await?;
+        let sync: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await?
+            .get(0);
+        if sync == "off" {
+            return Err(PgError::AsynchronousCommit);
+        }
+        schema::migrate(&mut client).await?;
+        Ok(index)
+    }
+
+    /// Records a batch of arrivals in one transaction (a node's group commit) and says what
+    /// became of each, in order. Arrivals are applied in key order, so two nodes' batches take
+    /// their row locks in the same order; a conflict PostgreSQL still reports (deadlock,
+    /// serialization failure) retries the whole batch, up to 8 times.
+    pub async fn apply(&self, arrivals: &[Arrival]) -> Result<Vec<Applied>, PgError> {
+        let mut order: Vec<usize> = (0..arrivals.len()).collect();
+        order.sort_by(|&a, &b| arrivals[a].key.cmp(&arrivals[b].key));
+        let mut client = self.pool.get().await?;
+        for _ in 0..ATTEMPTS {
+            let tx = client.transaction().await?;
+            let mut applied = vec![Applied::NeedsObject; arrivals.len()];
+            let mut result = Ok(());
+            for &i in &order {
+                match record_one(&tx, &arrivals[i]).await {
+                    Ok(a) => applied[i] = a,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let result = match result {
+                Ok(()) => tx.commit().await.map_err(PgError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return Ok(applied),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(PgError::Contended(ATTEMPTS))
+    }
+
+    /// The record under `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<Record>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT record FROM messages WHERE key = $1", &[&key])
+            .await?;
+        row.map(|r| decode(key, &r)).transpose()
+    }
+
+    /// Records in the index.
+    pub async fn count(&self) -> Result<u64, PgError> {
+        let client = self.pool.get().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM messages", &[])
+            .await?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    /// Whether some record references the stored object `object` (the sweeper's question
+    /// before it removes an object older than its grace period).
+    pub async fn is_referenced(&self, object: &str) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM messages WHERE object = $1 LIMIT 1",
+                &[&object],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// For each UIDL of `collector`: was its message archived (by any node)?
+    pub async fn known_uidls(
+        &self,
+        collector: &str,
+        uidls: &[String],
+    ) -> Result<Vec<bool>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT uidl FROM uidls WHERE collector = $1 AND uidl = ANY($2)",
+                &[&collector, &uidls],
+            )
+            .await?;
+        let known: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(uidls.iter().map(|u| known.contains(u)).collect())
+    }
+
+    /// The schema version in the database.
+    pub async fn schema_version(&self) -> Result<i32, PgError> {
+        let client = self.pool.get().await?;
+        schema::version(&client).await
+    }
+
+    /// The pool (for the lease module).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// One arrival inside the batch's transaction: under which key does it belong, and is its
+/// original already there? Then the record and the UIDL. The insert-or-lock is what makes two
+/// nodes racing for one key safe: `INSERT ... ON CONFLICT DO NOTHING` waits for the other node's
+/// uncommitted insert of the key and then does nothing; `SELECT ... FOR UPDATE` then reads the
+/// committed record and holds it until this transaction ends, so merges never overwrite each
+/// other.
+async fn record_one(tx: &tokio_postgres::Transaction<'_>, a: &Arrival) -> Result<Applied, PgError> {
+    for (key, variant) in [(a.key.as_str(), false), (a.variant_key.as_str(), true)] {
+        // The row may vanish between the insert and the lock only if something deletes records
+        // (nothing does today); then insert again.
+        for _ in 0..ATTEMPTS {
+            if let Some(object) = &a.object {
+                let mut rec = a.record.clone();
+                rec.file.clone_from(object);
+                rec.variant = variant;
+                rec.sightings = vec![a.sighting.clone()];
+                let inserted = tx
+                    .query_opt(
+                        "INSERT INTO messages (key, object, sha256, size, identity, variant, first_seen_ms, record)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (key) DO NOTHING RETURNING 1",
+                        &[
+                            &key,
+                            object,
+                            &rec.sha256,
+                            &i64::try_from(rec.size).unwrap_or(i64::MAX),
+                            &rec.identity,
+                            &variant,
+                            &i64::try_from(rec.first_seen_ms().0).unwrap_or(i64::MAX),
+                            &Json(&rec),
+                        ],
+                    )
+                    .await?;
+                if inserted.is_some() {
+                    record_uidl(tx, a, key).await?;
+                    return Ok(Applied::Archived {
+                        key: key.to_string(),
+                        variant,
+                    });
+                }
+            }
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT identity, record FROM messages WHERE key = $1 FOR UPDATE",
+                    &[&key],
+                )
+                .await?
+            else {
+                if a.object.is_none() {
+                    return Ok(Applied::NeedsObject);
+                }
+                continue;
+            };
+            let identity: &str = row.get(0);
+            // The variant key is derived from the identity, so whatever is there is it.
+            if identity != a.record.identity && !variant {
+                break;
+            }
+            let mut rec = decode(key, &row)?;
+            rec.merge(&a.record, a.sighting.clone());
+            tx.execute(
+                "UPDATE messages SET record = $2, updated_at = now() WHERE key = $1",
+                &[&key, &Json(&rec)],
+            )
+            .await?;
+            record_uidl(tx, a, key).await?;
+            return Ok(Applied::Duplicate {
+                key: key.to_string(),
+            });
+        }
+    }
+    // Both keys taken by other identities: impossible (the variant key holds its identity), or
+    // a record kept vanishing.
+    Err(PgError::Contended(ATTEMPTS))
+}
+
+async fn record_uidl(
+    tx: &tokio_postgres::Transaction<'_>,
+    a: &Arrival,
+    key: &str,
+) -> Result<(), PgError> {
+    if let (Some(collector), Some(uidl)) = (a.sighting.source.collector(), &a.sighting.uidl) {
+        tx.execute(
+            "INSERT INTO uidls (collector, uidl, key) VALUES ($1, $2, $3)
+             ON CONFLICT (collector, uidl) DO UPDATE SET key = EXCLUDED.key",
+            &[&collector, uidl, &key],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The record in the row's `record` column.
+fn decode(key: &str, row: &tokio_postgres::Row) -> Result<Record, PgError> {
+    let Json(value): Json<serde_json::Value> = row.get("record");
+    serde_json::from_value(value).map_err(|source| PgError::Record {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// A rustls connector on aws-lc-rs trusting `tls`'s roots.
+fn rustls_connector(tls: &PgTls) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    match tls {
+        PgTls::Disabled => {}
+        PgTls::SystemRoots => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+        PgTls::CaFile(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| PgError::Tls(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| PgError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
