@@ -7,8 +7,10 @@
 //! plain key, as it did, unless a large message that started arriving earlier was archived
 //! after it (then the two swap the plain and the variant key).
 //!
-//! The new index is written beside the old one (`index.redb.rebuild`) and moved into place only
-//! when complete; the old file is kept as `index.redb.damaged-<unix seconds>`. The gateway must
+//! The new index is written beside the old one (`index.rebuild.redb` and its record log
+//! `index.rebuild.records`) and moved into place only when complete (the log first, then the
+//! database); the old files are kept as `index.redb.damaged-<unix seconds>` and
+//! `index.records.damaged-<unix seconds>`. The gateway must
 //! be stopped (the index is opened by one process at a time; a running gateway makes this
 //! refuse).
 //!
@@ -77,10 +79,13 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     let store = Maildir::open(&data_dir.join("archive"))?;
     let mut names = store.list_new()?;
     names.sort_by_cached_key(|n| arrival_order(n));
-    let staging = data_dir.join("index.redb.rebuild");
-    match std::fs::remove_file(&staging) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-        _ => {}
+    let staging = data_dir.join("index.rebuild.redb");
+    let staging_log = staging.with_extension("records");
+    for leftover in [&staging, &staging_log] {
+        match std::fs::remove_file(leftover) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
     }
     let mut rebuilt = Rebuilt {
         files: names.len() as u64,
@@ -123,12 +128,19 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
             })?;
         }
     }
+    let secs = crate::clock::UnixMs::now().as_secs();
     if path.exists() {
-        let secs = crate::clock::UnixMs::now().as_secs();
         let old = data_dir.join(format!("index.redb.damaged-{secs}"));
         std::fs::rename(&path, &old)?;
         rebuilt.old_index = Some(old);
     }
+    let log = path.with_extension("records");
+    if log.exists() {
+        std::fs::rename(&log, data_dir.join(format!("index.records.damaged-{secs}")))?;
+    }
+    // The log before the database: a crash in between leaves a record log without an index,
+    // which the gateway refuses to start on (and a second reindex moves aside).
+    std::fs::rename(&staging_log, &log)?;
     std::fs::rename(&staging, &path)?;
     File::open(data_dir)?.sync_all()?;
     Ok(rebuilt)

@@ -165,13 +165,11 @@ pub fn verify(
     };
     on_chunk(&progress, &[]);
     let mut buf = vec![0u8; READ_BUF];
-    let mut after: Option<String> = None;
+    let mut after = None;
     loop {
-        let chunk = archive.index().records_after(after.as_deref(), CHUNK)?;
-        let Some((last, _)) = chunk.last() else {
-            break;
-        };
-        after = Some(last.clone());
+        let (chunk, next) = archive.index().records_after(after.as_ref(), CHUNK)?;
+        let last_chunk = next.is_none();
+        after = next;
         let first_new = progress.problems.len();
         for (key, record) in chunk {
             if stop() {
@@ -225,6 +223,9 @@ pub fn verify(
             }
         }
         on_chunk(&progress, &progress.problems[first_new..]);
+        if last_chunk {
+            break;
+        }
     }
     let mut left: Vec<String> = unindexed.into_iter().collect();
     left.sort();

@@ -264,6 +264,16 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupSummary, BackupErro
     let new = maildir(data_dir)?;
     let index_path = data_dir.join("index.redb");
     let source_index = from.join("index.redb");
+    // The record log first (absent from backups of the first index format, which the open
+    // below migrates).
+    let source_log = source_index.with_extension("records");
+    if source_log.exists() {
+        let log_path = index_path.with_extension("records");
+        fs::copy(&source_log, &log_path).map_err(io_at(&source_log))?;
+        File::open(&log_path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&log_path))?;
+    }
     fs::copy(&source_index, &index_path).map_err(io_at(&source_index))?;
     File::open(&index_path)
         .and_then(|f| f.sync_all())

@@ -1,26 +1,37 @@
 //! A consistent copy of the index while the gateway runs: one read transaction (a snapshot no
-//! later commit changes) copied table by table into a new database.
+//! later commit changes) copied table by table into a new database, and the record log up to
+//! the end that snapshot committed (the log is append-only: those bytes never change).
 
 use std::path::Path;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{collectors, Index, IndexError, MESSAGES, PENDING, POP3_ONLY, STATS, UIDLS};
+use super::{collectors, keys, outbound, Index, IndexError, PENDING, POP3_ONLY, STATS, UIDLS};
 
 impl Index {
     /// Copies every table as one read transaction sees it into a new database at `to` (which
     /// must not exist), committed with fsync. `pending` is copied empty: the copy is meant to
     /// sit beside every record's file in `new/` (see `Archive::backup`). Returns the number of
-    /// records copied.
+    /// records copied. The record log goes to `to` with the extension `records`, as
+    /// [`Index::open`] expects it.
     pub fn snapshot_to(&self, to: &Path) -> Result<u64, IndexError> {
         let read = self.db.begin_read()?;
         let copy = Database::builder()
             .set_cache_size(super::DEFAULT_CACHE_BYTES)
             .create(to)?;
         let write = copy.begin_write()?;
+        let log_end = {
+            let meta = read.open_table(keys::META)?;
+            meta.get(keys::LOG_END)?.map_or(0, |v| v.value())
+        };
+        self.log
+            .copy_prefix_to(&to.with_extension("records"), log_end)?;
         let n = {
-            let n = copy_table(&read, &write, MESSAGES)?;
+            let n = copy_table(&read, &write, keys::KEYS)?
+                + copy_table(&read, &write, keys::COLLISIONS)?;
+            copy_table(&read, &write, keys::META)?;
             copy_table(&read, &write, UIDLS)?;
+            copy_table(&read, &write, outbound::OUTBOUND)?;
             copy_table(&read, &write, STATS)?;
             copy_table(&read, &write, POP3_ONLY)?;
             copy_table(&read, &write, collectors::HISTORY)?;

@@ -1,7 +1,10 @@
 //! The index: the one owner of the redb database (`<data_dir>/index.redb`).
 //!
 //! Nobody else opens its tables. What it holds, each behind a typed interface:
-//! - message records (`messages`: key -> [`Record`]), read with [`Index::get`] and friends;
+//! - message records: a key table (`message_keys`: 128-bit key hash -> record offset, and
+//!   `message_key_collisions`) in redb and the records themselves in an append-only log beside
+//!   it (`index.records`), read with [`Index::get`] and friends (see `keys`, `log`; the format
+//!   version and the migration from the `messages` table of format 1: `format`);
 //! - the POP3 UIDL map (`uidls`: `<collector>\0<uidl>` -> key), [`Index::uidl_key`];
 //! - pending renames (`pending`: file -> key), for the archive's crash recovery;
 //! - counters (`stats`), read as [`Stats`];
@@ -17,11 +20,16 @@
 
 mod backup;
 mod collectors;
+mod format;
+mod keys;
+mod log;
 mod outbound;
 mod record;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -33,8 +41,6 @@ pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
 use crate::clock::UnixMs;
 
-/// key -> encoded [`Record`].
-const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 /// `<collector>\0<uidl>` -> key: POP3 messages already archived.
 const UIDLS: TableDefinition<&str, &str> = TableDefinition::new("uidls");
 /// file name -> key: files committed to the index whose rename to `new/` may not have happened.
@@ -79,6 +85,31 @@ pub enum IndexError {
     /// A JSON value (collector state, history) does not encode or decode.
     #[error("index JSON value: {0}")]
     Json(#[source] serde_json::Error),
+    /// The record log (`index.records`) failed.
+    #[error("index record log {}: {source}", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The record log is shorter than the index says it committed (it was lost or cut).
+    #[error("index record log {} holds {len} bytes, the index committed {committed_end}", path.display())]
+    LogTruncated {
+        /// The log file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The end the last committed transaction recorded.
+        committed_end: u64,
+    },
+    /// The index is new but a record log with records is beside it (`index.redb` lost or
+    /// replaced): nothing is cut or overwritten.
+    #[error("index record log {} holds records but the index is new: restore the index that belongs to it, or move the log away", .0.display())]
+    OrphanLog(PathBuf),
+    /// The index was written in a newer format.
+    #[error("index format version {0} is newer than this gateway")]
+    Format(u64),
 }
 
 macro_rules! from_redb {
@@ -131,9 +162,21 @@ pub struct Stats {
     pub pop3_only_after_smtp: u64,
 }
 
-/// A chunk of records in key order ([`Index::records_after`]): each key with its record, or
-/// with the error that stopped its decoding.
+/// A chunk of records ([`Index::records_after`]): each key with its record, or with the error
+/// that stopped its decoding.
 pub type Chunk = Vec<(String, Result<Record, IndexError>)>;
+
+/// Where a chunked scan ([`Index::records_after`]) goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor(Cursor);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cursor {
+    /// After this slot of the key table.
+    Hash(u128),
+    /// In the collision table, after this key.
+    Collision(String),
+}
 
 /// Low-level figures of the database file (benchmarks report them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,22 +185,54 @@ pub struct StorageFigures {
     pub stored_bytes: u64,
     /// Height of the largest B-tree.
     pub tree_height: u32,
+    /// Bytes of the pages of the key table (the dedupe path: key hash -> record offset).
+    pub key_table_bytes: u64,
+    /// Size of the record log (`index.records`).
+    pub log_bytes: u64,
 }
 
-/// The index database.
+/// The index database and its record log.
 pub struct Index {
     db: Database,
+    log: log::RecordLog,
+    hash: keys::KeyHash,
+    /// Tests: fail the next commits after the record log was written and synced.
+    #[cfg(test)]
+    fail_commits: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
     /// Opens (creating if needed) the index at `path` with `cache_bytes` of page cache, and
-    /// creates every table so readers never meet a missing one.
+    /// creates every table so readers never meet a missing one. The record log is
+    /// `index.records` beside it; an index in the first format is migrated here.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Index, IndexError> {
+        Index::open_with(
+            path,
+            cache_bytes,
+            keys::key_hash,
+            format::Migration::default(),
+        )
+    }
+
+    /// [`Index::open`] with the key hash `hash` and the migration's chunking (tests force
+    /// collisions and cut migrations short).
+    fn open_with(
+        path: &Path,
+        cache_bytes: usize,
+        hash: keys::KeyHash,
+        migration: format::Migration,
+    ) -> Result<Index, IndexError> {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)?;
         let txn = db.begin_write()?;
-        txn.open_table(MESSAGES)?;
+        let found = format::check(&txn)?;
+        let log_end = txn
+            .open_table(keys::META)?
+            .get(keys::LOG_END)?
+            .map_or(0, |v| v.value());
+        txn.open_table(keys::KEYS)?;
+        txn.open_table(keys::COLLISIONS)?;
         txn.open_table(UIDLS)?;
         txn.open_table(PENDING)?;
         txn.open_table(STATS)?;
@@ -165,16 +240,45 @@ impl Index {
         txn.open_table(collectors::HISTORY)?;
         txn.open_table(collectors::STATE)?;
         txn.open_table(outbound::OUTBOUND)?;
+        let log_path = path.with_extension("records");
+        if found == format::Found::New && std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
+            // Cutting it to the new index's empty log would destroy the only copy of the
+            // records (the log holds every key): the operator decides.
+            return Err(IndexError::OrphanLog(log_path));
+        }
         txn.commit()?;
-        Ok(Index { db })
+        let log = log::RecordLog::open(&log_path, log_end)?;
+        let index = Index {
+            db,
+            log,
+            hash,
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
+        };
+        if found == format::Found::Legacy {
+            index.migrate(migration)?;
+        }
+        Ok(index)
+    }
+
+    /// Called after a write transaction's log entries are durable, just before its commit.
+    #[allow(clippy::unused_self, clippy::unnecessary_wraps)]
+    fn before_commit(&self) -> Result<(), IndexError> {
+        #[cfg(test)]
+        if self.fail_commits.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(IndexError::Corrupt("commit failure injected by a test"));
+        }
+        Ok(())
     }
 
     /// The record stored under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Record>, IndexError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
-        let value = table.get(key)?;
-        value.map(|v| Record::decode(v.value())).transpose()
+        let (keys, collisions) = (
+            txn.open_table(keys::KEYS)?,
+            txn.open_table(keys::COLLISIONS)?,
+        );
+        keys::lookup(&keys, &collisions, &self.log, self.hash, key)
     }
 
     /// Looks an original up: the record under `key`, or under `variant_key` when `key` holds a
@@ -186,12 +290,15 @@ impl Index {
         identity: &str,
     ) -> Result<Option<String>, IndexError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
+        let (keys, collisions) = (
+            txn.open_table(keys::KEYS)?,
+            txn.open_table(keys::COLLISIONS)?,
+        );
         for k in [key, variant_key] {
-            match table.get(k)? {
+            match keys::lookup(&keys, &collisions, &self.log, self.hash, k)? {
                 None => return Ok(None),
-                Some(v) => {
-                    if Record::decode(v.value())?.identity == identity {
+                Some(rec) => {
+                    if rec.identity == identity {
                         return Ok(Some(k.to_string()));
                     }
                 }
@@ -203,38 +310,81 @@ impl Index {
     /// Number of archived originals.
     pub fn count(&self) -> Result<u64, IndexError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(MESSAGES)?.len()?)
+        keys::count(
+            &txn.open_table(keys::KEYS)?,
+            &txn.open_table(keys::COLLISIONS)?,
+        )
     }
 
-    /// Calls `f` for every record, in key order.
+    /// Calls `f` for every record, in key order (the keys are gathered and sorted first:
+    /// about 60 bytes of memory per record).
     pub fn for_each<E: From<IndexError>>(
         &self,
         mut f: impl FnMut(&str, Record) -> Result<(), E>,
     ) -> Result<(), E> {
         let txn = self.db.begin_read().map_err(IndexError::from)?;
-        let table = txn.open_table(MESSAGES).map_err(IndexError::from)?;
-        for entry in table.iter().map_err(IndexError::from)? {
-            let (k, v) = entry.map_err(IndexError::from)?;
-            f(k.value(), Record::decode(v.value())?)?;
+        let keys = txn.open_table(keys::KEYS).map_err(IndexError::from)?;
+        let collisions = txn.open_table(keys::COLLISIONS).map_err(IndexError::from)?;
+        for (key, offset) in keys::all_in_key_order(&keys, &collisions, &self.log)? {
+            f(&key, log::Entries::entry_at(&self.log, offset)?.1)?;
         }
         Ok(())
     }
 
-    /// Up to `limit` records after `after` (exclusive; `None`: from the first), in key order,
-    /// each decoded or with the error that stopped its decoding. One short read transaction per
-    /// call: a scan of a large index in chunks (`verify`) holds no snapshot for long and never
-    /// waits for, or holds up, the writers.
-    pub fn records_after(&self, after: Option<&str>, limit: usize) -> Result<Chunk, IndexError> {
+    /// Up to `limit` records after `after` (`None`: from the first), in the index's own order
+    /// (the key table's hash order, then the collision table), each decoded or with the error
+    /// that stopped its decoding, and the cursor to pass next (`None`: that was the last). One
+    /// short read transaction per call: a scan of a large index in chunks (`verify`) holds no
+    /// snapshot for long and never waits for, or holds up, the writers. Records added during a
+    /// scan may or may not be met; every record present throughout is met exactly once.
+    pub fn records_after(
+        &self,
+        after: Option<&ScanCursor>,
+        limit: usize,
+    ) -> Result<(Chunk, Option<ScanCursor>), IndexError> {
         use std::ops::Bound;
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut out = Vec::with_capacity(limit.min(4096));
-        for entry in table.range::<&str>((start, Bound::Unbounded))?.take(limit) {
-            let (k, v) = entry?;
-            out.push((k.value().to_string(), Record::decode(v.value())));
+        let keys = txn.open_table(keys::KEYS)?;
+        let collisions = txn.open_table(keys::COLLISIONS)?;
+        let mut out: Chunk = Vec::with_capacity(limit.min(4096));
+        let mut last = None;
+        let read = |offset: u64| match log::Entries::entry_at(&self.log, offset) {
+            Ok((key, record)) => (key, Ok(record)),
+            Err(e) => {
+                let key = log::Entries::key_at(&self.log, offset)
+                    .unwrap_or_else(|_| format!("<record log offset {offset}>"));
+                (key, Err(e))
+            }
+        };
+        if !matches!(after, Some(ScanCursor(Cursor::Collision(_)))) {
+            let start = match after {
+                Some(ScanCursor(Cursor::Hash(h))) => Bound::Excluded(*h),
+                _ => Bound::Unbounded,
+            };
+            for entry in keys.range::<u128>((start, Bound::Unbounded))?.take(limit) {
+                let (h, offset) = entry?;
+                out.push(read(offset.value()));
+                last = Some(Cursor::Hash(h.value()));
+            }
+            if out.len() == limit {
+                return Ok((out, last.map(ScanCursor)));
+            }
         }
-        Ok(out)
+        let start = match after {
+            Some(ScanCursor(Cursor::Collision(k))) => Bound::Excluded(k.as_str()),
+            _ => Bound::Unbounded,
+        };
+        for entry in collisions
+            .range::<&str>((start, Bound::Unbounded))?
+            .take(limit - out.len())
+        {
+            let (k, offset) = entry?;
+            let (_, record) = read(offset.value());
+            out.push((k.value().to_string(), record));
+            last = Some(Cursor::Collision(k.value().to_string()));
+        }
+        let more = out.len() == limit;
+        Ok((out, if more { last.map(ScanCursor) } else { None }))
     }
 
     /// The key a collector's UIDL was archived under.
@@ -298,7 +448,10 @@ impl Index {
             ));
         }
         Ok(Stats {
-            messages: txn.open_table(MESSAGES)?.len()?,
+            messages: keys::count(
+                &txn.open_table(keys::KEYS)?,
+                &txn.open_table(keys::COLLISIONS)?,
+            )?,
             archived_smtp: n(&per_source("archived", Source::SMTP_LABEL))?,
             archived_pop3: n(&per_source("archived", Source::POP3_LABEL))?,
             duplicates_smtp: n(&per_source("duplicates", Source::SMTP_LABEL))?,
@@ -315,14 +468,44 @@ impl Index {
         })
     }
 
-    /// Size figures of the database (a write transaction, aborted).
+    /// Size figures of the database and the record log (a write transaction, aborted).
     pub fn storage_figures(&self) -> Result<StorageFigures, IndexError> {
         let txn = self.db.begin_write()?;
         let stats = txn.stats()?;
+        let page = stats.page_size() as u64;
+        let mut key_pages = 0;
+        {
+            let keys = txn.open_table(keys::KEYS)?.stats()?;
+            let collisions = txn.open_table(keys::COLLISIONS)?.stats()?;
+            for t in [keys, collisions] {
+                key_pages += t.leaf_pages() + t.branch_pages();
+            }
+        }
         txn.abort()?;
         Ok(StorageFigures {
             stored_bytes: stats.stored_bytes(),
             tree_height: stats.tree_height(),
+            key_table_bytes: key_pages * page,
+            log_bytes: self.log.len()?,
+        })
+    }
+
+    /// Bench and test helper: stores `entries` (key, record) in one write transaction, in
+    /// key-hash order (the key table's order), like [`Writer::put_record`] does one by one.
+    #[doc(hidden)]
+    pub fn bulk_load(&self, entries: &[(String, Record)]) -> Result<(), IndexError> {
+        let mut order: Vec<(u128, usize)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| ((self.hash)(key), i))
+            .collect();
+        order.sort_unstable();
+        self.write(|w| {
+            for (_, i) in order {
+                let (key, rec) = &entries[i];
+                w.put_record(key, rec)?;
+            }
+            Ok(())
         })
     }
 
@@ -335,7 +518,7 @@ impl Index {
         let txn = self.db.begin_write()?;
         let out = {
             let mut w = Writer {
-                messages: txn.open_table(MESSAGES)?,
+                records: keys::Records::open(&txn, &self.log, self.hash)?,
                 uidls: txn.open_table(UIDLS)?,
                 pending: txn.open_table(PENDING)?,
                 stats: txn.open_table(STATS)?,
@@ -345,8 +528,11 @@ impl Index {
             };
             let out = f(&mut w)?;
             w.flush_counters()?;
+            // The log entries are durable before the commit that references them.
+            w.records.finish()?;
             out
         };
+        self.before_commit()?;
         txn.commit()?;
         Ok(out)
     }
@@ -366,7 +552,7 @@ struct Counters {
 
 /// One write transaction's tables (see [`Index::write`]).
 pub struct Writer<'txn> {
-    messages: Table<'txn, &'static str, &'static [u8]>,
+    records: keys::Records<'txn>,
     uidls: Table<'txn, &'static str, &'static str>,
     pending: Table<'txn, &'static str, &'static str>,
     stats: Table<'txn, &'static str, u64>,
@@ -383,22 +569,17 @@ impl<'txn> Writer<'txn> {
 
     /// The record under `key`.
     pub fn record(&self, key: &str) -> Result<Option<Record>, IndexError> {
-        self.messages
-            .get(key)?
-            .map(|v| Record::decode(v.value()))
-            .transpose()
+        self.records.get(key)
     }
 
     /// Stores `rec` under `key`.
     pub fn put_record(&mut self, key: &str, rec: &Record) -> Result<(), IndexError> {
-        self.messages.insert(key, rec.encode().as_slice())?;
-        Ok(())
+        self.records.put(key, rec)
     }
 
     /// Removes the record under `key`.
     pub fn remove_record(&mut self, key: &str) -> Result<(), IndexError> {
-        self.messages.remove(key)?;
-        Ok(())
+        self.records.remove(key)
     }
 
     /// Notes that `file` is committed under `key` but may not be in place yet.

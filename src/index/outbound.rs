@@ -12,7 +12,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Index, IndexError, Writer, MESSAGES, STATS};
+use super::{keys, log::Entries, Index, IndexError, Writer, STATS};
 use crate::clock::UnixMs;
 
 /// `(target, seq)` -> JSON [`OutboundEntry`].
@@ -282,19 +282,22 @@ impl OutboundStore {
             }
             let mut stats = txn.open_table(STATS)?;
             let mut seq = stats.get(SEQ)?.map_or(0, |v| v.value());
-            let messages = txn.open_table(MESSAGES)?;
-            for item in messages.iter()? {
-                let (k, v) = item?;
-                let key = k.value();
-                if queued.contains(key) {
+            let key_table = txn.open_table(keys::KEYS)?;
+            let collisions = txn.open_table(keys::COLLISIONS)?;
+            let offsets = key_table
+                .iter()?
+                .map(|e| e.map(|(_, v)| v.value()))
+                .chain(collisions.iter()?.map(|e| e.map(|(_, v)| v.value())));
+            for offset in offsets {
+                let (key, rec) = self.index.log.entry_at(offset?)?;
+                if queued.contains(&key) {
                     continue;
                 }
-                let rec = super::Record::decode(v.value())?;
                 if since.is_some_and(|s| rec.first_seen_ms() < s) {
                     continue;
                 }
                 seq += 1;
-                let entry = OutboundEntry::new(key, &rec.file, rec.size, now);
+                let entry = OutboundEntry::new(&key, &rec.file, rec.size, now);
                 outbound.insert((target, seq), entry.encode()?.as_slice())?;
                 n += 1;
             }

@@ -255,6 +255,37 @@ impl Record {
         }
     }
 
+    /// The record as encoding version 3 wrote it (tests write old indexes with it; NDR
+    /// details and provenance are lost).
+    #[cfg(test)]
+    pub(crate) fn encode_v3(&self) -> Vec<u8> {
+        let v3 = legacy::RecordV3 {
+            file: self.file.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            format: self.format,
+            message_id: self.message_id.clone(),
+            subject: self.subject.clone(),
+            from: self.from.clone(),
+            date: self.date.clone(),
+            identity: self.identity.clone(),
+            variant: self.variant,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            sightings: self
+                .sightings
+                .iter()
+                .map(legacy::SightingV3::from)
+                .collect(),
+            duplicates: self.duplicates,
+            journaled_ms: self.journaled_ms,
+            envelope_warnings: self.envelope_warnings.clone(),
+        };
+        let mut out = vec![3];
+        out.extend(postcard::to_stdvec(&v3).expect("a record always encodes"));
+        out
+    }
+
     /// Storage encoding: a version byte, then postcard.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];

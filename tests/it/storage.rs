@@ -225,6 +225,18 @@ async fn below_the_reserve_collectors_pause_deleting_nothing_and_resume_by_thems
         || paused() >= 1,
     )
     .await;
+    // The counter goes up just before the run is written to the history.
+    wait_for(
+        "the paused run is in the history",
+        Duration::from_secs(20),
+        || {
+            gw.archive()
+                .runs("dc1", 1)
+                .first()
+                .is_some_and(|r| r.error.is_some())
+        },
+    )
+    .await;
     assert_eq!(server.mailbox_count(), 5, "nothing deleted");
     assert_eq!(gw.archive().count(), 0, "nothing fetched");
     let runs = gw.archive().runs("dc1", 10);
@@ -410,6 +422,39 @@ async fn a_corrupted_index_is_refused_at_start_and_reindex_rebuilds_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_cut_record_log_is_refused_at_start_and_reindex_rebuilds_it() {
+    for cut in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let before = archive_of_twelve(&data).await;
+        let log = data.join("index.records");
+        if cut {
+            let len = std::fs::metadata(&log).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&log)
+                .unwrap()
+                .set_len(len - 10)
+                .unwrap();
+        } else {
+            std::fs::remove_file(&log).unwrap();
+        }
+        let err = serve_fails(&data);
+        assert!(err.contains(log.to_str().unwrap()), "names the log: {err}");
+        assert!(
+            err.contains("journal-gateway reindex"),
+            "says how to recover: {err}"
+        );
+        let (ok, out, err) = cli("reindex", &data);
+        assert!(ok, "{out}\n{err}");
+        assert!(out.contains("12 indexed (1 variants)"), "{out}");
+        assert!(log.exists(), "a new record log is in place");
+        assert!(!data.join("index.rebuild.records").exists());
+        assert_rebuilt(&data, &before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_refuses_while_the_gateway_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -417,6 +462,6 @@ async fn reindex_refuses_while_the_gateway_runs() {
     let (ok, out, err) = cli("reindex", &data);
     assert!(!ok, "{out}");
     assert!(err.contains("is in use (is the gateway running?)"), "{err}");
-    assert!(!data.join("index.redb.rebuild").exists());
+    assert!(!data.join("index.rebuild.redb").exists());
     gw.stop().await;
 }
