@@ -30,8 +30,11 @@
 //!   runs use the first)
 //! - `SMTP_BENCH_MEMORY_SIZE` [52428800]: bytes of each message of the memory run
 //! - `SMTP_BENCH_MEMORY_CONNECTIONS` [10]: messages (one per connection) of the memory run
-//! - `SMTP_BENCH_ROUNDS` [2]: rounds per workload; the best round of each server is reported (the
-//!   machine is shared: the least disturbed round is the most telling)
+//! - `SMTP_BENCH_ROUNDS` [3]: rounds per workload, servers interleaved within each; the median
+//!   round of each server is reported (all rounds in brackets)
+//! - `SMTP_BENCH_BASELINE` [unset]: the path of another `journal-gateway` binary (e.g. a build of
+//!   the previous commit); it runs as a fourth server, interleaved with the others in every round,
+//!   and an A/B table compares the two builds in the same run
 //! - `SMTP_BENCH_PARTS` [ingest,memory]: which parts to run
 //! - `SMTP_BENCH_PERF` [unset]: a path; after the table, one more smtp-source run (small messages,
 //!   first connection count) against the gateway under `perf record -e cpu-clock -g`, written there
@@ -82,6 +85,7 @@ struct Sizes {
     parts: String,
     perf: Option<PathBuf>,
     rounds: usize,
+    baseline: Option<PathBuf>,
 }
 
 impl Sizes {
@@ -102,7 +106,8 @@ impl Sizes {
             memory_connections: env_usize("SMTP_BENCH_MEMORY_CONNECTIONS", 10),
             parts: std::env::var("SMTP_BENCH_PARTS").unwrap_or_else(|_| "ingest,memory".into()),
             perf: std::env::var_os("SMTP_BENCH_PERF").map(PathBuf::from),
-            rounds: env_usize("SMTP_BENCH_ROUNDS", pick(2, 1)).max(1),
+            rounds: env_usize("SMTP_BENCH_ROUNDS", pick(3, 1)).max(1),
+            baseline: std::env::var_os("SMTP_BENCH_BASELINE").map(PathBuf::from),
         }
     }
 }
@@ -110,7 +115,8 @@ impl Sizes {
 // ---------------------------------------------------------------------------------------------
 // The servers
 
-/// `journal-gateway serve` in a child process with its own temp `data_dir`.
+/// `journal-gateway serve` (this build's binary, or the baseline's) in a child process with its
+/// own temp `data_dir`.
 struct GatewayProc {
     child: Child,
     port: u16,
@@ -120,7 +126,7 @@ struct GatewayProc {
 }
 
 impl GatewayProc {
-    fn start() -> GatewayProc {
+    fn start(bin: &Path) -> GatewayProc {
         let dir = tempfile::Builder::new()
             .prefix("bench-gateway-")
             .tempdir()
@@ -139,14 +145,14 @@ impl GatewayProc {
         )
         .expect("gateway config");
         let log = dir.path().join("gateway.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_journal-gateway"))
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("gateway log"))
             .spawn()
-            .expect("starting journal-gateway");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let mut gw = GatewayProc {
             child,
             port,
@@ -204,6 +210,8 @@ impl Drop for GatewayProc {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Gateway,
+    /// The `SMTP_BENCH_BASELINE` build of the gateway.
+    Baseline,
     Sink,
     Postfix,
 }
@@ -212,6 +220,7 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Gateway => "journal-gateway (fsync before 250)",
+            Server::Baseline => "journal-gateway baseline build",
             Server::Sink => "smtp-sink (discards)",
             Server::Postfix => "Postfix → virtual Maildir (delivered)",
         }
@@ -220,6 +229,7 @@ impl Server {
 
 struct Servers {
     gateway: GatewayProc,
+    baseline: Option<GatewayProc>,
     sink: SmtpSink,
     postfix: Postfix,
 }
@@ -228,6 +238,7 @@ impl Servers {
     fn port(&self, s: Server) -> u16 {
         match s {
             Server::Gateway => self.gateway.port,
+            Server::Baseline => self.baseline().port,
             Server::Sink => self.sink.port,
             Server::Postfix => self.postfix.port,
         }
@@ -236,8 +247,22 @@ impl Servers {
     fn pid(&self, s: Server) -> u32 {
         match s {
             Server::Gateway => self.gateway.pid(),
+            Server::Baseline => self.baseline().pid(),
             Server::Sink => self.sink.pid(),
             Server::Postfix => self.postfix.master_pid(),
+        }
+    }
+
+    fn baseline(&self) -> &GatewayProc {
+        self.baseline.as_ref().expect("a baseline gateway")
+    }
+
+    /// The gateway process of `s`, if it is one.
+    fn gateway_of(&self, s: Server) -> Option<&GatewayProc> {
+        match s {
+            Server::Gateway => Some(&self.gateway),
+            Server::Baseline => self.baseline.as_ref(),
+            Server::Sink | Server::Postfix => None,
         }
     }
 }
@@ -346,7 +371,7 @@ fn measure_n(
 ) -> Measured {
     let port = servers.port(server);
     let pid = servers.pid(server);
-    let archived_before = servers.gateway.archived();
+    let archived_before = servers.gateway_of(server).map_or(0, GatewayProc::archived);
     if server == Server::Postfix {
         servers.postfix.clear();
     }
@@ -395,10 +420,11 @@ fn measure_n(
     let server_cpu = sys::tree_cpu(pid).saturating_sub(cpu0);
     let (busy, iowait) = m1.since(&m0);
     match server {
-        Server::Gateway => assert_eq!(
-            servers.gateway.archived() - archived_before,
+        Server::Gateway | Server::Baseline => assert_eq!(
+            servers.gateway_of(server).map_or(0, GatewayProc::archived) - archived_before,
             count,
-            "every message archived by the gateway"
+            "every message archived by {}",
+            server.name()
         ),
         Server::Postfix => assert_eq!(
             servers.postfix.delivered(),
@@ -426,13 +452,22 @@ struct Workload {
 }
 
 impl Workload {
-    /// The best (fastest) round of server `s`: the one least disturbed by other load.
+    /// The median round of server `s` (of an even number, the faster of the middle two).
     fn get(&self, s: Server) -> &Measured {
-        self.runs
-            .iter()
-            .filter(|r| r.server == s)
-            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
-            .expect("run")
+        let mut runs: Vec<&Measured> = self.runs.iter().filter(|r| r.server == s).collect();
+        runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        runs[runs.len() / 2]
+    }
+
+    /// The ratio of `a`'s rate to `b`'s in each round (the rounds are interleaved).
+    fn round_ratios(&self, a: Server, b: Server) -> Vec<f64> {
+        let rate = |s: Server| {
+            self.runs
+                .iter()
+                .filter(move |r| r.server == s)
+                .map(Measured::rate)
+        };
+        rate(a).zip(rate(b)).map(|(x, y)| x / y).collect()
     }
 }
 
@@ -448,11 +483,15 @@ fn human_size(n: usize) -> String {
 
 fn ingest(sizes: &Sizes, out: &mut String) {
     let mut servers = Servers {
-        gateway: GatewayProc::start(),
+        gateway: GatewayProc::start(Path::new(env!("CARGO_BIN_EXE_journal-gateway"))),
+        baseline: sizes.baseline.as_deref().map(GatewayProc::start),
         sink: SmtpSink::start(1024),
         postfix: Postfix::start(free_port()),
     };
-    let order = [Server::Gateway, Server::Sink, Server::Postfix];
+    let mut order = vec![Server::Gateway, Server::Sink, Server::Postfix];
+    if servers.baseline.is_some() {
+        order.insert(1, Server::Baseline);
+    }
     let mut workloads = Vec::new();
     let mut plan = Vec::new();
     for &c in &sizes.connections {
@@ -506,9 +545,16 @@ fn ingest(sizes: &Sizes, out: &mut String) {
     let _ = writeln!(out, "\n### SMTP ingest (messages/s, higher is better)\n");
     let _ = writeln!(
         out,
-        "| workload | client | journal-gateway | smtp-sink | Postfix (delivered) | gateway / smtp-sink | gateway / Postfix |"
+        "| workload | client | journal-gateway | smtp-sink | Postfix (delivered) | gateway / smtp-sink | gateway / smtp-sink per round | gateway / Postfix |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---:|");
+    let ratios = |w: &Workload, a, b| {
+        w.round_ratios(a, b)
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for w in &workloads {
         let (g, s, p) = (
             w.get(Server::Gateway).rate(),
@@ -517,15 +563,44 @@ fn ingest(sizes: &Sizes, out: &mut String) {
         );
         let _ = writeln!(
             out,
-            "| {} | {} | {g:.0} | {s:.0} | {p:.0} | {:.2}x | {:.1}x |",
+            "| {} | {} | {g:.0} | {s:.0} | {p:.0} | {:.2}x | {} | {:.1}x |",
             w.name,
             w.client,
             g / s,
+            ratios(w, Server::Gateway, Server::Sink),
             g / p
         );
     }
+    if let Some(bin) = &sizes.baseline {
+        let _ = writeln!(
+            out,
+            "\n### A/B: this build against the baseline build `{}` (same rounds, interleaved)\n",
+            bin.display()
+        );
+        let _ = writeln!(
+            out,
+            "| workload | client | this build | baseline | smtp-sink | this / smtp-sink | baseline / smtp-sink | this / baseline per round |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+        for w in &workloads {
+            let (g, b, s) = (
+                w.get(Server::Gateway).rate(),
+                w.get(Server::Baseline).rate(),
+                w.get(Server::Sink).rate(),
+            );
+            let _ = writeln!(
+                out,
+                "| {} | {} | {g:.0} | {b:.0} | {s:.0} | {:.2}x | {:.2}x | {} |",
+                w.name,
+                w.client,
+                g / s,
+                b / s,
+                ratios(w, Server::Gateway, Server::Baseline)
+            );
+        }
+    }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let _ = writeln!(out, "\n### Where the time went (best round of each; CPU in cores = CPU seconds / wall seconds; the machine has {cpus} CPUs)\n");
+    let _ = writeln!(out, "\n### Where the time went (median round of each; CPU in cores = CPU seconds / wall seconds; the machine has {cpus} CPUs)\n");
     let _ = writeln!(
         out,
         "| workload | client | server | msg/s (rounds) | wall s | client done s | server CPU | client CPU | other load | machine busy | iowait |"
@@ -565,7 +640,7 @@ fn ingest(sizes: &Sizes, out: &mut String) {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         sys::fs_type(servers.gateway.dir.path())
     );
-    let _ = writeln!(out, "- Each figure is the best of {} round(s) (all rounds in brackets), servers interleaved within a round; ratios are of the bests.", sizes.rounds);
+    let _ = writeln!(out, "- Each figure is the median of {} round(s) (all rounds in brackets), servers interleaved within a round; ratios are of the medians (and per round where shown).", sizes.rounds);
     let _ = writeln!(out, "- Server CPU counts the whole process tree (Postfix: master and every daemon, reaped ones included); client CPU is smtp-source's (rusage) or the generator thread's; other load is what else the machine ran meanwhile (busy CPUs minus both).");
     // Is a client the bottleneck? Compare the clients against smtp-sink.
     for w in &workloads {
@@ -643,7 +718,7 @@ fn memory(sizes: &Sizes, out: &mut String) {
         expected.push((raw.len() as u64, hex::encode(Sha256::digest(&raw))));
         stuffed.push(loadgen::stuff(&raw));
     }
-    let gw = GatewayProc::start();
+    let gw = GatewayProc::start(Path::new(env!("CARGO_BIN_EXE_journal-gateway")));
     std::thread::sleep(Duration::from_millis(500));
     let pid = gw.pid();
     let idle_rss = sys::vm_kib(pid, "VmRSS");

@@ -408,7 +408,8 @@ impl Ingest {
                         return Ok(Err(head));
                     }
                     let name = archive.store().new_file_name();
-                    archive.store().write_tmp(&name, &head)?;
+                    // Synced with its batch, before the index commit (`Archive::apply`).
+                    archive.store().stage_tmp(&name, &head)?;
                     Ok(Ok(name))
                 },
             )
@@ -547,7 +548,9 @@ impl Ingest {
         Ok(w)
     }
 
-    /// Puts the message bytes in a fsynced file in `tmp/` and returns its name.
+    /// Puts the message bytes in a file in `tmp/` and returns its name: a spool file is fsynced
+    /// here (its size would hold up a whole batch), a small message is synced with its batch
+    /// (`Archive::apply`).
     async fn store(&self, body: Body) -> Result<String, IngestError> {
         if let Some(mut spool) = body.spool {
             spool.file.flush().await?;
@@ -559,7 +562,7 @@ impl Ingest {
             let name = archive.store().new_file_name();
             let head = body.head;
             let n = name.clone();
-            tokio::task::spawn_blocking(move || archive.store().write_tmp(&n, &head))
+            tokio::task::spawn_blocking(move || archive.store().stage_tmp(&n, &head))
                 .await
                 .map_err(blocking_failed)??;
             Ok(name)

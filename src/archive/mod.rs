@@ -7,9 +7,12 @@
 //! [`Archive::backup`] copies it while it serves; [`restore`] brings a backup back.
 //!
 //! # Durability protocol
-//! A new message's bytes are written to `tmp/<name>` and fsynced by the caller (in parallel with
-//! other callers). [`Archive::apply`] then takes a whole batch of arrivals:
-//! 1. fsync `tmp/` (the new names are durable),
+//! A new message's bytes are written to `tmp/<name>` by the caller, unsynced (its write-back
+//! started). [`Archive::apply`] then takes a whole batch of arrivals:
+//! 1. fdatasync every file of the batch and fsync `tmp/` (data and names durable), all issued at
+//!    once so the kernel merges their device flushes (one or two for the batch, not one per
+//!    file); they run while step 2's transaction is built, and it commits only after all of
+//!    them succeeded,
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
 //!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
 //!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`
@@ -44,7 +47,7 @@ pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
 
 use crate::clock::UnixMs;
 use crate::index::{Facts, Index, IndexError, Kind, OutboundEntry, OutboundStore};
-use crate::store::{Maildir, OutboundFiles};
+use crate::store::{Maildir, OutboundFiles, Syncing};
 
 /// An archive failure: the index, or the message files.
 #[derive(Debug, thiserror::Error)]
@@ -332,35 +335,51 @@ impl Archive {
         Ok(results)
     }
 
-    /// Steps 1 and 2 of the protocol: the index transaction.
+    /// Steps 1 and 2 of the protocol: the files' sync, then the index transaction.
     fn record(
         &self,
         batch: &[Arrival],
         facts: &dyn FactRecorder,
     ) -> Result<Vec<Applied>, ArchiveError> {
-        // Files the previous batch renamed into new/: fsync new/ now (beside tmp/, in parallel),
-        // and drop their pending entries in this transaction.
-        let staged = batch.iter().any(|a| a.tmp_file.is_some());
-        let published = self.store.sync(staged)?;
+        // Step 1, started here and waited for inside the transaction, before its commit: the
+        // batch's files and tmp/; and new/ for the files the previous batch renamed into it,
+        // whose pending entries this transaction drops.
+        let staged: Vec<&str> = batch.iter().filter_map(|a| a.tmp_file.as_deref()).collect();
+        let mut syncing = Some(self.store.start_sync(&staged));
+        let mut synced: Option<io::Result<Vec<String>>> = None;
         let targets = self
             .forward
             .read()
             .map_or_else(|_| Arc::default(), |f| f.clone());
         let written = self.index.write(|w| {
-            for f in &published {
+            let results: Result<Vec<Applied>, IndexError> = batch
+                .iter()
+                .map(|a| record_one(w, a, facts, &targets))
+                .collect();
+            // Nothing commits before the files are durable.
+            let published = synced.insert(syncing.take().map_or(Ok(Vec::new()), Syncing::wait));
+            let results = results?;
+            let Ok(published) = published else {
+                // Replaced by the storage error below.
+                return Err(IndexError::Corrupt("the batch's files did not sync"));
+            };
+            for f in published.iter() {
                 w.remove_pending(f)?;
-            }
-            let mut results = Vec::with_capacity(batch.len());
-            for a in batch {
-                let result = record_one(w, a, facts, &targets)?;
-                results.push(result);
             }
             Ok(results)
         });
-        written.map_err(|e| {
-            self.store.unsync(published);
-            e.into()
-        })
+        // The transaction failed before the files' sync was waited for: wait now (dropping it
+        // waits and keeps the published files for the next sync).
+        drop(syncing);
+        match (written, synced) {
+            (Ok(results), _) => Ok(results),
+            (Err(_), Some(Err(e))) => Err(e.into()),
+            (Err(e), Some(Ok(published))) => {
+                self.store.unsync(published);
+                Err(e.into())
+            }
+            (Err(e), None) => Err(e.into()),
+        }
     }
 
     /// Step 3: the index is durable; move the new files into place, drop the files of duplicates.
@@ -575,4 +594,99 @@ fn record_one(
         },
     )?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Source;
+
+    /// An SMTP arrival of a small message with Message-ID `<m{n}@example.com>`, its bytes staged
+    /// (unsynced) in `tmp/` under a fresh name, as the ingest path leaves it for [`Archive::apply`].
+    fn staged(archive: &Archive, n: u64) -> (Arrival, Vec<u8>) {
+        let raw = format!(
+            "From: a@example.com\r\nMessage-ID: <m{n}@example.com>\r\nSubject: s{n}\r\n\r\nbody {n}\r\n"
+        )
+        .into_bytes();
+        let report = crate::journal::parse(&raw);
+        let sighting = Sighting {
+            source: Source::Smtp,
+            at_ms: UnixMs(1_000),
+            mail_from: Some("a@example.com".into()),
+            rcpt_to: vec!["journal@example.com".into()],
+            uidl: None,
+            ndr: None,
+            provenance: None,
+        };
+        let key = report.key.clone();
+        let record = crate::ingest::record_of(
+            report,
+            raw.len() as u64,
+            String::new(),
+            Vec::new(),
+            vec![sighting.clone()],
+        );
+        let variant_key = crate::ingest::variant_key(&key, &record.identity);
+        let name = archive.store().new_file_name();
+        archive.store().stage_tmp(&name, &raw).unwrap();
+        let arrival = Arrival {
+            key,
+            variant_key,
+            record,
+            sighting,
+            tmp_file: Some(name),
+            update_file: None,
+        };
+        (arrival, raw)
+    }
+
+    /// The batch's files are synced before its index commit, and the commit waits for the
+    /// outcome: when one file of the batch cannot be synced (here: it vanished), nothing of the
+    /// batch is committed, the callers get a storage error and the batch's files go; the same
+    /// arrival retried in a batch that syncs is archived, byte-exact, in `new/`.
+    #[test]
+    fn a_batch_whose_files_do_not_sync_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = Archive::open(dir.path()).unwrap();
+        let (good, raw) = staged(&archive, 1);
+        let (mut gone, _) = staged(&archive, 2);
+        let gone_file = gone.tmp_file.clone().unwrap();
+        std::fs::remove_file(archive.store().tmp_path(&gone_file)).unwrap();
+
+        let err = archive
+            .apply(&[good.clone(), gone.clone()], &NoFacts)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::Storage(e) if e.to_string().contains(&gone_file)),
+            "{err}"
+        );
+        assert_eq!(archive.get(&good.key).unwrap(), None);
+        assert_eq!(archive.get(&gone.key).unwrap(), None);
+        assert_eq!(archive.count().unwrap(), 0);
+        assert!(archive.index().pending().unwrap().is_empty());
+        let good_file = good.tmp_file.as_deref().unwrap();
+        assert!(!archive.store().tmp_path(good_file).exists());
+
+        // The callers retry: new files, one batch that syncs.
+        let (good, _) = staged(&archive, 1);
+        let (again, _) = staged(&archive, 2);
+        gone.tmp_file = again.tmp_file;
+        let results = archive.apply(&[good.clone(), gone], &NoFacts).unwrap();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Applied::Archived { variant: false, .. })),
+            "{results:?}"
+        );
+        assert_eq!(archive.count().unwrap(), 2);
+        let rec = archive.get(&good.key).unwrap().unwrap();
+        assert_eq!(
+            std::fs::read(archive.store().new_path(&rec.file)).unwrap(),
+            raw
+        );
+        // The next batch (here: the shutdown sync) makes new/ durable and drops the pending entries.
+        assert_eq!(archive.index().pending().unwrap().len(), 2);
+        archive.sync().unwrap();
+        assert!(archive.index().pending().unwrap().is_empty());
+    }
 }

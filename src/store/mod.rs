@@ -2,15 +2,17 @@
 //! Dovecot, mutt or an importer can read). It knows files, not keys or records: the archive
 //! decides what is written, published or discarded, and in which order with the index.
 //!
-//! A file's life: written to `tmp/` and fsynced ([`Maildir::write_tmp`], or spooled there by the
-//! ingest path), made durable by name ([`Maildir::sync`] fsyncs `tmp/`), moved into `new/`
-//! ([`Maildir::publish`]) and, with the next [`Maildir::sync`], durably there. A second
+//! A file's life: written to `tmp/` ([`Maildir::stage_tmp`], unsynced; [`Maildir::write_tmp`],
+//! fsynced; or spooled there by the ingest path), made durable with its name by the sync of its
+//! batch ([`Maildir::start_sync`]: the batch's files and `tmp/` fsynced together), moved into
+//! `new/` ([`Maildir::publish`]) and, with the next batch's sync, durably there. A second
 //! implementation (an object store) would offer the same steps.
 
 mod outbound;
 // Message objects in S3 (issue 13): not wired in yet, see its module doc.
 pub(crate) mod s3;
 mod space;
+mod sync;
 
 pub use outbound::OutboundFiles;
 pub use space::{FreeSpace, Space};
@@ -41,10 +43,29 @@ pub struct Maildir {
     published: Mutex<Vec<String>>,
     /// The free space of the Maildir's filesystem against the reserve.
     space: FreeSpace,
+    /// The threads that sync a batch's files together.
+    syncer: sync::SyncPool,
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Starts writing `f`'s dirty pages to the device without waiting (Linux: `sync_file_range`), so
+/// the later fdatasync mostly waits for the device's cache flush. A hint: errors show in that
+/// fdatasync.
+fn start_writeback(f: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `f` is an open file descriptor for the duration of the call; the call only
+        // schedules write-back of its pages.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
 }
 
 impl Maildir {
@@ -63,6 +84,7 @@ impl Maildir {
             seq: AtomicU64::new(0),
             published: Mutex::default(),
             space: FreeSpace::new(root),
+            syncer: sync::SyncPool::default(),
         })
     }
 
@@ -105,22 +127,49 @@ impl Maildir {
         result
     }
 
-    /// Makes durable what happened before it: the names of files written to `tmp/` (when
-    /// `staged`) and the files published since the last sync. fsyncs both directories in
-    /// parallel and returns the files now durably in `new/`.
-    pub fn sync(&self, staged: bool) -> io::Result<Vec<String>> {
+    /// Writes `bytes` to `tmp/<name>` and starts its write-back, without waiting for it: the
+    /// file is durable only after the sync of its batch ([`Maildir::start_sync`]). Blocking.
+    pub fn stage_tmp(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.tmp.join(name);
+        let result = (|| {
+            let mut f = File::create(&path)?;
+            f.write_all(bytes)?;
+            start_writeback(&f);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    /// Makes durable what happened before it: the files `staged` in `tmp/` (their data and,
+    /// with `tmp/`, their names) and the files published since the last sync (`new/`). Returns
+    /// the files now durably in `new/`. [`Maildir::start_sync`] without the wait.
+    pub fn sync(&self, staged: &[&str]) -> io::Result<Vec<String>> {
+        self.start_sync(staged).wait()
+    }
+
+    /// Starts the sync of [`Maildir::sync`]: every file's fdatasync and the fsyncs of `tmp/` and
+    /// `new/` are issued at once, in parallel, so the kernel merges their device flushes. The
+    /// caller does other work (the index transaction) and then waits ([`Syncing::wait`]).
+    pub fn start_sync(&self, staged: &[&str]) -> Syncing<'_> {
         let published = std::mem::take(&mut *self.published_list());
-        std::thread::scope(|s| {
-            let new = (!published.is_empty()).then(|| s.spawn(|| fsync_dir(&self.new)));
-            let tmp = if staged { fsync_dir(&self.tmp) } else { Ok(()) };
-            let new = new.map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
-            });
-            tmp.and(new.unwrap_or(Ok(())))
-        })
-        .inspect_err(|_| self.published_list().extend(published.iter().cloned()))?;
-        Ok(published)
+        let mut targets: Vec<sync::Target> = staged
+            .iter()
+            .map(|name| sync::Target::File(self.tmp.join(name)))
+            .collect();
+        if !staged.is_empty() {
+            targets.push(sync::Target::Dir(self.tmp.clone()));
+        }
+        if !published.is_empty() {
+            targets.push(sync::Target::Dir(self.new.clone()));
+        }
+        Syncing {
+            maildir: self,
+            in_flight: Some(self.syncer.start(targets)),
+            published,
+        }
     }
 
     /// Puts the files published by [`Maildir::sync`] back, when what it was for failed: they are
@@ -227,6 +276,40 @@ impl Maildir {
     }
 }
 
+/// A batch's sync under way ([`Maildir::start_sync`]). Dropped without [`Syncing::wait`], it
+/// waits anyway and puts the published files back for the next sync.
+#[must_use = "the files are durable only after `wait`"]
+pub struct Syncing<'a> {
+    maildir: &'a Maildir,
+    in_flight: Option<sync::InFlight>,
+    published: Vec<String>,
+}
+
+impl Syncing<'_> {
+    /// Waits until every file of the batch, `tmp/` and `new/` are durable; returns the files now
+    /// durably in `new/`. On failure they are put back, for the next sync.
+    pub fn wait(mut self) -> io::Result<Vec<String>> {
+        let result = self.in_flight.take().map_or(Ok(()), sync::InFlight::wait);
+        let published = std::mem::take(&mut self.published);
+        match result {
+            Ok(()) => Ok(published),
+            Err(e) => {
+                self.maildir.unsync(published);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.wait();
+            self.maildir.unsync(std::mem::take(&mut self.published));
+        }
+    }
+}
+
 /// The host name for Maildir file names, from the system (`gethostname`); '/', ':' and '.' are
 /// not allowed there and become '_'.
 fn hostname() -> String {
@@ -278,13 +361,14 @@ mod tests {
             maildir.new_file_name(),
         );
         assert_ne!(a, b);
-        for f in [&a, &b, &c] {
-            maildir.write_tmp(f, b"x").unwrap();
+        maildir.write_tmp(&a, b"x").unwrap();
+        for f in [&b, &c] {
+            maildir.stage_tmp(f, b"x").unwrap();
         }
-        assert!(maildir.sync(true).unwrap().is_empty());
+        assert!(maildir.sync(&[&a, &b, &c]).unwrap().is_empty());
         maildir.publish(&a).unwrap();
         assert_eq!(maildir.read(&a).unwrap(), b"x");
-        assert_eq!(maildir.sync(false).unwrap(), vec![a.clone()]);
+        assert_eq!(maildir.sync(&[]).unwrap(), vec![a.clone()]);
         // `b` was committed (pending), `c` never was, `gone` vanished.
         let pending = vec![(b.clone(), "kb".into()), ("gone".into(), "kg".into())];
         let r = maildir.finish_pending(&pending).unwrap();
@@ -293,5 +377,48 @@ mod tests {
         assert_eq!(maildir.discard_unacknowledged().unwrap(), 1);
         assert!(dir.path().join("new").join(&b).exists());
         assert!(!dir.path().join("tmp").join(&c).exists());
+    }
+
+    /// A batch's sync fails when one of its files cannot be synced (here: it is gone), and the
+    /// files published before are kept for the next sync, which succeeds.
+    #[test]
+    fn a_failed_sync_reports_the_file_and_keeps_the_published_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path()).unwrap();
+        let (a, b) = (maildir.new_file_name(), maildir.new_file_name());
+        maildir.stage_tmp(&a, b"a").unwrap();
+        maildir.sync(&[&a]).unwrap();
+        maildir.publish(&a).unwrap();
+        maildir.stage_tmp(&b, b"b").unwrap();
+        let err = maildir.sync(&[&b, "missing.eml"]).unwrap_err();
+        assert!(err.to_string().contains("missing.eml"), "{err}");
+        // Dropped unwaited: the published file is kept too.
+        drop(maildir.start_sync(&["missing.eml"]));
+        assert_eq!(maildir.sync(&[&b]).unwrap(), vec![a.clone()]);
+        assert_eq!(maildir.sync(&[]).unwrap(), Vec::<String>::new());
+    }
+
+    /// Many files in one batch: all synced through the pool, none lost in the bookkeeping.
+    #[test]
+    fn a_large_batch_syncs_through_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::open(dir.path()).unwrap();
+        let names: Vec<String> = (0..100).map(|_| maildir.new_file_name()).collect();
+        for n in &names {
+            maildir.stage_tmp(n, n.as_bytes()).unwrap();
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(maildir.sync(&refs).unwrap().is_empty());
+        for n in &names {
+            maildir.publish(n).unwrap();
+        }
+        let mut published = maildir.sync(&[]).unwrap();
+        published.sort();
+        let mut expected = names.clone();
+        expected.sort();
+        assert_eq!(published, expected);
+        for n in &names {
+            assert_eq!(maildir.read(n).unwrap(), n.as_bytes());
+        }
     }
 }
