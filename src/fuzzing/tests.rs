@@ -94,10 +94,10 @@ fn smtp_script(transactions: &[(bool, u8, Vec<u8>)]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_journal_parsers_take_any_bytes(data in tricky(3000)) {
+    fn the_journal_parsers_take_any_bytes(data in tricky(1500)) {
         no_panic(journal, &data);
     }
 
@@ -123,7 +123,7 @@ proptest! {
     }
 
     #[test]
-    fn smtp_survives_any_client_bytes(data in tricky(2000)) {
+    fn smtp_survives_any_client_bytes(data in tricky(1000)) {
         let mut raw = vec![0];
         raw.extend_from_slice(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<journal@journal.test>\r\n");
         raw.extend_from_slice(&data);
@@ -131,7 +131,7 @@ proptest! {
     }
 
     #[test]
-    fn pop3_retr_gives_exactly_the_unstuffed_body(body in tricky(2000)) {
+    fn pop3_retr_gives_exactly_the_unstuffed_body(body in tricky(1000)) {
         let mut input = vec![0];
         input.extend_from_slice(&body);
         no_panic(pop3_client, &input);
