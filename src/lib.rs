@@ -62,6 +62,11 @@ pub mod archive;
 pub mod clock;
 pub mod config;
 pub mod forward;
+/// Drivers for the fuzz targets (`fuzz/`) and the property tests; not part of the product (only
+/// with the `fuzzing` feature or in the crate's own tests).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod index;
 pub mod ingest;

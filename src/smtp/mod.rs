@@ -44,6 +44,13 @@ use crate::net::Conn;
 use crate::tls::TlsIdentity;
 use session::{Session, Settings, TlsFacts};
 
+/// The session and what it needs, for the fuzz driver (`crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing {
+    pub(crate) use super::accept::AcceptList;
+    pub(crate) use super::session::{AuthSettings, End, Session, Settings, Sink};
+}
+
 /// The bound SMTP listeners, ready to run.
 pub struct SmtpServer {
     plain: Vec<TcpListener>,
