@@ -170,7 +170,7 @@ async fn session(endpoint: &Endpoint, trust: &Trust) {
             return;
         }
         client.send_dele(n);
-        if failed(&client.flush().await) || failed(&client.read_ok("DELE").await) {
+        if failed(&client.flush().await) || failed(&client.read_dele(n).await) {
             return;
         }
     }
