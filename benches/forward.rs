@@ -190,8 +190,16 @@ fn main() {
         .await;
         let start = Instant::now();
         pf.release();
+        // `postfix reload` is asynchronous: a queue manager that flushed before it re-read the
+        // configuration defers the messages again (`deferred transport`) for the queue run
+        // delay. Flushing again every half second until the queue is empty releases them.
+        let mut flushed = Instant::now();
         until("Postfix to relay everything", limit, || {
             let q = pf.queued();
+            if q > 0 && flushed.elapsed() >= Duration::from_millis(500) {
+                pf.flush();
+                flushed = Instant::now();
+            }
             if q == 0 {
                 Ok(())
             } else {

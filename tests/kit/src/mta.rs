@@ -90,6 +90,11 @@ impl Postfix {
                 .arg(&self.config)
                 .arg("reload"),
         );
+        self.flush();
+    }
+
+    /// `postqueue -f`: every queued message is tried now (deferred ones too).
+    pub fn flush(&self) {
         run_ok(
             Command::new(require("/usr/sbin/postqueue", "postfix"))
                 .arg("-c")
