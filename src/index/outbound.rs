@@ -311,20 +311,7 @@ impl OutboundStore {
         target: &str,
         limit: usize,
     ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
-        let txn = self.index.db.begin_read()?;
-        let table = txn.open_table(OUTBOUND)?;
-        let mut out = Vec::new();
-        for item in table.range((target, 0)..=(target, u64::MAX))? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            let e = OutboundEntry::decode(v.value())?;
-            if !e.failed {
-                out.push((k.value().1, e));
-            }
-        }
-        Ok(out)
+        self.entries(target, limit, false)
     }
 
     /// The counts and the oldest waiting entry of `target`.
@@ -350,17 +337,27 @@ impl OutboundStore {
         target: &str,
         limit: usize,
     ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
+        self.entries(target, limit, true)
+    }
+
+    /// Up to `limit` entries of `target` whose `failed` is `failed`, oldest first.
+    fn entries(
+        &self,
+        target: &str,
+        limit: usize,
+        failed: bool,
+    ) -> Result<Vec<(u64, OutboundEntry)>, IndexError> {
         let txn = self.index.db.begin_read()?;
         let table = txn.open_table(OUTBOUND)?;
         let mut out = Vec::new();
         for item in table.range((target, 0)..=(target, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item?;
             let e = OutboundEntry::decode(v.value())?;
-            if e.failed {
+            if e.failed == failed {
                 out.push((k.value().1, e));
-                if out.len() >= limit {
-                    break;
-                }
             }
         }
         Ok(out)
