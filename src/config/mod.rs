@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::tls::Fingerprint;
 
+mod backends;
+
+pub use backends::{IndexBackend, IndexConfig, StoreBackend, StoreConfig};
+
 /// The configuration used when `serve` is started without `--config`.
 pub const EMBEDDED_DEFAULT: &str = r#"
 data_dir = "./data"
@@ -64,6 +68,12 @@ pub struct Config {
     /// Every `[[forward]]` (downstream archives each unique journal report is delivered to).
     #[serde(default, rename = "forward")]
     pub forwards: Vec<ForwardConfig>,
+    /// `[index]`: the index's engine (redb, or PostgreSQL shared by several nodes).
+    #[serde(default)]
+    pub index: IndexConfig,
+    /// `[store]`: the message files' engine (a Maildir, or an S3 bucket shared by several nodes).
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// `[storage]`: the archive's filesystem.
@@ -975,6 +985,8 @@ impl Config {
         if self.index_cache_mb == 0 {
             bail!("index_cache_mb: must be at least 1");
         }
+        self.index.validate()?;
+        self.store.validate()?;
         let mut seen = std::collections::HashSet::new();
         for c in &self.collectors {
             if !seen.insert(c.name()) {
