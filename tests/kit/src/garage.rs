@@ -58,6 +58,23 @@ impl Garage {
     /// Starts the node, applies a one-node layout, creates a key and the bucket `bucket`.
     #[must_use]
     pub fn start(bucket: &str) -> Garage {
+        Garage::start_with(bucket, false)
+    }
+
+    /// Like [`Garage::start`], with Garage's fsyncs on (`data_fsync`, `metadata_fsync`): for
+    /// benchmarks, where a PUT must cost what a durable one costs.
+    #[must_use]
+    pub fn start_durable(bucket: &str) -> Garage {
+        Garage::start_with(bucket, true)
+    }
+
+    /// The server's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn start_with(bucket: &str, durable: bool) -> Garage {
         let program = program();
         let dir = tempfile::Builder::new()
             .prefix("jg-garage-")
@@ -70,6 +87,8 @@ impl Garage {
 data_dir = "{root}/data"
 db_engine = "lmdb"
 replication_factor = 1
+data_fsync = {durable}
+metadata_fsync = {durable}
 rpc_bind_addr = "127.0.0.1:{rpc_port}"
 rpc_public_addr = "127.0.0.1:{rpc_port}"
 rpc_secret = "{RPC_SECRET}"

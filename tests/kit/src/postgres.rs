@@ -62,7 +62,22 @@ impl Postgres {
     /// [`USER`], starts the server and waits until it accepts connections.
     #[must_use]
     pub fn start() -> Postgres {
-        Postgres::start_with(false)
+        Postgres::start_with(false, false)
+    }
+
+    /// Like [`Postgres::start`], with PostgreSQL's own durability on (`fsync`, full page writes):
+    /// for benchmarks, where a commit must cost what it costs in production.
+    #[must_use]
+    pub fn start_durable() -> Postgres {
+        Postgres::start_with(false, true)
+    }
+
+    /// The postmaster's process id (from `postmaster.pid`), while it runs; its backends are its
+    /// children.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// A server shared by the tests running at the same time (each in a database of its own,
@@ -88,7 +103,7 @@ impl Postgres {
     /// `localhost`, whose PEM is at [`Postgres::ca_file`].
     #[must_use]
     pub fn start_tls() -> Postgres {
-        Postgres::start_with(true)
+        Postgres::start_with(true, false)
     }
 
     /// The TLS server's certificate (PEM; self-signed, so also its CA), after
@@ -98,7 +113,7 @@ impl Postgres {
         self.dir.path().join("ca.pem")
     }
 
-    fn start_with(tls: bool) -> Postgres {
+    fn start_with(tls: bool, durable: bool) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("jg-postgres-")
@@ -130,9 +145,10 @@ impl Postgres {
         let port = free_port();
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{run}'\n\
-             fsync = off\nfull_page_writes = off\nshared_buffers = 16MB\nmax_connections = 60\n\
+             fsync = {on}\nfull_page_writes = {on}\nshared_buffers = 16MB\nmax_connections = 60\n\
              log_min_messages = warning\n",
-            run = run.display()
+            run = run.display(),
+            on = if durable { "on" } else { "off" },
         );
         let mut conf = conf;
         if tls {
