@@ -188,10 +188,11 @@ fn object_name(sha256: &str) -> String {
     format!("{PREFIX}/{}/{sha256}", &sha256[..2])
 }
 
-/// The number in `text` right after `label` (`"copied 12 records"` -> 12 for `"copied "`).
+/// The number in `text` right after the last `label` (`"copied 12 records"` -> 12 for
+/// `"copied "`): the summary follows the progress lines.
 fn number_after(text: &str, label: &str) -> u64 {
     let at = text
-        .find(label)
+        .rfind(label)
         .unwrap_or_else(|| panic!("{label:?} not in {text:?}"));
     text[at + label.len()..]
         .chars()
