@@ -295,6 +295,21 @@ async fn storage_copy_moves_10000_messages_into_postgres_and_s3_survives_sigkill
         assert_eq!(got.file, object_name(&rec.sha256), "{key}");
         assert_eq!(*got, with_file(rec, &got.file), "{key}");
     }
+    // What the index takes per record (docs/scale-out.md's sizing).
+    let table = index.messages_table_bytes().await.unwrap();
+    let record_bytes: u64 = source
+        .iter()
+        .map(|(_, r)| serde_json::to_vec(r).unwrap().len() as u64)
+        .sum();
+    assert!(
+        table > record_bytes,
+        "{table} bytes for {record_bytes} of JSON"
+    );
+    eprintln!(
+        "PostgreSQL messages table: {table} bytes for {RECORDS} records ({} per record; JSON {} per record)",
+        table / RECORDS,
+        record_bytes / RECORDS
+    );
     // The UIDL map the POP3 sightings name.
     let map: BTreeMap<String, String> = index
         .uidls_of(COLLECTOR)
