@@ -553,6 +553,23 @@ mod tests {
         assert!(matches!(S3Store::open(&s), Err(S3Error::Settings(_))));
     }
 
+    #[test]
+    fn only_a_recent_object_is_reused_by_a_put_of_the_same_bytes() {
+        let info = |age: std::time::Duration| ObjectInfo {
+            name: ObjectName("00/x".into()),
+            size: 1,
+            modified: UnixMs(
+                UnixMs::now()
+                    .0
+                    .saturating_sub(u64::try_from(age.as_millis()).unwrap()),
+            ),
+        };
+        assert!(info(std::time::Duration::ZERO).is_fresh());
+        assert!(info(REFRESH_AFTER / 2).is_fresh());
+        // Old enough for a sweeper to be near: written again, its modified time renewed.
+        assert!(!info(REFRESH_AFTER + std::time::Duration::from_mins(1)).is_fresh());
+    }
+
     #[tokio::test]
     async fn objects_are_put_under_their_content_hash_read_back_listed_and_deleted() {
         let g = Garage::start("messages");
