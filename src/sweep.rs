@@ -17,12 +17,16 @@
 //!    of bytes whose object exists but is older than an hour writes it again, so an object an
 //!    arrival is about to reference is always young);
 //! 4. for each batch of old objects asks the index which are referenced (one query,
-//!    `object = ANY($1)`) and removes the others (unless `dry_run`), renewing the lease between
-//!    batches: a lost lease stops the run ([`SweepError::LeaseLost`]).
+//!    `object = ANY($1)`), renews the lease (a lost lease stops the run:
+//!    [`SweepError::LeaseLost`]), and removes the others (unless `dry_run`), each looked at
+//!    again just before: one written again since it was listed is young and kept.
 //!
 //! A referenced object is never removed: a record is committed only after its object's PUT
 //! returned, and the check is made after the object is old, when no commit naming it can still
-//! be in flight (see 3).
+//! be in flight (see 3). What remains is a window of milliseconds: a node that PUTs exactly the
+//! bytes of an old orphan between the sweeper's last look at it and its DELETE, and commits.
+//! Closing it needs the sweeper's intent recorded in PostgreSQL (a schema change, the next
+//! increment).
 
 use std::time::Duration;
 
@@ -99,7 +103,7 @@ pub enum SweepOutcome {
     Swept(SweepReport),
     /// Another node holds the sweeper's lease: nothing was done.
     Busy {
-        /// The node holding it.
+        /// The run holding it (`<node>/<pid>-<run>`, or what another tool named).
         holder: String,
     },
 }
@@ -216,8 +220,17 @@ pub(crate) async fn run_once(
     store: &S3Store,
     options: &SweepOptions,
 ) -> Result<SweepOutcome, SweepError> {
+    // One holder per run, so two runs on one node (its periodic sweep and an operator's) are
+    // exclusive too.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let holder = format!(
+        "{}/{}-{}",
+        options.node,
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let Some(lease) = index
-        .acquire_lease(SWEEPER_LEASE, &options.node, options.lease_ttl)
+        .acquire_lease(SWEEPER_LEASE, &holder, options.lease_ttl)
         .await?
     else {
         let holder = index
@@ -241,7 +254,7 @@ async fn sweep(
 ) -> Result<SweepReport, SweepError> {
     let now = store.store_now().await?;
     let grace_ms = u64::try_from(options.grace.as_millis()).unwrap_or(u64::MAX);
-    let cutoff = now.0.saturating_sub(grace_ms);
+    let cutoff = UnixMs(now.0.saturating_sub(grace_ms));
     let mut report = SweepReport {
         store_now: now,
         dry_run: options.dry_run,
@@ -253,24 +266,28 @@ async fn sweep(
         let info = info?;
         report.listed += 1;
         // Modified at or after the cutoff (or in the store's future): young.
-        if info.modified.0 >= cutoff {
+        if info.modified >= cutoff {
             report.young += 1;
             continue;
         }
         old.push(info);
         if old.len() == BATCH {
-            lease = check_batch(index, store, options, lease, &mut old, &mut report).await?;
+            lease =
+                check_batch(index, store, options, cutoff, lease, &mut old, &mut report).await?;
         }
     }
-    check_batch(index, store, options, lease, &mut old, &mut report).await?;
+    check_batch(index, store, options, cutoff, lease, &mut old, &mut report).await?;
     Ok(report)
 }
 
-/// Renews the lease, then removes the unreferenced objects of `old` (emptied).
+/// Renews the lease, then removes the unreferenced objects of `old` (emptied), each looked at
+/// again first: one written again since it was listed (a node storing the same bytes, whose
+/// commit may follow) is young now and kept.
 async fn check_batch(
     index: &PgIndex,
     store: &S3Store,
     options: &SweepOptions,
+    cutoff: UnixMs,
     lease: Lease,
     old: &mut Vec<ObjectInfo>,
     report: &mut SweepReport,
@@ -291,6 +308,15 @@ async fn check_batch(
             report.referenced += 1;
             continue;
         }
+        let info = match store.head(&info.name).await? {
+            // Removed meanwhile (another run, or an operator).
+            None => continue,
+            Some(now) if now.modified >= cutoff => {
+                report.young += 1;
+                continue;
+            }
+            Some(now) => now,
+        };
         if !options.dry_run {
             store.delete(&info.name).await?;
             tracing::info!(
