@@ -224,8 +224,9 @@ enum Cursor {
 
 /// Copies the archive `from` describes into the one `to` describes (see the module docs),
 /// calling `progress` after each chunk. One side must be redb and Maildir, the other
-/// PostgreSQL and S3. The source is only read; a redb source (and target) must not be open in a running
-/// gateway.
+/// PostgreSQL and S3. The source is only read (a redb source is opened as the gateway opens
+/// it: an interrupted run's renames are finished first); a redb side must not be open in a
+/// running gateway.
 ///
 /// # Errors
 /// See [`CopyError`]; what was copied before an error stays and a new run goes on from it.
