@@ -214,6 +214,20 @@ impl Engine {
     }
 }
 
+/// Whether `config` names the shared engines (PostgreSQL and S3) or the single-node ones
+/// (redb and Maildir); a mix is refused.
+fn shared(config: &Config, side: &'static str) -> Result<bool, CopyError> {
+    match (config.index.backend, config.store.backend) {
+        (IndexBackend::Redb, StoreBackend::Maildir) => Ok(false),
+        (IndexBackend::Postgres, StoreBackend::S3) => Ok(true),
+        (index, store) => Err(CopyError::Engines(format!(
+            "{side}: [index] backend = {:?} with [store] backend = {:?}: storage copy moves between redb + maildir and postgres + s3",
+            index.as_str(),
+            store.as_str()
+        ))),
+    }
+}
+
 /// Where the source scan goes on.
 enum Cursor {
     Start,
@@ -235,16 +249,21 @@ pub async fn copy(
     to: &Config,
     progress: &mut (dyn FnMut(&CopyReport) + Send),
 ) -> Result<CopyReport, CopyError> {
-    if let (IndexBackend::Redb, IndexBackend::Redb) = (from.index.backend, to.index.backend) {
-        return Err(CopyError::Engines(
-            "both sides are redb + maildir: storage copy moves between redb + maildir and postgres + s3 (a single-node archive is copied with backup and restore)".into(),
-        ));
-    }
-    if let (IndexBackend::Postgres, IndexBackend::Postgres) = (from.index.backend, to.index.backend)
-    {
-        return Err(CopyError::Engines(
-            "both sides are postgres + s3: storage copy moves between redb + maildir and postgres + s3".into(),
-        ));
+    let (from_shared, to_shared) = (shared(from, "--from")?, shared(to, "--to")?);
+    if from_shared == to_shared {
+        return Err(CopyError::Engines(format!(
+            "both sides are {}: storage copy moves between redb + maildir and postgres + s3{}",
+            if from_shared {
+                "postgres + s3"
+            } else {
+                "redb + maildir"
+            },
+            if from_shared {
+                ""
+            } else {
+                " (a single-node archive is copied with backup and restore)"
+            }
+        )));
     }
     let source = Engine::open(from, "--from").await?;
     let target = Engine::open(to, "--to").await?;
@@ -584,3 +603,39 @@ async fn blocking<T: Send + 'static, E: Into<CopyError> + Send + 'static>(
 
 /// How long [`copy`]'s caller waits between progress lines (the CLI).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S3: &str = "[store]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n";
+    const PG: &str = "[index]\nbackend = \"postgres\"\nurl = \"host=/nonexistent dbname=x\"\n";
+
+    async fn refused(from: &str, to: &str) -> String {
+        let (from, to) = (Config::parse(from).unwrap(), Config::parse(to).unwrap());
+        // Refused before anything is opened (these configurations name nothing reachable).
+        match copy(&from, &to, &mut |_| {}).await {
+            Err(e @ CopyError::Engines(_)) => e.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_single_node_and_shared_engines_are_copied_between() {
+        let shared = format!("{PG}{S3}");
+        let err = refused("", "").await;
+        assert!(err.contains("both sides are redb + maildir"), "{err}");
+        let err = refused(&shared, &shared).await;
+        assert!(err.contains("both sides are postgres + s3"), "{err}");
+        let err = refused(S3, &shared).await;
+        assert!(
+            err.contains("--from: [index] backend = \"redb\" with [store] backend = \"s3\""),
+            "{err}"
+        );
+        let err = refused("", PG).await;
+        assert!(
+            err.contains("--to: [index] backend = \"postgres\""),
+            "{err}"
+        );
+    }
+}
