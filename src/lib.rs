@@ -79,7 +79,9 @@ pub mod reindex;
 pub mod reload;
 pub mod server;
 pub(crate) mod smtp;
+pub mod storage_copy;
 pub(crate) mod store;
+pub mod sweep;
 pub(crate) mod systemd;
 pub mod tls;
 

@@ -124,6 +124,12 @@ enum Command {
         #[command(subcommand)]
         action: ForwardCommand,
     },
+    /// The storage engines (docs/scale-out.md): copy an archive between redb + Maildir and
+    /// PostgreSQL + S3, sweep the shared store's orphan objects.
+    Storage {
+        #[command(subcommand)]
+        action: cli::storage::StorageCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -404,6 +410,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SmtpUser { action } => smtp_user(action),
+        Command::Storage { action } => cli::storage::run(action),
         Command::Verify { config } => cli::archive::verify(config.as_ref()),
         Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
         Command::Ledger {

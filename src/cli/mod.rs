@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod client;
+pub mod storage;
 pub mod token;
 
 use std::path::PathBuf;

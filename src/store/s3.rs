@@ -158,6 +158,26 @@ pub(crate) struct ObjectInfo {
     pub modified: UnixMs,
 }
 
+/// An existing object older than this is written again by a PUT of the same bytes instead of
+/// being reused (`Stored::existed`): its modified time is renewed, so an object an arrival is
+/// about to reference (a retry of a message whose first PUT never got its index commit) is
+/// always young, and the orphan sweeper, whose grace period is longer, never removes it between
+/// that PUT and the commit.
+pub(crate) const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_hours(1);
+
+impl ObjectInfo {
+    /// Whether it was written less than [`REFRESH_AFTER`] ago (by this machine's clock; a store
+    /// clock ahead of it only makes objects look younger).
+    fn is_fresh(&self) -> bool {
+        let age = UnixMs::now().0.saturating_sub(self.modified.0);
+        u128::from(age) < REFRESH_AFTER.as_millis()
+    }
+}
+
+/// The name of the object [`S3Store::store_now`] writes under the prefix: not a content name,
+/// so never listed, swept or copied.
+const CLOCK_OBJECT: &str = "gateway-clock";
+
 /// The message objects in one bucket (under one prefix).
 #[derive(Debug, Clone)]
 pub(crate) struct S3Store {
@@ -253,7 +273,11 @@ impl S3Store {
     pub(crate) async fn put_bytes(&self, bytes: Vec<u8>) -> Result<Stored, S3Error> {
         let name = self.name_for(&hex::encode(Sha256::digest(&bytes)));
         let size = bytes.len() as u64;
-        if self.head(&name).await?.is_some_and(|i| i.size == size) {
+        if self
+            .head(&name)
+            .await?
+            .is_some_and(|i| i.size == size && i.is_fresh())
+        {
             return Ok(Stored {
                 name,
                 size,
@@ -288,7 +312,11 @@ impl S3Store {
         .await
         .map_err(std::io::Error::other)??;
         let name = self.name_for(&sha256);
-        if self.head(&name).await?.is_some_and(|i| i.size == size) {
+        if self
+            .head(&name)
+            .await?
+            .is_some_and(|i| i.size == size && i.is_fresh())
+        {
             return Ok(Stored {
                 name,
                 size,
@@ -428,6 +456,24 @@ impl S3Store {
             .boxed()
     }
 
+    /// The store's clock now: a small object (`<prefix>/gateway-clock`) written and looked at,
+    /// its modified time (whole seconds, rounded down by HTTP's `Last-Modified`). The sweeper
+    /// judges the age of objects by it, never by a node's clock.
+    pub(crate) async fn store_now(&self) -> Result<UnixMs, S3Error> {
+        let probe = if self.prefix.is_empty() {
+            ObjectPath::from(CLOCK_OBJECT)
+        } else {
+            ObjectPath::from(format!("{}/{CLOCK_OBJECT}", self.prefix))
+        };
+        self.store
+            .put(
+                &probe,
+                PutPayload::from(b"the store's clock, for the sweeper\n".to_vec()),
+            )
+            .await?;
+        Ok(modified(&self.store.head(&probe).await?))
+    }
+
     /// Removes the object (no error when it is not there).
     pub(crate) async fn delete(&self, name: &ObjectName) -> Result<(), S3Error> {
         match self.store.delete(&path(name)).await {
@@ -505,6 +551,23 @@ mod tests {
         let mut s = S3Settings::new("http://127.0.0.1:9", "b", "r", "k", "s");
         s.part_size = MIN_PART_SIZE - 1;
         assert!(matches!(S3Store::open(&s), Err(S3Error::Settings(_))));
+    }
+
+    #[test]
+    fn only_a_recent_object_is_reused_by_a_put_of_the_same_bytes() {
+        let info = |age: std::time::Duration| ObjectInfo {
+            name: ObjectName("00/x".into()),
+            size: 1,
+            modified: UnixMs(
+                UnixMs::now()
+                    .0
+                    .saturating_sub(u64::try_from(age.as_millis()).unwrap()),
+            ),
+        };
+        assert!(info(std::time::Duration::ZERO).is_fresh());
+        assert!(info(REFRESH_AFTER / 2).is_fresh());
+        // Old enough for a sweeper to be near: written again, its modified time renewed.
+        assert!(!info(REFRESH_AFTER + std::time::Duration::from_mins(1)).is_fresh());
     }
 
     #[tokio::test]

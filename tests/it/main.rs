@@ -28,6 +28,7 @@ mod smtp_common;
 mod smtp_sigkill;
 mod smtp_source;
 mod storage;
+mod storage_copy;
 mod verify;
 
 use std::path::Path;

@@ -18,6 +18,7 @@
 //! Records are stored as JSON (`jsonb`, the serde form of [`Record`]) beside the columns the
 //! queries need; the merge of a duplicate is [`Record::merge`], the same code as the redb index.
 
+mod copy;
 mod lease;
 mod schema;
 
@@ -27,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
+pub use copy::KeyedRecord;
 pub use lease::{Lease, LeaseHolder};
 pub use schema::SCHEMA_VERSION;
 
