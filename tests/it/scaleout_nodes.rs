@@ -117,6 +117,8 @@ fn expect(code: u16, want: u16) -> std::io::Result<()> {
 }
 
 /// Report `i` (about 2 KB), with `extra` recipients in its envelope beside the default ones.
+/// Each call makes other bytes (the kit's reports carry a fresh GUID): a report sent twice is
+/// made once.
 fn report(i: u64, extra: &[&str]) -> Vec<u8> {
     let msg = sample::numbered(i, 2000);
     let mut recipients = sample::default_recipients(&msg);
@@ -184,15 +186,22 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
     let a = TestNode::start(&shared_backends(&url, &garage, "node-a")).await;
     let b = TestNode::start(&shared_backends(&url, &garage, "node-b")).await;
 
-    // Every tenth report differs on node B (one more envelope recipient); every tenth, offset by
-    // five, is the same bytes sent to another journal address (the SMTP envelope differs).
-    let copy_b = |i: u64| {
-        if i % 10 == 0 {
-            report(i, &[&format!("auditor-{i}@example.com")])
-        } else {
-            report(i, &[])
-        }
-    };
+    // The same bytes to both nodes, but: every tenth report differs on node B (one more
+    // envelope recipient); every tenth, offset by five, is sent to another journal address on
+    // node B (the SMTP envelope differs).
+    let copies_a: Arc<Vec<Vec<u8>>> = Arc::new((0..N).map(|i| report(i, &[])).collect());
+    let copies_b: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..N)
+            .map(|i| {
+                let i_usize = usize::try_from(i).unwrap();
+                if i % 10 == 0 {
+                    report(i, &[&format!("auditor-{i}@example.com")])
+                } else {
+                    copies_a[i_usize].clone()
+                }
+            })
+            .collect(),
+    );
     let rcpt_b = |i: u64| {
         if i % 10 == 5 {
             "second@archive.test".to_string()
@@ -204,16 +213,18 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
     let mut lanes = tokio::task::JoinSet::new();
     for c in 0..CONNECTIONS {
         for (node, addr) in [("a", a.smtp_addr()), ("b", b.smtp_addr())] {
+            let (copies_a, copies_b) = (copies_a.clone(), copies_b.clone());
             lanes.spawn(async move {
                 let mut smtp = Smtp::connect(addr).await.expect("connect");
                 let mut i = c;
                 while i < N {
+                    let at = usize::try_from(i).unwrap();
                     let (rcpt, bytes) = if node == "a" {
-                        (JOURNAL.to_string(), report(i, &[]))
+                        (JOURNAL.to_string(), &copies_a[at])
                     } else {
-                        (rcpt_b(i), copy_b(i))
+                        (rcpt_b(i), &copies_b[at])
                     };
-                    let code = smtp.send(&rcpt, &bytes).await.expect("SMTP");
+                    let code = smtp.send(&rcpt, bytes).await.expect("SMTP");
                     assert_eq!(code, 250, "node {node}, report {i}");
                     i += CONNECTIONS;
                 }
@@ -259,8 +270,9 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
             let auditor = format!("auditor-{i}@example.com");
             assert!(unique.contains(auditor.as_str()), "{}: union", key(i));
             assert_eq!(unique.len(), defaults.len() + 1, "{}", key(i));
-            differing_copies.insert(sha256(&copy_b(i)));
-            differing_copies.insert(sha256(&report(i, &[])));
+            let at = usize::try_from(i).unwrap();
+            differing_copies.insert(sha256(&copies_a[at]));
+            differing_copies.insert(sha256(&copies_b[at]));
         } else {
             assert_eq!(unique.len(), defaults.len(), "{}", key(i));
         }
@@ -481,9 +493,9 @@ async fn send_until_acked(
     conn: &mut Option<Smtp>,
     addr: SocketAddr,
     i: u64,
+    bytes: &[u8],
     deadline: Instant,
 ) -> u32 {
-    let bytes = report(i, &[]);
     let mut tries = 0;
     loop {
         tries += 1;
@@ -501,7 +513,7 @@ async fn send_until_acked(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        match c.send(JOURNAL, &bytes).await {
+        match c.send(JOURNAL, bytes).await {
             Ok(250) => return tries,
             Ok(code) => {
                 assert!(
@@ -571,10 +583,12 @@ async fn sigkilled_node_loses_nothing_acknowledged() {
             let (mut ca, mut cb) = (None, None);
             let mut i = lane;
             while i < N {
-                // The same report to both nodes at the same moment; each retried until 250.
+                // The same report (the same bytes) to both nodes at the same moment; each
+                // retried until 250, with the same bytes.
+                let bytes = report(i, &[]);
                 let (_, _) = tokio::join!(
-                    send_until_acked(&mut ca, a, i, deadline),
-                    send_until_acked(&mut cb, b, i, deadline)
+                    send_until_acked(&mut ca, a, i, &bytes, deadline),
+                    send_until_acked(&mut cb, b, i, &bytes, deadline)
                 );
                 let mut log = acked.lock().unwrap();
                 log.push((i, "a"));
