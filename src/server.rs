@@ -301,14 +301,22 @@ pub fn shared_refusals(config: &Config) -> Vec<String> {
         ));
     }
     if !config.collectors.is_empty() {
-        let names: Vec<&str> = config.collectors.iter().map(|c| c.name()).collect();
+        let names: Vec<&str> = config
+            .collectors
+            .iter()
+            .map(crate::config::CollectorConfig::name)
+            .collect();
         out.push(format!(
             "POP3 collectors ([[collector]] {}) are not built on the shared archive yet",
             names.join(", ")
         ));
     }
     if !config.forwards.is_empty() {
-        let names: Vec<&str> = config.forwards.iter().map(|f| f.name()).collect();
+        let names: Vec<&str> = config
+            .forwards
+            .iter()
+            .map(crate::config::ForwardConfig::name)
+            .collect();
         out.push(format!(
             "[[forward]] targets ({}) are not built on the shared archive yet",
             names.join(", ")

@@ -215,9 +215,9 @@ async fn readyz(State(state): State<NodeState>) -> Response {
 /// The archive-wide totals: every node's counters, summed in PostgreSQL.
 async fn status(State(state): State<NodeState>) -> Response {
     match state.ctx.shared.stats().await {
-        Ok(stats) => {
+        Ok(totals) => {
             let uptime = state.started.elapsed().as_secs();
-            Json(views::Status::new(&stats, uptime, Vec::new())).into_response()
+            Json(views::Status::new(&totals, uptime, Vec::new())).into_response()
         }
         Err(e) => {
             tracing::error!("status: {e}");

@@ -1,7 +1,7 @@
 //! Nodes of a shared archive (issue 13, scale-out) taking SMTP journal reports, against a real
 //! PostgreSQL and a real S3 server (Garage) from the kit: two nodes fed the same reports at the
 //! same moment store each once; PostgreSQL going away is 451 and ingest resumes; two node
-//! processes, one SIGKILLed at random moments while a retrying client sends to both, lose
+//! processes, one killed (SIGKILL) at random moments while a retrying client sends to both, lose
 //! nothing acknowledged and store nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -178,6 +178,7 @@ async fn check_stored(shared: &SharedArchive, key: &str) -> Record {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_fed_the_same_reports_store_each_once() {
     const N: u64 = 5_000;
+    const NU: usize = 5_000;
     const CONNECTIONS: u64 = 20;
     let pg = Postgres::shared();
     let db = "nodes_race";
@@ -291,11 +292,7 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
         }
         referenced_objects.insert(rec.file.clone());
     }
-    assert_eq!(
-        referenced_objects.len(),
-        N as usize,
-        "one object per record"
-    );
+    assert_eq!(referenced_objects.len(), NU, "one object per record");
     let in_bucket: BTreeSet<String> = shared.object_names().await.unwrap().into_iter().collect();
     assert!(
         referenced_objects.is_subset(&in_bucket),
@@ -309,7 +306,7 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
             "orphan {o} is not a differing copy's (identical copies must make one object)"
         );
     }
-    assert_eq!(in_bucket.len(), N as usize + orphans.len());
+    assert_eq!(in_bucket.len(), NU + orphans.len());
     eprintln!(
         "{} objects: {N} referenced, {} orphans from the {} differing copies' races",
         in_bucket.len(),
@@ -334,13 +331,16 @@ async fn two_nodes_fed_the_same_reports_store_each_once() {
     b.stop().await;
 }
 
+/// One SMTP transaction: report number, when it began, when it was answered, the code.
+type Answer = (u64, Instant, Instant, u16);
+
 /// One report sender on its own connection: sends reports from `next` on, records each code.
 async fn send_lane(
     addr: SocketAddr,
     lane: u64,
     lanes: u64,
     stop: tokio_util::sync::CancellationToken,
-    log: Arc<Mutex<Vec<(u64, Instant, Instant, u16)>>>,
+    log: Arc<Mutex<Vec<Answer>>>,
 ) {
     let mut smtp = Smtp::connect(addr).await.expect("connect");
     let mut i = lane;
@@ -377,8 +377,8 @@ async fn postgres_down_is_451_and_ingest_resumes() {
             log.clone(),
         ));
     }
-    let wait_for = |what: &str, cond: &dyn Fn(&[(u64, Instant, Instant, u16)]) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    let wait_for = |what: &str, cond: &dyn Fn(&[Answer]) -> bool| {
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if cond(&log.lock().unwrap()) {
                 return;
@@ -504,12 +504,11 @@ async fn send_until_acked(
             "report {i} to {addr}: no 250 after {tries} tries"
         );
         if conn.is_none() {
-            match Smtp::connect(addr).await {
-                Ok(c) => *conn = Some(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            if let Ok(c) = Smtp::connect(addr).await {
+                *conn = Some(c);
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         }
         let Some(c) = conn.as_mut() else { continue };
@@ -531,7 +530,7 @@ async fn send_until_acked(
     }
 }
 
-/// Two node processes on one PostgreSQL database and one bucket; node A is SIGKILLed at
+/// Two node processes on one PostgreSQL database and one bucket; node A is killed (SIGKILL) at
 /// random moments (seeded) and restarted while a client that retries like Exchange sends every
 /// report to both. Every report acknowledged by either node is in PostgreSQL with its object
 /// (SHA-256 checked), no key is recorded twice, and the bucket holds exactly the referenced
@@ -540,6 +539,7 @@ async fn send_until_acked(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_node_loses_nothing_acknowledged() {
     const N: u64 = 1_000;
+    const NU: usize = 1_000;
     const LANES: u64 = 10;
     const KILLS: u32 = 4;
     let seed = 0x6a67_6b69_6c6c_u64; // fixed: a failure replays
@@ -632,11 +632,7 @@ async fn sigkilled_node_loses_nothing_acknowledged() {
     let reader = TestNode::start(&shared_backends(&url, &garage, "reader")).await;
     let shared = reader.shared();
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(
-        acked.len(),
-        2 * N as usize,
-        "every report acknowledged by both"
-    );
+    assert_eq!(acked.len(), 2 * NU, "every report acknowledged by both");
     let keys: BTreeSet<u64> = acked.iter().map(|(i, _)| *i).collect();
     for i in &keys {
         let rec = check_stored(shared, &key(*i)).await;
@@ -650,7 +646,7 @@ async fn sigkilled_node_loses_nothing_acknowledged() {
     assert_eq!(rows.trim(), format!("{N}|{N}|0"), "no key recorded twice");
     let referenced: BTreeSet<String> = referenced(&pg, db).into_iter().collect();
     let in_bucket: BTreeSet<String> = shared.object_names().await.unwrap().into_iter().collect();
-    assert_eq!(referenced.len(), N as usize);
+    assert_eq!(referenced.len(), NU);
     let orphans: Vec<&String> = in_bucket.difference(&referenced).collect();
     assert!(
         referenced.is_subset(&in_bucket),
