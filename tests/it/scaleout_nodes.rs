@@ -657,3 +657,111 @@ async fn sigkilled_node_loses_nothing_acknowledged() {
     assert!(orphans.is_empty(), "orphans: {orphans:?}");
     reader.stop().await;
 }
+
+/// A report larger than the multipart threshold (16 MiB) on a node: spooled to the node's
+/// `spool/tmp` while it arrives, streamed to S3 as a multipart upload, read back byte-exact;
+/// the spool is empty afterwards. The same report again is a duplicate and stores nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_report_is_streamed_from_the_spool() {
+    let pg = Postgres::shared();
+    let db = "nodes_large";
+    let url = pg.create_database(db);
+    let garage = Garage::start("nodes-large");
+    let node = TestNode::start(&shared_backends(&url, &garage, "node-large")).await;
+    let big = sample::report_2007(&sample::numbered(7, 20 << 20), &[]);
+    assert!(big.len() > 16 << 20);
+    let mut smtp = Smtp::connect(node.smtp_addr()).await.unwrap();
+    assert_eq!(smtp.send(JOURNAL, &big).await.unwrap(), 250);
+    assert_eq!(smtp.send(JOURNAL, &big).await.unwrap(), 250);
+    let rec = check_stored(node.shared(), &key(7)).await;
+    assert_eq!(rec.sightings.len(), 2);
+    let bytes = node.shared().read_object(&rec.file).await.unwrap();
+    assert!(bytes == big, "the object is the report, byte-exact");
+    assert_eq!(node.shared().object_names().await.unwrap().len(), 1);
+    let spool: Vec<_> = std::fs::read_dir(node.data_dir().join("spool/tmp"))
+        .unwrap()
+        .collect();
+    assert!(spool.is_empty(), "spool files left: {spool:?}");
+    let _ = smtp.command("QUIT").await;
+    node.stop().await;
+}
+
+/// `check-config` of a node prints both engines without the password or the secret key, and
+/// refuses (naming each and pointing to docs/scale-out.md) what a node cannot serve yet;
+/// an offline archive command refuses a shared configuration.
+#[test]
+fn check_config_shows_the_engines_and_refuses_what_a_node_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = "[index]\nbackend = \"postgres\"\nurl = \"postgresql://gw:pg-s3cret@db.example:5433/journal\"\nnode = \"gw-1\"\n\
+                    [store]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"journal\"\n\
+                    access_key_id = \"GKkey\"\nsecret_access_key = \"s3-t0psecret\"\n";
+    let run = |name: &str, extra: &str, args: &[&str]| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n{extra}{backends}",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(crate::gateway_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run("plain", "", &["check-config"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("index: PostgreSQL"), "{out}");
+    assert!(
+        out.contains("host db.example port 5433 database journal user gw"),
+        "{out}"
+    );
+    assert!(out.contains("node gw-1"), "{out}");
+    assert!(
+        out.contains("store: S3 http://127.0.0.1:3900 bucket journal"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("pg-s3cret") && !out.contains("s3-t0psecret"),
+        "{out}"
+    );
+
+    let collector =
+        "[[collector]]\nname = \"exch\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\n\
+                     allow_insecure = true\nusername = \"u\"\npassword = \"p\"\n";
+    let (ok, out) = run("collector", collector, &["check-config"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("POP3 collectors ([[collector]] exch)"),
+        "{out}"
+    );
+    assert!(out.contains("docs/scale-out.md"), "{out}");
+    let (ok, out) = run("serve", collector, &["serve"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("POP3 collectors ([[collector]] exch)"),
+        "{out}"
+    );
+
+    let (ok, out) = run("verify", "", &["verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("`verify` works on a single node's archive"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("data/index.redb").exists(),
+        "no local index made"
+    );
+}
