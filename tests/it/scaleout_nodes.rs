@@ -765,3 +765,156 @@ fn check_config_shows_the_engines_and_refuses_what_a_node_cannot_serve() {
         "no local index made"
     );
 }
+
+/// A TCP proxy to `target` that can be switched off: every connection, open or new, is then
+/// dropped at once, as an unreachable store would be.
+struct Switch {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    async fn start(target: SocketAddr) -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut rx = rx.clone();
+                if !*rx.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Switch { port, up, task }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The object store unreachable during ingest (a proxy in front of Garage switched off): every
+/// new report sent while it is down is answered 451 within the store client's bounded retries
+/// (never 250, never 5xx); once it is back, 250s resume by themselves, and every acknowledged
+/// report is in PostgreSQL with its object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_store_down_is_451_and_ingest_resumes() {
+    const LANES: u64 = 4;
+    let pg = Postgres::shared();
+    let db = "nodes_s3_down";
+    let url = pg.create_database(db);
+    let garage = Garage::start("nodes-s3-down");
+    let target: SocketAddr = garage
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let switch = Switch::start(target).await;
+    let backends = shared_backends(&url, &garage, "node-s3").replace(
+        &garage.endpoint,
+        &format!("http://127.0.0.1:{}", switch.port),
+    );
+    let node = TestNode::start(&backends).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        lanes.spawn(send_lane(
+            node.smtp_addr(),
+            lane,
+            LANES,
+            stop.clone(),
+            log.clone(),
+        ));
+    }
+    let wait_for = |what: &str, cond: &dyn Fn(&[Answer]) -> bool| {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if cond(&log.lock().unwrap()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    tokio::task::block_in_place(|| {
+        wait_for("50 acknowledged reports", &|l| {
+            l.iter().filter(|e| e.3 == 250).count() >= 50
+        });
+    });
+    switch.set(false);
+    let down = Instant::now();
+    tokio::task::block_in_place(|| {
+        wait_for("12 answers while the store is down", &|l| {
+            l.iter().filter(|e| e.1 > down).count() >= 12
+        });
+    });
+    let up = Instant::now();
+    switch.set(true);
+    tokio::task::block_in_place(|| {
+        wait_for("50 acknowledged reports after it is back", &|l| {
+            l.iter().filter(|e| e.1 > up && e.3 == 250).count() >= 50
+        });
+    });
+    stop.cancel();
+    while let Some(done) = tokio::time::timeout(STEP, lanes.join_next())
+        .await
+        .expect("the senders stop")
+    {
+        done.expect("sender");
+    }
+    let log = log.lock().unwrap().clone();
+    let while_down: Vec<_> = log.iter().filter(|e| e.1 > down && e.2 < up).collect();
+    assert!(
+        while_down.len() >= 12,
+        "{} answers while down",
+        while_down.len()
+    );
+    for (i, _, _, code) in &while_down {
+        assert_eq!(*code, 451, "report {i} while the store was down");
+    }
+    for (i, _, _, code) in &log {
+        assert!(
+            *code == 250 || *code == 451,
+            "report {i}: {code} (only 250 or 451)"
+        );
+    }
+    let acked: BTreeSet<u64> = log.iter().filter(|e| e.3 == 250).map(|e| e.0).collect();
+    for i in &acked {
+        check_stored(node.shared(), &key(*i)).await;
+    }
+    let refused: Vec<u64> = log.iter().filter(|e| e.3 == 451).map(|e| e.0).collect();
+    for i in &refused {
+        assert!(
+            node.shared().index().get(&key(*i)).await.unwrap().is_none(),
+            "report {i} was answered 451 but recorded"
+        );
+    }
+    eprintln!(
+        "{} answers: {} while down (all 451), {} acknowledged, all stored",
+        log.len(),
+        while_down.len(),
+        acked.len()
+    );
+    node.stop().await;
+}
