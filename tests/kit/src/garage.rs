@@ -139,6 +139,12 @@ root_domain = ".s3.garage.localhost"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The server's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// The node's log so far (for assertion messages).
     #[must_use]
     pub fn log(&self) -> String {

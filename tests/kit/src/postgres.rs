@@ -166,6 +166,18 @@ impl Postgres {
         pg
     }
 
+    /// The postmaster's process id (its backends are its children), while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The directory of its unix socket.
     #[must_use]
     pub fn socket_dir(&self) -> PathBuf {
