@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use crate::archive::{Applied, Archive, ArchiveError, Arrival};
+use crate::archive::{Applied, Archive, ArchiveError, Arrival, SharedArchive, SharedError};
 use crate::clock::UnixMs;
 use crate::index::{IndexError, Provenance, Record, Sighting};
 use crate::journal;
@@ -143,6 +143,15 @@ pub enum IngestError {
     /// The ingest path is closed (shutdown); the sender retries later.
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// The shared archive's PostgreSQL or object store failed (scale-out nodes).
+    #[error("shared archive failed: {0}")]
+    Shared(#[source] Arc<SharedError>),
+}
+
+impl From<SharedError> for IngestError {
+    fn from(e: SharedError) -> IngestError {
+        IngestError::Shared(Arc::new(e))
+    }
 }
 
 impl From<io::Error> for IngestError {
@@ -182,11 +191,37 @@ pub struct Ingest {
 }
 
 struct Inner {
-    archive: Arc<Archive>,
+    engine: Engine,
     metrics: Metrics,
     jobs: Mutex<mpsc::Sender<Job>>,
     closed: AtomicBool,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The engine the ingest path records into: the node's own redb + Maildir, or PostgreSQL + S3
+/// shared with other nodes. The ingest branches on it only where it looks up, stores and
+/// commits.
+#[derive(Clone)]
+enum Engine {
+    Local(Arc<Archive>),
+    Shared(Arc<SharedArchive>),
+}
+
+impl Engine {
+    /// Where large messages are spooled while they arrive.
+    fn spool(&self) -> &crate::store::Maildir {
+        match self {
+            Engine::Local(archive) => archive.store(),
+            Engine::Shared(shared) => shared.spool(),
+        }
+    }
+
+    fn local(&self) -> Option<&Arc<Archive>> {
+        match self {
+            Engine::Local(archive) => Some(archive),
+            Engine::Shared(_) => None,
+        }
+    }
 }
 
 enum Job {
@@ -203,34 +238,7 @@ impl Ingest {
     #[must_use]
     pub fn new(archive: Arc<Archive>, metrics: Metrics) -> Ingest {
         if let Ok(stats) = archive.stats() {
-            let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
-                c.with_label_values(&[label]).inc_by(v);
-            };
-            seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
-            seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
-            seed(
-                &metrics.duplicates,
-                Source::SMTP_LABEL,
-                stats.duplicates_smtp,
-            );
-            seed(
-                &metrics.duplicates,
-                Source::POP3_LABEL,
-                stats.duplicates_pop3,
-            );
-            seed(&metrics.archive_bytes, Source::SMTP_LABEL, stats.bytes_smtp);
-            seed(&metrics.archive_bytes, Source::POP3_LABEL, stats.bytes_pop3);
-            seed(
-                &metrics.received,
-                Source::SMTP_LABEL,
-                stats.archived_smtp + stats.duplicates_smtp,
-            );
-            seed(
-                &metrics.received,
-                Source::POP3_LABEL,
-                stats.archived_pop3 + stats.duplicates_pop3,
-            );
-            metrics.conflicts.inc_by(stats.conflicts);
+            seed_counters(&metrics, &stats);
         }
         let (tx, rx) = mpsc::channel();
         let committer = {
@@ -242,7 +250,7 @@ impl Ingest {
         };
         Ingest {
             inner: Arc::new(Inner {
-                archive,
+                engine: Engine::Local(archive),
                 metrics,
                 jobs: Mutex::new(tx),
                 closed: AtomicBool::new(false),
@@ -251,12 +259,69 @@ impl Ingest {
         }
     }
 
+    /// The ingest path of a node of a shared archive (PostgreSQL + S3): commits go to the
+    /// archive's own committer task. `seed` starts this process's counters (the node's counters
+    /// in PostgreSQL, [`crate::index::pg::PgIndex::node_stats`]).
+    #[must_use]
+    pub fn shared(
+        shared: Arc<SharedArchive>,
+        metrics: Metrics,
+        seed: &crate::index::Stats,
+    ) -> Ingest {
+        seed_counters(&metrics, seed);
+        // No local committer: its channel is closed from the start.
+        let (tx, _) = mpsc::channel();
+        Ingest {
+            inner: Arc::new(Inner {
+                engine: Engine::Shared(shared),
+                metrics,
+                jobs: Mutex::new(tx),
+                closed: AtomicBool::new(false),
+                committer: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// Starts the Prometheus counters at what the archive (or the node) counted so far.
+fn seed_counters(metrics: &Metrics, stats: &crate::index::Stats) {
+    let seed = |c: &prometheus::IntCounterVec, label: &str, v: u64| {
+        c.with_label_values(&[label]).inc_by(v);
+    };
+    seed(&metrics.archived, Source::SMTP_LABEL, stats.archived_smtp);
+    seed(&metrics.archived, Source::POP3_LABEL, stats.archived_pop3);
+    seed(
+        &metrics.duplicates,
+        Source::SMTP_LABEL,
+        stats.duplicates_smtp,
+    );
+    seed(
+        &metrics.duplicates,
+        Source::POP3_LABEL,
+        stats.duplicates_pop3,
+    );
+    seed(&metrics.archive_bytes, Source::SMTP_LABEL, stats.bytes_smtp);
+    seed(&metrics.archive_bytes, Source::POP3_LABEL, stats.bytes_pop3);
+    seed(
+        &metrics.received,
+        Source::SMTP_LABEL,
+        stats.archived_smtp + stats.duplicates_smtp,
+    );
+    seed(
+        &metrics.received,
+        Source::POP3_LABEL,
+        stats.archived_pop3 + stats.duplicates_pop3,
+    );
+    metrics.conflicts.inc_by(stats.conflicts);
+}
+
+impl Ingest {
     /// A writer for one incoming message: write the bytes as they arrive, then pass it to
     /// [`Ingest::ingest`]. Dropping it unfinished removes any spool file.
     #[must_use]
     pub fn writer(&self) -> MessageWriter {
         MessageWriter {
-            archive: self.inner.archive.clone(),
+            engine: self.inner.engine.clone(),
             head: Vec::new(),
             spool: None,
             hasher: Sha256::new(),
@@ -320,7 +385,6 @@ impl Ingest {
             return Err(IngestError::ShuttingDown);
         }
         let (message, ndr) = self.unwrap_ndr(message).await?;
-        let archive = &self.inner.archive;
         let MessageWriter {
             head,
             mut spool,
@@ -371,6 +435,24 @@ impl Ingest {
             vec![sighting.clone()],
         );
         let variant_key = variant_key(&key, &record.identity);
+        let archive = match &self.inner.engine {
+            Engine::Local(archive) => archive,
+            Engine::Shared(shared) => {
+                let arrival = crate::index::pg::Arrival {
+                    key,
+                    variant_key,
+                    record,
+                    sighting,
+                    object: None,
+                };
+                let body = Body { head, spool };
+                let outcome = ingest_shared(shared, arrival, body).await?;
+                if let Some(ndr) = &ndr {
+                    self.count_ndr(ndr, label, outcome.key());
+                }
+                return Ok((outcome, len));
+            }
+        };
         let mut arrival = Arrival {
             key,
             variant_key,
@@ -558,7 +640,7 @@ impl Ingest {
             spool.keep = true; // From here the archive renames or removes it.
             Ok(spool.name.clone())
         } else {
-            let archive = self.inner.archive.clone();
+            let archive = self.local()?.clone();
             let name = archive.store().new_file_name();
             let head = body.head;
             let n = name.clone();
@@ -573,7 +655,7 @@ impl Ingest {
     /// this returns): a duplicate's report kept for the `forward_new_recipients` targets. On
     /// failure the file goes.
     async fn keep_for_forwarding(&self, name: String) -> Result<String, IngestError> {
-        let archive = self.inner.archive.clone();
+        let archive = self.local()?.clone();
         tokio::task::spawn_blocking(move || {
             let from = archive.store().tmp_path(&name);
             match archive.outbound_files().adopt(&from, &name) {
@@ -609,7 +691,16 @@ impl Ingest {
     /// listeners and collectors take no new mail then. None when there is room (or the check
     /// failed: a write that fails is answered as a storage error anyway).
     pub(crate) fn storage_low(&self) -> Option<crate::store::Space> {
-        self.inner.archive.store().space().low()
+        self.inner.engine.spool().space().low()
+    }
+
+    /// The local archive (an error on a node of a shared archive, where nothing calls this).
+    fn local(&self) -> Result<&Arc<Archive>, IngestError> {
+        self.inner.engine.local().ok_or_else(|| {
+            IngestError::Storage(Arc::new(io::Error::other(
+                "no local archive on a node of a shared archive",
+            )))
+        })
     }
 
     /// [`Ingest::ingest`] for a message already in memory.
@@ -627,6 +718,9 @@ impl Ingest {
     /// after this fail with [`IngestError::ShuttingDown`].
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        if let Engine::Shared(shared) = &self.inner.engine {
+            shared.close().await;
+        }
         if let Ok(jobs) = self.inner.jobs.lock() {
             let _ = jobs.send(Job::Stop);
         }
@@ -642,7 +736,7 @@ impl Ingest {
         collector: &str,
         uidl: &str,
     ) -> Result<Option<String>, IngestError> {
-        let index = self.inner.archive.index().clone();
+        let index = self.local()?.index().clone();
         let (collector, uidl) = (collector.to_string(), uidl.to_string());
         tokio::task::spawn_blocking(move || index.uidl_key(&collector, &uidl))
             .await
@@ -657,7 +751,16 @@ impl Ingest {
         collector: &str,
         uidls: Vec<String>,
     ) -> Result<Vec<bool>, IngestError> {
-        let index = self.inner.archive.index().clone();
+        let index = match &self.inner.engine {
+            Engine::Local(archive) => archive.index().clone(),
+            Engine::Shared(shared) => {
+                return shared
+                    .index()
+                    .known_uidls(collector, &uidls)
+                    .await
+                    .map_err(|e| SharedError::from(e).into());
+            }
+        };
         let collector = collector.to_string();
         tokio::task::spawn_blocking(move || index.known_uidls(&collector, &uidls))
             .await
@@ -665,10 +768,19 @@ impl Ingest {
             .map_err(IngestError::from)
     }
 
-    /// The archive behind the ingest path.
+    /// The local archive behind the ingest path (None on a node of a shared archive).
     #[must_use]
-    pub fn archive(&self) -> &Arc<Archive> {
-        &self.inner.archive
+    pub fn archive(&self) -> Option<&Arc<Archive>> {
+        self.inner.engine.local()
+    }
+
+    /// The shared archive behind the ingest path (None on a single node).
+    #[must_use]
+    pub fn shared_archive(&self) -> Option<&Arc<SharedArchive>> {
+        match &self.inner.engine {
+            Engine::Shared(shared) => Some(shared),
+            Engine::Local(_) => None,
+        }
     }
 }
 
@@ -784,6 +896,56 @@ fn commit_loop(archive: &Archive, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
+/// The ingest of one parsed arrival into the shared archive: known original? (one read) -> no
+/// object; else PUT the bytes (a spool file streamed) -> the node's group commit -> the outcome.
+/// Every failure is an [`IngestError::Shared`] (451); nothing is acknowledged before the commit.
+async fn ingest_shared(
+    shared: &SharedArchive,
+    mut arrival: crate::index::pg::Arrival,
+    body: Body,
+) -> Result<Outcome, IngestError> {
+    use crate::index::pg::Applied as PgApplied;
+    let known = shared
+        .find(&arrival.key, &arrival.variant_key, &arrival.record.identity)
+        .await?;
+    let mut body = Some(body);
+    if known.is_none() {
+        arrival.object = Some(put_shared(shared, body.take()).await?);
+    }
+    loop {
+        match shared
+            .commit(arrival.clone())
+            .await
+            .map_err(IngestError::Shared)?
+        {
+            PgApplied::Archived { key, variant } => return Ok(Outcome::Archived { key, variant }),
+            PgApplied::Duplicate { key } => return Ok(Outcome::Duplicate { key }),
+            PgApplied::NeedsObject => {
+                // Known a moment ago, gone now: store it and commit again (once).
+                if arrival.object.is_some() {
+                    return Err(IngestError::LostFile);
+                }
+                arrival.object = Some(put_shared(shared, body.take()).await?);
+            }
+        }
+    }
+}
+
+/// PUTs a message's bytes (from memory, or streamed from its spool file) and returns the
+/// object's name; the spool file goes when this returns.
+async fn put_shared(shared: &SharedArchive, body: Option<Body>) -> Result<String, IngestError> {
+    let Some(body) = body else {
+        return Err(IngestError::LostFile);
+    };
+    match body.spool {
+        Some(mut spool) => {
+            spool.file.flush().await?;
+            Ok(shared.put_file(&spool.path).await?)
+        }
+        None => Ok(shared.put_bytes(body.head).await?),
+    }
+}
+
 /// What the "known original?" lookup needs of an arrival (not its recipients, which may be
 /// 100,000 long).
 struct Lookup {
@@ -826,7 +988,7 @@ impl Drop for Spool {
 /// Collects the bytes of one message: in memory up to [`MEMORY_LIMIT`], then in a spool file in
 /// the archive's `tmp/` directory (same file system, so archiving it is a rename).
 pub struct MessageWriter {
-    archive: Arc<Archive>,
+    engine: Engine,
     /// The bytes while they fit in [`MEMORY_LIMIT`]; empty once spooled.
     head: Vec<u8>,
     spool: Option<Spool>,
@@ -845,8 +1007,8 @@ impl MessageWriter {
             return Ok(());
         }
         if self.spool.is_none() {
-            let name = self.archive.store().new_file_name();
-            let path = self.archive.store().tmp_path(&name);
+            let name = self.engine.spool().new_file_name();
+            let path = self.engine.spool().tmp_path(&name);
             // Readable too: the message is parsed from it ([`parse_spooled`]).
             let file = tokio::fs::OpenOptions::new()
                 .read(true)

@@ -390,6 +390,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = load(config.as_ref())?;
             print!("{}", journal_gateway::server::describe(&config));
+            let refusals = journal_gateway::server::shared_refusals(&config);
+            if !refusals.is_empty() {
+                anyhow::bail!(
+                    "a node of a shared archive (PostgreSQL + S3) cannot serve this configuration yet (see docs/scale-out.md):\n  - {}",
+                    refusals.join("\n  - ")
+                );
+            }
             println!("configuration OK");
             Ok(())
         }
@@ -404,6 +411,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Export { config, out } => {
             let config = load(config.as_ref())?;
+            local_only(&config, "export")?;
             let archive = journal_gateway::archive::Archive::open(&config.data_dir)?;
             let n = archive.export(&out)?;
             println!("exported {n} messages to {}", out.display());
@@ -411,12 +419,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::SmtpUser { action } => smtp_user(action),
         Command::Storage { action } => cli::storage::run(action),
-        Command::Verify { config } => cli::archive::verify(config.as_ref()),
-        Command::Reindex { config } => cli::archive::reindex(config.as_ref()),
+        Command::Verify { config } => {
+            local_only(&load(config.as_ref())?, "verify")?;
+            cli::archive::verify(config.as_ref())
+        }
+        Command::Reindex { config } => {
+            local_only(&load(config.as_ref())?, "reindex")?;
+            cli::archive::reindex(config.as_ref())
+        }
         Command::Ledger {
             action: LedgerCommand::Head { offline, remote },
         } => {
             if offline {
+                local_only(&load(remote.config.as_ref())?, "ledger head --offline")?;
                 cli::archive::ledger_head(remote.config.as_ref())
             } else {
                 remote_verb(remote, Verb::LedgerHead)
@@ -424,7 +439,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Ledger {
             action: LedgerCommand::Verify { head, config },
-        } => cli::archive::ledger_verify(config.as_ref(), head.as_deref()),
+        } => {
+            local_only(&load(config.as_ref())?, "ledger verify")?;
+            cli::archive::ledger_verify(config.as_ref(), head.as_deref())
+        }
         Command::Token {
             command: TokenCommand::Rotate { config, server },
         } => cli::token::rotate(config.as_ref(), server),
@@ -437,6 +455,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Restore { from, config } => {
             let config = Config::load(&config)?;
+            local_only(&config, "restore")?;
             let restored = journal_gateway::archive::restore(&from, &config.data_dir)?;
             println!(
                 "restored {} messages ({} bytes) from {} into {}; every file checked against its record",
@@ -518,6 +537,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             remote_verb(remote, verb)
         }
     }
+}
+
+/// Refuses an offline command that works on the node's own redb + Maildir when the
+/// configuration is a node of a shared archive (PostgreSQL + S3): its data directory holds no
+/// archive, and the command would answer about an empty one.
+fn local_only(config: &Config, command: &str) -> anyhow::Result<()> {
+    if journal_gateway::server::is_shared(config) {
+        anyhow::bail!(
+            "`{command}` works on a single node's archive (redb + Maildir); it is not available on a node of a shared archive (PostgreSQL + S3) yet: see docs/scale-out.md"
+        );
+    }
+    Ok(())
 }
 
 /// `smtp-user add|remove|list`: edits the users file of the configuration.

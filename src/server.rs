@@ -13,10 +13,10 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::Archive;
-use crate::config::Config;
+use crate::archive::{Archive, SharedArchive};
+use crate::config::{Config, IndexBackend, StoreBackend};
 use crate::forward::Forwarders;
-use crate::http::{HttpContext, HttpServer};
+use crate::http::{HttpContext, HttpServer, NodeContext, NodeHttpServer};
 use crate::index::CollectorStore;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -89,6 +89,13 @@ pub struct Running {
 /// collectors, then binds and starts what `what` asks for. Every listener is bound before this
 /// returns, so a bad address fails here.
 pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
+    if is_shared(&config) {
+        anyhow::bail!(
+            "this configuration is a node of a shared archive ([index] backend = \"postgres\", \
+             [store] backend = \"s3\"): it has no local archive to open here; `serve` runs it \
+             (see docs/scale-out.md)"
+        );
+    }
     let config = Arc::new(config);
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
@@ -269,6 +276,241 @@ impl Running {
     }
 }
 
+/// Whether `config` makes a node of a shared archive (`[index] backend = "postgres"` or
+/// `[store] backend = "s3"`; [`shared_refusals`] says whether it may start).
+#[must_use]
+pub fn is_shared(config: &Config) -> bool {
+    config.index.backend == IndexBackend::Postgres || config.store.backend == StoreBackend::S3
+}
+
+/// What a node of a shared archive cannot serve yet but `config` asks for, one line each (empty:
+/// nothing, or not a shared archive). `serve` and `check-config` refuse such a configuration
+/// with all of them named, rather than serve them from a local index that is not the archive.
+#[must_use]
+pub fn shared_refusals(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if !is_shared(config) {
+        return out;
+    }
+    if config.index.backend != IndexBackend::Postgres || config.store.backend != StoreBackend::S3 {
+        out.push(format!(
+            "[index] backend = \"{}\" with [store] backend = \"{}\": a shared archive needs both \
+             PostgreSQL and S3 (or neither)",
+            config.index.backend.as_str(),
+            config.store.backend.as_str()
+        ));
+    }
+    if !config.collectors.is_empty() {
+        let names: Vec<&str> = config
+            .collectors
+            .iter()
+            .map(crate::config::CollectorConfig::name)
+            .collect();
+        out.push(format!(
+            "POP3 collectors ([[collector]] {}) are not built on the shared archive yet",
+            names.join(", ")
+        ));
+    }
+    if !config.forwards.is_empty() {
+        let names: Vec<&str> = config
+            .forwards
+            .iter()
+            .map(crate::config::ForwardConfig::name)
+            .collect();
+        out.push(format!(
+            "[[forward]] targets ({}) are not built on the shared archive yet",
+            names.join(", ")
+        ));
+    }
+    out
+}
+
+/// The error of a shared-archive configuration that asks for what is not built on it yet.
+fn refused(refusals: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "a node of a shared archive (PostgreSQL + S3) cannot serve this configuration yet \
+         (see docs/scale-out.md):\n  - {}",
+        refusals.join("\n  - ")
+    )
+}
+
+/// A started node of a shared archive (PostgreSQL + S3): SMTP ingest and HTTP (metrics, health,
+/// archive-wide status); see [`start_node`].
+pub struct Node {
+    /// Bound plain (STARTTLS) SMTP addresses (empty without SMTP).
+    pub smtp_addrs: Vec<SocketAddr>,
+    /// Bound implicit-TLS SMTP addresses.
+    pub smtp_tls_addrs: Vec<SocketAddr>,
+    /// The SMTP certificate in use (None without SMTP).
+    pub smtp_cert: Option<PathBuf>,
+    /// The bound HTTP address (None without HTTP).
+    pub http_addr: Option<SocketAddr>,
+    /// The shared archive (PostgreSQL, S3, this node's committer).
+    pub shared: Arc<SharedArchive>,
+    /// The one ingest path.
+    pub ingest: Ingest,
+    /// The Prometheus registry.
+    pub metrics: Metrics,
+    /// Cancel to shut the node down; see [`Node::stop`].
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// Starts a node of a shared archive: connects to PostgreSQL (creating or migrating the schema)
+/// and the bucket, then binds SMTP and HTTP as `what` asks (collectors and forward targets are
+/// refused, [`shared_refusals`]). Every listener is bound before this returns.
+///
+/// # Errors
+/// A configuration [`shared_refusals`] names, unreachable engines, an address that does not
+/// bind.
+pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
+    if !is_shared(&config) {
+        anyhow::bail!("not a shared archive: [index] backend = \"postgres\" and [store] backend = \"s3\" make one");
+    }
+    let refusals = shared_refusals(&config);
+    if !refusals.is_empty() {
+        return Err(refused(&refusals));
+    }
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(SharedArchive::open(&config).await?);
+    shared.spool().space().configure(
+        config.storage.reserve,
+        metrics.archive_free_bytes.clone(),
+        metrics.archive_reserve_bytes.clone(),
+    );
+    let seed = match shared.index().node_stats(shared.node()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("reading this node's counters: {e}; they start at 0");
+            crate::index::Stats::default()
+        }
+    };
+    let ingest = Ingest::shared(shared.clone(), metrics.clone(), &seed);
+    let mut node = Node {
+        smtp_addrs: Vec::new(),
+        smtp_tls_addrs: Vec::new(),
+        smtp_cert: None,
+        http_addr: None,
+        shared,
+        ingest,
+        metrics,
+        shutdown,
+        tasks: JoinSet::new(),
+    };
+    let smtp = if what.smtp {
+        let smtp = SmtpServer::bind(
+            &config,
+            node.ingest.clone(),
+            node.metrics.clone(),
+            node.shutdown.clone(),
+        )
+        .await?;
+        node.smtp_addrs = smtp.plain_addrs();
+        node.smtp_tls_addrs = smtp.tls_addrs();
+        node.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
+        node.metrics
+            .tls_cert_expiry
+            .with_label_values(&["smtp"])
+            .set(smtp.tls_identity().not_after);
+        Some(smtp)
+    } else {
+        None
+    };
+    let http = if what.http {
+        let http = NodeHttpServer::bind(
+            &config,
+            NodeContext {
+                shared: node.shared.clone(),
+                metrics: node.metrics.clone(),
+                shutdown: node.shutdown.clone(),
+            },
+        )
+        .await?;
+        node.http_addr = Some(http.local_addr()?);
+        if let Some(cert) = &config.http.tls_cert {
+            let expiry = crate::tls::not_after_of_file(cert)?;
+            node.metrics
+                .tls_cert_expiry
+                .with_label_values(&["http"])
+                .set(expiry);
+        }
+        Some(http)
+    } else {
+        None
+    };
+    if let Some(smtp) = smtp {
+        node.tasks.spawn(smtp.run());
+    }
+    if let Some(http) = http {
+        let readiness = http.readiness();
+        node.tasks.spawn(http.run());
+        readiness.set_listeners_bound();
+    }
+    Ok(node)
+}
+
+impl Node {
+    /// Waits until the node is shut down and every task has finished, then finishes the queued
+    /// commits. A task that fails or panics shuts the rest down and is returned.
+    ///
+    /// # Errors
+    /// The first task that failed.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a node task panicked: {e}"),
+            };
+            self.shutdown.cancel();
+            if result.is_ok() {
+                result = Err(failed);
+            }
+        }
+        self.ingest.close().await;
+        result
+    }
+
+    /// Shuts down: listeners stop accepting, sessions finish their in-flight messages, the
+    /// queued commits finish.
+    ///
+    /// # Errors
+    /// As [`Node::wait`].
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// `serve` for a node of a shared archive.
+async fn serve_node(config: Config, stop: StopSignals) -> anyhow::Result<()> {
+    let node = start_node(config, Start::ALL).await?;
+    for addr in &node.smtp_addrs {
+        tracing::info!("SMTP (STARTTLS) listening on {addr}");
+    }
+    for addr in &node.smtp_tls_addrs {
+        tracing::info!("SMTP (implicit TLS) listening on {addr}");
+    }
+    crate::systemd::ready(
+        "listening (node of a shared archive)",
+        node.shutdown.clone(),
+        || async {
+            Err("reloading is not available on a node of a shared archive yet: restart the node (see docs/scale-out.md)".to_string())
+        },
+    );
+    let shutdown = node.shutdown.clone();
+    tokio::spawn(async move {
+        stop.wait().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight messages");
+        shutdown.cancel();
+    });
+    node.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     for line in describe(&config).lines() {
@@ -280,6 +522,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stop = StopSignals::install();
     let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .inspect_err(|e| tracing::warn!("cannot listen for SIGHUP ({e})"));
+    if is_shared(&config) {
+        return serve_node(config, stop).await;
+    }
     let running = start(config, Start::ALL).await?;
     for addr in &running.smtp_addrs {
         tracing::info!("SMTP (STARTTLS) listening on {addr}");
@@ -355,6 +600,8 @@ pub fn describe(config: &Config) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "data directory: {}", config.data_dir.display());
+    let _ = writeln!(s, "{}", describe_index(config));
+    let _ = writeln!(s, "{}", describe_store(config));
     for a in &config.smtp.listen {
         let _ = writeln!(s, "SMTP (STARTTLS): {a} as {}", config.smtp.hostname);
     }
@@ -406,4 +653,76 @@ pub fn describe(config: &Config) -> String {
         );
     }
     s
+}
+
+/// The index's engine, for [`describe`]: never the connection string's password.
+fn describe_index(config: &Config) -> String {
+    let i = &config.index;
+    match i.backend {
+        IndexBackend::Redb => "index: redb (<data directory>/index.redb)".to_string(),
+        IndexBackend::Postgres => {
+            let source = match (&i.url, &i.url_file, &i.url_env) {
+                (Some(_), _, _) => "connection string in the file (not shown)".to_string(),
+                (_, Some(f), _) => format!("connection string from {}", f.display()),
+                (_, _, Some(v)) => format!("connection string from ${v}"),
+                _ => "no connection string".to_string(),
+            };
+            // Where it connects, from the parsed string (no password).
+            let target = i
+                .pg_settings()
+                .ok()
+                .and_then(|p| p.url.parse::<tokio_postgres::Config>().ok())
+                .map(|c| {
+                    let hosts: Vec<String> = c
+                        .get_hosts()
+                        .iter()
+                        .map(|h| match h {
+                            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                        })
+                        .collect();
+                    let ports: Vec<String> =
+                        c.get_ports().iter().map(ToString::to_string).collect();
+                    format!(
+                        ", host {} port {} database {} user {}",
+                        hosts.join(","),
+                        ports.join(","),
+                        c.get_dbname().unwrap_or("(default)"),
+                        c.get_user().unwrap_or("(default)")
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "index: PostgreSQL ({source}{target}; pool {}, timeout {:?}{}), node {}",
+                i.pool_size,
+                i.timeout,
+                i.ca_file
+                    .as_ref()
+                    .map(|f| format!(", CA {}", f.display()))
+                    .unwrap_or_default(),
+                i.node_name()
+            )
+        }
+    }
+}
+
+/// The message store's engine, for [`describe`]: never the secret key.
+fn describe_store(config: &Config) -> String {
+    let st = &config.store;
+    match st.backend {
+        StoreBackend::Maildir => "store: Maildir (<data directory>/archive)".to_string(),
+        StoreBackend::S3 => format!(
+            "store: S3 {} bucket {} region {}{}{}, access key {} (secret not shown)",
+            st.endpoint.as_deref().unwrap_or("(none)"),
+            st.bucket.as_deref().unwrap_or("(none)"),
+            st.region,
+            if st.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" prefix {}", st.prefix)
+            },
+            if st.path_style { ", path-style" } else { "" },
+            st.access_key_id.as_deref().unwrap_or("(none)")
+        ),
+    }
 }

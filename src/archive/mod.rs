@@ -42,8 +42,10 @@ pub use crate::index::{
 mod backup;
 #[cfg(test)]
 mod outbound_tests;
+mod shared;
 
 pub use backup::{read_manifest, restore, BackupError, BackupSummary, MANIFEST};
+pub use shared::{SharedArchive, SharedError};
 
 use crate::clock::UnixMs;
 use crate::index::{Facts, Index, IndexError, Kind, OutboundEntry, OutboundStore};

@@ -27,8 +27,10 @@ mod api;
 pub mod auth;
 mod console;
 mod https;
+mod node;
 
 pub(crate) use https::{HttpsCert, HttpsLive};
+pub use node::{NodeContext, NodeHttpServer, NOT_ON_SHARED};
 pub mod views;
 
 use std::net::SocketAddr;

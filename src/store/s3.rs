@@ -11,11 +11,11 @@
 //! commit, or the loser of a cross-node race) for the sweeper, which [`S3Store::list`] and
 //! [`S3Store::head`] serve.
 //!
-//! Not wired in yet: the next increment puts it behind the archive beside the Maildir.
+//! Behind [`crate::archive::SharedArchive`] on a node of a shared archive.
 
 #![allow(
     dead_code,
-    reason = "the building block of issue 13's first increment: tested here, wired into the archive by the next"
+    reason = "issue 13: head, delete, get_to serve the sweeper and storage copy, still to come"
 )]
 
 use std::path::{Path, PathBuf};
@@ -224,6 +224,17 @@ impl S3Store {
             .with_secret_access_key(&settings.secret_access_key)
             .with_virtual_hosted_style_request(!settings.path_style)
             .with_client_options(options)
+            // A store that is down fails the operation within seconds (the SMTP client gets its
+            // 451 and retries later) instead of the client's default three minutes.
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(15),
+            })
             .build()
             .map_err(|e| S3Error::Settings(e.to_string()))?;
         Ok(S3Store {

@@ -32,7 +32,7 @@ pub use copy::KeyedRecord;
 pub use lease::{Lease, LeaseHolder};
 pub use schema::SCHEMA_VERSION;
 
-use super::{Record, Sighting};
+use super::{Record, Sighting, Stats};
 
 /// How many times a batch is tried when PostgreSQL aborts it for a conflict with another node's
 /// transaction (a deadlock or a serialization failure) before [`PgError::Contended`].
@@ -222,6 +222,24 @@ impl PgIndex {
     /// their row locks in the same order; a conflict PostgreSQL still reports (deadlock,
     /// serialization failure) retries the whole batch, up to 8 times.
     pub async fn apply(&self, arrivals: &[Arrival]) -> Result<Vec<Applied>, PgError> {
+        self.apply_inner(None, arrivals).await
+    }
+
+    /// [`PgIndex::apply`] for the node `node`, which also adds what the batch did to that node's
+    /// counters ([`PgIndex::stats`]) in the same transaction.
+    pub async fn apply_for_node(
+        &self,
+        node: &str,
+        arrivals: &[Arrival],
+    ) -> Result<Vec<Applied>, PgError> {
+        self.apply_inner(Some(node), arrivals).await
+    }
+
+    async fn apply_inner(
+        &self,
+        node: Option<&str>,
+        arrivals: &[Arrival],
+    ) -> Result<Vec<Applied>, PgError> {
         let mut order: Vec<usize> = (0..arrivals.len()).collect();
         order.sort_by(|&a, &b| arrivals[a].key.cmp(&arrivals[b].key));
         let mut client = self.pool.get().await?;
@@ -237,6 +255,9 @@ impl PgIndex {
                         break;
                     }
                 }
+            }
+            if let (Ok(()), Some(node)) = (&result, node) {
+                result = add_counters(&tx, node, &counts(arrivals, &applied)).await;
             }
             let result = match result {
                 Ok(()) => tx.commit().await.map_err(PgError::from),
@@ -258,6 +279,83 @@ impl PgIndex {
             .query_opt("SELECT record FROM messages WHERE key = $1", &[&key])
             .await?;
         row.map(|r| decode(key, &r)).transpose()
+    }
+
+    /// The key a known original is recorded under: `key` when its record has this `identity`,
+    /// else `variant_key` when that is recorded. None: the original is new (the caller stores
+    /// its object first). One indexed read; the record itself is not fetched.
+    pub async fn find(
+        &self,
+        key: &str,
+        variant_key: &str,
+        identity: &str,
+    ) -> Result<Option<String>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT key FROM messages WHERE (key = $1 AND identity = $3) OR key = $2
+                 ORDER BY key = $1 DESC LIMIT 1",
+                &[&key, &variant_key, &identity],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The archive-wide counters (every node's rows summed; see [`Counter`]), the number of
+    /// records and the first arrival ("collected since").
+    pub async fn stats(&self) -> Result<Stats, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, sum(value)::bigint FROM node_counters GROUP BY name",
+                &[],
+            )
+            .await?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let name: &str = row.get(0);
+            let value: i64 = row.get(1);
+            if let Some(c) = Counter::from_name(name) {
+                *c.field(&mut stats) = u64::try_from(value).unwrap_or_default();
+            }
+        }
+        let row = client
+            .query_one("SELECT count(*), min(first_seen_ms) FROM messages", &[])
+            .await?;
+        stats.messages = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+        stats.first_archive_ms = row
+            .get::<_, Option<i64>>(1)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(crate::clock::UnixMs);
+        Ok(stats)
+    }
+
+    /// This node's own counters (what it archived since the archive began), the seed of its
+    /// Prometheus counters at start.
+    pub async fn node_stats(&self, node: &str) -> Result<Stats, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, value FROM node_counters WHERE node = $1",
+                &[&node],
+            )
+            .await?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let name: &str = row.get(0);
+            let value: i64 = row.get(1);
+            if let Some(c) = Counter::from_name(name) {
+                *c.field(&mut stats) = u64::try_from(value).unwrap_or_default();
+            }
+        }
+        Ok(stats)
+    }
+
+    /// One round trip to the database (the readiness probe).
+    pub async fn ping(&self) -> Result<(), PgError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
     }
 
     /// Records in the index.
@@ -310,6 +408,116 @@ impl PgIndex {
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool
     }
+}
+
+/// An archive-wide counter: one row per node in `node_counters`, summed on read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// New originals that arrived over SMTP.
+    ArchivedSmtp,
+    /// New originals collected over POP3.
+    ArchivedPop3,
+    /// SMTP arrivals of an original archived already.
+    DuplicatesSmtp,
+    /// POP3 arrivals of an original archived already.
+    DuplicatesPop3,
+    /// Bytes of the originals archived from SMTP.
+    BytesSmtp,
+    /// Bytes of the originals archived from POP3.
+    BytesPop3,
+    /// Message-IDs reused by another message (stored as variants).
+    Conflicts,
+}
+
+impl Counter {
+    /// Every counter.
+    pub const ALL: [Counter; 7] = [
+        Counter::ArchivedSmtp,
+        Counter::ArchivedPop3,
+        Counter::DuplicatesSmtp,
+        Counter::DuplicatesPop3,
+        Counter::BytesSmtp,
+        Counter::BytesPop3,
+        Counter::Conflicts,
+    ];
+
+    /// Its name in `node_counters` (the [`Stats`] field it is summed into).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::ArchivedSmtp => "archived_smtp",
+            Counter::ArchivedPop3 => "archived_pop3",
+            Counter::DuplicatesSmtp => "duplicates_smtp",
+            Counter::DuplicatesPop3 => "duplicates_pop3",
+            Counter::BytesSmtp => "bytes_smtp",
+            Counter::BytesPop3 => "bytes_pop3",
+            Counter::Conflicts => "conflicts",
+        }
+    }
+
+    /// The counter named `name` (None for a name a newer gateway wrote).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Counter::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    fn field(self, s: &mut Stats) -> &mut u64 {
+        match self {
+            Counter::ArchivedSmtp => &mut s.archived_smtp,
+            Counter::ArchivedPop3 => &mut s.archived_pop3,
+            Counter::DuplicatesSmtp => &mut s.duplicates_smtp,
+            Counter::DuplicatesPop3 => &mut s.duplicates_pop3,
+            Counter::BytesSmtp => &mut s.bytes_smtp,
+            Counter::BytesPop3 => &mut s.bytes_pop3,
+            Counter::Conflicts => &mut s.conflicts,
+        }
+    }
+}
+
+/// What a batch adds to the counters.
+fn counts(arrivals: &[Arrival], applied: &[Applied]) -> Vec<(Counter, i64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for (a, r) in arrivals.iter().zip(applied) {
+        let smtp = a.sighting.source.collector().is_none();
+        let mut add = |c: Counter, n: u64| {
+            *out.entry(c).or_insert(0i64) += i64::try_from(n).unwrap_or(i64::MAX);
+        };
+        match r {
+            Applied::Archived { variant, .. } => {
+                if smtp {
+                    add(Counter::ArchivedSmtp, 1);
+                    add(Counter::BytesSmtp, a.record.size);
+                } else {
+                    add(Counter::ArchivedPop3, 1);
+                    add(Counter::BytesPop3, a.record.size);
+                }
+                if *variant {
+                    add(Counter::Conflicts, 1);
+                }
+            }
+            Applied::Duplicate { .. } if smtp => add(Counter::DuplicatesSmtp, 1),
+            Applied::Duplicate { .. } => add(Counter::DuplicatesPop3, 1),
+            Applied::NeedsObject => {}
+        }
+    }
+    out.into_iter().filter(|(_, n)| *n > 0).collect()
+}
+
+/// Adds `counts` to `node`'s rows, inside the batch's transaction.
+async fn add_counters(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    counts: &[(Counter, i64)],
+) -> Result<(), PgError> {
+    for (c, n) in counts {
+        tx.execute(
+            "INSERT INTO node_counters (node, name, value) VALUES ($1, $2, $3)
+             ON CONFLICT (node, name) DO UPDATE SET value = node_counters.value + EXCLUDED.value",
+            &[&node, &c.name(), n],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// One arrival inside the batch's transaction: under which key does it belong, and is its

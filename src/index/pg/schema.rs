@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use super::PgError;
 
 /// The schema version this gateway writes (and the newest it reads).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key of migrations (any constant; "jg-schema" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6a67_2d73_6368_656d;
@@ -38,6 +38,14 @@ const MIGRATIONS: &[&str] = &[
         holder text NOT NULL,
         epoch bigint NOT NULL,
         expires_at timestamptz NOT NULL
+    );",
+    // 2: archive-wide counters, one row per node and counter (summed on read, so nodes never
+    // contend on one hot row), written in each batch's transaction.
+    "CREATE TABLE node_counters (
+        node text NOT NULL,
+        name text NOT NULL,
+        value bigint NOT NULL,
+        PRIMARY KEY (node, name)
     );",
 ];
 

@@ -847,3 +847,104 @@ impl ArchiveView {
         self.collector_store().retire(collector).expect("retire")
     }
 }
+
+/// `[index]` and `[store]` for a node of the shared archive in PostgreSQL (`pg_url`, a
+/// connection string) and `garage`'s bucket, as node `node`; a short pool timeout, so a test
+/// with PostgreSQL down sees its 451s quickly.
+#[must_use]
+pub fn shared_backends(pg_url: &str, garage: &crate::garage::Garage, node: &str) -> String {
+    format!(
+        "[index]\nbackend = \"postgres\"\nurl = \"{pg_url}\"\nnode = \"{node}\"\npool_size = 8\ntimeout = \"2s\"\n\
+         [store]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nregion = \"{}\"\n\
+         access_key_id = \"{}\"\nsecret_access_key = \"{}\"\npath_style = true\n",
+        garage.endpoint,
+        garage.bucket,
+        crate::garage::REGION,
+        garage.access_key_id,
+        garage.secret_access_key
+    )
+}
+
+/// A node of a shared archive (PostgreSQL + S3) running in this process, with SMTP and HTTP on
+/// free loopback ports: `server::start_node` with [`shared_backends`].
+pub struct TestNode {
+    node: Option<server::Node>,
+    /// The configuration text it was started with.
+    pub config_text: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Starts a node whose `[index]`/`[store]` are `backends` ([`shared_backends`]).
+    pub async fn start(backends: &str) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "data_dir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+             hostname = \"journal.test\"\naccept = [\"{JOURNAL}\", \"@archive.test\"]\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n{backends}",
+            dir.path().join("data").display()
+        );
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("config: {e:#}\n{text}"));
+        let node = server::start_node(config, Start::ALL)
+            .await
+            .unwrap_or_else(|e| panic!("start node: {e:#}"));
+        TestNode {
+            node: Some(node),
+            config_text: text,
+            dir,
+        }
+    }
+
+    fn node(&self) -> &server::Node {
+        self.node.as_ref().expect("node running")
+    }
+
+    /// Its plain (STARTTLS) SMTP address.
+    #[must_use]
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.node().smtp_addrs[0]
+    }
+
+    /// Its HTTP address.
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.node().http_addr.expect("HTTP bound")
+    }
+
+    /// A GET of its HTTP listener.
+    pub async fn get(&self, path: &str) -> Reply {
+        request(
+            &format!("http://{}", self.http_addr()),
+            Method::GET,
+            path,
+            None,
+        )
+        .await
+        .expect("HTTP request")
+    }
+
+    /// The shared archive (PostgreSQL and S3) it serves.
+    #[must_use]
+    pub fn shared(&self) -> &Arc<journal_gateway::archive::SharedArchive> {
+        &self.node().shared
+    }
+
+    /// Its Prometheus registry.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.node().metrics
+    }
+
+    /// The node's data directory (its spool).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops it (listeners closed, queued commits finished).
+    pub async fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.stop().await.expect("node tasks");
+        }
+    }
+}

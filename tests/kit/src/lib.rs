@@ -42,7 +42,7 @@ pub mod proxy;
 pub mod sample;
 pub mod token_service;
 
-pub use gateway::{ArchiveView, Builder, TestGateway, JOURNAL};
+pub use gateway::{shared_backends, ArchiveView, Builder, TestGateway, TestNode, JOURNAL};
 
 /// The journal-gateway source tree (where `docs/`, `tests/` and `config/` are).
 #[must_use]

@@ -1,0 +1,231 @@
+//! The HTTP side of a node of a shared archive (PostgreSQL + S3, issue 13): what is built on
+//! the shared engines is served, everything else answers 501 with [`NOT_ON_SHARED`], never
+//! from a local index that is not the archive.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | this process's Prometheus counters (sum them over the nodes) |
+//! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | PostgreSQL answers, the spool takes a file, every listener bound (503 otherwise) |
+//! | `GET /api/v1/status` | archive-wide totals (every node's counters summed in PostgreSQL) |
+//! | anything else | 501 `{"error": NOT_ON_SHARED}` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use super::{https, views, Readiness};
+use crate::archive::SharedArchive;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What a node answers for a route that reads the local index, which a node of a shared
+/// archive does not have.
+pub const NOT_ON_SHARED: &str =
+    "not available on a node of a shared archive (PostgreSQL + S3) yet: see docs/scale-out.md";
+
+/// What the node's handlers work with.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// The shared archive.
+    pub shared: Arc<SharedArchive>,
+    /// The registry `/metrics` renders.
+    pub metrics: Metrics,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct NodeState {
+    ctx: NodeContext,
+    readiness: Readiness,
+    started: std::time::Instant,
+}
+
+/// The node's bound HTTP listener, not serving yet.
+pub struct NodeHttpServer {
+    listener: tokio::net::TcpListener,
+    tls: Option<https::HttpsLive>,
+    state: NodeState,
+}
+
+impl NodeHttpServer {
+    /// Binds `[http] listen` (HTTPS with `[http] tls_cert`/`tls_key`).
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the certificate not loaded.
+    pub async fn bind(config: &Config, ctx: NodeContext) -> anyhow::Result<NodeHttpServer> {
+        let addr = config.http.listen;
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                https::HttpsLive::load(cert, key)
+                    .context("loading the HTTPS certificate ([http] tls_cert, tls_key)")?,
+            ),
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {addr} ([http] listen)"))?;
+        Ok(NodeHttpServer {
+            listener,
+            tls,
+            state: NodeState {
+                ctx,
+                readiness: Readiness::default(),
+                started: std::time::Instant::now(),
+            },
+        })
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// As [`tokio::net::TcpListener::local_addr`].
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The flag set once everything is bound.
+    #[must_use]
+    pub fn readiness(&self) -> Readiness {
+        self.state.readiness.clone()
+    }
+
+    /// Serves until the node shuts down.
+    ///
+    /// # Errors
+    /// When serving fails.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shutdown = self.state.ctx.shutdown.clone();
+        let addr = self.local_addr()?;
+        let router = router(self.state);
+        if let Some(certs) = &self.tls {
+            tracing::info!("HTTPS (metrics, status) on https://{addr}");
+            let listener = https::TlsListener::new(self.listener, certs, shutdown.clone())?;
+            return axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("serving HTTPS");
+        }
+        tracing::info!("HTTP (metrics, status) on http://{addr}");
+        axum::serve(self.listener, router.into_make_service())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("serving HTTP")
+    }
+}
+
+fn router(state: NodeState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .fallback(not_on_shared)
+        .with_state(state)
+}
+
+async fn not_on_shared() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(serde_json::json!({ "error": NOT_ON_SHARED })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<NodeState>) -> Response {
+    // The spool's free-space gauges are set by each check; one now keeps them current.
+    let _ = state.ctx.shared.spool().space().low();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when PostgreSQL answers, the spool's `tmp/` takes a file and is above the reserve,
+/// every listener is bound and the node is not shutting down.
+async fn readyz(State(state): State<NodeState>) -> Response {
+    let index = state.ctx.shared.index().ping().await.map_err(|e| {
+        tracing::warn!("readyz: PostgreSQL: {e}");
+        "index unavailable".to_string()
+    });
+    let shared = state.ctx.shared.clone();
+    let (writable, space) = tokio::task::spawn_blocking(move || {
+        let spool = shared.spool();
+        let space = match spool.space().low() {
+            None => Ok(()),
+            Some(space) => Err(space.to_string()),
+        };
+        let probe = spool.tmp_path(&format!("readyz.{}.probe", std::process::id()));
+        let writable = std::fs::write(&probe, b"ok")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                tracing::warn!("readyz: {}: {e}", probe.display());
+                "spool/tmp does not take files".to_string()
+            });
+        (writable, space)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::warn!("readyz: probe task failed: {e}");
+        (
+            Err("probe task failed".to_string()),
+            Err("probe task failed".to_string()),
+        )
+    });
+    let bound = state.readiness.listeners_bound();
+    let stopping = state.ctx.shutdown.is_cancelled();
+    let ready = index.is_ok() && writable.is_ok() && space.is_ok() && bound && !stopping;
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "index": show(&index),
+        "archive_writable": show(&writable),
+        "free_space": show(&space),
+        "listeners_bound": bound,
+        "shutting_down": stopping,
+        "node": state.ctx.shared.node(),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// The archive-wide totals: every node's counters, summed in PostgreSQL.
+async fn status(State(state): State<NodeState>) -> Response {
+    match state.ctx.shared.stats().await {
+        Ok(totals) => {
+            let uptime = state.started.elapsed().as_secs();
+            Json(views::Status::new(&totals, uptime, Vec::new())).into_response()
+        }
+        Err(e) => {
+            tracing::error!("status: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": "index unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
