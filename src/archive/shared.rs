@@ -20,15 +20,24 @@
 //! Large messages are spooled to `<data_dir>/spool/tmp/` on the node (the Maildir's naming and
 //! free-space accounting) and streamed to S3 from there; nothing else is kept on the node.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::index::pg::{Applied, Arrival, PgError, PgIndex};
+use crate::index::pg::{Applied, Arrival, Lease, PgError, PgIndex};
 use crate::index::Stats;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::Maildir;
+
+/// The collector lease's time to live when the configuration does not say.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The collector leases this node holds now, by collector: the fences its committer checks
+/// in the transaction that records a collected arrival (see [`PgIndex::apply_fenced`]).
+type Leases = Arc<Mutex<HashMap<String, Lease>>>;
 
 /// Most arrivals recorded in one PostgreSQL transaction.
 const MAX_BATCH: usize = 1024;
@@ -64,6 +73,8 @@ pub struct SharedArchive {
     store: S3Store,
     node: String,
     spool: Maildir,
+    leases: Leases,
+    lease_ttl: Duration,
     jobs: Mutex<Option<mpsc::UnboundedSender<(Arrival, Reply)>>>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -92,12 +103,14 @@ impl SharedArchive {
         let index = PgIndex::connect(&pg)
             .await
             .context("connecting to PostgreSQL ([index])")?;
-        SharedArchive::with(
+        let mut shared = SharedArchive::with(
             index,
             &s3,
             config.index.node_name(),
             &config.data_dir.join("spool"),
-        )
+        )?;
+        shared.lease_ttl = config.index.collector_lease;
+        Ok(shared)
     }
 
     /// The shared archive on `index` and the bucket of `s3`, as node `node`, spooling in
@@ -115,12 +128,20 @@ impl SharedArchive {
         // Whatever an earlier run left in the spool was never acknowledged.
         let _ = spool.discard_unacknowledged();
         let (tx, rx) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(commit_loop(index.clone(), node.clone(), rx));
+        let leases = Leases::default();
+        let committer = tokio::spawn(commit_loop(
+            index.clone(),
+            node.clone(),
+            leases.clone(),
+            rx,
+        ));
         Ok(SharedArchive {
             index,
             store,
             node,
             spool,
+            leases,
+            lease_ttl: DEFAULT_LEASE_TTL,
             jobs: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
         })
@@ -130,6 +151,76 @@ impl SharedArchive {
     #[must_use]
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The collector lease's time to live (`[index] collector_lease`): a node that stops
+    /// renewing loses it after this long, and another node takes the collector over.
+    #[must_use]
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Sets the collector lease's time to live (tests; the configuration sets it otherwise).
+    pub fn set_lease_ttl(&mut self, ttl: Duration) {
+        self.lease_ttl = ttl;
+    }
+
+    /// Acquires (or renews) `collector`'s lease for this node; while it is held, arrivals
+    /// collected by `collector` are recorded under its fence. None when another node holds it.
+    ///
+    /// # Errors
+    /// When PostgreSQL fails.
+    pub async fn acquire_lease(&self, collector: &str) -> Result<Option<Lease>, SharedError> {
+        let lease = self
+            .index
+            .acquire_lease(collector, &self.node, self.lease_ttl)
+            .await?;
+        self.hold(collector, lease.clone());
+        Ok(lease)
+    }
+
+    /// Renews a lease this node holds. None when it was lost: the collector must stop before
+    /// its next DELE (its arrivals are refused from now on).
+    ///
+    /// # Errors
+    /// When PostgreSQL fails (the lease is then kept as it was: it still expires on time).
+    pub async fn renew_lease(&self, lease: &Lease) -> Result<Option<Lease>, SharedError> {
+        let renewed = self.index.renew_lease(lease, self.lease_ttl).await?;
+        self.hold(&lease.collector, renewed.clone());
+        Ok(renewed)
+    }
+
+    /// Gives up a lease this node holds (a collector stopping): another node may take it at
+    /// once.
+    ///
+    /// # Errors
+    /// When PostgreSQL fails (the lease then expires by itself).
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), SharedError> {
+        self.hold(&lease.collector, None);
+        self.index.release_lease(lease).await?;
+        Ok(())
+    }
+
+    /// The lease this node holds on `collector` now, as far as it knows.
+    #[must_use]
+    pub fn held_lease(&self, collector: &str) -> Option<Lease> {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(collector)
+            .cloned()
+    }
+
+    fn hold(&self, collector: &str, lease: Option<Lease>) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        match lease {
+            Some(l) => {
+                leases.insert(collector.to_string(), l);
+            }
+            None => {
+                leases.remove(collector);
+            }
+        }
     }
 
     /// The PostgreSQL index.
@@ -231,6 +322,7 @@ impl SharedArchive {
 async fn commit_loop(
     index: PgIndex,
     node: String,
+    leases: Leases,
     mut jobs: mpsc::UnboundedReceiver<(Arrival, Reply)>,
 ) {
     while let Some(first) = jobs.recv().await {
@@ -243,10 +335,17 @@ async fn commit_loop(
             batch.push(a);
             replies.push(reply);
         }
-        match index.apply_for_node(&node, &batch).await {
+        let fences = fences_of(&batch, &node, &leases);
+        match index.apply_fenced(&node, &batch, &fences).await {
             Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(r));
+                for ((reply, r), fence) in replies.into_iter().zip(results).zip(fences) {
+                    let r = r.ok_or_else(|| {
+                        let (collector, epoch) =
+                            fence.map(|l| (l.collector, l.epoch)).unwrap_or_default();
+                        tracing::warn!(collector, epoch, "collector lease lost: a collected message was not recorded (it stays on the server)");
+                        std::sync::Arc::new(SharedError::Index(PgError::Fenced { collector, epoch }))
+                    });
+                    let _ = reply.send(r);
                 }
             }
             Err(e) => {
@@ -258,4 +357,23 @@ async fn commit_loop(
             }
         }
     }
+}
+
+/// The fence of each arrival: a collected one is recorded only under the lease this node holds
+/// on its collector (none held: a fence no lease matches, so it is refused); SMTP ones have
+/// none.
+fn fences_of(batch: &[Arrival], node: &str, leases: &Leases) -> Vec<Option<Lease>> {
+    let held = leases.lock().unwrap_or_else(PoisonError::into_inner);
+    batch
+        .iter()
+        .map(|a| {
+            let collector = a.sighting.source.collector()?;
+            Some(held.get(collector).cloned().unwrap_or_else(|| Lease {
+                collector: collector.to_string(),
+                holder: node.to_string(),
+                epoch: -1,
+                expires: crate::clock::UnixMs(0),
+            }))
+        })
+        .collect()
 }

@@ -85,6 +85,10 @@ pub struct IndexConfig {
     /// This node's name among the nodes of one archive (collector leases, per-node counters).
     /// Default: the machine's host name. Two nodes must not share a name.
     pub node: Option<String>,
+    /// PostgreSQL: the collector lease's time to live (default `"30s"`): one node polls each
+    /// collector; when it dies another takes over within two of these.
+    #[serde(default = "default_collector_lease", deserialize_with = "duration")]
+    pub collector_lease: Duration,
 }
 
 impl Default for IndexConfig {
@@ -98,12 +102,16 @@ impl Default for IndexConfig {
             timeout: default_connect_timeout(),
             ca_file: None,
             node: None,
+            collector_lease: default_collector_lease(),
         }
     }
 }
 
 fn default_pool_size() -> usize {
     16
+}
+fn default_collector_lease() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)

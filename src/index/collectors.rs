@@ -236,12 +236,24 @@ impl CollectorState {
     }
 }
 
-/// The collectors' state and history: a cheap handle on the index's collector tables, for the
-/// collectors and the admin API. Every call is blocking index work (run it off the async
-/// workers, e.g. with `spawn_blocking`).
+/// The collectors' state and history: a cheap handle on the collector tables of either engine,
+/// the redb index of a single gateway or the PostgreSQL index a node of a shared archive shares
+/// with the other nodes (archive-wide). The collectors and the admin API use it without knowing
+/// which. The plain methods are blocking work (run them off the async workers, e.g. with
+/// `spawn_blocking`); the `fetch_`/`store_`/`change_` ones are their async forms.
 #[derive(Clone)]
 pub struct CollectorStore {
-    index: Arc<Index>,
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Local(Arc<Index>),
+    Shared {
+        index: super::pg::PgIndex,
+        /// This node's name (recorded with its runs).
+        node: String,
+    },
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
@@ -252,17 +264,77 @@ fn decode_state(bytes: &[u8]) -> Result<CollectorState, IndexError> {
     serde_json::from_slice(bytes).map_err(IndexError::Json)
 }
 
+/// What a finished run changes in its collector's state (either engine).
+fn apply_run(state: &mut CollectorState, run: &Run) {
+    state.last_run_ms = Some(run.ended_ms);
+    if let Some(depth) = run.on_server_at_end.or(run.on_server) {
+        state.queue_depth = Some(depth);
+        state.polls.push(Poll {
+            at_ms: run.ended_ms,
+            queue_depth: depth,
+        });
+        let excess = state.polls.len().saturating_sub(POLLS_KEPT);
+        state.polls.drain(..excess);
+    }
+    match &run.error {
+        None => {
+            state.last_success_ms = Some(run.ended_ms);
+            state.last_error = None;
+        }
+        Some(e) => state.last_error = Some(e.clone()),
+    }
+}
+
+fn retire(s: &mut CollectorState) {
+    if !s.retired {
+        s.retired = true;
+        s.retired_ms = Some(UnixMs::now());
+    }
+}
+
+/// Runs a PostgreSQL call from blocking code (a `spawn_blocking` thread of the runtime).
+fn block<T>(
+    fut: impl std::future::Future<Output = Result<T, super::pg::PgError>>,
+) -> Result<T, IndexError> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+        IndexError::Unavailable(format!("no async runtime for PostgreSQL: {e}"))
+    })?;
+    Ok(handle.block_on(fut)?)
+}
+
 impl CollectorStore {
-    /// The store kept in `index`.
+    /// The store kept in `index` (a single gateway).
     #[must_use]
     pub fn new(index: Arc<Index>) -> CollectorStore {
-        CollectorStore { index }
+        CollectorStore {
+            engine: Engine::Local(index),
+        }
+    }
+
+    /// The archive-wide store in PostgreSQL, for node `node` of a shared archive.
+    #[must_use]
+    pub fn shared(index: super::pg::PgIndex, node: String) -> CollectorStore {
+        CollectorStore {
+            engine: Engine::Shared { index, node },
+        }
+    }
+
+    /// Whether this is the archive-wide store of a shared archive.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Shared { .. })
     }
 
     /// Stores a finished run and updates the collector's state (queue depth, last success or
     /// error) in one transaction.
     pub fn record_run(&self, run: &Run) -> Result<(), IndexError> {
-        let txn = self.index.db.begin_write()?;
+        let index = match &self.engine {
+            Engine::Local(index) => index,
+            Engine::Shared { index, node } => {
+                return block(index.record_run(node, run, |s| apply_run(s, run)));
+            }
+        };
+        let txn = index.db.begin_write()?;
         {
             let mut history = txn.open_table(HISTORY)?;
             history.insert((run.collector.as_str(), run.id), encode(run)?.as_slice())?;
@@ -271,32 +343,20 @@ impl CollectorStore {
                 Some(v) => decode_state(v.value())?,
                 None => CollectorState::default(),
             };
-            state.last_run_ms = Some(run.ended_ms);
-            if let Some(depth) = run.on_server_at_end.or(run.on_server) {
-                state.queue_depth = Some(depth);
-                state.polls.push(Poll {
-                    at_ms: run.ended_ms,
-                    queue_depth: depth,
-                });
-                let excess = state.polls.len().saturating_sub(POLLS_KEPT);
-                state.polls.drain(..excess);
-            }
-            match &run.error {
-                None => {
-                    state.last_success_ms = Some(run.ended_ms);
-                    state.last_error = None;
-                }
-                Some(e) => state.last_error = Some(e.clone()),
-            }
+            apply_run(&mut state, run);
             states.insert(run.collector.as_str(), encode(&state)?.as_slice())?;
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// The last `limit` runs of a collector, newest first.
+    /// The last `limit` runs of a collector, newest first (on a shared archive every node's).
     pub fn runs(&self, collector: &str, limit: usize) -> Result<Vec<Run>, IndexError> {
-        let txn = self.index.db.begin_read()?;
+        let index = match &self.engine {
+            Engine::Local(index) => index,
+            Engine::Shared { index, .. } => return block(index.runs(collector, limit)),
+        };
+        let txn = index.db.begin_read()?;
         let table = txn.open_table(HISTORY)?;
         let mut out = Vec::new();
         for row in table
@@ -314,7 +374,11 @@ impl CollectorStore {
 
     /// A collector's state (the default when it has never run).
     pub fn state(&self, collector: &str) -> Result<CollectorState, IndexError> {
-        let txn = self.index.db.begin_read()?;
+        let index = match &self.engine {
+            Engine::Local(index) => index,
+            Engine::Shared { index, .. } => return block(index.collector_state(collector)),
+        };
+        let txn = index.db.begin_read()?;
         let table = txn.open_table(STATE)?;
         match table.get(collector)? {
             Some(v) => decode_state(v.value()),
@@ -333,20 +397,86 @@ impl CollectorStore {
 
     /// Retires a collector: it stops polling for good; its history stays.
     pub fn retire(&self, collector: &str) -> Result<CollectorState, IndexError> {
-        self.update_state(collector, |s| {
-            if !s.retired {
-                s.retired = true;
-                s.retired_ms = Some(UnixMs::now());
+        self.update_state(collector, retire)
+    }
+
+    /// [`CollectorStore::record_run`] from async code.
+    pub async fn store_run(&self, run: &Run) -> Result<(), IndexError> {
+        match &self.engine {
+            Engine::Shared { index, node } => {
+                Ok(index.record_run(node, run, |s| apply_run(s, run)).await?)
             }
-        })
+            Engine::Local(_) => {
+                let (store, run) = (self.clone(), run.clone());
+                blocking(move || store.record_run(&run)).await
+            }
+        }
+    }
+
+    /// [`CollectorStore::runs`] from async code.
+    pub async fn fetch_runs(&self, collector: &str, limit: usize) -> Result<Vec<Run>, IndexError> {
+        match &self.engine {
+            Engine::Shared { index, .. } => Ok(index.runs(collector, limit).await?),
+            Engine::Local(_) => {
+                let (store, name) = (self.clone(), collector.to_string());
+                blocking(move || store.runs(&name, limit)).await
+            }
+        }
+    }
+
+    /// [`CollectorStore::state`] from async code.
+    pub async fn fetch_state(&self, collector: &str) -> Result<CollectorState, IndexError> {
+        match &self.engine {
+            Engine::Shared { index, .. } => Ok(index.collector_state(collector).await?),
+            Engine::Local(_) => {
+                let (store, name) = (self.clone(), collector.to_string());
+                blocking(move || store.state(&name)).await
+            }
+        }
+    }
+
+    /// [`CollectorStore::set_active`] from async code.
+    pub async fn change_active(
+        &self,
+        collector: &str,
+        active: Option<bool>,
+    ) -> Result<CollectorState, IndexError> {
+        match &self.engine {
+            Engine::Shared { index, .. } => Ok(index
+                .update_collector_state(collector, |s| s.active_override = active)
+                .await?),
+            Engine::Local(_) => {
+                let (store, name) = (self.clone(), collector.to_string());
+                blocking(move || store.set_active(&name, active)).await
+            }
+        }
+    }
+
+    /// [`CollectorStore::retire`] from async code.
+    pub async fn change_retired(&self, collector: &str) -> Result<CollectorState, IndexError> {
+        match &self.engine {
+            Engine::Shared { index, .. } => {
+                Ok(index.update_collector_state(collector, retire).await?)
+            }
+            Engine::Local(_) => {
+                let (store, name) = (self.clone(), collector.to_string());
+                blocking(move || store.retire(&name)).await
+            }
+        }
     }
 
     fn update_state(
         &self,
         collector: &str,
-        change: impl FnOnce(&mut CollectorState),
+        change: impl FnOnce(&mut CollectorState) + Send,
     ) -> Result<CollectorState, IndexError> {
-        let txn = self.index.db.begin_write()?;
+        let index = match &self.engine {
+            Engine::Local(index) => index,
+            Engine::Shared { index, .. } => {
+                return block(index.update_collector_state(collector, change));
+            }
+        };
+        let txn = index.db.begin_write()?;
         let state = {
             let mut states = txn.open_table(STATE)?;
             let mut state = match states.get(collector)? {
@@ -360,6 +490,15 @@ impl CollectorStore {
         txn.commit()?;
         Ok(state)
     }
+}
+
+/// Runs blocking redb work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        IndexError::Unavailable(format!("task failed: {e}"))
+    })?
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ pub enum IndexError {
     /// A stored record does not decode.
     #[error("corrupt index record: {0}")]
     Record(#[from] postcard::Error),
+    /// The shared index (PostgreSQL) failed: collector state and history on a node.
+    #[error("{0}")]
+    Postgres(#[from] pg::PgError),
+    /// A collector-store call could not run (no async runtime, a failed blocking task).
+    #[error("collector store: {0}")]
+    Unavailable(String),
     /// A stored record was written by a newer version.
     #[error("index record version {0} is newer than this gateway")]
     RecordVersion(u8),

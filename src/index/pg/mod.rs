@@ -18,6 +18,7 @@
 //! Records are stored as JSON (`jsonb`, the serde form of [`Record`]) beside the columns the
 //! queries need; the merge of a duplicate is [`Record::merge`], the same code as the redb index.
 
+mod collectors;
 mod copy;
 mod lease;
 mod schema;
@@ -70,6 +71,23 @@ pub enum PgError {
         key: String,
         /// What serde said.
         source: serde_json::Error,
+    },
+    /// A stored collector run or state does not decode.
+    #[error("corrupt {what} in PostgreSQL: {source}")]
+    Value {
+        /// What it is.
+        what: &'static str,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// A collected arrival's collector lease is not held by this node any more (another node
+    /// took it over): it was not recorded, and the message stays on the server.
+    #[error("the lease of collector {collector:?} was lost (epoch {epoch}): not recorded")]
+    Fenced {
+        /// The collector.
+        collector: String,
+        /// The epoch this node held.
+        epoch: i64,
     },
     /// A batch kept being aborted by conflicts with other nodes.
     #[error("PostgreSQL aborted the batch {0} times for conflicts with other transactions")]
@@ -151,7 +169,7 @@ pub struct Arrival {
 }
 
 /// What [`PgIndex::apply`] did with one arrival.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Applied {
     /// A new original (or a new variant of a reused Message-ID) was recorded.
     Archived {
@@ -168,6 +186,7 @@ pub enum Applied {
         key: String,
     },
     /// The arrival carried no object but its original is not archived: store it and retry.
+    #[default]
     NeedsObject,
 }
 
@@ -222,7 +241,9 @@ impl PgIndex {
     /// their row locks in the same order; a conflict PostgreSQL still reports (deadlock,
     /// serialization failure) retries the whole batch, up to 8 times.
     pub async fn apply(&self, arrivals: &[Arrival]) -> Result<Vec<Applied>, PgError> {
-        self.apply_inner(None, arrivals).await
+        let fences = vec![None; arrivals.len()];
+        let applied = self.apply_inner(None, arrivals, &fences).await?;
+        Ok(applied.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// [`PgIndex::apply`] for the node `node`, which also adds what the batch did to that node's
@@ -232,24 +253,61 @@ impl PgIndex {
         node: &str,
         arrivals: &[Arrival],
     ) -> Result<Vec<Applied>, PgError> {
-        self.apply_inner(Some(node), arrivals).await
+        let fences = vec![None; arrivals.len()];
+        let applied = self.apply_inner(Some(node), arrivals, &fences).await?;
+        Ok(applied.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// [`PgIndex::apply_for_node`] with a fence per arrival: an arrival collected under a
+    /// collector lease is recorded only if that lease (holder, epoch) is still held and not
+    /// expired by PostgreSQL's clock, checked in the batch's transaction with the lease row
+    /// locked (`FOR SHARE`) until it commits, so a take-over waits for the commit and a
+    /// holder whose lease was taken over records nothing. A fenced arrival is None (not
+    /// recorded, its UIDL neither); the others are recorded as by [`PgIndex::apply`].
+    pub async fn apply_fenced(
+        &self,
+        node: &str,
+        arrivals: &[Arrival],
+        fences: &[Option<Lease>],
+    ) -> Result<Vec<Option<Applied>>, PgError> {
+        self.apply_inner(Some(node), arrivals, fences).await
     }
 
     async fn apply_inner(
         &self,
         node: Option<&str>,
         arrivals: &[Arrival],
-    ) -> Result<Vec<Applied>, PgError> {
+        fences: &[Option<Lease>],
+    ) -> Result<Vec<Option<Applied>>, PgError> {
         let mut order: Vec<usize> = (0..arrivals.len()).collect();
         order.sort_by(|&a, &b| arrivals[a].key.cmp(&arrivals[b].key));
         let mut client = self.pool.get().await?;
         for _ in 0..ATTEMPTS {
             let tx = client.transaction().await?;
-            let mut applied = vec![Applied::NeedsObject; arrivals.len()];
+            let mut applied: Vec<Option<Applied>> = vec![Some(Applied::NeedsObject); arrivals.len()];
+            let mut held: std::collections::HashMap<(String, i64), bool> =
+                std::collections::HashMap::new();
             let mut result = Ok(());
             for &i in &order {
+                if let Some(Some(lease)) = fences.get(i) {
+                    let id = (lease.collector.clone(), lease.epoch);
+                    let ok = match held.get(&id) {
+                        Some(ok) => *ok,
+                        None => match lease_held(&tx, lease).await {
+                            Ok(ok) => *held.entry(id).or_insert(ok),
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        },
+                    };
+                    if !ok {
+                        applied[i] = None;
+                        continue;
+                    }
+                }
                 match record_one(&tx, &arrivals[i]).await {
-                    Ok(a) => applied[i] = a,
+                    Ok(a) => applied[i] = Some(a),
                     Err(e) => {
                         result = Err(e);
                         break;
@@ -257,7 +315,8 @@ impl PgIndex {
                 }
             }
             if let (Ok(()), Some(node)) = (&result, node) {
-                result = add_counters(&tx, node, &counts(arrivals, &applied)).await;
+                let done: Vec<Applied> = applied.iter().cloned().map(Option::unwrap_or_default).collect();
+                result = add_counters(&tx, node, &counts(arrivals, &done)).await;
             }
             let result = match result {
                 Ok(()) => tx.commit().await.map_err(PgError::from),
@@ -594,6 +653,20 @@ async fn record_one(tx: &tokio_postgres::Transaction<'_>, a: &Arrival) -> Result
     // Both keys taken by other identities: impossible (the variant key holds its identity), or
     // a record kept vanishing.
     Err(PgError::Contended(ATTEMPTS))
+}
+
+/// Whether `lease` is still held (same holder and epoch, not expired by PostgreSQL's clock),
+/// its row locked `FOR SHARE` until the transaction ends so no take-over commits meanwhile.
+async fn lease_held(tx: &tokio_postgres::Transaction<'_>, lease: &Lease) -> Result<bool, PgError> {
+    let row = tx
+        .query_opt(
+            "SELECT 1 FROM collector_leases
+             WHERE collector = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp()
+             FOR SHARE",
+            &[&lease.collector, &lease.holder, &lease.epoch],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 async fn record_uidl(

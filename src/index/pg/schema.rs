@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use super::PgError;
 
 /// The schema version this gateway writes (and the newest it reads).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock key of migrations (any constant; "jg-schema" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6a67_2d73_6368_656d;
@@ -46,6 +46,19 @@ const MIGRATIONS: &[&str] = &[
         name text NOT NULL,
         value bigint NOT NULL,
         PRIMARY KEY (node, name)
+    );",
+    // 3: the collectors' history and state, archive-wide (what the redb index keeps in
+    // `collector_history` and `collector_state`): JSON values in the redb rows' shape.
+    "CREATE TABLE collector_runs (
+        collector text NOT NULL,
+        id bigint NOT NULL,
+        node text NOT NULL,
+        run jsonb NOT NULL,
+        PRIMARY KEY (collector, id, node)
+    );
+    CREATE TABLE collector_state (
+        collector text PRIMARY KEY,
+        state jsonb NOT NULL
     );",
 ];
 
