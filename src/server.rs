@@ -300,17 +300,6 @@ pub fn shared_refusals(config: &Config) -> Vec<String> {
             config.store.backend.as_str()
         ));
     }
-    if !config.collectors.is_empty() {
-        let names: Vec<&str> = config
-            .collectors
-            .iter()
-            .map(crate::config::CollectorConfig::name)
-            .collect();
-        out.push(format!(
-            "POP3 collectors ([[collector]] {}) are not built on the shared archive yet",
-            names.join(", ")
-        ));
-    }
     if !config.forwards.is_empty() {
         let names: Vec<&str> = config
             .forwards
@@ -349,6 +338,11 @@ pub struct Node {
     pub shared: Arc<SharedArchive>,
     /// The one ingest path.
     pub ingest: Ingest,
+    /// The collectors' archive-wide state and history (in PostgreSQL).
+    pub collector_store: CollectorStore,
+    /// Every configured collector: each node runs each one's loop, which polls only while this
+    /// node holds the collector's lease.
+    pub collectors: Collectors,
     /// The Prometheus registry.
     pub metrics: Metrics,
     /// Cancel to shut the node down; see [`Node::stop`].
@@ -387,6 +381,16 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
         }
     };
     let ingest = Ingest::shared(shared.clone(), metrics.clone(), &seed);
+    let collector_store = CollectorStore::shared(shared.index().clone(), shared.node().to_string());
+    let collectors = Collectors::new(
+        &config.collectors,
+        &CollectorContext {
+            ingest: ingest.clone(),
+            store: collector_store.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+    )?;
     let mut node = Node {
         smtp_addrs: Vec::new(),
         smtp_tls_addrs: Vec::new(),
@@ -394,6 +398,8 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
         http_addr: None,
         shared,
         ingest,
+        collector_store,
+        collectors,
         metrics,
         shutdown,
         tasks: JoinSet::new(),
@@ -422,6 +428,8 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
             &config,
             NodeContext {
                 shared: node.shared.clone(),
+                store: node.collector_store.clone(),
+                collectors: node.collectors.clone(),
                 metrics: node.metrics.clone(),
                 shutdown: node.shutdown.clone(),
             },
@@ -441,6 +449,9 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
     };
     if let Some(smtp) = smtp {
         node.tasks.spawn(smtp.run());
+    }
+    if what.poll_collectors {
+        node.collectors.spawn_all(&mut node.tasks);
     }
     if let Some(http) = http {
         let readiness = http.readiness();

@@ -129,12 +129,7 @@ impl SharedArchive {
         let _ = spool.discard_unacknowledged();
         let (tx, rx) = mpsc::unbounded_channel();
         let leases = Leases::default();
-        let committer = tokio::spawn(commit_loop(
-            index.clone(),
-            node.clone(),
-            leases.clone(),
-            rx,
-        ));
+        let committer = tokio::spawn(commit_loop(index.clone(), node.clone(), leases.clone(), rx));
         Ok(SharedArchive {
             index,
             store,

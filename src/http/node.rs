@@ -8,13 +8,16 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | PostgreSQL answers, the spool takes a file, every listener bound (503 otherwise) |
 //! | `GET /api/v1/status` | archive-wide totals (every node's counters summed in PostgreSQL) |
+//! | `GET /api/v1/collectors`, `.../{name}` | configuration and archive-wide state |
+//! | `GET /api/v1/collectors/{name}/history` | archive-wide run history (every node's runs) |
+//! | `GET /api/v1/collectors/{name}/lease` | which node polls it (the lease holder, epoch) |
 //! | anything else | 501 `{"error": NOT_ON_SHARED}` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::{https, views, Readiness};
 use crate::archive::SharedArchive;
 use crate::config::Config;
+use crate::index::CollectorStore;
 use crate::metrics::Metrics;
+use crate::pop3::Collectors;
 
 /// What a node answers for a route that reads the local index, which a node of a shared
 /// archive does not have.
@@ -36,6 +41,10 @@ pub const NOT_ON_SHARED: &str =
 pub struct NodeContext {
     /// The shared archive.
     pub shared: Arc<SharedArchive>,
+    /// The collectors' archive-wide state and history.
+    pub store: CollectorStore,
+    /// The configured collectors.
+    pub collectors: Collectors,
     /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// Cancelled when the node shuts down.
@@ -128,6 +137,10 @@ fn router(state: NodeState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/collectors", get(collectors))
+        .route("/api/v1/collectors/{name}", get(collector))
+        .route("/api/v1/collectors/{name}/history", get(collector_history))
+        .route("/api/v1/collectors/{name}/lease", get(collector_lease))
         .fallback(not_on_shared)
         .with_state(state)
 }
@@ -227,5 +240,91 @@ async fn status(State(state): State<NodeState>) -> Response {
             )
                 .into_response()
         }
+    }
+}
+
+/// A 503 for a failed read of the shared index (the cause goes to the log).
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::error!("{what}: {e}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "error": "index unavailable" })),
+    )
+        .into_response()
+}
+
+fn no_collector(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": format!("no collector named {name:?}") })),
+    )
+        .into_response()
+}
+
+/// Every collector's configuration and archive-wide state (read in PostgreSQL, off the async
+/// workers).
+async fn collector_infos(state: &NodeState) -> Result<Vec<views::CollectorInfo>, Response> {
+    let (store, collectors) = (state.ctx.store.clone(), state.ctx.collectors.clone());
+    match tokio::task::spawn_blocking(move || views::collector_infos(&store, &collectors)).await {
+        Ok(Ok(infos)) => Ok(infos),
+        Ok(Err(e)) => Err(unavailable("collectors", &e)),
+        Err(e) => Err(unavailable("collectors", &e)),
+    }
+}
+
+async fn collectors(State(state): State<NodeState>) -> Response {
+    match collector_infos(&state).await {
+        Ok(infos) => Json(infos).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn collector(State(state): State<NodeState>, Path(name): Path<String>) -> Response {
+    match collector_infos(&state).await {
+        Ok(infos) => match infos.into_iter().find(|c| c.name == name) {
+            Some(info) => Json(info).into_response(),
+            None => no_collector(&name),
+        },
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// The collector's runs, every node's, newest first (`?limit=`, default 50).
+async fn collector_history(
+    State(state): State<NodeState>,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    if state.ctx.collectors.get(&name).is_none() {
+        return no_collector(&name);
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    match state.ctx.store.fetch_runs(&name, limit).await {
+        Ok(runs) => Json(runs).into_response(),
+        Err(e) => unavailable("collector history", &e),
+    }
+}
+
+/// Which node polls the collector: its lease's holder, epoch and expiry (PostgreSQL's clock).
+async fn collector_lease(State(state): State<NodeState>, Path(name): Path<String>) -> Response {
+    if state.ctx.collectors.get(&name).is_none() {
+        return no_collector(&name);
+    }
+    match state.ctx.shared.index().lease_holder(&name).await {
+        Ok(holder) => Json(serde_json::json!({
+            "collector": name,
+            "holder": holder.as_ref().map(|h| h.holder.clone()),
+            "epoch": holder.as_ref().map(|h| h.epoch),
+            "expires_ms": holder.as_ref().map(|h| h.expires.0),
+            "expired": holder.as_ref().map(|h| h.expired),
+            "this_node": state.ctx.shared.node(),
+        }))
+        .into_response(),
+        Err(e) => unavailable("collector lease", &e),
     }
 }

@@ -296,9 +296,8 @@ fn retire(s: &mut CollectorState) {
 fn block<T>(
     fut: impl std::future::Future<Output = Result<T, super::pg::PgError>>,
 ) -> Result<T, IndexError> {
-    let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-        IndexError::Unavailable(format!("no async runtime for PostgreSQL: {e}"))
-    })?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|e| IndexError::Unavailable(format!("no async runtime for PostgreSQL: {e}")))?;
     Ok(handle.block_on(fut)?)
 }
 
@@ -496,9 +495,9 @@ impl CollectorStore {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| {
-        IndexError::Unavailable(format!("task failed: {e}"))
-    })?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| IndexError::Unavailable(format!("task failed: {e}")))?
 }
 
 #[cfg(test)]

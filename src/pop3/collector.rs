@@ -30,8 +30,10 @@ use super::client::{Client, Endpoint};
 use super::credentials::Credentials;
 use super::error::{ErrorKind, Pop3Error};
 use super::trust::Trust;
+use crate::archive::SharedArchive;
 use crate::clock::UnixMs;
 use crate::config::CollectorConfig;
+use crate::index::pg::Lease;
 use crate::index::{CollectorStore, Run};
 use crate::ingest::{Delivery, Ingest, IngestError, Outcome};
 use crate::metrics::Metrics;
@@ -91,6 +93,28 @@ struct Inner {
     wake: Notify,
     /// The running collection's progress (`None`: no run), updated per message.
     progress: std::sync::Mutex<Option<Progress>>,
+    /// On a node of a shared archive: the collector's lease while this node holds it.
+    lease: std::sync::Mutex<Option<LeaseGuard>>,
+}
+
+/// A collector lease this node holds (a node of a shared archive), renewed every third of its
+/// time to live by a task until it is released or lost.
+struct LeaseGuard {
+    /// The lease as last renewed.
+    lease: Arc<std::sync::Mutex<Lease>>,
+    /// Cancelled when the lease is lost: the drain stops before its next command.
+    lost: CancellationToken,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// Whether this node may poll a collector now.
+enum Holding {
+    /// A single gateway: no lease is needed.
+    Alone,
+    /// This node holds the lease (renewed by its task; see [`Collector::lease_lost`]).
+    Held,
+    /// Another node does.
+    Elsewhere(String),
 }
 
 /// A running collection's progress: messages done out of those on the server.
@@ -172,6 +196,7 @@ impl Collector {
                 session,
                 wake: Notify::new(),
                 progress: std::sync::Mutex::new(None),
+                lease: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -227,10 +252,8 @@ impl Collector {
     /// and never once retired.
     /// The state is read off the async workers.
     pub async fn is_active(&self) -> bool {
-        let (store, name) = (self.inner.ctx.store.clone(), self.name().to_string());
-        let failed = match tokio::task::spawn_blocking(move || store.state(&name)).await {
-            Ok(Ok(state)) => return state.active(self.inner.config.active),
-            Ok(Err(e)) => e.to_string(),
+        let failed = match self.inner.ctx.store.fetch_state(self.name()).await {
+            Ok(state) => return state.active(self.inner.config.active),
             Err(e) => e.to_string(),
         };
         tracing::warn!(collector = self.name(), "reading collector state: {failed}");
@@ -266,6 +289,9 @@ impl Collector {
                 .collector_active
                 .with_label_values(&[&name])
                 .set(i64::from(active));
+            if !active {
+                self.release_lease().await;
+            }
             let wait = if active {
                 match self.collect(RunKind::Normal).await {
                     Ok(_) => {
@@ -273,6 +299,8 @@ impl Collector {
                         interval
                     }
                     Err(f) if f.error.kind == ErrorKind::Shutdown => break,
+                    // Another node polls it: look again at the next interval.
+                    Err(f) if f.error.kind == ErrorKind::LeaseLost => interval,
                     Err(f) => {
                         failures += 1;
                         let wait = jitter(
@@ -294,7 +322,86 @@ impl Collector {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        self.release_lease().await;
         tracing::info!(collector = %name, "collector stopped");
+    }
+
+    /// On a node of a shared archive: whether this node holds the collector's lease, taking it
+    /// when it is free or expired (a take-over) and starting its renewal.
+    async fn hold_lease(&self) -> Result<Holding, Pop3Error> {
+        let Some(shared) = self.inner.ctx.ingest.shared_archive().cloned() else {
+            return Ok(Holding::Alone);
+        };
+        if let Some(guard) = self.lease_guard().as_ref() {
+            if !guard.lost.is_cancelled() {
+                return Ok(Holding::Held);
+            }
+        }
+        self.drop_guard();
+        let name = self.name().to_string();
+        let lease_error = |e: crate::archive::SharedError| {
+            Pop3Error::new(ErrorKind::Ingest, format!("collector lease: {e}"))
+        };
+        let Some(lease) = shared.acquire_lease(&name).await.map_err(lease_error)? else {
+            let holder = match shared.index().lease_holder(&name).await {
+                Ok(Some(h)) => h.holder,
+                Ok(None) => "another node".to_string(),
+                Err(e) => format!("another node ({e})"),
+            };
+            return Ok(Holding::Elsewhere(holder));
+        };
+        tracing::info!(collector = %name, node = shared.node(), epoch = lease.epoch, "collector lease taken: this node polls it");
+        let lost = CancellationToken::new();
+        let current = Arc::new(std::sync::Mutex::new(lease));
+        let renewer = tokio::spawn(renew(shared, current.clone(), lost.clone()));
+        *self.lease_guard() = Some(LeaseGuard {
+            lease: current,
+            lost,
+            renewer,
+        });
+        Ok(Holding::Held)
+    }
+
+    /// Whether the lease this run holds was lost (never on a single gateway).
+    fn lease_lost(&self) -> bool {
+        self.lease_guard()
+            .as_ref()
+            .is_some_and(|g| g.lost.is_cancelled())
+    }
+
+    fn lease_guard(&self) -> std::sync::MutexGuard<'_, Option<LeaseGuard>> {
+        self.inner
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops renewing the lease (if any) and forgets it; returns it.
+    fn drop_guard(&self) -> Option<Lease> {
+        let guard = self.lease_guard().take()?;
+        guard.renewer.abort();
+        let lease = guard
+            .lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (!guard.lost.is_cancelled()).then_some(lease)
+    }
+
+    /// Gives the lease up (shutdown, an inactive collector): another node may take it at once.
+    async fn release_lease(&self) {
+        let Some(lease) = self.drop_guard() else {
+            return;
+        };
+        if let Some(shared) = self.inner.ctx.ingest.shared_archive() {
+            match shared.release_lease(&lease).await {
+                Ok(()) => tracing::info!(collector = self.name(), "collector lease released"),
+                Err(e) => tracing::warn!(
+                    collector = self.name(),
+                    "releasing the collector lease: {e} (it expires by itself)"
+                ),
+            }
+        }
     }
 
     /// One run: a normal drain or a test collection. Waits for any other run of this collector to
@@ -303,6 +410,25 @@ impl Collector {
         let _session = self.inner.session.lock().await;
         let gw = &self.inner.ctx;
         let name = self.name().to_string();
+        let refused = |error: Pop3Error| RunFailure {
+            error,
+            summary: Run {
+                collector: name.clone(),
+                kind,
+                ..Default::default()
+            },
+        };
+        match self.hold_lease().await {
+            Ok(Holding::Alone | Holding::Held) => {}
+            Ok(Holding::Elsewhere(holder)) => {
+                tracing::debug!(collector = %name, holder = %holder, "collector polled by another node");
+                return Err(refused(Pop3Error::new(
+                    ErrorKind::LeaseLost,
+                    format!("collector {name:?} is polled by node {holder:?} (it holds the lease)"),
+                )));
+            }
+            Err(e) => return Err(refused(e)),
+        }
         let started = time::OffsetDateTime::now_utc();
         let mut run = Run {
             collector: name.clone(),
@@ -334,16 +460,8 @@ impl Collector {
                 .with_label_values(&[&name])
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
-        let recorded = {
-            let (store, run) = (gw.store.clone(), run.clone());
-            tokio::task::spawn_blocking(move || store.record_run(&run)).await
-        };
-        match recorded {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(collector = %name, "recording the collection history: {e}");
-            }
-            Err(e) => tracing::error!(collector = %name, "recording the collection history: {e}"),
+        if let Err(e) = gw.store.store_run(&run).await {
+            tracing::error!(collector = %name, "recording the collection history: {e}");
         }
         tracing::info!(
             collector = %name,
@@ -382,6 +500,9 @@ impl Collector {
             }
             if let Some(space) = self.inner.ctx.ingest.storage_low() {
                 return Err(low_space(&space));
+            }
+            if self.lease_lost() {
+                return Err(lease_lost());
             }
             if !self.session(kind, run).await? {
                 return Ok(());
@@ -576,6 +697,11 @@ impl Collector {
                 self.ingested(done, delete, run, &mut to_delete, &mut soft);
             }
             while sent.len() < window {
+                if soft.is_none() && self.lease_lost() {
+                    // Another node took the collector over: no further DELE (nor RETR).
+                    to_delete.clear();
+                    soft = Some(lease_lost());
+                }
                 if let Some(i) = to_delete.pop_front() {
                     client.send_dele(items[i].n);
                     sent.push_back(Sent::Dele(i));
@@ -714,6 +840,53 @@ const MAX_QUEUED: usize = 8;
 /// most one command outstanding) every command is written at once, as before.
 fn must_flush(written: usize, queued: usize) -> bool {
     queued > 0 && (written <= 1 || queued >= MAX_QUEUED)
+}
+
+/// The drain stops: this node lost the collector's lease.
+fn lease_lost() -> Pop3Error {
+    Pop3Error::new(
+        ErrorKind::LeaseLost,
+        "stopped: this node lost the collector's lease (another node took it over)",
+    )
+}
+
+/// Renews `lease` every third of its time to live until it is lost (then `lost` is
+/// cancelled). A renewal PostgreSQL fails is tried again at the next third; once the lease's
+/// expiry has passed without a renewal it counts as lost.
+async fn renew(
+    shared: Arc<SharedArchive>,
+    lease: Arc<std::sync::Mutex<Lease>>,
+    lost: CancellationToken,
+) {
+    let every = shared.lease_ttl() / 3;
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let current = lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match shared.renew_lease(&current).await {
+            Ok(Some(renewed)) => {
+                last_renewed = tokio::time::Instant::now();
+                *lease
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
+            }
+            Ok(None) => {
+                tracing::warn!(collector = %current.collector, epoch = current.epoch, "collector lease lost: another node took it over");
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(collector = %current.collector, "renewing the collector lease: {e}");
+                if last_renewed.elapsed() >= shared.lease_ttl() {
+                    lost.cancel();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Collection pauses: the archive is below its free-space reserve.

@@ -287,7 +287,13 @@ fn spawn_loop(
 fn seed_metrics(ctx: &CollectorContext, c: &Collector) {
     let m = &ctx.metrics;
     let name = c.name();
-    let state = match ctx.store.state(name) {
+    // On a node the state is in PostgreSQL: the polling loop exports it at its first look.
+    let stored = if ctx.store.is_shared() {
+        Ok(CollectorState::default())
+    } else {
+        ctx.store.state(name)
+    };
+    let state = match stored {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(collector = name, "reading collector state: {e}");

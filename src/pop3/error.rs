@@ -32,6 +32,9 @@ pub enum ErrorKind {
     LowSpace,
     /// The gateway is stopping.
     Shutdown,
+    /// A node of a shared archive does not hold (or lost) the collector's lease: another node
+    /// polls this collector.
+    LeaseLost,
 }
 
 impl ErrorKind {
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Ingest => "ingest",
             ErrorKind::LowSpace => "low_space",
             ErrorKind::Shutdown => "shutdown",
+            ErrorKind::LeaseLost => "lease_lost",
         }
     }
 

@@ -284,7 +284,8 @@ impl PgIndex {
         let mut client = self.pool.get().await?;
         for _ in 0..ATTEMPTS {
             let tx = client.transaction().await?;
-            let mut applied: Vec<Option<Applied>> = vec![Some(Applied::NeedsObject); arrivals.len()];
+            let mut applied: Vec<Option<Applied>> =
+                vec![Some(Applied::NeedsObject); arrivals.len()];
             let mut held: std::collections::HashMap<(String, i64), bool> =
                 std::collections::HashMap::new();
             let mut result = Ok(());
@@ -315,7 +316,11 @@ impl PgIndex {
                 }
             }
             if let (Ok(()), Some(node)) = (&result, node) {
-                let done: Vec<Applied> = applied.iter().cloned().map(Option::unwrap_or_default).collect();
+                let done: Vec<Applied> = applied
+                    .iter()
+                    .cloned()
+                    .map(Option::unwrap_or_default)
+                    .collect();
                 result = add_counters(&tx, node, &counts(arrivals, &done)).await;
             }
             let result = match result {
