@@ -20,6 +20,7 @@ mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
 mod reload;
+mod scaleout_collect;
 mod scaleout_nodes;
 mod scaleout_pg;
 mod smtp_auth;

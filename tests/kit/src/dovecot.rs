@@ -207,6 +207,20 @@ service stats {{
         self.hand_over();
     }
 
+    /// Delivers `count` reports numbered from `start` into the mailbox of a running server:
+    /// each is written and handed to the mail user outside the Maildir, then renamed into
+    /// `new/` whole (as a delivery agent does), so the server never sees a partial message.
+    pub fn deliver(&self, start: u64, count: u64, size: usize) {
+        let stage = self.maildir.with_file_name("stage");
+        crate::sample::write_maildir(&stage, start..start + count, size).expect("stage reports");
+        for entry in std::fs::read_dir(stage.join("new")).expect("read stage") {
+            let path = entry.expect("stage entry").path();
+            std::os::unix::fs::chown(&path, Some(MAIL_UID), Some(MAIL_GID)).expect("chown");
+            let name = path.file_name().expect("file name").to_owned();
+            std::fs::rename(&path, self.maildir.join("new").join(name)).expect("deliver");
+        }
+    }
+
     /// Gives the Maildir to the mail user.
     pub fn hand_over(&self) {
         chown_tree(&self.maildir);
