@@ -1,5 +1,5 @@
 //! POP3 collectors on the shared archive (issue 13, scale-out): every node runs each collector's
-//! loop but only the holder of its lease (PostgreSQL) polls; a SIGKILLed holder is taken over
+//! loop but only the holder of its lease (PostgreSQL) polls; a holder killed (SIGKILL) is taken over
 //! within two lease periods and the mailbox is finished from the shared UIDL map, each message
 //! archived once; a holder whose lease was taken over cannot record; history and state are
 //! archive-wide. Real Dovecot, PostgreSQL and Garage from the kit.
@@ -40,12 +40,18 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>
 
 /// A node process: `journal-gateway serve` on `config`.
 fn serve(config: &Path) -> Child {
+    // Its log goes beside its configuration (`<name>.log`, appended across restarts).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("node log file");
     Command::new(crate::gateway_bin())
         .args(["serve", "--config"])
         .arg(config)
         .env("JOURNAL_GATEWAY_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("starting journal-gateway serve")
 }
@@ -74,7 +80,7 @@ fn count(pg: &Postgres, db: &str, sql: &str) -> u64 {
 }
 
 /// a. A mailbox of 3,000 with the same collector on two node processes: only the lease holder
-/// polls; SIGKILLed mid-drain, the other takes over within two lease periods and finishes;
+/// polls; killed (SIGKILL) mid-drain, the other takes over within two lease periods and finishes;
 /// the mailbox is empty, each message recorded once, no object twice; the history holds both
 /// nodes' runs, and both nodes answer the same state and history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +91,7 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
     let url = pg.create_database(db);
     let garage = Garage::start("collect-takeover");
     let mut dovecot = Dovecot::new(Options::default());
+    dovecot.hand_over();
     dovecot.start();
     let dir = tempfile::tempdir().unwrap();
     let mut http = BTreeMap::new();
@@ -114,6 +121,12 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
     for name in ["a", "b"] {
         nodes.insert(name, serve(&configs[name]));
     }
+    wait_for("the schema", Duration::from_secs(30), || {
+        (pg.psql(db, "SELECT to_regclass('collector_leases') IS NOT NULL")
+            .trim()
+            == "t")
+            .then_some(())
+    });
     // One node takes the lease and polls the empty mailbox (its runs are recorded).
     let (first, epoch) = wait_for("a lease holder", Duration::from_secs(30), || {
         lease_row(&pg, db, "exch")
@@ -140,7 +153,7 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
 
     dovecot.deliver(0, N, 600);
     // Mid-drain: some messages recorded, not all.
-    wait_for("the drain to start", Duration::from_secs(60), || {
+    wait_for("the drain to start", Duration::from_mins(1), || {
         let n = count(&pg, db, "SELECT count(*) FROM uidls");
         (n >= 300).then_some(n)
     });
@@ -175,12 +188,12 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
         "take-over after {took:?}"
     );
 
-    wait_for("the mailbox to be empty", Duration::from_secs(120), || {
+    wait_for("the mailbox to be empty", Duration::from_mins(2), || {
         (dovecot.mailbox_count() == 0).then_some(())
     });
     wait_for(
         "a recorded run of the new holder",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || {
             (count(
                 &pg,
