@@ -463,6 +463,68 @@ pub(crate) fn gather_input<'a>(
     })
 }
 
+/// [`gather_input`] on a node of a shared archive: the totals, facts, state and history are
+/// read in PostgreSQL (archive-wide, whichever node recorded them), so every node answers the
+/// same verdict.
+pub(crate) async fn gather_input_shared(
+    index: &crate::index::pg::PgIndex,
+    store: &CollectorStore,
+    collectors: &[CollectorConfig],
+    accepted: &[String],
+) -> Result<MigrationInput, IndexError> {
+    let facts = index.cutover_facts().await?;
+    let mut views = Vec::new();
+    for c in collectors {
+        let state = store.fetch_state(c.name()).await?;
+        let polls = store
+            .fetch_runs(c.name(), RUNS_FOR_POLLS)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some(PollView {
+                    at_ms: r.started_ms.0,
+                    queue_depth: r.on_server?,
+                })
+            })
+            .collect();
+        views.push(CollectorView {
+            name: c.name().to_string(),
+            active: state.active(c.active),
+            retired: state.retired,
+            interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
+            polls,
+        });
+    }
+    let unmatched = facts
+        .pop3_only
+        .iter()
+        .map(|(key, rec)| UnmatchedView {
+            key: key.clone(),
+            collector: rec
+                .first_source()
+                .and_then(Source::collector)
+                .map(str::to_string),
+            journaled_ms: rec.journaled_or_dated_ms().map(|t| t.0),
+        })
+        .collect();
+    Ok(MigrationInput {
+        now_ms: crate::clock::UnixMs::now().0,
+        smtp: SmtpView {
+            first_ms: facts.first_smtp_ms.map(|t| t.0),
+            last_ms: facts.last_smtp_ms.map(|t| t.0),
+            first_by_address: facts
+                .first_smtp_by_address
+                .iter()
+                .map(|(a, t)| (a.clone(), t.0))
+                .collect(),
+            accepted: accepted.to_vec(),
+        },
+        pop3_after_smtp: facts.pop3_after_smtp,
+        unmatched,
+        collectors: views,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

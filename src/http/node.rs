@@ -8,6 +8,7 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | PostgreSQL answers, the spool takes a file, every listener bound (503 otherwise) |
 //! | `GET /api/v1/status` | archive-wide totals (every node's counters summed in PostgreSQL) |
+//! | `GET /api/v1/migration` | the cutover verdict from archive-wide facts, state and history |
 //! | `GET /api/v1/collectors`, `.../{name}` | configuration and archive-wide state |
 //! | `GET /api/v1/collectors/{name}/history` | archive-wide run history (every node's runs) |
 //! | `GET /api/v1/collectors/{name}/lease` | which node polls it (the lease holder, epoch) |
@@ -56,6 +57,8 @@ struct NodeState {
     ctx: NodeContext,
     readiness: Readiness,
     started: std::time::Instant,
+    /// The journal addresses SMTP accepts (the verdict's per-address check).
+    accepted: Arc<Vec<String>>,
 }
 
 /// The node's bound HTTP listener, not serving yet.
@@ -89,6 +92,7 @@ impl NodeHttpServer {
                 ctx,
                 readiness: Readiness::default(),
                 started: std::time::Instant::now(),
+                accepted: Arc::new(config.smtp.accepted_addresses()),
             },
         })
     }
@@ -137,6 +141,7 @@ fn router(state: NodeState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/migration", get(migration_verdict))
         .route("/api/v1/collectors", get(collectors))
         .route("/api/v1/collectors/{name}", get(collector))
         .route("/api/v1/collectors/{name}/history", get(collector_history))
@@ -326,5 +331,21 @@ async fn collector_lease(State(state): State<NodeState>, Path(name): Path<String
         }))
         .into_response(),
         Err(e) => unavailable("collector lease", &e),
+    }
+}
+
+/// The migration cutover verdict, from the facts, state and history every node recorded in
+/// PostgreSQL: the same on every node.
+async fn migration_verdict(State(state): State<NodeState>) -> Response {
+    let input = crate::migration::gather_input_shared(
+        state.ctx.shared.index(),
+        &state.ctx.store,
+        &state.ctx.collectors.configs(),
+        &state.accepted,
+    )
+    .await;
+    match input {
+        Ok(input) => Json(crate::migration::verdict(&input)).into_response(),
+        Err(e) => unavailable("migration verdict", &e),
     }
 }

@@ -38,8 +38,21 @@ fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>
     }
 }
 
+/// A node process, killed (SIGKILL) if the test ends without stopping it, so a failing test
+/// leaves no node behind.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A node process: `journal-gateway serve` on `config`.
-fn serve(config: &Path) -> Child {
+fn serve(config: &Path) -> NodeProcess {
     // Its log goes beside its configuration (`<name>.log`, appended across restarts).
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -53,7 +66,27 @@ fn serve(config: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(NodeProcess)
         .expect("starting journal-gateway serve")
+}
+
+/// `value` without its members that depend on the moment it was read (`now_ms`, ages).
+fn timeless(mut value: serde_json::Value) -> serde_json::Value {
+    match &mut value {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, _| k != "now_ms" && !k.ends_with("_age_ms"));
+            for v in map.values_mut() {
+                *v = timeless(v.take());
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                *v = timeless(v.take());
+            }
+        }
+        _ => {}
+    }
+    value
 }
 
 /// A GET of a node's HTTP API, as JSON (None while it does not answer 200).
@@ -158,9 +191,9 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
         (n >= 300).then_some(n)
     });
     let mut killed = nodes.remove(holder).unwrap();
-    killed.kill().unwrap(); // SIGKILL
+    killed.0.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
-    killed.wait().unwrap();
+    killed.0.wait().unwrap();
     let recorded_at_kill = count(&pg, db, "SELECT count(*) FROM uidls");
     assert!(
         recorded_at_kill < N,
@@ -232,11 +265,19 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
         runs.iter().any(|r| r["archived"].as_u64().unwrap_or(0) > 0),
         "{survivor}"
     );
+    let verdict = |port| async move { wait_for_json(port, "/api/v1/migration").await };
+    let (v1, v2) = (verdict(http[other]).await, verdict(http[holder]).await);
+    assert_eq!(
+        timeless(v1.clone()),
+        timeless(v2),
+        "the same verdict on both nodes"
+    );
+    assert_eq!(v1["collectors"][0]["name"], "exch", "{v1}");
     let state = |port| async move { wait_for_json(port, "/api/v1/collectors/exch").await };
     let (s1, s2) = (state(http[other]).await, state(http[holder]).await);
     assert_eq!(s1["last_success_ms"], s2["last_success_ms"]);
     assert_eq!(s1["queue_depth"], s2["queue_depth"]);
-    for child in [nodes.get_mut(other).unwrap(), &mut restarted] {
+    for NodeProcess(child) in [nodes.get_mut(other).unwrap(), &mut restarted] {
         unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
         let status = child.wait().unwrap();
         assert!(status.success(), "graceful stop: {status}");

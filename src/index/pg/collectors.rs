@@ -5,6 +5,7 @@
 use tokio_postgres::types::Json;
 
 use super::{PgError, PgIndex};
+use crate::clock::UnixMs;
 use crate::index::{CollectorState, Run};
 
 fn json_error(source: serde_json::Error, what: &'static str) -> PgError {
@@ -129,4 +130,65 @@ async fn store_state(
     )
     .await?;
     Ok(())
+}
+
+/// The migration cutover's facts as the nodes recorded them (see [`PgIndex::cutover_facts`]).
+#[derive(Debug, Clone, Default)]
+pub struct CutoverFacts {
+    /// The first SMTP arrival on any node.
+    pub first_smtp_ms: Option<UnixMs>,
+    /// The last SMTP arrival on any node.
+    pub last_smtp_ms: Option<UnixMs>,
+    /// The first SMTP arrival per envelope recipient (journal address).
+    pub first_smtp_by_address: Vec<(String, UnixMs)>,
+    /// How many originals were first archived over POP3 after SMTP began.
+    pub pop3_after_smtp: u64,
+    /// Those of them that have not come over SMTP since, with their records.
+    pub pop3_only: Vec<(String, crate::index::Record)>,
+}
+
+fn ms(v: i64) -> UnixMs {
+    UnixMs(u64::try_from(v).unwrap_or_default())
+}
+
+impl PgIndex {
+    /// The migration cutover's facts, archive-wide (every node's).
+    pub async fn cutover_facts(&self) -> Result<CutoverFacts, PgError> {
+        let client = self.pool().get().await?;
+        let mut facts = CutoverFacts::default();
+        for row in client
+            .query(
+                "SELECT address, min(first_ms), max(last_ms) FROM cutover_smtp
+                 GROUP BY address ORDER BY address",
+                &[],
+            )
+            .await?
+        {
+            let address: String = row.get(0);
+            let (first, last) = (ms(row.get(1)), ms(row.get(2)));
+            if address.is_empty() {
+                facts.first_smtp_ms = Some(first);
+                facts.last_smtp_ms = Some(last);
+            } else {
+                facts.first_smtp_by_address.push((address, first));
+            }
+        }
+        for row in client
+            .query(
+                "SELECT m.key, m.record FROM cutover_pop3_only c JOIN messages m ON m.key = c.key
+                 WHERE NOT c.seen_over_smtp ORDER BY c.key",
+                &[],
+            )
+            .await?
+        {
+            let key: String = row.get(0);
+            let record = super::decode(&key, &row)?;
+            facts.pop3_only.push((key, record));
+        }
+        let row = client
+            .query_one("SELECT count(*) FROM cutover_pop3_only", &[])
+            .await?;
+        facts.pop3_after_smtp = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+        Ok(facts)
+    }
 }

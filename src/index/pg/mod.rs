@@ -29,6 +29,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Json;
 
+pub use collectors::CutoverFacts;
 pub use copy::KeyedRecord;
 pub use lease::{Lease, LeaseHolder};
 pub use schema::SCHEMA_VERSION;
@@ -314,6 +315,9 @@ impl PgIndex {
                         break;
                     }
                 }
+            }
+            if result.is_ok() {
+                result = record_facts(&tx, node.unwrap_or(""), arrivals, &applied).await;
             }
             if let (Ok(()), Some(node)) = (&result, node) {
                 let done: Vec<Applied> = applied
@@ -658,6 +662,67 @@ async fn record_one(tx: &tokio_postgres::Transaction<'_>, a: &Arrival) -> Result
     // Both keys taken by other identities: impossible (the variant key holds its identity), or
     // a record kept vanishing.
     Err(PgError::Contended(ATTEMPTS))
+}
+
+/// The migration cutover's facts of a batch, in its transaction (the counterpart of the redb
+/// index's `CutoverFacts`): SMTP arrivals move this node's first/last SMTP times (overall and
+/// per journal address) and mark their original on the POP3-after-SMTP list as seen over SMTP; a new original
+/// collected over POP3 after SMTP began goes on it.
+async fn record_facts(
+    tx: &tokio_postgres::Transaction<'_>,
+    node: &str,
+    arrivals: &[Arrival],
+    applied: &[Option<Applied>],
+) -> Result<(), PgError> {
+    let mut smtp: std::collections::BTreeMap<&str, (i64, i64)> = std::collections::BTreeMap::new();
+    let mut smtp_keys: Vec<&str> = Vec::new();
+    let mut pop3_new: Vec<(&str, i64)> = Vec::new();
+    for (a, r) in arrivals.iter().zip(applied) {
+        let key = match r {
+            Some(Applied::Archived { key, .. } | Applied::Duplicate { key }) => key.as_str(),
+            _ => continue,
+        };
+        let at = i64::try_from(a.sighting.at_ms.0).unwrap_or(i64::MAX);
+        if a.sighting.source.collector().is_none() {
+            for address in std::iter::once("").chain(a.sighting.rcpt_to.iter().map(String::as_str))
+            {
+                let e = smtp.entry(address).or_insert((at, at));
+                e.0 = e.0.min(at);
+                e.1 = e.1.max(at);
+            }
+            smtp_keys.push(key);
+        } else if matches!(r, Some(Applied::Archived { .. })) {
+            pop3_new.push((key, at));
+        }
+    }
+    for (address, (first, last)) in &smtp {
+        tx.execute(
+            "INSERT INTO cutover_smtp AS c (node, address, first_ms, last_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (node, address) DO UPDATE SET
+                 first_ms = LEAST(c.first_ms, EXCLUDED.first_ms),
+                 last_ms = GREATEST(c.last_ms, EXCLUDED.last_ms)",
+            &[&node, address, first, last],
+        )
+        .await?;
+    }
+    for (key, at) in &pop3_new {
+        tx.execute(
+            "INSERT INTO cutover_pop3_only (key, at_ms)
+             SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM cutover_smtp WHERE address = '')
+             ON CONFLICT (key) DO NOTHING",
+            &[key, at],
+        )
+        .await?;
+    }
+    if !smtp_keys.is_empty() {
+        tx.execute(
+            "UPDATE cutover_pop3_only SET seen_over_smtp = true
+             WHERE key = ANY($1) AND NOT seen_over_smtp",
+            &[&smtp_keys],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether `lease` is still held (same holder and epoch, not expired by PostgreSQL's clock),

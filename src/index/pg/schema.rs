@@ -48,7 +48,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node, name)
     );",
     // 3: the collectors' history and state, archive-wide (what the redb index keeps in
-    // `collector_history` and `collector_state`): JSON values in the redb rows' shape.
+    // `collector_history` and `collector_state`): JSON values in the redb rows' shape; and the
+    // migration cutover's facts: the first and last SMTP arrival per node and journal address
+    // ('' for any; read as min/max over nodes, so nodes never contend on one row), and the
+    // originals first archived over POP3 after SMTP began (and whether they came over SMTP since).
     "CREATE TABLE collector_runs (
         collector text NOT NULL,
         id bigint NOT NULL,
@@ -59,6 +62,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE collector_state (
         collector text PRIMARY KEY,
         state jsonb NOT NULL
+    );
+    CREATE TABLE cutover_smtp (
+        node text NOT NULL,
+        address text NOT NULL,
+        first_ms bigint NOT NULL,
+        last_ms bigint NOT NULL,
+        PRIMARY KEY (node, address)
+    );
+    CREATE TABLE cutover_pop3_only (
+        key text PRIMARY KEY,
+        at_ms bigint NOT NULL,
+        seen_over_smtp boolean NOT NULL DEFAULT false
     );",
 ];
 
