@@ -158,6 +158,9 @@ impl IndexConfig {
                 if self.timeout.is_zero() {
                     bail!("index.timeout: must be more than 0");
                 }
+                if self.collector_lease < Duration::from_secs(1) {
+                    bail!("index.collector_lease: must be at least 1s (it is renewed every third of it)");
+                }
             }
         }
         if let Some(node) = &self.node {
@@ -441,6 +444,17 @@ mod tests {
         .unwrap();
         assert!(format!("{:#}", c.index.pg_settings().unwrap_err()).contains("url_env"));
         assert!(!c.index.node_name().is_empty());
+        assert_eq!(c.index.collector_lease, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_collector_lease_is_at_least_a_second() {
+        let pg = "[index]\nbackend = \"postgres\"\nurl = \"host=a\"\n";
+        assert!(
+            err(&format!("{pg}collector_lease = \"500ms\"\n")).contains("index.collector_lease")
+        );
+        let c = Config::parse(&format!("{pg}collector_lease = \"2s\"\n")).unwrap();
+        assert_eq!(c.index.collector_lease, Duration::from_secs(2));
     }
 
     #[test]

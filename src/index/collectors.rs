@@ -298,7 +298,14 @@ fn block<T>(
 ) -> Result<T, IndexError> {
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|e| IndexError::Unavailable(format!("no async runtime for PostgreSQL: {e}")))?;
-    Ok(handle.block_on(fut)?)
+    // On a worker of the multi-threaded runtime, the worker is handed over first (no panic
+    // even if a caller forgets `spawn_blocking`); on a blocking thread this just runs.
+    let out = if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(|| handle.block_on(fut))
+    } else {
+        handle.block_on(fut)
+    };
+    Ok(out?)
 }
 
 impl CollectorStore {
