@@ -3,7 +3,7 @@
 //! the whole batch instead of one per file).
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 
@@ -17,6 +17,9 @@ pub(super) enum Target {
     File(PathBuf),
     /// A directory's entries (`fsync` of the directory).
     Dir(PathBuf),
+    /// A new file: created with these bytes, then its data made durable (`fdatasync`); removed
+    /// again when that fails. Its name is durable only with its directory's sync, after this.
+    Write(PathBuf, Arc<Vec<u8>>),
 }
 
 impl Target {
@@ -24,10 +27,20 @@ impl Target {
         let result = match self {
             Target::File(path) => File::open(path).and_then(|f| f.sync_data()),
             Target::Dir(path) => File::open(path).and_then(|f| f.sync_all()),
+            Target::Write(path, bytes) => {
+                let written = File::create(path).and_then(|mut f| {
+                    f.write_all(bytes)?;
+                    f.sync_data()
+                });
+                if written.is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+                written
+            }
         };
         result.map_err(|e| {
             let path = match self {
-                Target::File(p) | Target::Dir(p) => p,
+                Target::File(p) | Target::Dir(p) | Target::Write(p, _) => p,
             };
             io::Error::new(e.kind(), format!("syncing {}: {e}", path.display()))
         })
@@ -46,7 +59,18 @@ impl SyncPool {
     /// Starts syncing every target at once; [`InFlight::wait`] gives the first error, if any.
     pub(super) fn start(&self, targets: Vec<Target>) -> InFlight {
         let (reply, replies) = mpsc::channel();
-        let mut outstanding = 0;
+        let mut in_flight = InFlight {
+            reply,
+            replies,
+            outstanding: 0,
+        };
+        self.add(&mut in_flight, targets);
+        in_flight
+    }
+
+    /// Adds `targets` to syncs already under way: [`InFlight::wait`] waits for them too.
+    pub(super) fn add(&self, in_flight: &mut InFlight, targets: Vec<Target>) {
+        let reply = &in_flight.reply;
         for target in targets {
             match self.sender() {
                 Some(jobs) => {
@@ -61,11 +85,7 @@ impl SyncPool {
                     let _ = reply.send(target.sync());
                 }
             }
-            outstanding += 1;
-        }
-        InFlight {
-            replies,
-            outstanding,
+            in_flight.outstanding += 1;
         }
     }
 
@@ -98,6 +118,7 @@ impl SyncPool {
 
 /// The syncs of one batch, under way.
 pub(super) struct InFlight {
+    reply: mpsc::Sender<io::Result<()>>,
     replies: mpsc::Receiver<io::Result<()>>,
     outstanding: usize,
 }
@@ -105,10 +126,16 @@ pub(super) struct InFlight {
 impl InFlight {
     /// Waits for every sync; the first failure, if any.
     pub(super) fn wait(self) -> io::Result<()> {
+        let InFlight {
+            reply,
+            replies,
+            outstanding,
+        } = self;
+        // Only the jobs' own senders are left: a worker that died answers with an error.
+        drop(reply);
         let mut result = Ok(());
-        for _ in 0..self.outstanding {
-            let r = self
-                .replies
+        for _ in 0..outstanding {
+            let r = replies
                 .recv()
                 .unwrap_or_else(|_| Err(io::Error::other("an archive sync thread stopped")));
             result = result.and(r);
