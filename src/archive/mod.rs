@@ -7,12 +7,17 @@
 //! [`Archive::backup`] copies it while it serves; [`restore`] brings a backup back.
 //!
 //! # Durability protocol
-//! A new message's bytes are written to `tmp/<name>` by the caller, unsynced (its write-back
-//! started). [`Archive::apply`] then takes a whole batch of arrivals:
-//! 1. fdatasync every file of the batch and fsync `tmp/` (data and names durable), all issued at
-//!    once so the kernel merges their device flushes (one or two for the batch, not one per
-//!    file); they run while step 2's transaction is built, and it commits only after all of
-//!    them succeeded,
+//! A large (spooled) message's bytes are in `tmp/<name>` already, fsynced by the caller; a
+//! small one's arrive in memory ([`Arrival::bytes`], with the name its file will have).
+//! [`Archive::apply`] then takes a whole batch of arrivals:
+//! 1. fsync `tmp/` and `new/` and, once the transaction knows which arrivals are new originals,
+//!    create and fdatasync their files (in memory ones; a duplicate's is never written), then
+//!    fsync `tmp/` again for their names; the record log's entries are written and
+//!    fdatasynced meanwhile ([`crate::index::Writer::flush_records`]). All of these are issued
+//!    at once (a pool of threads) so the kernel merges their device flushes, and the
+//!    transaction commits only after every one of them succeeded: the log is read only up to
+//!    the end a committed transaction recorded, so syncing it beside the files is as safe as
+//!    syncing it after them,
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
 //!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
 //!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`

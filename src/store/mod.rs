@@ -3,7 +3,8 @@
 //! decides what is written, published or discarded, and in which order with the index.
 //!
 //! A file's life: written to `tmp/` ([`Maildir::stage_tmp`], unsynced; [`Maildir::write_tmp`],
-//! fsynced; or spooled there by the ingest path), made durable with its name by the sync of its
+//! fsynced; spooled there by the ingest path; or created by the sync of its batch,
+//! [`Syncing::write`]), made durable with its name by the sync of its
 //! batch ([`Maildir::start_sync`]: the batch's files and `tmp/` fsynced together), moved into
 //! `new/` ([`Maildir::publish`]) and, with the next batch's sync, durably there. A second
 //! implementation (an object store) would offer the same steps.
