@@ -360,6 +360,26 @@ impl Archive {
             .filter_map(|a| a.tmp_file.as_deref())
             .collect();
         let mut syncing = Some(self.store.start_sync(&staged));
+        // The small messages' files of arrivals whose original is not archived yet (nearly all
+        // of them) are created and synced from here, while the transaction is built; a known
+        // original's never is. `early[i]`: arrival i's file is being written.
+        let mut early = vec![false; batch.len()];
+        let mut files = Vec::new();
+        for (a, early) in batch.iter().zip(early.iter_mut()) {
+            if let (Some(name), Some(bytes)) = (a.tmp_file.as_deref(), &a.bytes) {
+                if self
+                    .index
+                    .find(&a.key, &a.variant_key, &a.record.identity)?
+                    .is_none()
+                {
+                    files.push((name, bytes.clone()));
+                    *early = true;
+                }
+            }
+        }
+        if let Some(s) = syncing.as_mut() {
+            s.write(files);
+        }
         let mut synced: Option<io::Result<Vec<String>>> = None;
         let targets = self
             .forward
@@ -376,15 +396,17 @@ impl Archive {
             // records, and the commit waits for both (the log's sync returned; the files' below).
             let logged = match &results {
                 Ok(results) => {
-                    // The small messages' files, for the arrivals that need them, are created
-                    // and synced by the pool now, beside the other syncs.
+                    // A small message's file that turned out to be needed after all (its bytes
+                    // are wanted for forwarding) is created now.
                     let files = batch
                         .iter()
                         .zip(results)
-                        .filter(|(_, r)| {
-                            matches!(r, Applied::Archived { .. } | Applied::NeedsUpdateFile)
+                        .zip(&early)
+                        .filter(|((_, r), early)| {
+                            !**early
+                                && matches!(r, Applied::Archived { .. } | Applied::NeedsUpdateFile)
                         })
-                        .filter_map(|(a, _)| Some((a.tmp_file.as_deref()?, a.bytes.clone()?)))
+                        .filter_map(|((a, _), _)| Some((a.tmp_file.as_deref()?, a.bytes.clone()?)))
                         .collect();
                     if let Some(s) = syncing.as_mut() {
                         s.write(files);
@@ -444,8 +466,6 @@ impl Archive {
                 Applied::Archived { .. } => self.store.publish(tmp_file)?,
                 // The caller moves it to outbound/ and retries.
                 Applied::NeedsUpdateFile => {}
-                // A small message's file was written only if it was needed.
-                _ if a.bytes.is_some() => {}
                 _ => self.store.discard(tmp_file),
             }
         }
