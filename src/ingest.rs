@@ -377,11 +377,10 @@ impl Ingest {
             record,
             sighting,
             tmp_file: None,
-            bytes: None,
             update_file: None,
         };
-        // A known original needs no file: only its index entry changes. The lookup of a spooled
-        // message is blocking work, done off the async workers.
+        // A known original needs no file: only its index entry changes. The lookup (and, for a
+        // message in memory, the file) is blocking work, done off the async workers.
         let mut body = None;
         if let Some(spool) = spool {
             let (index, a) = (archive.index().clone(), Lookup::of(&arrival));
@@ -400,12 +399,26 @@ impl Ingest {
                 body = Some(body_now);
             }
         } else {
-            // A message in memory goes to the committer as it is: the batch looks it up in its
-            // transaction and creates and syncs its file only if it is a new original (or its
-            // bytes are needed for forwarding), before the commit (`Archive::apply`). No
-            // blocking task of its own, no file for a duplicate.
-            arrival.tmp_file = Some(archive.store().new_file_name());
-            arrival.bytes = Some(Arc::new(head));
+            let (archive, a) = (archive.clone(), Lookup::of(&arrival));
+            // Ok(file written) or Err(the bytes back: the original is known).
+            let written = tokio::task::spawn_blocking(
+                move || -> Result<Result<String, Vec<u8>>, IngestError> {
+                    let known = archive.index().find(&a.key, &a.variant_key, &a.identity)?;
+                    if known.is_some() {
+                        return Ok(Err(head));
+                    }
+                    let name = archive.store().new_file_name();
+                    // Synced with its batch, before the index commit (`Archive::apply`).
+                    archive.store().stage_tmp(&name, &head)?;
+                    Ok(Ok(name))
+                },
+            )
+            .await
+            .map_err(blocking_failed)??;
+            match written {
+                Ok(name) => arrival.tmp_file = Some(name),
+                Err(head) => body = Some(Body { head, spool: None }),
+            }
         }
         let outcome = loop {
             match self.commit(arrival.clone()).await? {

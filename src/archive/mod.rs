@@ -7,17 +7,16 @@
 //! [`Archive::backup`] copies it while it serves; [`restore`] brings a backup back.
 //!
 //! # Durability protocol
-//! A large (spooled) message's bytes are in `tmp/<name>` already, fsynced by the caller; a
-//! small one's arrive in memory ([`Arrival::bytes`], with the name its file will have).
-//! [`Archive::apply`] then takes a whole batch of arrivals:
-//! 1. fsync `tmp/` and `new/` and, once the transaction knows which arrivals are new originals,
-//!    create and fdatasync their files (in memory ones; a duplicate's is never written), then
-//!    fsync `tmp/` again for their names; the record log's entries are written and
-//!    fdatasynced meanwhile ([`crate::index::Writer::flush_records`]). All of these are issued
-//!    at once (a pool of threads) so the kernel merges their device flushes, and the
-//!    transaction commits only after every one of them succeeded: the log is read only up to
-//!    the end a committed transaction recorded, so syncing it beside the files is as safe as
-//!    syncing it after them,
+//! A new message's bytes are written to `tmp/<name>` by the caller, unsynced (its write-back
+//! started). [`Archive::apply`] then takes a whole batch of arrivals:
+//! 1. fdatasync every file of the batch and fsync `tmp/` (data and names durable), all issued at
+//!    once so the kernel merges their device flushes (one or two for the batch, not one per
+//!    file); they run while step 2's transaction is built, and the record log's entries of
+//!    that transaction are written and fdatasynced meanwhile
+//!    ([`crate::index::Writer::flush_records`]), so the log's flush overlaps the files'
+//!    instead of following them; the transaction commits only after all of them succeeded
+//!    (the log is read only up to the end a committed transaction recorded, so syncing it
+//!    beside the files is as safe as after them),
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
 //!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
 //!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`
@@ -101,11 +100,6 @@ pub(crate) struct Arrival {
     pub sighting: Sighting,
     /// The file in `tmp/` holding the bytes, or None when the caller already found a duplicate.
     pub tmp_file: Option<String>,
-    /// The bytes of `tmp_file` when the caller has not written it (a message small enough to be
-    /// in memory): the batch creates and syncs the file only if the arrival is archived (or its
-    /// bytes are needed for [`Applied::NeedsUpdateFile`]), before its commit; a duplicate's is
-    /// never written.
-    pub bytes: Option<Arc<Vec<u8>>>,
     /// The bytes as a durable file in `outbound/`, when [`Applied::NeedsUpdateFile`] asked for
     /// them: queued if the arrival still adds recipients, removed otherwise.
     pub update_file: Option<String>,
@@ -354,32 +348,8 @@ impl Archive {
         // Step 1, started here and waited for inside the transaction, before its commit: the
         // batch's files and tmp/; and new/ for the files the previous batch renamed into it,
         // whose pending entries this transaction drops.
-        let staged: Vec<&str> = batch
-            .iter()
-            .filter(|a| a.bytes.is_none())
-            .filter_map(|a| a.tmp_file.as_deref())
-            .collect();
+        let staged: Vec<&str> = batch.iter().filter_map(|a| a.tmp_file.as_deref()).collect();
         let mut syncing = Some(self.store.start_sync(&staged));
-        // The small messages' files of arrivals whose original is not archived yet (nearly all
-        // of them) are created and synced from here, while the transaction is built; a known
-        // original's never is. `early[i]`: arrival i's file is being written.
-        let mut early = vec![false; batch.len()];
-        let mut files = Vec::new();
-        for (a, early) in batch.iter().zip(early.iter_mut()) {
-            if let (Some(name), Some(bytes)) = (a.tmp_file.as_deref(), &a.bytes) {
-                if self
-                    .index
-                    .find(&a.key, &a.variant_key, &a.record.identity)?
-                    .is_none()
-                {
-                    files.push((name, bytes.clone()));
-                    *early = true;
-                }
-            }
-        }
-        if let Some(s) = syncing.as_mut() {
-            s.write(files);
-        }
         let mut synced: Option<io::Result<Vec<String>>> = None;
         let targets = self
             .forward
@@ -395,24 +365,7 @@ impl Archive {
             // each other. Safe: the log is read only up to the end the committed transaction
             // records, and the commit waits for both (the log's sync returned; the files' below).
             let logged = match &results {
-                Ok(results) => {
-                    // A small message's file that turned out to be needed after all (its bytes
-                    // are wanted for forwarding) is created now.
-                    let files = batch
-                        .iter()
-                        .zip(results)
-                        .zip(&early)
-                        .filter(|((_, r), early)| {
-                            !**early
-                                && matches!(r, Applied::Archived { .. } | Applied::NeedsUpdateFile)
-                        })
-                        .filter_map(|((a, _), _)| Some((a.tmp_file.as_deref()?, a.bytes.clone()?)))
-                        .collect();
-                    if let Some(s) = syncing.as_mut() {
-                        s.write(files);
-                    }
-                    w.flush_records()
-                }
+                Ok(_) => w.flush_records(),
                 Err(_) => Ok(()),
             };
             // Nothing commits before the files are durable.
@@ -695,7 +648,6 @@ mod tests {
             record,
             sighting,
             tmp_file: Some(name),
-            bytes: None,
             update_file: None,
         };
         (arrival, raw)
@@ -749,95 +701,5 @@ mod tests {
         assert_eq!(archive.index().pending().unwrap().len(), 2);
         archive.sync().unwrap();
         assert!(archive.index().pending().unwrap().is_empty());
-    }
-
-    /// The arrival of `staged` as the ingest path hands over a message in memory: a file name,
-    /// the bytes, no file yet.
-    fn in_memory(archive: &Archive, n: u64) -> (Arrival, Vec<u8>) {
-        let (mut a, raw) = staged(archive, n);
-        archive.store().discard(a.tmp_file.as_deref().unwrap());
-        a.tmp_file = Some(archive.store().new_file_name());
-        a.bytes = Some(Arc::new(raw.clone()));
-        (a, raw)
-    }
-
-    /// A message in memory gets its file from the batch that records it: a new original's is
-    /// created, synced and moved to `new/` byte-exact; a duplicate's (in the same batch, and in a
-    /// later one) is never created.
-    #[test]
-    fn a_batch_writes_the_files_of_new_originals_in_memory_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(dir.path()).unwrap();
-        let (first, raw) = in_memory(&archive, 1);
-        let (same, _) = in_memory(&archive, 1);
-        let (later, _) = in_memory(&archive, 1);
-        let results = archive
-            .apply(&[first.clone(), same.clone()], &NoFacts)
-            .unwrap();
-        assert!(
-            matches!(results[0], Applied::Archived { .. }),
-            "{results:?}"
-        );
-        assert!(
-            matches!(results[1], Applied::Duplicate { .. }),
-            "{results:?}"
-        );
-        let rec = archive.get(&first.key).unwrap().unwrap();
-        assert_eq!(Some(&rec.file), first.tmp_file.as_ref());
-        assert_eq!(
-            std::fs::read(archive.store().new_path(&rec.file)).unwrap(),
-            raw
-        );
-        let results = archive.apply(&[later.clone()], &NoFacts).unwrap();
-        assert!(
-            matches!(results[0], Applied::Duplicate { .. }),
-            "{results:?}"
-        );
-        for a in [&same, &later] {
-            let name = a.tmp_file.as_deref().unwrap();
-            assert!(!archive.store().tmp_path(name).exists(), "{name}");
-            assert!(!archive.store().new_path(name).exists(), "{name}");
-        }
-        assert_eq!(archive.get(&first.key).unwrap().unwrap().duplicates, 2);
-        assert_eq!(archive.store().list_new().unwrap(), vec![rec.file]);
-    }
-
-    /// A file the batch cannot create (here: its name points into a directory that does not
-    /// exist) fails the whole batch before its commit: nothing is recorded, no file is left, and
-    /// the callers' retry archives them.
-    #[test]
-    fn a_batch_whose_file_cannot_be_written_commits_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = Archive::open(dir.path()).unwrap();
-        let (good, raw) = in_memory(&archive, 1);
-        let (mut bad, _) = in_memory(&archive, 2);
-        bad.tmp_file = Some("no-such-dir/x.eml".into());
-        let err = archive
-            .apply(&[good.clone(), bad.clone()], &NoFacts)
-            .unwrap_err();
-        assert!(
-            matches!(&err, ArchiveError::Storage(e) if e.to_string().contains("no-such-dir")),
-            "{err}"
-        );
-        assert_eq!(archive.count().unwrap(), 0);
-        assert!(archive.index().pending().unwrap().is_empty());
-        assert!(!archive
-            .store()
-            .tmp_path(good.tmp_file.as_deref().unwrap())
-            .exists());
-
-        bad.tmp_file = Some(archive.store().new_file_name());
-        let results = archive.apply(&[good.clone(), bad], &NoFacts).unwrap();
-        assert!(
-            results
-                .iter()
-                .all(|r| matches!(r, Applied::Archived { .. })),
-            "{results:?}"
-        );
-        let rec = archive.get(&good.key).unwrap().unwrap();
-        assert_eq!(
-            std::fs::read(archive.store().new_path(&rec.file)).unwrap(),
-            raw
-        );
     }
 }

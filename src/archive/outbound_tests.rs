@@ -56,7 +56,6 @@ fn arrival(bytes: &[u8]) -> Arrival {
         record,
         sighting,
         tmp_file: None,
-        bytes: None,
         update_file: None,
     }
 }

@@ -3,8 +3,7 @@
 //! decides what is written, published or discarded, and in which order with the index.
 //!
 //! A file's life: written to `tmp/` ([`Maildir::stage_tmp`], unsynced; [`Maildir::write_tmp`],
-//! fsynced; spooled there by the ingest path; or created by the sync of its batch,
-//! [`Syncing::write`]), made durable with its name by the sync of its
+//! fsynced; or spooled there by the ingest path), made durable with its name by the sync of its
 //! batch ([`Maildir::start_sync`]: the batch's files and `tmp/` fsynced together), moved into
 //! `new/` ([`Maildir::publish`]) and, with the next batch's sync, durably there. A second
 //! implementation (an object store) would offer the same steps.
@@ -22,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What [`Maildir::finish_pending`] did.
@@ -170,7 +169,6 @@ impl Maildir {
             maildir: self,
             in_flight: Some(self.syncer.start(targets)),
             published,
-            written: false,
         }
     }
 
@@ -285,41 +283,13 @@ pub struct Syncing<'a> {
     maildir: &'a Maildir,
     in_flight: Option<sync::InFlight>,
     published: Vec<String>,
-    /// Files were created by [`Syncing::write`]: `tmp/` is fsynced once they are durable.
-    written: bool,
 }
 
 impl Syncing<'_> {
-    /// Adds new files to the sync under way: each `tmp/<name>` is created with its bytes and
-    /// fdatasynced by the pool, in parallel with the rest; [`Syncing::wait`] then fsyncs `tmp/`
-    /// after them (their names). A small message's file is written here, by the batch that
-    /// records it, so its ingest needs no thread of its own. A file that fails is removed.
-    pub fn write(&mut self, files: Vec<(&str, Arc<Vec<u8>>)>) {
-        if files.is_empty() {
-            return;
-        }
-        let targets = files
-            .into_iter()
-            .map(|(name, bytes)| sync::Target::Write(self.maildir.tmp.join(name), bytes))
-            .collect();
-        if let Some(in_flight) = &mut self.in_flight {
-            self.maildir.syncer.add(in_flight, targets);
-            self.written = true;
-        }
-    }
-
     /// Waits until every file of the batch, `tmp/` and `new/` are durable; returns the files now
     /// durably in `new/`. On failure they are put back, for the next sync.
     pub fn wait(mut self) -> io::Result<Vec<String>> {
-        let mut result = self.in_flight.take().map_or(Ok(()), sync::InFlight::wait);
-        if result.is_ok() && self.written {
-            result = fsync_dir(&self.maildir.tmp).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("syncing {}: {e}", self.maildir.tmp.display()),
-                )
-            });
-        }
+        let result = self.in_flight.take().map_or(Ok(()), sync::InFlight::wait);
         let published = std::mem::take(&mut self.published);
         match result {
             Ok(()) => Ok(published),

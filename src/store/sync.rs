@@ -3,7 +3,7 @@
 //! the whole batch instead of one per file).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
@@ -17,9 +17,6 @@ pub(super) enum Target {
     File(PathBuf),
     /// A directory's entries (`fsync` of the directory).
     Dir(PathBuf),
-    /// A new file: created with these bytes, then its data made durable (`fdatasync`); removed
-    /// again when that fails. Its name is durable only with its directory's sync, after this.
-    Write(PathBuf, Arc<Vec<u8>>),
 }
 
 impl Target {
@@ -27,20 +24,10 @@ impl Target {
         let result = match self {
             Target::File(path) => File::open(path).and_then(|f| f.sync_data()),
             Target::Dir(path) => File::open(path).and_then(|f| f.sync_all()),
-            Target::Write(path, bytes) => {
-                let written = File::create(path).and_then(|mut f| {
-                    f.write_all(bytes)?;
-                    f.sync_data()
-                });
-                if written.is_err() {
-                    let _ = std::fs::remove_file(path);
-                }
-                written
-            }
         };
         result.map_err(|e| {
             let path = match self {
-                Target::File(p) | Target::Dir(p) | Target::Write(p, _) => p,
+                Target::File(p) | Target::Dir(p) => p,
             };
             io::Error::new(e.kind(), format!("syncing {}: {e}", path.display()))
         })
@@ -111,17 +98,9 @@ pub(super) struct SyncPool {
 impl SyncPool {
     /// Starts syncing every target at once; [`InFlight::wait`] gives the first error, if any.
     pub(super) fn start(&self, targets: Vec<Target>) -> InFlight {
-        let mut in_flight = InFlight {
-            latch: Arc::default(),
-        };
-        self.add(&mut in_flight, targets);
-        in_flight
-    }
-
-    /// Adds `targets` to syncs already under way: [`InFlight::wait`] waits for them too.
-    pub(super) fn add(&self, in_flight: &mut InFlight, targets: Vec<Target>) {
+        let latch = Arc::default();
         for target in targets {
-            let ticket = Ticket::new(&in_flight.latch);
+            let ticket = Ticket::new(&latch);
             match self.sender() {
                 Some(jobs) => {
                     if let Err(mpsc::SendError((target, ticket))) = jobs.send((target, ticket)) {
@@ -132,6 +111,7 @@ impl SyncPool {
                 None => ticket.answer(target.sync()),
             }
         }
+        InFlight { latch }
     }
 
     /// The pool's queue, its workers started on first use; None when no thread could be started
