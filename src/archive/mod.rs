@@ -11,8 +11,12 @@
 //! started). [`Archive::apply`] then takes a whole batch of arrivals:
 //! 1. fdatasync every file of the batch and fsync `tmp/` (data and names durable), all issued at
 //!    once so the kernel merges their device flushes (one or two for the batch, not one per
-//!    file); they run while step 2's transaction is built, and it commits only after all of
-//!    them succeeded,
+//!    file); they run while step 2's transaction is built, and the record log's entries of
+//!    that transaction are written and fdatasynced meanwhile
+//!    ([`crate::index::Writer::flush_records`]), so the log's flush overlaps the files'
+//!    instead of following them; the transaction commits only after all of them succeeded
+//!    (the log is read only up to the end a committed transaction recorded, so syncing it
+//!    beside the files is as safe as after them),
 //! 2. one index write transaction: records, UIDLs, counters, a `pending` entry per new file,
 //!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
 //!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`
@@ -358,9 +362,18 @@ impl Archive {
                 .iter()
                 .map(|a| record_one(w, a, facts, &targets))
                 .collect();
+            // The batch's records go to the record log and are fdatasynced here, while the
+            // files' syncs are in flight, so their device flushes overlap instead of following
+            // each other. Safe: the log is read only up to the end the committed transaction
+            // records, and the commit waits for both (the log's sync returned; the files' below).
+            let logged = match &results {
+                Ok(_) => w.flush_records(),
+                Err(_) => Ok(()),
+            };
             // Nothing commits before the files are durable.
             let published = synced.insert(syncing.take().map_or(Ok(Vec::new()), Syncing::wait));
             let results = results?;
+            logged?;
             let Ok(published) = published else {
                 // Replaced by the storage error below.
                 return Err(IndexError::Corrupt("the batch's files did not sync"));

@@ -192,6 +192,21 @@ impl<'txn> Records<'txn> {
         &mut self.meta
     }
 
+    /// Writes the entries added so far to the log, `fdatasync`s them and records the log's new
+    /// end in the transaction, before the transaction's other work is done (the caller overlaps
+    /// the log's flush with its own syncs). Entries added later go to a fresh batch after these,
+    /// written by [`Records::finish`]. The log is read only up to the end the *committed*
+    /// transaction recorded, so these bytes mean nothing unless the commit follows.
+    pub(super) fn flush(&mut self) -> Result<(), IndexError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let end = self.log.append(&self.batch)?;
+        self.meta.insert(LOG_END, end)?;
+        self.batch = LogBatch::new(end);
+        Ok(())
+    }
+
     /// Writes this transaction's log entries and `fdatasync`s them, then records the log's new
     /// end in the transaction: call last, just before the commit.
     pub(super) fn finish(mut self) -> Result<(), IndexError> {

@@ -598,6 +598,16 @@ impl<'txn> Writer<'txn> {
         Facts(self)
     }
 
+    /// Writes the record-log entries of this transaction so far and makes them durable now
+    /// (`fdatasync`), instead of at the end of [`Index::write`]: a caller that has other syncs in
+    /// flight (the archive's batch of files) calls it while they run, so the flushes overlap.
+    /// Safe at any point before the commit: the log is read only up to the end the committed
+    /// transaction recorded, and the commit still waits for this sync. Records put after it are
+    /// written and synced at the end as usual.
+    pub fn flush_records(&mut self) -> Result<(), IndexError> {
+        self.records.flush()
+    }
+
     /// The record under `key`.
     pub fn record(&self, key: &str) -> Result<Option<Record>, IndexError> {
         self.records.get(key)

@@ -256,6 +256,48 @@ fn a_commit_lost_after_the_log_write_leaves_nothing_behind() {
     assert_eq!(index.get(&key(4)).unwrap(), Some(record(4)));
 }
 
+/// `Writer::flush_records` in the middle of a transaction: the entries so far are in the log
+/// (synced) before the commit, later ones are written at the end, the transaction reads both,
+/// and a commit lost after the flush leaves nothing visible (a reopen cuts the flushed bytes).
+#[test]
+fn records_flushed_before_the_commit_follow_the_commit() {
+    let (_dir, path) = paths();
+    let index = Index::open(&path, 1 << 20).unwrap();
+    index
+        .write(|w| {
+            w.put_record(&key(1), &record(1))?;
+            w.flush_records()?;
+            assert_eq!(w.record(&key(1))?, Some(record(1)));
+            w.put_record(&key(2), &record(2))?;
+            w.flush_records()?;
+            w.flush_records()?; // nothing new: no-op
+            w.put_record(&key(3), &record(3))
+        })
+        .unwrap();
+    for n in 1..=3 {
+        assert_eq!(index.get(&key(n)).unwrap(), Some(record(n)));
+    }
+    let end = committed_end(&index);
+    assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), end);
+
+    index.fail_commits.store(true, Ordering::Relaxed);
+    let flushed = index.write(|w| {
+        w.put_record(&key(4), &record(4))?;
+        w.flush_records()?;
+        let len = std::fs::metadata(log_path(&path)).unwrap().len();
+        assert!(len > end, "flushed before the commit");
+        Ok(())
+    });
+    assert!(flushed.is_err());
+    assert_eq!(index.get(&key(4)).unwrap(), None);
+    assert_eq!(committed_end(&index), end);
+    drop(index);
+    let index = Index::open(&path, 1 << 20).unwrap();
+    assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), end);
+    assert_eq!(index.get(&key(4)).unwrap(), None);
+    assert_eq!(index.get(&key(3)).unwrap(), Some(record(3)));
+}
+
 /// Garbage past the committed end (a torn append of a transaction that never committed) is
 /// cut on open; a log shorter than the committed end (lost data) is an error, not a panic and
 /// not an empty archive.

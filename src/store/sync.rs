@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// fsyncs in flight at most (threads of the pool, started on first use).
 const WORKERS: usize = 32;
@@ -34,7 +34,60 @@ impl Target {
     }
 }
 
-type Job = (Target, mpsc::Sender<io::Result<()>>);
+type Job = (Target, Ticket);
+
+/// What a batch's syncs report to: how many are outstanding and the first failure. The waiter
+/// is woken once, by the last of them (not once per sync).
+#[derive(Default)]
+struct Latch {
+    state: Mutex<(usize, Option<io::Error>)>,
+    done: Condvar,
+}
+
+impl Latch {
+    fn lock(&self) -> MutexGuard<'_, (usize, Option<io::Error>)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One sync's share of a [`Latch`]: counted down when answered, or with an error when dropped
+/// unanswered (its worker died).
+struct Ticket {
+    latch: Option<Arc<Latch>>,
+}
+
+impl Ticket {
+    fn new(latch: &Arc<Latch>) -> Ticket {
+        latch.lock().0 += 1;
+        Ticket {
+            latch: Some(latch.clone()),
+        }
+    }
+
+    fn answer(mut self, result: io::Result<()>) {
+        if let Some(latch) = self.latch.take() {
+            let mut state = latch.lock();
+            state.0 -= 1;
+            if let Err(e) = result {
+                state.1.get_or_insert(e);
+            }
+            if state.0 == 0 {
+                latch.done.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.latch.is_some() {
+            let ticket = Ticket {
+                latch: self.latch.take(),
+            };
+            ticket.answer(Err(io::Error::other("an archive sync thread stopped")));
+        }
+    }
+}
 
 /// The pool: jobs go to whichever worker is free.
 #[derive(Default)]
@@ -45,28 +98,20 @@ pub(super) struct SyncPool {
 impl SyncPool {
     /// Starts syncing every target at once; [`InFlight::wait`] gives the first error, if any.
     pub(super) fn start(&self, targets: Vec<Target>) -> InFlight {
-        let (reply, replies) = mpsc::channel();
-        let mut outstanding = 0;
+        let latch = Arc::default();
         for target in targets {
+            let ticket = Ticket::new(&latch);
             match self.sender() {
                 Some(jobs) => {
-                    if let Err(mpsc::SendError((target, reply))) =
-                        jobs.send((target, reply.clone()))
-                    {
+                    if let Err(mpsc::SendError((target, ticket))) = jobs.send((target, ticket)) {
                         // No worker left: sync it here.
-                        let _ = reply.send(target.sync());
+                        ticket.answer(target.sync());
                     }
                 }
-                None => {
-                    let _ = reply.send(target.sync());
-                }
+                None => ticket.answer(target.sync()),
             }
-            outstanding += 1;
         }
-        InFlight {
-            replies,
-            outstanding,
-        }
+        InFlight { latch }
     }
 
     /// The pool's queue, its workers started on first use; None when no thread could be started
@@ -83,8 +128,8 @@ impl SyncPool {
                         .name(format!("archive-sync-{i}"))
                         .spawn(move || loop {
                             let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                            let Ok((target, reply)) = job else { break };
-                            let _ = reply.send(target.sync());
+                            let Ok((target, ticket)) = job else { break };
+                            ticket.answer(target.sync());
                         });
                     if spawned.is_ok() {
                         started += 1;
@@ -98,21 +143,20 @@ impl SyncPool {
 
 /// The syncs of one batch, under way.
 pub(super) struct InFlight {
-    replies: mpsc::Receiver<io::Result<()>>,
-    outstanding: usize,
+    latch: Arc<Latch>,
 }
 
 impl InFlight {
     /// Waits for every sync; the first failure, if any.
     pub(super) fn wait(self) -> io::Result<()> {
-        let mut result = Ok(());
-        for _ in 0..self.outstanding {
-            let r = self
-                .replies
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("an archive sync thread stopped")));
-            result = result.and(r);
+        let mut state = self.latch.lock();
+        while state.0 > 0 {
+            state = self
+                .latch
+                .done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        result
+        state.1.take().map_or(Ok(()), Err)
     }
 }
