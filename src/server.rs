@@ -453,6 +453,18 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
     if what.poll_collectors {
         node.collectors.spawn_all(&mut node.tasks);
     }
+    if what.smtp {
+        // The orphan-object sweeper (docs/scale-out.md): every serving node runs it; the
+        // `@sweeper` lease in PostgreSQL lets one run at a time across the nodes.
+        let sweeper =
+            crate::sweep::Sweeper::new(node.shared.index().clone(), node.shared.objects().clone());
+        let options = crate::sweep::SweepOptions::new(node.shared.node());
+        let stop = node.shutdown.clone();
+        node.tasks.spawn(async move {
+            sweeper.run_periodically(options, SWEEP_EVERY, stop).await;
+            Ok(())
+        });
+    }
     if let Some(http) = http {
         let readiness = http.readiness();
         node.tasks.spawn(http.run());
@@ -460,6 +472,10 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
     }
     Ok(node)
 }
+
+/// How often a node of a shared archive sweeps the object store for orphans (the first time
+/// this long after its start; the grace period is `sweep::DEFAULT_GRACE`).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_hours(6);
 
 impl Node {
     /// Waits until the node is shut down and every task has finished, then finishes the queued

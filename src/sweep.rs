@@ -182,8 +182,9 @@ impl Sweeper {
         run_once(&self.index, &self.store, options).await
     }
 
-    /// Sweeps every `every` until `shutdown` (what a node of a shared archive runs): each run
-    /// is logged; a failed run is logged and retried at the next interval.
+    /// Sweeps every `every` until `shutdown`, the first time `every` after the start (what a
+    /// node of a shared archive runs): each run is logged; a failed run is logged and retried
+    /// at the next interval.
     pub async fn run_periodically(
         &self,
         options: SweepOptions,
@@ -191,6 +192,10 @@ impl Sweeper {
         shutdown: CancellationToken,
     ) {
         loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
             match self.run_once(&options).await {
                 Ok(SweepOutcome::Swept(r)) => tracing::info!(
                     listed = r.listed,
@@ -204,10 +209,6 @@ impl Sweeper {
                     tracing::debug!(holder, "another node sweeps the object store");
                 }
                 Err(e) => tracing::warn!(error = %e, "sweeping the object store failed"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
             }
         }
     }

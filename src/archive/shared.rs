@@ -224,6 +224,11 @@ impl SharedArchive {
         &self.index
     }
 
+    /// The object store.
+    pub(crate) fn objects(&self) -> &S3Store {
+        &self.store
+    }
+
     /// The node's spool for large messages (only its `tmp/` is used).
     pub(crate) fn spool(&self) -> &Maildir {
         &self.spool
