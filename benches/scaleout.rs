@@ -26,7 +26,10 @@
 //! - `SCALEOUT_ROUNDS` [3]: rounds (the median is shown, all rounds in brackets)
 //! - `SCALEOUT_SIZE` [9000]: bytes of each journal report
 
-// Shared with the SMTP benchmark, which uses all of both.
+// Shared with the SMTP benchmark, which uses all of them.
+#[allow(dead_code)]
+#[path = "smtp/gateway.rs"]
+mod gateway;
 #[allow(dead_code)]
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
@@ -35,15 +38,12 @@ mod loadgen;
 mod sys;
 
 use std::fmt::Write as _;
-use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gateway::GatewayProc;
 use journal_gateway_testkit::garage::Garage;
-use journal_gateway_testkit::peers::{accepts_smtp, free_port};
 use journal_gateway_testkit::postgres::Postgres;
 use journal_gateway_testkit::{machine, sample, shared_backends};
 
@@ -55,99 +55,6 @@ fn env_num(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.trim().replace('_', "").parse().ok())
         .unwrap_or(default)
-}
-
-/// One `journal-gateway serve` child.
-struct Node {
-    child: Child,
-    port: u16,
-    data: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// Starts a node whose configuration ends with `backends` (`[index]`/`[store]` tables, or
-    /// nothing for the embedded default).
-    fn start(bin: &Path, name: &str, backends: &str) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("bench-scaleout-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port();
-        let data = dir.path().join("data");
-        let config = dir.path().join("gateway.toml");
-        fs::write(
-            &config,
-            format!(
-                "data_dir = \"{data}\"\n[smtp]\nlisten = \"127.0.0.1:{port}\"\n\
-                 hostname = \"{name}.bench.test\"\naccept = [\"{RCPT}\"]\nmax_connections = 500\n\
-                 [http]\nlisten = \"127.0.0.1:{http}\"\n{backends}",
-                data = data.display(),
-                http = free_port(),
-            ),
-        )
-        .expect("write the node's configuration");
-        let log = dir.path().join("gateway.log");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("gateway log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut node = Node {
-            child,
-            port,
-            data,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_mins(1);
-        while !accepts_smtp(port) {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("node {name} exited ({status}):\n{}", node.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {name} did not listen within 60 s:\n{}",
-                node.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        node
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -221,7 +128,7 @@ fn reports(first: u64, count: usize, size: usize) -> Arc<Vec<Vec<u8>>> {
 /// Sends `messages` over `connections` connections split across `nodes` (each node its share of
 /// the connections and of the messages), all at once; measures the round.
 fn run_round(
-    nodes: &[&Node],
+    nodes: &[&GatewayProc],
     engines: &Engines,
     messages: &Arc<Vec<Vec<u8>>>,
     connections: usize,
@@ -233,7 +140,7 @@ fn run_round(
         .map(|c| Arc::new(c.to_vec()))
         .collect();
     let (pg_pid, garage_pid) = engines.pids();
-    let cpu = |nodes: &[&Node]| {
+    let cpu = |nodes: &[&GatewayProc]| {
         (
             nodes
                 .iter()
@@ -310,10 +217,10 @@ fn main() {
     let garage = Garage::start_durable("scaleout");
     let engines = Engines { pg, garage, db };
     let shared = |node: &str| shared_backends(&url, &engines.garage, node);
-    let embedded = Node::start(bin, "embedded", "");
+    let embedded = GatewayProc::start(bin, "embedded", RCPT, "");
     let (a, b) = (
-        Node::start(bin, "node-a", &shared("node-a")),
-        Node::start(bin, "node-b", &shared("node-b")),
+        GatewayProc::start(bin, "node-a", RCPT, &shared("node-a")),
+        GatewayProc::start(bin, "node-b", RCPT, &shared("node-b")),
     );
     let mut results: Vec<(Setup, Vec<Round>)> = Setup::ALL.iter().map(|&s| (s, vec![])).collect();
     let (mut embedded_sent, mut shared_sent) = (0u64, 0u64);
@@ -322,7 +229,7 @@ fn main() {
         for (setup, rounds) in &mut results {
             let messages = reports(first, count, size);
             first += count as u64;
-            let nodes: Vec<&Node> = match setup {
+            let nodes: Vec<&GatewayProc> = match setup {
                 Setup::Embedded => vec![&embedded],
                 Setup::Shared1 => vec![&a],
                 Setup::Shared2 => vec![&a, &b],
@@ -330,7 +237,7 @@ fn main() {
             rounds.push(run_round(&nodes, &engines, &messages, connections));
             if *setup == Setup::Embedded {
                 embedded_sent += count as u64;
-                let files = sys::count_files(&embedded.data.join("archive/new")) as u64;
+                let files = embedded.archived() as u64;
                 assert_eq!(files, embedded_sent, "embedded: every message archived");
             } else {
                 shared_sent += count as u64;

@@ -39,6 +39,10 @@
 //! - `SMTP_BENCH_PERF` [unset]: a path; after the table, one more smtp-source run (small messages,
 //!   first connection count) against the gateway under `perf record -e cpu-clock -g`, written there
 
+// Shared with the scale-out benchmark (which uses all of it).
+#[allow(dead_code)]
+#[path = "smtp/gateway.rs"]
+mod gateway;
 #[path = "smtp/loadgen.rs"]
 mod loadgen;
 #[path = "smtp/sys.rs"]
@@ -47,7 +51,7 @@ mod sys;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +62,8 @@ use journal_gateway_testkit::{machine, sample};
 use sha2::{Digest, Sha256};
 
 use journal_gateway_testkit::mta::Postfix;
+
+use gateway::GatewayProc;
 
 /// The journal address every server accepts (Postfix: the virtual domain).
 const RCPT: &str = "journal@journal.test";
@@ -117,96 +123,6 @@ impl Sizes {
 
 /// `journal-gateway serve` (this build's binary, or the baseline's) in a child process with its
 /// own temp `data_dir`.
-struct GatewayProc {
-    child: Child,
-    port: u16,
-    new_dir: PathBuf,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl GatewayProc {
-    fn start(bin: &Path) -> GatewayProc {
-        let dir = tempfile::Builder::new()
-            .prefix("bench-gateway-")
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port();
-        let data = dir.path().join("data");
-        let config = dir.path().join("gateway.toml");
-        fs::write(
-            &config,
-            format!(
-                "data_dir = \"{data_dir}\"\n[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"gateway.bench.test\"\n\
-                 accept = [\"{RCPT}\"]\nmax_connections = 500\n[http]\nlisten = \"127.0.0.1:{}\"\n",
-                free_port(),
-                data_dir = data.display(),
-            ),
-        )
-        .expect("gateway config");
-        let log = dir.path().join("gateway.log");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("gateway log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut gw = GatewayProc {
-            child,
-            port,
-            new_dir: data.join("archive/new"),
-            log,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !accepts_smtp(port) {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!("journal-gateway exited ({status}):\n{}", gw.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "journal-gateway did not listen:\n{}",
-                gw.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        gw
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn archived(&self) -> usize {
-        sys::count_files(&self.new_dir)
-    }
-
-    fn log_text(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Gateway,
@@ -483,8 +399,16 @@ fn human_size(n: usize) -> String {
 
 fn ingest(sizes: &Sizes, out: &mut String) {
     let mut servers = Servers {
-        gateway: GatewayProc::start(Path::new(env!("CARGO_BIN_EXE_journal-gateway"))),
-        baseline: sizes.baseline.as_deref().map(GatewayProc::start),
+        gateway: GatewayProc::start(
+            Path::new(env!("CARGO_BIN_EXE_journal-gateway")),
+            "gateway",
+            RCPT,
+            "",
+        ),
+        baseline: sizes
+            .baseline
+            .as_deref()
+            .map(|bin| GatewayProc::start(bin, "baseline", RCPT, "")),
         sink: SmtpSink::start(1024),
         postfix: Postfix::start(free_port()),
     };
@@ -718,7 +642,12 @@ fn memory(sizes: &Sizes, out: &mut String) {
         expected.push((raw.len() as u64, hex::encode(Sha256::digest(&raw))));
         stuffed.push(loadgen::stuff(&raw));
     }
-    let gw = GatewayProc::start(Path::new(env!("CARGO_BIN_EXE_journal-gateway")));
+    let gw = GatewayProc::start(
+        Path::new(env!("CARGO_BIN_EXE_journal-gateway")),
+        "gateway",
+        RCPT,
+        "",
+    );
     std::thread::sleep(Duration::from_millis(500));
     let pid = gw.pid();
     let idle_rss = sys::vm_kib(pid, "VmRSS");

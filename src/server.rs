@@ -251,18 +251,7 @@ impl Running {
     /// then closes the ingest path. A task that fails or panics shuts the rest down and is
     /// returned.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut result = Ok(());
-        while let Some(done) = self.tasks.join_next().await {
-            let failed = match done {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::anyhow!("a gateway task panicked: {e}"),
-            };
-            self.shutdown.cancel();
-            if result.is_ok() {
-                result = Err(failed);
-            }
-        }
+        let result = join_tasks(&mut self.tasks, &self.shutdown, "gateway").await;
         // Tasks that stop on their own (none do while serving) leave the token to the caller.
         self.ingest.close().await;
         result
@@ -473,6 +462,28 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
     Ok(node)
 }
 
+/// Waits for every task; the first that fails or panics cancels `shutdown` (so the others
+/// stop) and is returned.
+async fn join_tasks(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let failed = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("a {what} task panicked: {e}"),
+        };
+        shutdown.cancel();
+        if result.is_ok() {
+            result = Err(failed);
+        }
+    }
+    result
+}
+
 /// How often a node of a shared archive sweeps the object store for orphans (the first time
 /// this long after its start; the grace period is `sweep::DEFAULT_GRACE`).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_hours(6);
@@ -484,18 +495,7 @@ impl Node {
     /// # Errors
     /// The first task that failed.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut result = Ok(());
-        while let Some(done) = self.tasks.join_next().await {
-            let failed = match done {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::anyhow!("a node task panicked: {e}"),
-            };
-            self.shutdown.cancel();
-            if result.is_ok() {
-                result = Err(failed);
-            }
-        }
+        let result = join_tasks(&mut self.tasks, &self.shutdown, "node").await;
         self.ingest.close().await;
         result
     }

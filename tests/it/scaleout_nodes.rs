@@ -353,6 +353,85 @@ async fn send_lane(
     let _ = smtp.command("QUIT").await;
 }
 
+/// Report senders, one connection each, and the log of their answers.
+struct Lanes {
+    stop: tokio_util::sync::CancellationToken,
+    log: Arc<Mutex<Vec<Answer>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Lanes {
+    /// Starts `lanes` senders to `addr`.
+    fn start(addr: SocketAddr, lanes: u64) -> Lanes {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..lanes {
+            tasks.spawn(send_lane(addr, lane, lanes, stop.clone(), log.clone()));
+        }
+        Lanes { stop, log, tasks }
+    }
+
+    /// Blocks (off the runtime's workers) until `cond` holds for the answers so far; gives up
+    /// after a minute naming `what`.
+    fn wait_for(&self, what: &str, cond: impl Fn(&[Answer]) -> bool) {
+        tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_mins(1);
+            while !cond(&self.log.lock().unwrap()) {
+                assert!(Instant::now() < deadline, "gave up waiting for {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+
+    /// Stops the senders after `what` was down from `down` to `up`, and checks: only 250 and
+    /// 451 were answered; every transaction begun and ended while it was down (at least
+    /// `min_down` of them) got 451; every acknowledged report is stored with its object.
+    /// Returns the answers.
+    async fn finish_outage(
+        mut self,
+        shared: &SharedArchive,
+        (down, up): (Instant, Instant),
+        min_down: usize,
+        what: &str,
+    ) -> Vec<Answer> {
+        self.stop.cancel();
+        while let Some(done) = tokio::time::timeout(STEP, self.tasks.join_next())
+            .await
+            .expect("the senders stop")
+        {
+            done.expect("sender");
+        }
+        let log = self.log.lock().unwrap().clone();
+        let while_down: Vec<_> = log.iter().filter(|e| e.1 > down && e.2 < up).collect();
+        assert!(
+            while_down.len() >= min_down,
+            "{} answers while down",
+            while_down.len()
+        );
+        for (i, _, _, code) in &while_down {
+            assert_eq!(*code, 451, "report {i} while {what} was down");
+        }
+        for (i, _, _, code) in &log {
+            assert!(
+                *code == 250 || *code == 451,
+                "report {i}: {code} (only 250 or 451)"
+            );
+        }
+        let acked: BTreeSet<u64> = log.iter().filter(|e| e.3 == 250).map(|e| e.0).collect();
+        for i in &acked {
+            check_stored(shared, &key(*i)).await;
+        }
+        eprintln!(
+            "{} answers: {} while down (all 451), {} acknowledged, all stored",
+            log.len(),
+            while_down.len(),
+            acked.len()
+        );
+        log
+    }
+}
+
 /// PostgreSQL stopped (as a crash) during ingest: every transaction that began and ended while
 /// it was down is answered 451 (never 250, never 5xx); after it is back, 250s resume by
 /// themselves, and every acknowledged report is in PostgreSQL with its object, whose SHA-256
@@ -365,80 +444,23 @@ async fn postgres_down_is_451_and_ingest_resumes() {
     let url = pg.create_database(db);
     let garage = Garage::start("nodes-down");
     let node = TestNode::start(&shared_backends(&url, &garage, "node-down")).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut lanes = tokio::task::JoinSet::new();
-    for lane in 0..LANES {
-        lanes.spawn(send_lane(
-            node.smtp_addr(),
-            lane,
-            LANES,
-            stop.clone(),
-            log.clone(),
-        ));
-    }
-    let wait_for = |what: &str, cond: &dyn Fn(&[Answer]) -> bool| {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            if cond(&log.lock().unwrap()) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gave up waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    tokio::task::block_in_place(|| {
-        wait_for("100 acknowledged reports", &|l| {
-            l.iter().filter(|e| e.3 == 250).count() >= 100
-        });
-        pg.stop();
+    let lanes = Lanes::start(node.smtp_addr(), LANES);
+    lanes.wait_for("100 acknowledged reports", |l| {
+        l.iter().filter(|e| e.3 == 250).count() >= 100
     });
+    tokio::task::block_in_place(|| pg.stop());
     let down = Instant::now();
-    tokio::task::block_in_place(|| {
-        wait_for("40 answers while PostgreSQL is down", &|l| {
-            l.iter().filter(|e| e.1 > down).count() >= 40
-        });
+    lanes.wait_for("40 answers while PostgreSQL is down", |l| {
+        l.iter().filter(|e| e.1 > down).count() >= 40
     });
     let up = Instant::now();
     tokio::task::block_in_place(|| pg.start_again());
-    tokio::task::block_in_place(|| {
-        wait_for("100 acknowledged reports after the restart", &|l| {
-            l.iter().filter(|e| e.1 > up && e.3 == 250).count() >= 100
-        });
+    lanes.wait_for("100 acknowledged reports after the restart", |l| {
+        l.iter().filter(|e| e.1 > up && e.3 == 250).count() >= 100
     });
-    stop.cancel();
-    while let Some(done) = tokio::time::timeout(STEP, lanes.join_next())
-        .await
-        .expect("the senders stop")
-    {
-        done.expect("sender");
-    }
-    let log = log.lock().unwrap().clone();
-    let while_down: Vec<_> = log.iter().filter(|e| e.1 > down && e.2 < up).collect();
-    assert!(
-        while_down.len() >= 40,
-        "{} answers while down",
-        while_down.len()
-    );
-    for (i, _, _, code) in &while_down {
-        assert_eq!(*code, 451, "report {i} while PostgreSQL was down");
-    }
-    for (i, _, _, code) in &log {
-        assert!(
-            *code == 250 || *code == 451,
-            "report {i}: {code} (only 250 or 451)"
-        );
-    }
-    let acked: BTreeSet<u64> = log.iter().filter(|e| e.3 == 250).map(|e| e.0).collect();
-    for i in &acked {
-        check_stored(node.shared(), &key(*i)).await;
-    }
-    eprintln!(
-        "{} answers: {} while down (all 451), {} acknowledged, all stored",
-        log.len(),
-        while_down.len(),
-        acked.len()
-    );
+    lanes
+        .finish_outage(node.shared(), (down, up), 40, "PostgreSQL")
+        .await;
     node.stop().await;
 }
 
@@ -839,74 +861,23 @@ async fn object_store_down_is_451_and_ingest_resumes() {
         &format!("http://127.0.0.1:{}", switch.port),
     );
     let node = TestNode::start(&backends).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut lanes = tokio::task::JoinSet::new();
-    for lane in 0..LANES {
-        lanes.spawn(send_lane(
-            node.smtp_addr(),
-            lane,
-            LANES,
-            stop.clone(),
-            log.clone(),
-        ));
-    }
-    let wait_for = |what: &str, cond: &dyn Fn(&[Answer]) -> bool| {
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            if cond(&log.lock().unwrap()) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gave up waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    tokio::task::block_in_place(|| {
-        wait_for("50 acknowledged reports", &|l| {
-            l.iter().filter(|e| e.3 == 250).count() >= 50
-        });
+    let lanes = Lanes::start(node.smtp_addr(), LANES);
+    lanes.wait_for("50 acknowledged reports", |l| {
+        l.iter().filter(|e| e.3 == 250).count() >= 50
     });
     switch.set(false);
     let down = Instant::now();
-    tokio::task::block_in_place(|| {
-        wait_for("12 answers while the store is down", &|l| {
-            l.iter().filter(|e| e.1 > down).count() >= 12
-        });
+    lanes.wait_for("12 answers while the store is down", |l| {
+        l.iter().filter(|e| e.1 > down).count() >= 12
     });
     let up = Instant::now();
     switch.set(true);
-    tokio::task::block_in_place(|| {
-        wait_for("50 acknowledged reports after it is back", &|l| {
-            l.iter().filter(|e| e.1 > up && e.3 == 250).count() >= 50
-        });
+    lanes.wait_for("50 acknowledged reports after it is back", |l| {
+        l.iter().filter(|e| e.1 > up && e.3 == 250).count() >= 50
     });
-    stop.cancel();
-    while let Some(done) = tokio::time::timeout(STEP, lanes.join_next())
-        .await
-        .expect("the senders stop")
-    {
-        done.expect("sender");
-    }
-    let log = log.lock().unwrap().clone();
-    let while_down: Vec<_> = log.iter().filter(|e| e.1 > down && e.2 < up).collect();
-    assert!(
-        while_down.len() >= 12,
-        "{} answers while down",
-        while_down.len()
-    );
-    for (i, _, _, code) in &while_down {
-        assert_eq!(*code, 451, "report {i} while the store was down");
-    }
-    for (i, _, _, code) in &log {
-        assert!(
-            *code == 250 || *code == 451,
-            "report {i}: {code} (only 250 or 451)"
-        );
-    }
-    let acked: BTreeSet<u64> = log.iter().filter(|e| e.3 == 250).map(|e| e.0).collect();
-    for i in &acked {
-        check_stored(node.shared(), &key(*i)).await;
-    }
+    let log = lanes
+        .finish_outage(node.shared(), (down, up), 12, "the store")
+        .await;
     let refused: Vec<u64> = log.iter().filter(|e| e.3 == 451).map(|e| e.0).collect();
     for i in &refused {
         assert!(
@@ -914,11 +885,5 @@ async fn object_store_down_is_451_and_ingest_resumes() {
             "report {i} was answered 451 but recorded"
         );
     }
-    eprintln!(
-        "{} answers: {} while down (all 451), {} acknowledged, all stored",
-        log.len(),
-        while_down.len(),
-        acked.len()
-    );
     node.stop().await;
 }
