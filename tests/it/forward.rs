@@ -4,10 +4,10 @@
 //! a wrong pin, SIGKILLs of the real binary while it forwards, and `forward_new_recipients`
 //! (a duplicate's report adding envelope recipients, over SMTP and POP3).
 
+use crate::serve;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use journal_gateway::ingest::Delivery;
@@ -568,16 +568,6 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
     })
     .await;
     gw.stop().await;
-}
-
-fn serve(config: &Path) -> Child {
-    Command::new(crate::gateway_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("JOURNAL_GATEWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting journal-gateway serve")
 }
 
 #[test]

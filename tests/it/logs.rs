@@ -2,10 +2,10 @@
 //! (for log shippers), with every ingest decision at debug and every SMTP refusal at info; a bad
 //! configuration is still reported as readable text.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::wait_ready;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use journal_gateway_testkit::peers::free_port;
 use journal_gateway_testkit::{sample, JOURNAL};
@@ -52,27 +52,6 @@ fn send(port: u16, report: &[u8]) {
     conn.get_mut().write_all(&data).unwrap();
     assert_eq!(reply(&mut conn), 250);
     assert_eq!(command(&mut conn, "QUIT"), 221);
-}
-
-/// Waits until the gateway greets on `port`.
-fn wait_ready(port: u16, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 3];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"220" {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("journal-gateway exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "journal-gateway did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The `fields` of the lines whose message is `message`.

@@ -4,10 +4,10 @@
 //! processes, one killed (SIGKILL) at random moments while a retrying client sends to both, lose
 //! nothing acknowledged and store nothing twice.
 
+use crate::{serve, wait_ready};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -462,39 +462,6 @@ async fn postgres_down_is_451_and_ingest_resumes() {
         .finish_outage(node.shared(), (down, up), 40, "PostgreSQL")
         .await;
     node.stop().await;
-}
-
-/// A node process: `journal-gateway serve` on `config`.
-fn serve(config: &Path) -> Child {
-    Command::new(crate::gateway_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("JOURNAL_GATEWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting journal-gateway serve")
-}
-
-/// Waits until the node greets on `port` (bounded; fails naming why).
-fn wait_ready(port: u16, child: &mut Child) {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 3];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"220" {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("journal-gateway exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "journal-gateway did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A small deterministic generator (xorshift64*), so a failing run can be replayed by seed.

@@ -1,48 +1,16 @@
 //! SIGKILL the real `journal-gateway serve` while smtp-source and a logging Python client send:
 //! after a restart, every message that got its 250 is in the archive.
 
+use crate::{serve, wait_ready};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::smtp_common::{require, JOURNAL};
 use journal_gateway_testkit::peers::free_port;
 use journal_gateway_testkit::ArchiveView;
-
-fn serve(config: &Path) -> Child {
-    Command::new(crate::gateway_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("JOURNAL_GATEWAY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting journal-gateway serve")
-}
-
-/// Waits until the gateway greets on `port`.
-fn wait_ready(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 3];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"220" {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("journal-gateway exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "journal-gateway did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn sigkill_while_sending_loses_no_acknowledged_message() {
