@@ -426,24 +426,11 @@ pub(crate) fn gather_input<'a>(
     let mut views = Vec::new();
     for c in collectors {
         let state = store.state(c.name())?;
-        // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
-        let polls = store
-            .runs(c.name(), RUNS_FOR_POLLS)?
-            .into_iter()
-            .filter_map(|r| {
-                Some(PollView {
-                    at_ms: r.started_ms.0,
-                    queue_depth: r.on_server?,
-                })
-            })
-            .collect();
-        views.push(CollectorView {
-            name: c.name().to_string(),
-            active: state.active(c.active),
-            retired: state.retired,
-            interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
-            polls,
-        });
+        views.push(collector_view(
+            c,
+            &state,
+            store.runs(c.name(), RUNS_FOR_POLLS)?,
+        ));
     }
     Ok(MigrationInput {
         now_ms: crate::clock::UnixMs::now().0,
@@ -463,6 +450,31 @@ pub(crate) fn gather_input<'a>(
     })
 }
 
+/// What the verdict reads of one collector: its state and its recent runs' polls.
+fn collector_view(
+    c: &CollectorConfig,
+    state: &crate::index::CollectorState,
+    runs: Vec<crate::index::Run>,
+) -> CollectorView {
+    // A poll is a run's first STAT: what accumulated in the mailbox since the previous run.
+    let polls = runs
+        .into_iter()
+        .filter_map(|r| {
+            Some(PollView {
+                at_ms: r.started_ms.0,
+                queue_depth: r.on_server?,
+            })
+        })
+        .collect();
+    CollectorView {
+        name: c.name().to_string(),
+        active: state.active(c.active),
+        retired: state.retired,
+        interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
+        polls,
+    }
+}
+
 /// [`gather_input`] on a node of a shared archive: the totals, facts, state and history are
 /// read in PostgreSQL (archive-wide, whichever node recorded them), so every node answers the
 /// same verdict.
@@ -476,24 +488,8 @@ pub(crate) async fn gather_input_shared(
     let mut views = Vec::new();
     for c in collectors {
         let state = store.fetch_state(c.name()).await?;
-        let polls = store
-            .fetch_runs(c.name(), RUNS_FOR_POLLS)
-            .await?
-            .into_iter()
-            .filter_map(|r| {
-                Some(PollView {
-                    at_ms: r.started_ms.0,
-                    queue_depth: r.on_server?,
-                })
-            })
-            .collect();
-        views.push(CollectorView {
-            name: c.name().to_string(),
-            active: state.active(c.active),
-            retired: state.retired,
-            interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
-            polls,
-        });
+        let runs = store.fetch_runs(c.name(), RUNS_FOR_POLLS).await?;
+        views.push(collector_view(c, &state, runs));
     }
     let unmatched = facts
         .pop3_only

@@ -36,7 +36,7 @@ pub(crate) fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(super::healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/migration", get(migration_verdict))
@@ -95,18 +95,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
     })
     .await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.ctx.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+    super::metrics_response(&state.ctx.metrics)
 }
 
 /// Ready when the index answers a read, the archive's `tmp/` takes a file, its filesystem is

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -138,7 +138,7 @@ impl NodeHttpServer {
 fn router(state: NodeState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(super::healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/migration", get(migration_verdict))
@@ -161,18 +161,7 @@ async fn not_on_shared() -> Response {
 async fn metrics(State(state): State<NodeState>) -> Response {
     // The spool's free-space gauges are set by each check; one now keeps them current.
     let _ = state.ctx.shared.spool().space().low();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.ctx.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+    super::metrics_response(&state.ctx.metrics)
 }
 
 /// Ready when PostgreSQL answers, the spool's `tmp/` takes a file and is above the reserve,
