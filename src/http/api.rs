@@ -129,27 +129,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
         let failed = || Err("probe task failed".to_string());
         (failed(), failed(), failed())
     });
-    let bound = state.readiness.listeners_bound();
-    let stopping = state.ctx.shutdown.is_cancelled();
-    let ready = index.is_ok() && writable.is_ok() && space.is_ok() && bound && !stopping;
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.clone(),
-    };
-    let body = serde_json::json!({
-        "ready": ready,
-        "index": show(&index),
-        "archive_writable": show(&writable),
-        "free_space": show(&space),
-        "listeners_bound": bound,
-        "shutting_down": stopping,
-    });
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    super::readiness_reply(
+        [index, writable, space],
+        state.readiness.listeners_bound(),
+        state.ctx.shutdown.is_cancelled(),
+        None,
+    )
 }
 
 async fn status(State(state): State<AppState>) -> ApiResult<Json<Status>> {

@@ -300,3 +300,33 @@ fn metrics_response(metrics: &Metrics) -> Response {
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
+
+/// `/readyz`'s answer from the probes of the index, the archive's `tmp/` and its free space:
+/// 200 when all passed, every listener is bound and the process is not stopping, else 503;
+/// the body names each check (and the node, on a node of a shared archive).
+fn readiness_reply(
+    [index, writable, space]: [Result<(), String>; 3],
+    bound: bool,
+    stopping: bool,
+    node: Option<&str>,
+) -> Response {
+    let ready = index.is_ok() && writable.is_ok() && space.is_ok() && bound && !stopping;
+    let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_string());
+    let mut body = serde_json::json!({
+        "ready": ready,
+        "index": show(index),
+        "archive_writable": show(writable),
+        "free_space": show(space),
+        "listeners_bound": bound,
+        "shutting_down": stopping,
+    });
+    if let Some(node) = node {
+        body["node"] = serde_json::Value::from(node);
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}

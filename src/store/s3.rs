@@ -384,14 +384,7 @@ impl S3Store {
                 break;
             }
         }
-        let found = hex::encode(hasher.finalize());
-        if found != name.sha256() {
-            return Err(S3Error::Digest {
-                name: name.to_string(),
-                expected: name.sha256().to_string(),
-                found,
-            });
-        }
+        check_digest(name, hasher)?;
         Ok(sent)
     }
 
@@ -420,14 +413,7 @@ impl S3Store {
             n += chunk.len() as u64;
         }
         out.flush().await?;
-        let found = hex::encode(hasher.finalize());
-        if found != name.sha256() {
-            return Err(S3Error::Digest {
-                name: name.to_string(),
-                expected: name.sha256().to_string(),
-                found,
-            });
-        }
+        check_digest(name, hasher)?;
         Ok(n)
     }
 
@@ -500,6 +486,19 @@ fn path(name: &ObjectName) -> ObjectPath {
 
 fn modified(meta: &object_store::ObjectMeta) -> UnixMs {
     UnixMs(u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or_default())
+}
+
+/// Fails with [`S3Error::Digest`] unless the bytes `hasher` saw are the ones `name` names.
+fn check_digest(name: &ObjectName, hasher: Sha256) -> Result<(), S3Error> {
+    let found = hex::encode(hasher.finalize());
+    if found == name.sha256() {
+        return Ok(());
+    }
+    Err(S3Error::Digest {
+        name: name.to_string(),
+        expected: name.sha256().to_string(),
+        found,
+    })
 }
 
 #[cfg(test)]
