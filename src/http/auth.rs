@@ -33,7 +33,7 @@ use crate::config::Config;
 
 /// The token and where it lives.
 pub(crate) struct Token {
-    secret: Mutex<String>,
+    secret: Mutex<Secret>,
     /// The file the token was read from (or generated into).
     pub path: PathBuf,
 }
@@ -44,6 +44,29 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// The token in force and its generation.
+struct Secret {
+    value: String,
+    generation: Generation,
+}
+
+/// Which token was in force: 0 for the one read at start, one more after each reload that
+/// changed it. A console session keeps the generation it was opened with (never the token), and
+/// is refused once another one is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation(u64);
+
+impl Generation {
+    /// The token read at start.
+    pub const FIRST: Generation = Generation(0);
+
+    /// The one after this.
+    #[must_use]
+    pub fn next(self) -> Generation {
+        Generation(self.0.saturating_add(1))
     }
 }
 
@@ -106,7 +129,10 @@ pub fn rotate(path: &Path) -> anyhow::Result<String> {
 impl Token {
     fn new(secret: String, path: PathBuf) -> Token {
         Token {
-            secret: Mutex::new(secret),
+            secret: Mutex::new(Secret {
+                value: secret,
+                generation: Generation::FIRST,
+            }),
             path,
         }
     }
@@ -137,25 +163,34 @@ impl Token {
         Ok(Token::new(secret, path))
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Secret> {
+        self.secret.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The token in use.
+    #[cfg(test)]
     fn secret(&self) -> String {
-        self.secret
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().value.clone()
+    }
+
+    /// The generation of the token in force.
+    pub fn generation(&self) -> Generation {
+        self.lock().generation
     }
 
     /// Reads the token file again (after `token rotate`): the token in it is the one from now
     /// on. An unreadable or empty file keeps the token in use (the error says why).
     pub fn reload(&self) -> anyhow::Result<()> {
         let secret = read_token(&self.path)?;
-        let mut current = self.secret.lock().unwrap_or_else(PoisonError::into_inner);
-        if *current != secret {
+        let mut current = self.lock();
+        if current.value != secret {
             tracing::info!(
-                "admin token reloaded from {}: the old one is refused from now on",
+                "admin token reloaded from {}: the old one (and every console session opened \
+                 with it) is refused from now on",
                 self.path.display()
             );
-            *current = secret;
+            current.value = secret;
+            current.generation = current.generation.next();
         }
         Ok(())
     }
@@ -163,9 +198,18 @@ impl Token {
     /// Constant-time comparison with a presented token.
     #[must_use]
     pub fn matches(&self, presented: &str) -> bool {
-        let secret = self.secret();
-        let (a, b) = (secret.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        self.check(presented).is_some()
+    }
+
+    /// Constant-time comparison with a presented token: the generation of the token in force
+    /// when it is that one (checked and read at once, so a reload cannot come between them).
+    #[must_use]
+    pub fn check(&self, presented: &str) -> Option<Generation> {
+        let current = self.lock();
+        let (a, b) = (current.value.as_bytes(), presented.as_bytes());
+        let same =
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        same.then_some(current.generation)
     }
 }
 
@@ -388,9 +432,21 @@ mod tests {
         assert_ne!(new, old);
         assert_eq!(read_token(&t.path).unwrap(), new);
         assert!(t.matches(&old), "the file alone changes nothing");
+        let first = t.generation();
+        assert_eq!(t.check(&old), Some(first));
         t.reload().unwrap();
         assert!(t.matches(&new));
         assert!(!t.matches(&old));
+        let second = t.generation();
+        assert_ne!(second, first, "a new token is a new generation");
+        assert_eq!(t.check(&new), Some(second));
+        assert_eq!(t.check(&old), None);
+        t.reload().unwrap();
+        assert_eq!(
+            t.generation(),
+            second,
+            "the same token again: the same generation"
+        );
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&t.path).unwrap().permissions().mode();

@@ -17,20 +17,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SIZE: usize = 3000;
 const MAILBOX: usize = 250;
 
-/// One raw HTTP/1.1 request (with an optional cookie and form body): the status line's code
-/// and the `Location` header (the kit's client hides headers).
-async fn raw(
+/// One raw HTTP/1.1 request's answer: the status code, the `Location` and `Set-Cookie` headers
+/// and the body (the kit's client hides headers).
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    body: String,
+}
+
+/// One raw HTTP/1.1 request (with an optional session cookie and form body).
+async fn send(
     gw: &TestGateway,
     method: &str,
     path: &str,
+    cookie: Option<&str>,
     body: Option<&str>,
-) -> (u16, Option<String>) {
+) -> Answer {
     let mut s = tokio::net::TcpStream::connect(gw.http_addr())
         .await
         .unwrap();
     let body = body.unwrap_or("");
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         gw.http_addr(),
         body.len()
     );
@@ -40,21 +50,63 @@ async fn raw(
         .await
         .expect("an answer within 20s")
         .unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line: {text}"));
-    let location = text
-        .lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
-        .map(|l| l.trim().to_string());
-    (status, location)
+    };
+    Answer {
+        status,
+        location: header("location"),
+        set_cookie: header("set-cookie"),
+        body: body.to_string(),
+    }
+}
+
+/// One raw HTTP/1.1 request without a session: the status code and the `Location` header.
+async fn raw(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Option<String>) {
+    let a = send(gw, method, path, None, body).await;
+    (a.status, a.location)
+}
+
+/// Logs in over raw HTTP with `token`: the session cookie (`name=value`) it opened.
+async fn raw_log_in(gw: &TestGateway, token: &str) -> String {
+    let a = send(gw, "POST", "/login", None, Some(&format!("token={token}"))).await;
+    assert_eq!(
+        (a.status, a.location.as_deref()),
+        (303, Some("/")),
+        "login: {}",
+        a.body
+    );
+    let cookie = a.set_cookie.expect("a session cookie");
+    cookie
+        .split(';')
+        .next()
+        .expect("name=value")
+        .trim()
+        .to_string()
+}
+
+/// The CSRF token of the logout form on a console page.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field in {page}"));
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').expect("end of the value")].to_string()
 }
 
 /// Sends journal report `i` over SMTP with swaks (a real SMTP client).
@@ -825,5 +877,77 @@ async fn a_running_collection_shows_its_progress() {
     let after = gw.get_auth("/api/v1/collectors/slow").await.json().unwrap();
     assert!(after["progress"].is_null(), "{after}");
     assert_eq!(d.mailbox_count(), MAILBOX);
+    gw.stop().await;
+}
+
+/// `token rotate` (the real CLI, which reloads the token in the running gateway) ends the
+/// console sessions opened with the old token: the next request of such a session is sent to
+/// the login page (as an expired one is), its forms do nothing, the old token no longer logs
+/// in, and the new one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_rotate_ends_the_console_sessions_of_the_old_token() {
+    let gw = TestGateway::builder().http().start().await;
+    let old = gw.token().to_string();
+    let session = raw_log_in(&gw, &old).await;
+    let page = send(&gw, "GET", "/", Some(&session), None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Overview"), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    // A second session of the same token, ended by the rotation too.
+    let other = raw_log_in(&gw, &old).await;
+    assert_eq!(
+        send(&gw, "GET", "/migration", Some(&other), None)
+            .await
+            .status,
+        200
+    );
+
+    let (ok, stdout, stderr) = gw.cli(crate::gateway_bin(), &["token", "rotate"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("uses the new token now"), "{stdout}");
+    let new = std::fs::read_to_string(gw.token_path())
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(new, old);
+
+    // The old sessions are refused from now on, pages and forms alike.
+    let refused = send(&gw, "GET", "/", Some(&session), None).await;
+    assert_eq!(
+        (refused.status, refused.location.as_deref()),
+        (303, Some("/login")),
+        "the old session's page: {}",
+        refused.body
+    );
+    let refused = send(
+        &gw,
+        "POST",
+        "/logout",
+        Some(&session),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.location.as_deref()),
+        (303, Some("/login")),
+        "the old session's form"
+    );
+    let refused = send(&gw, "GET", "/migration", Some(&other), None).await;
+    assert_eq!(
+        (refused.status, refused.location.as_deref()),
+        (303, Some("/login"))
+    );
+    // The login page does not take the old session for a live one.
+    let login = send(&gw, "GET", "/login", Some(&session), None).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(login.body.contains("Admin token"), "{}", login.body);
+    // The old token does not log in; the new one does, and its session works.
+    let wrong = send(&gw, "POST", "/login", None, Some(&format!("token={old}"))).await;
+    assert_eq!((wrong.status, wrong.set_cookie), (401, None));
+    let fresh = raw_log_in(&gw, &new).await;
+    assert_ne!(fresh, session);
+    let page = send(&gw, "GET", "/", Some(&fresh), None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Overview"), "{}", page.body);
     gw.stop().await;
 }

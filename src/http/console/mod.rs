@@ -174,7 +174,7 @@ impl FromRequestParts<AppState> for Authed {
         state
             .console
             .sessions
-            .find(&parts.headers)
+            .find(&parts.headers, state.token.generation())
             .map(Authed)
             .ok_or_else(|| Redirect::to("/login").into_response())
     }
@@ -263,7 +263,12 @@ fn login_form(error: Option<&str>) -> maud::Markup {
 }
 
 async fn login_page(State(state): State<AppState>, parts: Parts) -> Response {
-    if state.console.sessions.find(&parts.headers).is_some() {
+    if state
+        .console
+        .sessions
+        .find(&parts.headers, state.token.generation())
+        .is_some()
+    {
         return Redirect::to("/").into_response();
     }
     login_form(None).into_response()
@@ -285,9 +290,8 @@ async fn login(
     if let Some(wait) = state.throttle.wait(ip) {
         return super::auth::too_many(wait, "console", &state);
     }
-    if state.token.matches(form.token.trim()) {
-        state.throttle.succeeded(ip);
-    } else {
+    // The session is tied to the generation of the token it was opened with.
+    let Some(generation) = state.token.check(form.token.trim()) else {
         state.throttle.failed(ip);
         state.ctx.metrics.console_logins_refused.inc();
         state
@@ -302,8 +306,9 @@ async fn login(
             login_form(Some("Wrong admin token.")),
         )
             .into_response();
-    }
-    let session = state.console.sessions.create();
+    };
+    state.throttle.succeeded(ip);
+    let session = state.console.sessions.create(generation);
     tracing::info!("console: login");
     let cookie = session::set_cookie(&session, state.https || session::over_tls(&headers));
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()

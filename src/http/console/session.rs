@@ -1,11 +1,16 @@
 //! Console sessions: an `HttpOnly`, `SameSite=Strict` cookie naming a random session id kept in
 //! memory (a restart logs everyone out), each session with its CSRF token and one flash message.
+//! A session is tied to the generation of the admin token it was opened with (never the token
+//! itself): once `token rotate` has put another token in force, the session is refused and
+//! dropped, as if it had expired.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap};
+
+use crate::http::auth::Generation;
 
 /// The session cookie's name.
 pub(super) const COOKIE: &str = "jg_console";
@@ -32,10 +37,11 @@ pub(super) struct Flash {
     pub text: String,
 }
 
-#[derive(Default)]
 struct Entry {
     csrf: String,
-    expires: Option<Instant>,
+    expires: Instant,
+    /// The admin token's generation at login.
+    generation: Generation,
     flash: Option<Flash>,
 }
 
@@ -65,11 +71,11 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a session.
-    pub fn create(&self) -> Session {
+    /// Starts a session, opened with the admin token of `generation`.
+    pub fn create(&self, generation: Generation) -> Session {
         let now = Instant::now();
         let mut map = self.lock();
-        map.retain(|_, e| e.expires.is_some_and(|t| t > now));
+        map.retain(|_, e| e.expires > now);
         if map.len() >= MAX_SESSIONS {
             if let Some(oldest) = map
                 .iter()
@@ -88,19 +94,26 @@ impl Sessions {
             session.id.clone(),
             Entry {
                 csrf: session.csrf.clone(),
-                expires: Some(session.expires),
+                expires: session.expires,
+                generation,
                 flash: None,
             },
         );
         session
     }
 
-    /// The live session named by the request's cookie.
-    pub fn find(&self, headers: &HeaderMap) -> Option<Session> {
+    /// The live session named by the request's cookie, opened with the admin token of
+    /// `generation` (the one in force); a session of another token is dropped.
+    pub fn find(&self, headers: &HeaderMap, generation: Generation) -> Option<Session> {
         let id = cookie(headers)?;
-        let map = self.lock();
+        let mut map = self.lock();
         let entry = map.get(id)?;
-        let expires = entry.expires.filter(|t| *t > Instant::now())?;
+        if entry.generation != generation {
+            map.remove(id);
+            tracing::info!("console: refused a session opened with an admin token since rotated");
+            return None;
+        }
+        let expires = Some(entry.expires).filter(|t| *t > Instant::now())?;
         Some(Session {
             id: id.to_string(),
             csrf: entry.csrf.clone(),
@@ -177,16 +190,18 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    const FIRST: Generation = Generation::FIRST;
+
     #[test]
     fn a_session_is_found_by_its_cookie_until_removed() {
         let sessions = Sessions::default();
-        let s = sessions.create();
+        let s = sessions.create(FIRST);
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("other=1; {COOKIE}={}", s.id)).unwrap(),
         );
-        let found = sessions.find(&headers).unwrap();
+        let found = sessions.find(&headers, FIRST).unwrap();
         assert_eq!(found.csrf, s.csrf);
         assert!(found.max_age() > LIFETIME.as_secs() - 5);
         sessions.set_flash(
@@ -199,14 +214,37 @@ mod tests {
         assert_eq!(sessions.take_flash(&s.id).unwrap().text, "done");
         assert!(sessions.take_flash(&s.id).is_none());
         sessions.remove(&s.id);
-        assert!(sessions.find(&headers).is_none());
+        assert!(sessions.find(&headers, FIRST).is_none());
         headers.insert(header::COOKIE, HeaderValue::from_static("jg_console=nope"));
-        assert!(sessions.find(&headers).is_none());
+        assert!(sessions.find(&headers, FIRST).is_none());
+    }
+
+    #[test]
+    fn a_session_of_another_token_generation_is_refused_and_dropped() {
+        let sessions = Sessions::default();
+        let s = sessions.create(FIRST);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={}", s.id)).unwrap(),
+        );
+        assert!(sessions.find(&headers, FIRST).is_some());
+        assert!(sessions.find(&headers, FIRST.next()).is_none());
+        assert!(
+            sessions.find(&headers, FIRST).is_none(),
+            "dropped, not merely hidden"
+        );
+        let t = sessions.create(FIRST.next());
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={}", t.id)).unwrap(),
+        );
+        assert!(sessions.find(&headers, FIRST.next()).is_some());
     }
 
     #[test]
     fn cookie_flags() {
-        let s = Sessions::default().create();
+        let s = Sessions::default().create(FIRST);
         let c = set_cookie(&s, false);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Max-Age="));
         assert!(!c.contains("Secure"));
