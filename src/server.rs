@@ -666,6 +666,16 @@ pub fn describe(config: &Config) -> String {
                 .map(|f| format!(" from drop-in {}", f.display()))
                 .unwrap_or_default()
         );
+        if let Some(url) = &c.token_url {
+            let _ = writeln!(
+                s,
+                "  OAuth2 token endpoint {url}, certificate checked against {}",
+                c.token_ca_file.as_ref().map_or_else(
+                    || "the system roots".to_string(),
+                    |f| format!("token_ca_file {}", f.display())
+                )
+            );
+        }
     }
     for f in &config.forwards {
         let _ = writeln!(

@@ -468,6 +468,9 @@ pub struct CollectorConfig {
     pub client_secret_env: Option<String>,
     /// `OAuth2` client-credentials grant: the scope asked for (unset: none sent).
     pub scope: Option<String>,
+    /// `OAuth2` client-credentials grant: PEM file of the CA(s) to trust for an `https`
+    /// `token_url` instead of the system roots (a private PKI).
+    pub token_ca_file: Option<PathBuf>,
     /// The drop-in file this collector was read from; `None`: the main configuration file.
     #[serde(skip)]
     pub dropin: Option<PathBuf>,
@@ -788,8 +791,12 @@ impl CollectorConfig {
         .filter(|s| **s)
         .count();
         if !grant {
-            if self.client_id.is_some() || secrets > 0 || self.scope.is_some() {
-                bail!("{at}: client_id, client_secret* and scope belong to token_url; with token_file they are unused");
+            if self.client_id.is_some()
+                || secrets > 0
+                || self.scope.is_some()
+                || self.token_ca_file.is_some()
+            {
+                bail!("{at}: client_id, client_secret*, scope and token_ca_file belong to token_url; with token_file they are unused");
             }
             return Ok(());
         }
@@ -807,6 +814,7 @@ impl CollectorConfig {
             .map_err(|e| anyhow::anyhow!("{at}: token_url {url:?} is not a URL: {e}"))?;
         match uri.scheme_str() {
             Some("https") => {}
+            Some("http") if self.token_ca_file.is_some() => bail!("{at}: token_ca_file is for an https token_url; {url:?} is plain http"),
             Some("http") if self.allow_insecure || is_loopback(uri.host().unwrap_or_default()) => {}
             Some("http") => bail!("{at}: token_url {url:?} would send the client secret in clear; use https (or allow_insecure = true)"),
             _ => bail!("{at}: token_url {url:?} must be an http(s) URL"),
@@ -826,6 +834,7 @@ impl CollectorConfig {
             ("client_secret_file", self.client_secret_file.is_some()),
             ("client_secret_env", self.client_secret_env.is_some()),
             ("scope", self.scope.is_some()),
+            ("token_ca_file", self.token_ca_file.is_some()),
         ];
         if let Some((key, _)) = oauth_keys.iter().find(|(_, set)| *set) {
             bail!(
@@ -1040,7 +1049,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Parses and checks one drop-in file's text (exactly one `[[collector]]`); a relative
-/// `password_file` or `ca_file` is relative to the drop-in directory `dir`.
+/// `password_file`, `ca_file` or `token_ca_file` is relative to the drop-in directory `dir`.
 pub(crate) fn parse_dropin(text: &str, dir: &Path) -> anyhow::Result<CollectorConfig> {
     let d: DropIn = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let n = d.collectors.len();
@@ -1048,7 +1057,10 @@ pub(crate) fn parse_dropin(text: &str, dir: &Path) -> anyhow::Result<CollectorCo
         bail!("a drop-in file holds exactly one [[collector]] table; this one has {n}");
     };
     c.validate(text)?;
-    for p in [&mut c.password_file, &mut c.ca_file].into_iter().flatten() {
+    for p in [&mut c.password_file, &mut c.ca_file, &mut c.token_ca_file]
+        .into_iter()
+        .flatten()
+    {
         if p.is_relative() {
             *p = dir.join(&*p);
         }
@@ -1598,6 +1610,11 @@ mod tests {
             "hunter2"
         );
         ok("auth = \"xoauth2\"\ntoken_url = \"http://127.0.0.1:8080/t\"\nclient_id = \"id\"\nclient_secret_env = \"S\"\n").unwrap();
+        let c = ok("auth = \"xoauth2\"\ntoken_url = \"https://idp.corp.test/t\"\nclient_id = \"id\"\nclient_secret = \"s\"\ntoken_ca_file = \"/etc/pki/corp-ca.pem\"\n").unwrap();
+        assert_eq!(
+            c.collectors[0].token_ca_file.as_deref(),
+            Some(Path::new("/etc/pki/corp-ca.pem"))
+        );
         for (extra, needle) in [
             ("auth = \"xoauth2\"\n", "token_file or token_url"),
             ("auth = \"xoauth2\"\npassword = \"p\"\ntoken_file = \"t\"\n", "remove password"),
@@ -1607,6 +1624,9 @@ mod tests {
             ("auth = \"xoauth2\"\ntoken_url = \"http://idp.example.com/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\n", "in clear"),
             ("auth = \"xoauth2\"\ntoken_file = \"t\"\nclient_id = \"i\"\n", "belong to token_url"),
             ("password = \"p\"\ntoken_file = \"t\"\n", "token_file is for auth"),
+            ("password = \"p\"\ntoken_ca_file = \"ca.pem\"\n", "token_ca_file is for auth"),
+            ("auth = \"xoauth2\"\ntoken_file = \"t\"\ntoken_ca_file = \"ca.pem\"\n", "belong to token_url"),
+            ("auth = \"xoauth2\"\ntoken_url = \"http://127.0.0.1:8080/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\ntoken_ca_file = \"ca.pem\"\n", "token_ca_file is for an https token_url"),
             ("auth = \"kerberos\"\ntoken_file = \"t\"\n", "kerberos"),
         ] {
             let err = ok(extra).expect_err(extra).to_string();

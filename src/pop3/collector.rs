@@ -165,7 +165,8 @@ struct Committed {
 }
 
 impl Collector {
-    /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file`).
+    /// Builds the collector; fails when its trust settings cannot be loaded (bad `ca_file` or
+    /// `token_ca_file`).
     pub fn new(config: &CollectorConfig, ctx: CollectorContext) -> anyhow::Result<Collector> {
         Collector::with_session_lock(config, ctx, Arc::new(Mutex::new(())))
     }
@@ -191,7 +192,7 @@ impl Collector {
                 config: config.clone(),
                 ctx,
                 trust,
-                credentials: Credentials::from_config(config),
+                credentials: Credentials::from_config(config)?,
                 login_delay: AtomicU64::new(0),
                 session,
                 wake: Notify::new(),

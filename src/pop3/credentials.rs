@@ -23,18 +23,20 @@ enum Method {
 
 impl Credentials {
     /// The login of `cfg` (its `auth` key).
-    #[must_use]
-    pub fn from_config(cfg: &CollectorConfig) -> Credentials {
+    ///
+    /// # Errors
+    /// When the token endpoint's `token_ca_file` cannot be loaded.
+    pub fn from_config(cfg: &CollectorConfig) -> anyhow::Result<Credentials> {
         let mechanism = match cfg.auth {
             AuthMethod::Password => None,
             AuthMethod::Xoauth2 => Some(OAuthMechanism::Xoauth2),
             AuthMethod::Oauthbearer => Some(OAuthMechanism::OAuthBearer),
         };
-        let method = match (mechanism, TokenSource::from_config(cfg)) {
+        let method = match (mechanism, TokenSource::from_config(cfg)?) {
             (Some(m), Some(tokens)) => Method::OAuth(m, tokens),
             _ => Method::Password,
         };
-        Credentials { method }
+        Ok(Credentials { method })
     }
 
     /// Checks what can be checked before connecting (the password source); tokens are fetched

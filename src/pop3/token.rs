@@ -6,6 +6,9 @@
 //! the server refused a login with it ([`TokenSource::invalidate`]), so the next login asks for
 //! a new one. A token file is read again for every session. Neither the client secret nor a
 //! token ever reaches a log line, an error message or a `Debug` output.
+//!
+//! An `https` token endpoint's certificate is checked against `token_ca_file` (a private PKI's
+//! CA certificates, loaded when the collector is built, as its `ca_file` is) or the system roots.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -21,10 +24,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 use super::error::{ErrorKind, Pop3Error};
+use super::trust::Trust;
 use crate::config::CollectorConfig;
 use crate::net::Conn;
 
@@ -79,6 +82,8 @@ struct Grant {
     /// Resolved when a token is asked for (a secret file may be rotated).
     config: CollectorConfig,
     scope: Option<String>,
+    /// The token endpoint's certificate check: `token_ca_file`, or the system roots.
+    trust: Trust,
 }
 
 struct Cached {
@@ -103,30 +108,40 @@ impl fmt::Debug for TokenSource {
 impl TokenSource {
     /// The token source of an `OAuth2` collector (`None` for `auth = "password"` or when neither
     /// `token_file` nor `token_url` is set, which the configuration check refuses).
-    #[must_use]
-    pub fn from_config(cfg: &CollectorConfig) -> Option<TokenSource> {
+    ///
+    /// # Errors
+    /// When `token_ca_file` cannot be read or holds no usable certificate.
+    pub fn from_config(cfg: &CollectorConfig) -> anyhow::Result<Option<TokenSource>> {
         if !cfg.auth.is_oauth() {
-            return None;
+            return Ok(None);
         }
         let origin = if let Some(path) = &cfg.token_file {
             Origin::File(path.clone())
         } else {
-            let url = cfg.token_url.as_deref()?.parse().ok()?;
+            let Some(url) = cfg.token_url.as_deref().and_then(|u| u.parse().ok()) else {
+                return Ok(None);
+            };
+            let trust = Trust::new(
+                &format!("collector {} token_ca_file", cfg.name()),
+                None,
+                cfg.token_ca_file.as_deref(),
+            )?;
             Origin::Grant(Box::new(Grant {
                 url,
                 client_id: cfg.client_id.clone().unwrap_or_default(),
                 config: cfg.clone(),
                 scope: cfg.scope.clone(),
+                trust,
             }))
         };
-        Some(TokenSource {
+        Ok(Some(TokenSource {
             inner: Arc::new(Inner {
                 collector: cfg.name().to_string(),
                 origin,
                 timeout: cfg.timeout,
                 cached: Mutex::new(None),
             }),
-        })
+        }))
     }
 
     /// A token for the next login: the cached one while it is fresh, else a new one (the file
@@ -205,7 +220,7 @@ impl TokenSource {
         ));
         let timeout = self.inner.timeout;
         let (status, answer) =
-            match tokio::time::timeout(timeout, post_form(url, &basic, body)).await {
+            match tokio::time::timeout(timeout, post_form(url, &grant.trust, &basic, body)).await {
                 Err(_) => {
                     return Err(Pop3Error::new(
                         ErrorKind::Timeout,
@@ -271,9 +286,14 @@ fn renew_margin(lifetime: Duration) -> Duration {
     RENEW_BEFORE.min(lifetime / 2)
 }
 
-/// One POST with a form body, over plain HTTP or TLS (system roots); gives the status and the
-/// body (at most [`MAX_ANSWER`] bytes).
-async fn post_form(url: &Uri, basic: &str, body: String) -> Result<(StatusCode, Bytes), Pop3Error> {
+/// One POST with a form body, over plain HTTP or TLS (the certificate checked by `trust`); gives
+/// the status and the body (at most [`MAX_ANSWER`] bytes).
+async fn post_form(
+    url: &Uri,
+    trust: &Trust,
+    basic: &str,
+    body: String,
+) -> Result<(StatusCode, Bytes), Pop3Error> {
     let host = url.host().unwrap_or_default().to_string();
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -294,13 +314,23 @@ async fn post_form(url: &Uri, basic: &str, body: String) -> Result<(StatusCode, 
                 format!("token endpoint {url}: bad host name: {e}"),
             )
         })?;
-        let tls = TlsConnector::from(tls_config()?)
+        let (config, seen) = trust
+            .client_config()
+            .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("TLS set-up: {e:#}")))?;
+        let tls = TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| {
+                let certificate = seen
+                    .get()
+                    .map(|fp| format!("; its certificate has SHA-256 fingerprint {fp}"))
+                    .unwrap_or_default();
                 Pop3Error::new(
                     ErrorKind::Tls,
-                    format!("token endpoint {url}: TLS handshake failed: {e}"),
+                    format!(
+                        "token endpoint {url}: TLS handshake failed ({} check, token_ca_file for a private CA): {e}{certificate}",
+                        trust.mode()
+                    ),
                 )
             })?;
         Conn::tls(tls)
@@ -339,17 +369,6 @@ async fn post_form(url: &Uri, basic: &str, body: String) -> Result<(StatusCode, 
     .await;
     driver.abort();
     answer
-}
-
-/// TLS to the token endpoint: the system's root certificates.
-fn tls_config() -> Result<Arc<ClientConfig>, Pop3Error> {
-    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Pop3Error::new(ErrorKind::Config, format!("TLS set-up: {e}")))?
-        .with_root_certificates(super::trust::system_roots())
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -413,7 +432,7 @@ mod tests {
             "[[collector]]\nname = \"f\"\nhost = \"h\"\nusername = \"u\"\nauth = \"xoauth2\"\ntoken_file = {path:?}\n"
         );
         let cfg = crate::config::Config::parse(&text).unwrap().collectors[0].clone();
-        let source = TokenSource::from_config(&cfg).unwrap();
+        let source = TokenSource::from_config(&cfg).unwrap().unwrap();
         assert_eq!(source.token().await.unwrap().expose(), "first");
         std::fs::write(&path, "second\n").unwrap();
         assert_eq!(source.token().await.unwrap().expose(), "second");
@@ -421,6 +440,24 @@ mod tests {
         let e = source.token().await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Config);
         assert!(!e.message.contains("two words"), "{e}");
+    }
+
+    #[test]
+    fn an_unusable_token_ca_file_refuses_the_collector() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("corp-ca.pem");
+        let text = format!(
+            "[[collector]]\nname = \"g\"\nhost = \"h\"\nusername = \"u\"\nauth = \"xoauth2\"\ntoken_url = \"https://idp.test/t\"\nclient_id = \"i\"\nclient_secret = \"s\"\ntoken_ca_file = {ca:?}\n"
+        );
+        let cfg = crate::config::Config::parse(&text).unwrap().collectors[0].clone();
+        let err = format!("{:#}", TokenSource::from_config(&cfg).unwrap_err());
+        assert!(
+            err.contains("token_ca_file") && err.contains("corp-ca.pem"),
+            "{err}"
+        );
+        std::fs::write(&ca, "no certificate here\n").unwrap();
+        let err = format!("{:#}", TokenSource::from_config(&cfg).unwrap_err());
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     /// A granted token is reused while fresh and asked for again when it is about to expire or
@@ -460,7 +497,7 @@ mod tests {
             "[[collector]]\nname = \"g\"\nhost = \"h\"\nusername = \"u\"\nauth = \"oauthbearer\"\ntoken_url = \"http://{addr}/token\"\nclient_id = \"gateway\"\nclient_secret = \"s e/cret\"\nscope = \"pop\"\n"
         );
         let cfg = crate::config::Config::parse(&text).unwrap().collectors[0].clone();
-        let source = TokenSource::from_config(&cfg).unwrap();
+        let source = TokenSource::from_config(&cfg).unwrap().unwrap();
         assert_eq!(source.token().await.unwrap().expose(), "tok-0");
         assert_eq!(source.token().await.unwrap().expose(), "tok-0", "cached");
         source.invalidate().await;

@@ -1,11 +1,16 @@
 //! `OAuth2` logins (XOAUTH2, OAUTHBEARER) against a real Dovecot whose `oauth2` passdb validates
 //! tokens by RFC 7662 introspection at a local token service (`token_service`), which also
 //! grants them (client-credentials). Both mechanisms drain a mailbox; a wrong client secret is
-//! an auth error in the history and the metrics; a token that dies mid-drain is replaced.
+//! an auth error in the history and the metrics; a token that dies mid-drain is replaced; an
+//! https token endpoint with a private CA's certificate is trusted only with `token_ca_file`.
 
 use journal_gateway::config::{CollectorConfig, Config};
 use journal_gateway::pop3::{ErrorKind, RunKind};
+use std::path::Path;
+use std::sync::Arc;
+
 use journal_gateway_testkit::dovecot::{self, Dovecot, Options, Tuning};
+use journal_gateway_testkit::pki::TestCa;
 use journal_gateway_testkit::token_service::{TokenPolicy, TokenService};
 use journal_gateway_testkit::TestGateway;
 
@@ -255,4 +260,148 @@ async fn a_token_that_dies_mid_drain_is_replaced_and_the_drain_completes() {
         let record = gw.archive().record(&key(i)).expect("archived");
         assert_eq!(record.duplicates, 0, "message {i} archived once");
     }
+}
+
+/// An https front for the token service on `port`: TLS (tokio-rustls, `cert` and `key`) on a
+/// loopback port of its own, each connection relayed to the plain service after the handshake
+/// (a failed handshake is dropped). Gives its port; it serves until the test's runtime ends.
+async fn https_front(cert: &Path, key: &Path, port: u16) -> u16 {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    front
+}
+
+/// `token_ca_file`: a token endpoint on https whose certificate a private CA issued (rcgen) is
+/// refused with the system roots (a TLS error naming the certificate, no grant asked for) and
+/// trusted with the CA's file, and only that CA's; `check-config` shows the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_token_endpoint_of_a_private_ca_needs_token_ca_file() {
+    let tokens = TokenService::start(TokenPolicy::new(dovecot::USER));
+    let server = oauth_dovecot(&tokens, 5);
+    let gw = TestGateway::builder().start().await;
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(pki.path(), "corp-private");
+    // A leaf for `localhost` (server authentication among its uses), issued by the private CA.
+    let leaf = ca.client_cert(pki.path(), "idp", "localhost");
+    let other = TestCa::new(pki.path(), "someone-else");
+    let port = https_front(&leaf.cert, &leaf.key, tokens.port).await;
+    let url = format!("https://localhost:{port}/token");
+    let login = |extra: &str| {
+        format!(
+            "auth = \"xoauth2\"\ntoken_url = \"{url}\"\nclient_id = \"gateway\"\nclient_secret = \"client-s3cret\"\n{extra}"
+        )
+    };
+
+    for (name, extra, check) in [
+        ("system-roots", String::new(), "system roots"),
+        (
+            "other-ca",
+            format!("token_ca_file = {:?}\n", other.cert_path),
+            "ca_file",
+        ),
+    ] {
+        let cfg = oauth_collector(&server, name, &login(&extra));
+        let failure = gw
+            .collector(&cfg)
+            .collect(RunKind::Normal)
+            .await
+            .expect_err("a certificate of a private CA is not trusted");
+        assert_eq!(
+            failure.error.kind,
+            ErrorKind::Tls,
+            "{name}: {}",
+            failure.error
+        );
+        let message = failure.error.to_string();
+        assert!(
+            message.contains(&url)
+                && message.contains(&format!("({check} check"))
+                && message.contains(&leaf.sha256),
+            "{name}: the error names the endpoint, the check and the certificate: {message}"
+        );
+        assert_eq!(
+            tokens.counts().granted,
+            0,
+            "{name}: no grant over a refused TLS"
+        );
+        assert_eq!(server.mailbox_count(), 5, "{name}");
+    }
+
+    let cfg = oauth_collector(
+        &server,
+        "private-ca",
+        &login(&format!("token_ca_file = {:?}\n", ca.cert_path)),
+    );
+    let summary = gw
+        .collector(&cfg)
+        .collect(RunKind::Normal)
+        .await
+        .unwrap_or_else(|f| panic!("{f}\n{}", server.log()));
+    assert_eq!((summary.archived, summary.deleted), (5, 5));
+    assert_eq!(tokens.counts().granted, 1);
+    assert_eq!(server.mailbox_count(), 0);
+    assert_eq!(gw.archive().count(), 5);
+
+    // check-config shows where the token endpoint's certificate is checked.
+    let file = pki.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\n[[collector]]\nname = \"private-ca\"\nhost = \"127.0.0.1\"\nusername = \"u\"\n{}",
+            pki.path().join("data"),
+            login(&format!("token_ca_file = {:?}\n", ca.cert_path))
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::gateway_bin())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "OAuth2 token endpoint {url}, certificate checked against token_ca_file {}",
+            ca.cert_path.display()
+        )),
+        "{stdout}"
+    );
 }
