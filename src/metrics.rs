@@ -40,6 +40,10 @@ pub struct Metrics {
     pub pop3_errors: IntCounterVec,
     /// 1 when the collector polls, 0 when inactive or retired.
     pub collector_active: IntGaugeVec,
+    /// On a node of a shared archive: 1 while this node holds the collector's lease (it polls
+    /// the mailbox), 0 while another node does or it is inactive; no series on a single
+    /// gateway. Set when the lease is taken, renewed, lost or released.
+    pub collector_lease_held: IntGaugeVec,
     /// Build information (always 1), labelled with the version.
     pub build_info: IntGaugeVec,
     /// Web console logins refused (wrong admin token).
@@ -211,6 +215,11 @@ impl Metrics {
             collector_active: gauge_vec(
                 "collector_active",
                 "1 when the collector polls, 0 when inactive or retired.",
+                &["collector"],
+            ),
+            collector_lease_held: gauge_vec(
+                "collector_lease_held",
+                "On a node of a shared archive: 1 while this node holds the collector's lease (it polls), 0 otherwise.",
                 &["collector"],
             ),
             build_info: gauge_vec("build_info", "Build information (always 1).", &["version"]),

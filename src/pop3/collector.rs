@@ -349,18 +349,30 @@ impl Collector {
                 Ok(None) => "another node".to_string(),
                 Err(e) => format!("another node ({e})"),
             };
+            self.lease_gauge().set(0);
             return Ok(Holding::Elsewhere(holder));
         };
         tracing::info!(collector = %name, node = shared.node(), epoch = lease.epoch, "collector lease taken: this node polls it");
+        let held = self.lease_gauge();
+        held.set(1);
         let lost = CancellationToken::new();
         let current = Arc::new(std::sync::Mutex::new(lease));
-        let renewer = tokio::spawn(renew(shared, current.clone(), lost.clone()));
+        let renewer = tokio::spawn(renew(shared, current.clone(), lost.clone(), held));
         *self.lease_guard() = Some(LeaseGuard {
             lease: current,
             lost,
             renewer,
         });
         Ok(Holding::Held)
+    }
+
+    /// This collector's `collector_lease_held` gauge (a node of a shared archive only).
+    fn lease_gauge(&self) -> prometheus::IntGauge {
+        self.inner
+            .ctx
+            .metrics
+            .collector_lease_held
+            .with_label_values(&[self.name()])
     }
 
     /// Whether the lease this run holds was lost (never on a single gateway).
@@ -391,6 +403,11 @@ impl Collector {
 
     /// Gives the lease up (shutdown, an inactive collector): another node may take it at once.
     async fn release_lease(&self) {
+        // An inactive collector on a node: not held here. (A stopped one leaves its gauge to
+        // the reload that removed it, or to the collector that replaced it.)
+        if self.inner.ctx.ingest.shared_archive().is_some() && !self.is_stopped() {
+            self.lease_gauge().set(0);
+        }
         let Some(lease) = self.drop_guard() else {
             return;
         };
@@ -852,12 +869,14 @@ fn lease_lost() -> Pop3Error {
 }
 
 /// Renews `lease` every third of its time to live until it is lost (then `lost` is
-/// cancelled). A renewal PostgreSQL fails is tried again at the next third; once the lease's
-/// expiry has passed without a renewal it counts as lost.
+/// cancelled and `held` set to 0; each renewal sets it to 1). A renewal PostgreSQL fails is
+/// tried again at the next third; once the lease's expiry has passed without a renewal it
+/// counts as lost.
 async fn renew(
     shared: Arc<SharedArchive>,
     lease: Arc<std::sync::Mutex<Lease>>,
     lost: CancellationToken,
+    held: prometheus::IntGauge,
 ) {
     let every = shared.lease_ttl() / 3;
     let mut last_renewed = tokio::time::Instant::now();
@@ -870,18 +889,21 @@ async fn renew(
         match shared.renew_lease(&current).await {
             Ok(Some(renewed)) => {
                 last_renewed = tokio::time::Instant::now();
+                held.set(1);
                 *lease
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = renewed;
             }
             Ok(None) => {
                 tracing::warn!(collector = %current.collector, epoch = current.epoch, "collector lease lost: another node took it over");
+                held.set(0);
                 lost.cancel();
                 return;
             }
             Err(e) => {
                 tracing::warn!(collector = %current.collector, "renewing the collector lease: {e}");
                 if last_renewed.elapsed() >= shared.lease_ttl() {
+                    held.set(0);
                     lost.cancel();
                     return;
                 }

@@ -178,7 +178,12 @@ impl Collectors {
             if let Some(old) = by_name.remove(&name) {
                 old.collector.stop();
                 tracing::info!(collector = %name, "reload: collector removed; it stops after its current step");
-                for gauge in [&m.collector_active, &m.pop3_queue, &m.pop3_last_success] {
+                for gauge in [
+                    &m.collector_active,
+                    &m.pop3_queue,
+                    &m.pop3_last_success,
+                    &m.collector_lease_held,
+                ] {
                     let _ = gauge.remove_label_values(&[&name]);
                 }
                 changes.removed.push(name);

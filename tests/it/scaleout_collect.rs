@@ -2,7 +2,8 @@
 //! loop but only the holder of its lease (PostgreSQL) polls; a holder killed (SIGKILL) is taken over
 //! within two lease periods and the mailbox is finished from the shared UIDL map, each message
 //! archived once; a holder whose lease was taken over cannot record; history and state are
-//! archive-wide. Real Dovecot, PostgreSQL and Garage from the kit.
+//! archive-wide; `journal_gateway_collector_lease_held` says which node holds the lease (checked
+//! by `promtool check metrics`). Real Dovecot, PostgreSQL and Garage from the kit.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +17,7 @@ use journal_gateway::journal::Format;
 use journal_gateway_testkit::dovecot::{Dovecot, Options};
 use journal_gateway_testkit::garage::Garage;
 use journal_gateway_testkit::http::{request, Method};
-use journal_gateway_testkit::peers::free_port;
+use journal_gateway_testkit::peers::{free_port, require};
 use journal_gateway_testkit::postgres::Postgres;
 use journal_gateway_testkit::{shared_backends, JOURNAL};
 
@@ -183,6 +184,14 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
         let lease = wait_for_json(http[name], "/api/v1/collectors/exch/lease").await;
         assert_eq!(lease["holder"], first.as_str(), "{name}: {lease}");
     }
+    // And so does the lease gauge: 1 on the holder, 0 on the other (set at its next poll).
+    wait_lease_held(http[holder], 1).await;
+    wait_lease_held(http[other], 0).await;
+    promtool_check_metrics(
+        &metrics_of(http[holder])
+            .await
+            .expect("the holder's metrics"),
+    );
 
     dovecot.deliver(0, N, 600);
     // Mid-drain: some messages recorded, not all.
@@ -214,6 +223,8 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
     });
     let took = killed_at.elapsed();
     assert_eq!(next, format!("proc-{other}"));
+    // The node that took over shows it.
+    wait_lease_held(http[other], 1).await;
     assert_eq!(next_epoch, epoch + 1);
     // Two lease periods, plus this test's polling of PostgreSQL (a psql per 50 ms).
     assert!(
@@ -292,6 +303,77 @@ async fn two_node_processes_one_polls_and_the_other_takes_over_after_a_sigkill()
         "t"
     );
     dovecot.stop();
+}
+
+/// The `/metrics` text of the node at `port` (None while it does not answer 200).
+async fn metrics_of(port: u16) -> Option<String> {
+    let reply = request(
+        &format!("http://127.0.0.1:{port}"),
+        Method::GET,
+        "/metrics",
+        None,
+    )
+    .await
+    .ok()?;
+    (reply.status == 200).then(|| String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// Waits (bounded: 30 s) until the node at `port` exports
+/// `journal_gateway_collector_lease_held{collector="exch"}` with value `want`.
+async fn wait_lease_held(port: u16, want: i64) {
+    const SERIES: &str = "journal_gateway_collector_lease_held{collector=\"exch\"} ";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        if let Some(text) = metrics_of(port).await {
+            last = text
+                .lines()
+                .find_map(|l| l.strip_prefix(SERIES))
+                .map(str::to_string);
+            if last.as_deref().and_then(|v| v.trim().parse::<i64>().ok()) == Some(want) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after 30 s waiting for {SERIES}{want} on :{port} (last seen: {last:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `promtool check metrics` (Debian `prometheus`) accepts `text` without a finding.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let promtool = require("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\n{text}"
+    );
+    assert!(
+        text.contains("# HELP journal_gateway_collector_lease_held ")
+            && text.contains("# TYPE journal_gateway_collector_lease_held gauge"),
+        "{text}"
+    );
 }
 
 /// A GET answered 200 with JSON, waited for (bounded: 30 s).
