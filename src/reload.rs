@@ -228,6 +228,14 @@ impl Reloader {
         self.inner.published.borrow().clone()
     }
 
+    /// The running configuration with the certificate SMTP serves to new connections (None:
+    /// SMTP not started), read together: a reload in progress is waited for.
+    pub(crate) fn smtp_in_force(&self) -> (Arc<Config>, Option<crate::tls::TlsIdentity>) {
+        let state = self.inner.lock();
+        let served = state.smtp.as_ref().map(SmtpLive::tls);
+        (self.inner.published.borrow().clone(), served)
+    }
+
     /// Follows the running configuration (a new value after each applied reload).
     #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<Arc<Config>> {

@@ -951,3 +951,109 @@ async fn token_rotate_ends_the_console_sessions_of_the_old_token() {
     assert!(page.body.contains("Overview"), "{}", page.body);
     gw.stop().await;
 }
+
+/// The overview's SMTP card as HTML (from its `id` to the end of its section).
+fn smtp_card(page: &str) -> &str {
+    let start = page
+        .find("id=\"smtp-endpoint\"")
+        .unwrap_or_else(|| panic!("no SMTP card in {page}"));
+    let card = &page[start..];
+    &card[..card.find("</section>").expect("the card's end")]
+}
+
+/// A SHA-256 in hex as the console shows it: upper case, bytes separated by colons.
+fn colon_hex(hex: &str) -> String {
+    hex.to_ascii_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The overview's SMTP card shows the values in force: an edited file changes nothing until it
+/// is reloaded; after the reload (host name, STARTTLS requirement, accepted addresses and a
+/// certificate at another path changed) the card shows the new values, and the fingerprint it
+/// shows is the one a real STARTTLS handshake (Python's ssl) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_card_shows_the_values_in_force_after_a_reload() {
+    use crate::reload::{certificate, served_fingerprint, Handshake};
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::builder()
+        .config_dir(dir.path())
+        .smtp("require_starttls = false\n")
+        .http()
+        .start()
+        .await;
+    let session = raw_log_in(&gw, gw.token()).await;
+    let card = || async {
+        let page = send(&gw, "GET", "/", Some(&session), None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        smtp_card(&page.body).to_string()
+    };
+    let first = colon_hex(&served_fingerprint(gw.smtp_addr(), Handshake::Starttls).await);
+    let before = card().await;
+    for shown in ["<dd>journal.test</dd>", &first, "@archive.test"] {
+        assert!(before.contains(shown), "{shown} missing from {before}");
+    }
+    assert!(before.contains("<dd>no</dd>"), "{before}");
+
+    let (cert, key, second) = certificate(&dir.path().join("new-cert"), 2031);
+    let second = colon_hex(&second);
+    assert_ne!(first, second);
+    let path = gw.config_file();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text
+        .replacen(
+            "hostname = \"journal.test\"",
+            "hostname = \"journal2.test\"",
+            1,
+        )
+        .replacen(
+            "require_starttls = false",
+            &format!(
+                "require_starttls = true\ntls_cert = {:?}\ntls_key = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            1,
+        )
+        .replacen(
+            "\"@archive.test\"",
+            "\"@archive.test\", \"new@reload.test\"",
+            1,
+        );
+    for changed in [
+        "journal2.test",
+        "require_starttls = true",
+        "new@reload.test",
+    ] {
+        assert!(edited.contains(changed), "{changed} not in\n{edited}");
+    }
+    std::fs::write(&path, edited).unwrap();
+    assert_eq!(card().await, before, "the file alone changes nothing");
+
+    let reloaded = gw.post("/api/v1/reload", Some(gw.token())).await;
+    assert_eq!(
+        reloaded.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reloaded.body)
+    );
+    assert_eq!(
+        colon_hex(&served_fingerprint(gw.smtp_addr(), Handshake::Starttls).await),
+        second,
+        "new handshakes get the new certificate"
+    );
+    let after = card().await;
+    for shown in ["<dd>journal2.test</dd>", &second, "new@reload.test"] {
+        assert!(
+            after.contains(shown),
+            "{shown} missing after the reload: {after}"
+        );
+    }
+    assert!(!after.contains("<dd>journal.test</dd>"), "{after}");
+    assert!(!after.contains(&first), "{after}");
+    assert!(after.contains("<dd>yes</dd>"), "{after}");
+    gw.stop().await;
+}

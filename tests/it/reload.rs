@@ -180,7 +180,7 @@ async fn an_invalid_file_is_refused_whole_and_the_running_configuration_stays() 
 
 /// Writes a self-signed certificate for `journal.test` valid until `year`-01-01 to `dir`;
 /// returns (cert, key, SHA-256 hex of its DER).
-fn certificate(dir: &Path, year: i32) -> (PathBuf, PathBuf, String) {
+pub(crate) fn certificate(dir: &Path, year: i32) -> (PathBuf, PathBuf, String) {
     std::fs::create_dir_all(dir).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["journal.test".to_string()]).unwrap();
     params.not_before = rcgen::date_time_ymd(2026, 1, 1);
@@ -195,7 +195,7 @@ fn certificate(dir: &Path, year: i32) -> (PathBuf, PathBuf, String) {
 
 /// How [`served_fingerprint`] reaches the certificate.
 #[derive(Clone, Copy)]
-enum Handshake {
+pub(crate) enum Handshake {
     /// SMTP STARTTLS on the plain port.
     Starttls,
     /// SMTP implicit TLS.
@@ -206,7 +206,7 @@ enum Handshake {
 
 /// The SHA-256 (hex) of the certificate a new TLS handshake gets (Python's ssl module, not
 /// verifying: it only reports what it was served).
-async fn served_fingerprint(addr: std::net::SocketAddr, handshake: Handshake) -> String {
+pub(crate) async fn served_fingerprint(addr: std::net::SocketAddr, handshake: Handshake) -> String {
     const SCRIPT: &str = r#"
 import hashlib, smtplib, ssl, sys
 host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -50,12 +50,14 @@ use session::{Flash, Session, Sessions};
 #[derive(Clone)]
 pub(crate) struct Console {
     sessions: Sessions,
+    /// The SMTP endpoint as configured at start (shown when no reloader is wired).
     smtp: std::sync::Arc<SmtpEndpoint>,
     /// Where "Save" writes collector files (`None`: the embedded default, saving refused).
     dropin_dir: Option<PathBuf>,
 }
 
-/// The SMTP endpoint as configured (shown on the overview).
+/// The SMTP endpoint as the overview shows it.
+#[derive(Clone)]
 struct SmtpEndpoint {
     hostname: String,
     listen: Vec<std::net::SocketAddr>,
@@ -63,24 +65,62 @@ struct SmtpEndpoint {
     require_starttls: bool,
     /// The certificate SMTP serves (configured, or the generated one).
     cert: PathBuf,
+    /// SHA-256 of that certificate (None: not known yet, or unreadable).
+    fingerprint: Option<String>,
+}
+
+impl SmtpEndpoint {
+    /// The `[smtp]` values of `config` (the fingerprint not known yet).
+    fn configured(config: &Config) -> SmtpEndpoint {
+        SmtpEndpoint {
+            hostname: config.smtp.hostname.clone(),
+            listen: config.smtp.listen.clone(),
+            tls_listen: config.smtp.tls_listen.clone(),
+            require_starttls: config.smtp.require_starttls,
+            cert: config.smtp.tls_cert.clone().unwrap_or_else(|| {
+                crate::tls::default_cert_dir(config).join(crate::tls::CERT_FILE)
+            }),
+            fingerprint: None,
+        }
+    }
+}
+
+/// The SMTP endpoint in force: the running configuration's `[smtp]` and the certificate new
+/// connections are served, as the last reload left them (the start-up values without a
+/// reloader; the certificate file's fingerprint when SMTP does not run). May wait for a reload
+/// in progress and read a file: call it off the async workers.
+fn smtp_endpoint(state: &AppState) -> SmtpEndpoint {
+    let (mut shown, served) = match &state.reloader {
+        Some(reloader) => {
+            let (config, served) = reloader.smtp_in_force();
+            (SmtpEndpoint::configured(&config), served)
+        }
+        None => ((*state.console.smtp).clone(), None),
+    };
+    match served {
+        Some(tls) => {
+            shown.fingerprint = Some(tls.fingerprint.to_string());
+            shown.cert = tls.cert_path;
+        }
+        None => shown.fingerprint = fingerprint_of_file(&shown.cert),
+    }
+    shown
+}
+
+/// The SHA-256 fingerprint of the first certificate in a PEM file, when it can be read.
+fn fingerprint_of_file(path: &std::path::Path) -> Option<String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let leaf = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
+    Some(crate::tls::Fingerprint::of(&leaf).to_string())
 }
 
 impl Console {
     /// From the configuration.
     pub(crate) fn new(config: &Config) -> Console {
-        let cert =
-            config.smtp.tls_cert.clone().unwrap_or_else(|| {
-                crate::tls::default_cert_dir(config).join(crate::tls::CERT_FILE)
-            });
         Console {
             sessions: Sessions::default(),
-            smtp: std::sync::Arc::new(SmtpEndpoint {
-                hostname: config.smtp.hostname.clone(),
-                listen: config.smtp.listen.clone(),
-                tls_listen: config.smtp.tls_listen.clone(),
-                require_starttls: config.smtp.require_starttls,
-                cert,
-            }),
+            smtp: std::sync::Arc::new(SmtpEndpoint::configured(config)),
             dropin_dir: config.dropin_dir.clone(),
         }
     }

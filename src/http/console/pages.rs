@@ -39,18 +39,8 @@ fn error_page(authed: &Authed, e: &ApiError) -> Response {
 struct OverviewData {
     stats: Stats,
     collectors: Vec<CollectorInfo>,
-    fingerprint: Option<String>,
-}
-
-/// The SHA-256 fingerprint of the certificate SMTP serves, when it can be read.
-fn smtp_fingerprint(state: &AppState) -> Option<String> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    let leaf = CertificateDer::pem_file_iter(&state.console.smtp.cert)
-        .ok()?
-        .next()?
-        .ok()?;
-    Some(crate::tls::Fingerprint::of(&leaf).to_string())
+    /// The SMTP endpoint in force.
+    smtp: super::SmtpEndpoint,
 }
 
 /// When a collector polls next: after its interval, if it polls at all.
@@ -79,7 +69,7 @@ pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> R
             Ok(OverviewData {
                 stats: state.ctx.archive.stats()?,
                 collectors: views::collector_infos(&state.ctx.store, &state.ctx.collectors)?,
-                fingerprint: smtp_fingerprint(&state),
+                smtp: super::smtp_endpoint(&state),
             })
         })
         .await
@@ -89,7 +79,7 @@ pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> R
         Err(e) => return error_page(&authed, &e),
     };
     let s = &data.stats;
-    let smtp = &state.console.smtp;
+    let smtp = &data.smtp;
     let flash = authed.take_flash(&state);
     let body = html! {
         h1 { "Overview" }
@@ -125,7 +115,7 @@ pub(super) async fn overview(State(state): State<AppState>, authed: Authed) -> R
                     dd { @for a in &smtp.tls_listen { code { (a) } " " } @if smtp.tls_listen.is_empty() { "none" } }
                     dt { "STARTTLS required" } dd { (if smtp.require_starttls { "yes" } else { "no" }) }
                     dt { "Certificate SHA-256" }
-                    dd { @if let Some(f) = &data.fingerprint { code.wrap { (f) } } @else { span.muted { "not available" } } }
+                    dd { @if let Some(f) = &smtp.fingerprint { code.wrap { (f) } } @else { span.muted { "not available" } } }
                     dt { "Accepted addresses" }
                     dd { @for a in state.accepted.current().iter() { code { (a) } " " } }
                     dt { "First SMTP arrival" } dd { (time(s.first_smtp_ms)) }
