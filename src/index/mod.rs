@@ -333,11 +333,19 @@ impl Index {
         Ok(())
     }
 
-    /// Tests and the bench: the number of entries at which the active memtable is frozen (0:
-    /// the default, max(65,536, keys / 256)).
-    #[doc(hidden)]
+    /// Sets the number of entries at which the active memtable of the key table is frozen and
+    /// compacted into a run file (0: the default, max(65,536, keys / 256); tests and the bench
+    /// set small ones). `u64::MAX`: never, every key stays in `index.redb` (an index built
+    /// under another name and renamed into place afterwards, as `reindex` does: run files are
+    /// named after the index file).
     pub fn set_memtable_keys(&self, n: u64) {
         self.runs.set_memtable_keys(n);
+    }
+
+    /// The key run files beside the index file at `path` (`index.keys.<n>` beside
+    /// `index.redb`): whoever moves an index aside moves these with it.
+    pub fn key_run_files(path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        runs::run_files(path)
     }
 
     /// Called after a write transaction's log entries are durable, just before its commit.

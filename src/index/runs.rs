@@ -487,13 +487,11 @@ impl KeyRuns {
     }
 }
 
-/// Deletes `<stem>.keys.<n>` and `<stem>.keys.<n>.tmp` beside the index unless `n` is listed.
-fn remove_unlisted(
-    index_path: &Path,
-    listed: &std::collections::HashSet<u64>,
-) -> Result<(), IndexError> {
+/// The run files beside the index at `index_path` (`<stem>.keys.<n>`, and `<stem>.keys.<n>.tmp`
+/// when `tmp`), with their generation and whether each is a `.tmp`.
+fn files(index_path: &Path) -> Result<Vec<(PathBuf, u64, bool)>, IndexError> {
     let Some(dir) = index_path.parent() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -501,12 +499,11 @@ fn remove_unlisted(
         dir
     };
     let Some(stem) = index_path.file_stem().and_then(|s| s.to_str()) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let prefix = format!("{stem}.keys.");
-    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
-    let mut removed = false;
-    for entry in entries {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
@@ -516,12 +513,34 @@ fn remove_unlisted(
             Some(n) => (n, true),
             None => (rest, false),
         };
-        let Ok(generation) = number.parse::<u64>() else {
-            continue;
-        };
+        if let Ok(generation) = number.parse::<u64>() {
+            found.push((entry.path(), generation, tmp));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The key run files beside the index at `index_path` (`index.keys.<n>` beside
+/// `index.redb`): whoever moves an index file aside moves these with it.
+pub(super) fn run_files(index_path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+    Ok(files(index_path)?
+        .into_iter()
+        .filter(|(_, _, tmp)| !tmp)
+        .map(|(p, _, _)| p)
+        .collect())
+}
+
+/// Deletes `<stem>.keys.<n>` and `<stem>.keys.<n>.tmp` beside the index unless `n` is listed.
+fn remove_unlisted(
+    index_path: &Path,
+    listed: &std::collections::HashSet<u64>,
+) -> Result<(), IndexError> {
+    let mut removed = false;
+    for (path, generation, tmp) in files(index_path)? {
         if tmp || !listed.contains(&generation) {
-            tracing::info!(file = %entry.path().display(), "removing an uncommitted key run");
-            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            tracing::info!(file = %path.display(), "removing an uncommitted key run");
+            std::fs::remove_file(&path).map_err(io(&path))?;
             removed = true;
         }
     }
@@ -556,13 +575,9 @@ impl Iterator for Merge<'_> {
         let mut best: Option<(usize, u128)> = None;
         for (i, s) in self.sources.iter_mut().enumerate() {
             match s.peek() {
-                None => {}
                 Some(Err(_)) => return s.next(),
-                Some(Ok((h, _))) => {
-                    if best.is_none_or(|(_, b)| *h < b) {
-                        best = Some((i, *h));
-                    }
-                }
+                Some(Ok((h, _))) if best.is_none_or(|(_, b)| *h < b) => best = Some((i, *h)),
+                None | Some(Ok(_)) => {}
             }
         }
         let (newest, hash) = best?;
@@ -585,10 +600,10 @@ pub(super) fn live(merge: Merge<'_>) -> impl Iterator<Item = Result<(u128, u64),
 }
 
 /// A redb table's entries after `after`, as a merge source.
-pub(super) fn table_source<'a, T: ReadableTable<u128, u64>>(
-    table: &'a T,
+pub(super) fn table_source<T: ReadableTable<u128, u64>>(
+    table: &T,
     after: Option<u128>,
-) -> Result<Source<'a>, IndexError> {
+) -> Result<Source<'_>, IndexError> {
     use std::ops::Bound;
     let start = after.map_or(Bound::Unbounded, Bound::Excluded);
     let range = table.range::<u128>((start, Bound::Unbounded))?;

@@ -863,7 +863,7 @@ fn lookups_during_writes_and_compactions_never_miss_or_mismatch() {
                         // Every tenth key of the first half goes again.
                         let gone = end / 2;
                         for i in removed_below.load(Ordering::SeqCst)..gone {
-                            if i % 10 == 0 {
+                            if i.is_multiple_of(10) {
                                 w.remove_record(&key(i))?;
                             }
                         }
@@ -872,7 +872,7 @@ fn lookups_during_writes_and_compactions_never_miss_or_mismatch() {
                     .unwrap();
                 removed_below.fetch_max(end / 2, Ordering::SeqCst);
                 committed.store(end, Ordering::SeqCst);
-                if (end / 25) % 4 == 0 {
+                if (end / 25).is_multiple_of(4) {
                     index.compact_now().unwrap();
                 }
                 at = end;
@@ -901,9 +901,9 @@ fn lookups_during_writes_and_compactions_never_miss_or_mismatch() {
                     }
                     let i = rng.below(upto);
                     let got = index.get(&key(i)).unwrap();
-                    if i % 10 == 0 && i < removed {
+                    if i.is_multiple_of(10) && i < removed {
                         assert_eq!(got, None, "key {i} was removed");
-                    } else if i % 10 != 0 {
+                    } else if !i.is_multiple_of(10) {
                         assert_eq!(got, Some(record(i)), "key {i}");
                     } else if let Some(rec) = got {
                         assert_eq!(rec, record(i));
@@ -920,6 +920,6 @@ fn lookups_during_writes_and_compactions_never_miss_or_mismatch() {
         assert!(r.join().unwrap() > 0);
     }
     assert!(index.storage_figures().unwrap().compactions > 3);
-    let expected = total - (0..total / 2).filter(|i| i % 10 == 0).count() as u64;
+    let expected = total - (0..total / 2).filter(|i| i.is_multiple_of(10)).count() as u64;
     assert_eq!(index.count().unwrap(), expected);
 }
