@@ -325,12 +325,23 @@ impl Index {
         runs::compact(&self.db, &self.runs)
     }
 
-    /// Tests and the bench: returns once the frozen memtable is compacted (compacting it in this
-    /// thread if the compactor has not yet).
+    /// Tests and the bench: returns once the key table is in its steady state: the frozen
+    /// memtable compacted (in this thread if the compactor has not yet) and the active one below
+    /// the freeze threshold (frozen by an empty write transaction and compacted if it is not: a
+    /// bulk load leaves it large).
     #[doc(hidden)]
     pub fn wait_compacted(&self) -> Result<(), IndexError> {
-        while runs::compact(&self.db, &self.runs)? {}
-        Ok(())
+        loop {
+            while runs::compact(&self.db, &self.runs)? {}
+            let (txn, _) = self.snapshot()?;
+            let meta = txn.open_table(keys::META)?;
+            let active = meta.get(keys::ACTIVE)?.map_or(0, |v| v.value());
+            let active_len = txn.open_table(keys::memtable(active))?.len()?;
+            if active_len < self.runs.memtable_limit(keys::count(&meta)?) {
+                return Ok(());
+            }
+            self.write(|_| Ok(()))?;
+        }
     }
 
     /// Sets the number of entries at which the active memtable of the key table is frozen and
@@ -679,6 +690,7 @@ impl Compactor {
                         match runs::compact(&db, &state) {
                             Ok(true) if !state.stopping.load(Ordering::Relaxed) => {}
                             Ok(_) => break,
+                            Err(_) if state.stopping.load(Ordering::Relaxed) => return,
                             Err(e) => {
                                 tracing::error!(error = %e, "index key table compaction failed; retrying later");
                                 retry = true;

@@ -671,7 +671,12 @@ pub(super) fn compact(db: &Database, state: &KeyRuns) -> Result<bool, IndexError
         }
         let mut writer = RunWriter::create(&path, generation)?;
         let result = (|| {
-            for entry in Merge::new(sources) {
+            for (n, entry) in Merge::new(sources).enumerate() {
+                if n % 65_536 == 65_535 && state.stopping.load(Ordering::Relaxed) {
+                    // The index is being dropped: given up, nothing changed (the next open's
+                    // compactor does it again).
+                    return Err(IndexError::Unavailable("index closing".into()));
+                }
                 let (h, o) = entry?;
                 if to_l2 && o == TOMBSTONE {
                     continue;
