@@ -7,23 +7,28 @@
 //!   ratio to the rate at the first scale (0 keys);
 //! - **lookups**: `INDEX_LOOKUPS` random `Archive::get` of keys that exist (what a duplicate check
 //!   and the admin API's message lookup do); lookups/s;
-//! - **size** per key: the key table (the dedupe path: key hash -> record offset, its B-tree's
-//!   pages), `index.redb` (key table, UIDLs, counters, ... with free pages), the record log
+//! - **size** per key: the key table (the dedupe path: key hash -> record offset: its two
+//!   memtables' pages in redb and its run files `index.keys.<n>`), `index.redb` (key table, UIDLs, counters, ... with free pages), the record log
 //!   `index.records` (every version of every record), and the two files together.
 //!
 //! The index is grown between scales with index entries only (no message files) by the index's
 //! bulk loader (`Index::bulk_load`, `INDEX_PREFILL_CHUNK` per transaction, default 500,000):
 //! realistic records (three
-//! recipients, one sighting) under random Message-ID-like keys.
+//! recipients, one sighting) under random Message-ID-like keys. After the prefill the bench
+//! waits for the key table's compactor (`Index::wait_compacted`, counted in the prefill rate), so
+//! the measured rounds start with the frozen memtable written out; the compactions that run
+//! during the measured ingest rounds are shown per scale, with the number of run files.
 //! Ingested messages get random keys too, so they land all over the B-tree as real ones do.
 //!
 //! Environment: `INDEX_SCALES` (default `0,1000000,10000000`), `INDEX_INGEST` (5000),
 //! `INDEX_TASKS` (64), `INDEX_REPEAT` (3 ingest rounds per scale, the median shown),
 //! `INDEX_LOOKUPS` (200000), `INDEX_CACHE_MB` (the index page cache; default the gateway's),
-//! `INDEX_PREFILL_CHUNK` (500000 keys per prefill transaction),
+//! `INDEX_PREFILL_CHUNK` (500000 keys per prefill transaction), `INDEX_MEMTABLE_KEYS` (the
+//! key table's memtable size at which it is frozen and compacted; default the index's own rule,
+//! max(65,536, keys / 256): set it small to force compactions inside the rounds),
 //! `BENCH_DIR` (where the data dir goes; default the
 //! system temp dir). Without `--bench` (as `cargo test --all-targets` runs it): a smoke run with
-//! scales 0 and 20,000, 300 messages, 2,000 lookups.
+//! scales 0 and 20,000, 300 messages, 2,000 lookups, memtables of 4,096 keys (compactions run).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -138,6 +143,10 @@ fn prefill(archive: &Archive, from: u64, to: u64, chunk: u64) -> f64 {
         archive.index().bulk_load(&batch).expect("prefill");
         i = end;
     }
+    archive
+        .index()
+        .wait_compacted()
+        .expect("prefill compaction");
     (to - from) as f64 / start.elapsed().as_secs_f64().max(1e-9)
 }
 
@@ -242,17 +251,24 @@ fn main() {
         .build()
         .expect("runtime");
     let ingest = runtime.block_on(async { Ingest::new(archive.clone(), Metrics::new()) });
+    let memtable = env_num("INDEX_MEMTABLE_KEYS", if full { 0 } else { 4_096 });
+    archive.index().set_memtable_keys(memtable);
 
     println!("## Index scale ({})\n", machine::description());
     println!(
         "{repeat} rounds of {n} fresh ~9 KB journal reports per scale (median shown) from {tasks} \
          concurrent callers (durable ingest); {n_lookups} random lookups of existing keys; \
-         index page cache {cache_mb} MiB.\n"
+         index page cache {cache_mb} MiB; key memtable {}.\n",
+        if memtable == 0 {
+            "max(65,536, keys / 256)".to_string()
+        } else {
+            memtable.to_string()
+        }
     );
     println!(
-        "| keys in index | ingest msg/s | vs 0 keys | lookups/s | vs 0 keys | key table bytes/key | index.redb bytes/key | index.records bytes/key | both bytes/key | tree height | prefill keys/s |"
+        "| keys in index | ingest msg/s | vs 0 keys | lookups/s | vs 0 keys | key table bytes/key | index.redb bytes/key | index.records bytes/key | both bytes/key | tree height | prefill keys/s | compactions in rounds | key runs |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut filled = 0u64;
     let mut ingested = 0u64;
     let mut first_rate = None;
@@ -270,6 +286,11 @@ fn main() {
         // Several rounds, the median reported: one round is at the mercy of whatever else the
         // machine does for those few seconds.
         let mut rates = Vec::new();
+        let compactions_before = archive
+            .index()
+            .storage_figures()
+            .expect("index stats")
+            .compactions;
         for r in 0..repeat {
             let id = (round as u64) * repeat + r;
             rates.push(runtime.block_on(ingest_round(&ingest, id, n, tasks)));
@@ -281,6 +302,12 @@ fn main() {
                     .collect();
             }
         }
+        let compactions = archive
+            .index()
+            .storage_figures()
+            .expect("index stats")
+            .compactions
+            - compactions_before;
         rates.sort_by(f64::total_cmp);
         let rate = rates[rates.len() / 2];
         let lookup_rate = lookups(&archive, filled, n_lookups, &ingested_keys);
@@ -294,19 +321,20 @@ fn main() {
         let lookup_ratio = lookup_rate / *first_lookup_rate.get_or_insert(lookup_rate);
         let per_key = |bytes: u64| bytes as f64 / keys as f64;
         println!(
-            "| {in_index} | {rate:.0} | {ratio:.2}x | {lookup_rate:.0} | {lookup_ratio:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {} | {prefill_rate} |",
+            "| {in_index} | {rate:.0} | {ratio:.2}x | {lookup_rate:.0} | {lookup_ratio:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {} | {prefill_rate} | {compactions} | {} |",
             per_key(stats.key_table_bytes),
             per_key(size),
             per_key(stats.log_bytes),
             per_key(size + stats.log_bytes),
             stats.tree_height,
+            stats.key_runs,
         );
     }
     runtime.block_on(ingest.close());
     println!(
         "\nIngest rates include parsing, the message file's fsync and the index commit; the ratio \
-         compares each scale with the first one in this run. Key table bytes/key: the pages of the \
-         key -> record table (the dedupe path); index.redb: the file (free pages included); \
+         compares each scale with the first one in this run. Key table bytes/key: the memtables' pages \
+         and the run files of the key -> record table (the dedupe path); index.redb: the file (free pages included); \
          index.records: the record log (every version of every record, length and checksum)."
     );
 }

@@ -204,6 +204,9 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
     };
     {
         let index = Index::open(&staging, cache_bytes)?;
+        // Every key stays in the staging `index.redb` (no run files named after it): it is
+        // renamed into place below; the gateway compacts the keys into runs once it runs.
+        index.set_memtable_keys(u64::MAX);
         let mut from = FromLedger::default();
         if let Some(old) = old.take() {
             match carry_ledger(&old, &index) {
@@ -282,6 +285,12 @@ pub fn reindex(data_dir: &Path, cache_bytes: usize) -> Result<Rebuilt, ReindexEr
         let old = data_dir.join(format!("index.redb.damaged-{secs}"));
         std::fs::rename(&path, &old)?;
         rebuilt.old_index = Some(old);
+    }
+    // The old index's key runs go aside with it (the new index would delete them as unlisted).
+    for run in Index::key_run_files(&path)? {
+        let mut aside = run.clone().into_os_string();
+        aside.push(format!(".damaged-{secs}"));
+        std::fs::rename(&run, aside)?;
     }
     let log = path.with_extension("records");
     if log.exists() {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
 
 use super::{collectors, keys, outbound, Index, IndexError, PENDING, POP3_ONLY, STATS, UIDLS};
 
@@ -14,8 +14,11 @@ impl Index {
     /// sit beside every record's file in `new/` and every file the forward queue refers to in
     /// `outbound/` (see `Archive::backup`). Returns the number of records copied. The record
     /// log goes to `to` with the extension `records`, as [`Index::open`] expects it.
+    ///
+    /// The key table's memtables and runs are copied, merged, into the copy's `message_keys`
+    /// (its active memtable; the copy compacts it into runs on its own once opened).
     pub fn snapshot_to(&self, to: &Path) -> Result<u64, IndexError> {
-        let read = self.db.begin_read()?;
+        let (read, runs) = self.snapshot()?;
         let copy = Database::builder()
             .set_cache_size(super::DEFAULT_CACHE_BYTES)
             .create(to)?;
@@ -27,9 +30,12 @@ impl Index {
         self.log
             .copy_prefix_to(&to.with_extension("records"), log_end)?;
         let n = {
-            let n = copy_table(&read, &write, keys::KEYS)?
-                + copy_table(&read, &write, keys::COLLISIONS)?;
+            let n = copy_keys(&read, &write, runs)? + copy_table(&read, &write, keys::COLLISIONS)?;
             copy_table(&read, &write, keys::META)?;
+            // Every key is in the copy's `message_keys`, no runs.
+            write.open_table(keys::META)?.insert(keys::ACTIVE, 0)?;
+            write.open_table(keys::KEYS_1)?;
+            write.open_table(super::runs::RUNS)?;
             copy_table(&read, &write, UIDLS)?;
             copy_table(&read, &write, outbound::OUTBOUND)?;
             copy_table(&read, &write, STATS)?;
@@ -46,6 +52,24 @@ impl Index {
         write.commit()?;
         Ok(n)
     }
+}
+
+/// Copies the live entries of the key table (memtables and `runs`, merged) into the copy's
+/// `message_keys`; returns how many.
+fn copy_keys(
+    read: &ReadTransaction,
+    write: &redb::WriteTransaction,
+    runs: std::sync::Arc<super::runs::Runs>,
+) -> Result<u64, IndexError> {
+    let from = keys::Layers::read(read, runs)?;
+    let mut to = write.open_table(keys::KEYS)?;
+    let mut n = 0;
+    for entry in from.scan(None)? {
+        let (hash, offset) = entry?;
+        to.insert(hash, offset)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Copies one table's entries; returns how many.

@@ -3,6 +3,11 @@
 //! - Format 1 (unversioned, before the record log): `messages`, key -> encoded record.
 //! - Format 2: `message_keys` / `message_key_collisions` (see `super::keys`) and the record log
 //!   `index.records` (see `super::log`); `index_meta` holds `format` = 2.
+//! - Format 3: the key table is a log-structured merge tree: two memtables (`message_keys`,
+//!   `message_keys_1`, `active_keys` in `index_meta`) and sorted run files (`key_runs`, see
+//!   `super::runs`); `index_meta` holds the exact key count (`key_count`). 2 -> 3 moves no data:
+//!   the format 2 key table is the active memtable, compacted out in the background; the key
+//!   count is initialised from the tables' lengths.
 //!
 //! Opening a format 1 index migrates it in chunks of [`MIGRATION_CHUNK`] records (or
 //! [`MIGRATION_CHUNK_BYTES`]), one write
@@ -20,7 +25,7 @@ use super::keys::Records;
 use super::{Index, IndexError};
 
 /// The format this gateway writes.
-pub(super) const FORMAT: u64 = 2;
+pub(super) const FORMAT: u64 = 3;
 /// `index_meta` entry: the format version.
 pub(super) const FORMAT_KEY: &str = "format";
 /// `index_meta` entry: records moved from `messages` so far.
@@ -67,15 +72,34 @@ pub(super) enum Found {
     Legacy,
 }
 
-/// Checks the version in `txn` (creating the marker for a new index).
+/// Checks the version in `txn` (creating the marker for a new index, upgrading format 2).
 pub(super) fn check(txn: &redb::WriteTransaction) -> Result<Found, IndexError> {
+    check_as(txn, FORMAT)
+}
+
+/// [`check`] as a gateway that writes format `supported` does it (tests: an older gateway
+/// refuses this format).
+pub(super) fn check_as(txn: &redb::WriteTransaction, supported: u64) -> Result<Found, IndexError> {
+    use super::keys::{COLLISIONS, KEYS, KEY_COUNT, META};
     let legacy = txn
         .list_tables()?
         .any(|t| t.name() == LEGACY_MESSAGES.name());
-    let mut meta = txn.open_table(super::keys::META)?;
+    let mut meta = txn.open_table(META)?;
     let version = meta.get(FORMAT_KEY)?.map(|v| v.value());
+    if let Some(v) = version.filter(|v| *v > supported) {
+        return Err(IndexError::Format(v));
+    }
+    if meta.get(KEY_COUNT)?.is_none() {
+        // Written by a gateway before format 3 (or new): every key is in `message_keys` (or
+        // the collision table), no runs, no tombstones.
+        let keys = txn.open_table(KEYS)?.len()? + txn.open_table(COLLISIONS)?.len()?;
+        meta.insert(KEY_COUNT, keys)?;
+    }
+    if version.is_some_and(|v| v < FORMAT) && !legacy {
+        tracing::info!("index format {} -> {FORMAT}: the key table becomes a memtable, compacted into runs in the background", version.unwrap_or(0));
+        meta.insert(FORMAT_KEY, FORMAT)?;
+    }
     match version {
-        Some(v) if v > FORMAT => Err(IndexError::Format(v)),
         // An older gateway started on a migrated index would create `messages` again and put
         // records there: they are migrated too.
         _ if legacy => Ok(Found::Legacy),
@@ -92,7 +116,7 @@ impl Index {
     /// whether it finished.
     pub(super) fn migrate(&self, how: Migration) -> Result<bool, IndexError> {
         let total = {
-            let txn = redb::ReadableDatabase::begin_read(&self.db)?;
+            let txn = redb::ReadableDatabase::begin_read(&*self.db)?;
             txn.open_table(LEGACY_MESSAGES)?.len()?
         };
         tracing::info!(
@@ -117,7 +141,7 @@ impl Index {
     fn migrate_chunk(&self, chunk: usize, chunk_bytes: u64) -> Result<bool, IndexError> {
         let txn = self.db.begin_write()?;
         let done = {
-            let mut records = Records::open(&txn, &self.log, self.hash)?;
+            let mut records = Records::open(&txn, &self.log, self.hash, self.runs.current())?;
             let mut legacy = txn.open_table(LEGACY_MESSAGES)?;
             let mut moved = 0u64;
             for _ in 0..chunk {

@@ -1,10 +1,11 @@
 //! The index: the one owner of the redb database (`<data_dir>/index.redb`).
 //!
 //! Nobody else opens its tables. What it holds, each behind a typed interface:
-//! - message records: a key table (`message_keys`: 128-bit key hash -> record offset, and
-//!   `message_key_collisions`) in redb and the records themselves in an append-only log beside
-//!   it (`index.records`), read with [`Index::get`] and friends (see `keys`, `log`; the format
-//!   version and the migration from the `messages` table of format 1: `format`);
+//! - message records: a key table (128-bit key hash -> record offset: two memtables in redb,
+//!   `message_keys` and `message_keys_1`, and immutable sorted runs `index.keys.<n>` beside it,
+//!   written by a background compactor; `message_key_collisions`) and the records themselves in
+//!   an append-only log beside it (`index.records`), read with [`Index::get`] and friends (see
+//!   `keys`, `runs`, `log`; the format version and the migrations: `format`);
 //! - the POP3 UIDL map (`uidls`: `<collector>\0<uidl>` -> key), [`Index::uidl_key`];
 //! - pending renames (`pending`: file -> key), for the archive's crash recovery;
 //! - counters (`stats`), read as [`Stats`];
@@ -30,11 +31,14 @@ mod log;
 mod outbound;
 pub mod pg;
 mod record;
+mod runs;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -122,6 +126,15 @@ pub enum IndexError {
     /// The index was written in a newer format.
     #[error("index format version {0} is newer than this gateway")]
     Format(u64),
+    /// A key run file (`index.keys.<n>`) the index lists is missing, cut or damaged, or could
+    /// not be written.
+    #[error("index key run {}: {reason}", path.display())]
+    KeyRun {
+        /// The run file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 macro_rules! from_redb {
@@ -201,13 +214,20 @@ pub struct StorageFigures {
     pub key_table_bytes: u64,
     /// Size of the record log (`index.records`).
     pub log_bytes: u64,
+    /// Key run files (`index.keys.<n>`) in use.
+    pub key_runs: u64,
+    /// Key table compactions finished since the index was opened.
+    pub compactions: u64,
 }
 
-/// The index database and its record log.
+/// The index database, its key runs and its record log.
 pub struct Index {
-    db: Database,
+    db: Arc<Database>,
     log: log::RecordLog,
     hash: keys::KeyHash,
+    runs: Arc<runs::KeyRuns>,
+    /// The background compactor of the key table (stopped and joined on drop).
+    compactor: Option<Compactor>,
     /// Tests: fail the next commits after the record log was written and synced.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicBool,
@@ -244,6 +264,8 @@ impl Index {
             .get(keys::LOG_END)?
             .map_or(0, |v| v.value());
         txn.open_table(keys::KEYS)?;
+        txn.open_table(keys::KEYS_1)?;
+        txn.open_table(runs::RUNS)?;
         txn.open_table(keys::COLLISIONS)?;
         txn.open_table(UIDLS)?;
         txn.open_table(PENDING)?;
@@ -263,17 +285,78 @@ impl Index {
         }
         txn.commit()?;
         let log = log::RecordLog::open(&log_path, log_end)?;
+        let db = Arc::new(db);
+        let runs = Arc::new(runs::KeyRuns::open(path, &db.begin_read()?)?);
+        let compactor = Compactor::start(Arc::clone(&db), Arc::clone(&runs))?;
         let index = Index {
             db,
             log,
             hash,
+            runs,
+            compactor: Some(compactor),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         };
         if found == format::Found::Legacy {
             index.migrate(migration)?;
         }
+        // A frozen memtable left by the last run (or an upgraded format 2 key table).
+        index.wake_compactor();
         Ok(index)
+    }
+
+    /// Wakes the background compactor (it compacts the frozen memtable if there is one).
+    fn wake_compactor(&self) {
+        if let Some(c) = &self.compactor {
+            // A stopped compactor (only while dropping) needs no wake-up.
+            let _ = c.wake.send(());
+        }
+    }
+
+    /// A read transaction and the key runs of its snapshot.
+    fn snapshot(&self) -> Result<(redb::ReadTransaction, Arc<runs::Runs>), IndexError> {
+        self.runs.snapshot(&self.db)
+    }
+
+    /// Tests and the bench: runs one key table compaction now, in this thread (waiting for one
+    /// the compactor runs). Returns whether there was a frozen memtable to compact.
+    #[doc(hidden)]
+    pub fn compact_now(&self) -> Result<bool, IndexError> {
+        runs::compact(&self.db, &self.runs)
+    }
+
+    /// Tests and the bench: returns once the key table is in its steady state: the frozen
+    /// memtable compacted (in this thread if the compactor has not yet) and the active one below
+    /// the freeze threshold (frozen by an empty write transaction and compacted if it is not: a
+    /// bulk load leaves it large).
+    #[doc(hidden)]
+    pub fn wait_compacted(&self) -> Result<(), IndexError> {
+        loop {
+            while runs::compact(&self.db, &self.runs)? {}
+            let (txn, _) = self.snapshot()?;
+            let meta = txn.open_table(keys::META)?;
+            let active = meta.get(keys::ACTIVE)?.map_or(0, |v| v.value());
+            let active_len = txn.open_table(keys::memtable(active))?.len()?;
+            if active_len < self.runs.memtable_limit(keys::count(&meta)?) {
+                return Ok(());
+            }
+            self.write(|_| Ok(()))?;
+        }
+    }
+
+    /// Sets the number of entries at which the active memtable of the key table is frozen and
+    /// compacted into a run file (0: the default, max(65,536, keys / 256); tests and the bench
+    /// set small ones). `u64::MAX`: never, every key stays in `index.redb` (an index built
+    /// under another name and renamed into place afterwards, as `reindex` does: run files are
+    /// named after the index file).
+    pub fn set_memtable_keys(&self, n: u64) {
+        self.runs.set_memtable_keys(n);
+    }
+
+    /// The key run files beside the index file at `path` (`index.keys.<n>` beside
+    /// `index.redb`): whoever moves an index aside moves these with it.
+    pub fn key_run_files(path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        runs::run_files(path)
     }
 
     /// Called after a write transaction's log entries are durable, just before its commit.
@@ -288,9 +371,9 @@ impl Index {
 
     /// The record stored under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Record>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let (txn, runs) = self.snapshot()?;
         let (keys, collisions) = (
-            txn.open_table(keys::KEYS)?,
+            keys::Layers::read(&txn, runs)?,
             txn.open_table(keys::COLLISIONS)?,
         );
         keys::lookup(&keys, &collisions, &self.log, self.hash, key)
@@ -304,9 +387,9 @@ impl Index {
         variant_key: &str,
         identity: &str,
     ) -> Result<Option<String>, IndexError> {
-        let txn = self.db.begin_read()?;
+        let (txn, runs) = self.snapshot()?;
         let (keys, collisions) = (
-            txn.open_table(keys::KEYS)?,
+            keys::Layers::read(&txn, runs)?,
             txn.open_table(keys::COLLISIONS)?,
         );
         for k in [key, variant_key] {
@@ -330,10 +413,7 @@ impl Index {
     /// Number of archived originals as `txn` sees them.
     #[allow(clippy::unused_self)]
     fn count_in(&self, txn: &redb::ReadTransaction) -> Result<u64, IndexError> {
-        keys::count(
-            &txn.open_table(keys::KEYS)?,
-            &txn.open_table(keys::COLLISIONS)?,
-        )
+        keys::count(&txn.open_table(keys::META)?)
     }
 
     /// Calls `f` for every record, in key order (the keys are gathered and sorted first:
@@ -342,8 +422,8 @@ impl Index {
         &self,
         mut f: impl FnMut(&str, Record) -> Result<(), E>,
     ) -> Result<(), E> {
-        let txn = self.db.begin_read().map_err(IndexError::from)?;
-        let keys = txn.open_table(keys::KEYS).map_err(IndexError::from)?;
+        let (txn, runs) = self.snapshot()?;
+        let keys = keys::Layers::read(&txn, runs)?;
         let collisions = txn.open_table(keys::COLLISIONS).map_err(IndexError::from)?;
         for (key, offset) in keys::all_in_key_order(&keys, &collisions, &self.log)? {
             f(&key, log::Entries::entry_at(&self.log, offset)?.1)?;
@@ -363,8 +443,8 @@ impl Index {
         limit: usize,
     ) -> Result<(Chunk, Option<ScanCursor>), IndexError> {
         use std::ops::Bound;
-        let txn = self.db.begin_read()?;
-        let keys = txn.open_table(keys::KEYS)?;
+        let (txn, runs) = self.snapshot()?;
+        let keys = keys::Layers::read(&txn, runs)?;
         let collisions = txn.open_table(keys::COLLISIONS)?;
         let mut out: Chunk = Vec::with_capacity(limit.min(4096));
         let mut last = None;
@@ -378,13 +458,13 @@ impl Index {
         };
         if !matches!(after, Some(ScanCursor(Cursor::Collision(_)))) {
             let start = match after {
-                Some(ScanCursor(Cursor::Hash(h))) => Bound::Excluded(*h),
-                _ => Bound::Unbounded,
+                Some(ScanCursor(Cursor::Hash(h))) => Some(*h),
+                _ => None,
             };
-            for entry in keys.range::<u128>((start, Bound::Unbounded))?.take(limit) {
+            for entry in keys.scan(start)?.take(limit) {
                 let (h, offset) = entry?;
-                out.push(read(offset.value()));
-                last = Some(Cursor::Hash(h.value()));
+                out.push(read(offset));
+                last = Some(Cursor::Hash(h));
             }
             if out.len() == limit {
                 return Ok((out, last.map(ScanCursor)));
@@ -468,10 +548,7 @@ impl Index {
             ));
         }
         Ok(Stats {
-            messages: keys::count(
-                &txn.open_table(keys::KEYS)?,
-                &txn.open_table(keys::COLLISIONS)?,
-            )?,
+            messages: keys::count(&txn.open_table(keys::META)?)?,
             archived_smtp: n(&per_source("archived", Source::SMTP_LABEL))?,
             archived_pop3: n(&per_source("archived", Source::POP3_LABEL))?,
             duplicates_smtp: n(&per_source("duplicates", Source::SMTP_LABEL))?,
@@ -493,20 +570,21 @@ impl Index {
         let txn = self.db.begin_write()?;
         let stats = txn.stats()?;
         let page = stats.page_size() as u64;
-        let mut key_pages = 0;
-        {
-            let keys = txn.open_table(keys::KEYS)?.stats()?;
+        let runs = self.runs.current();
+        let key_table_bytes = {
             let collisions = txn.open_table(keys::COLLISIONS)?.stats()?;
-            for t in [keys, collisions] {
-                key_pages += t.leaf_pages() + t.branch_pages();
-            }
-        }
+            keys::Layers::write(&txn, Arc::clone(&runs))?.memtable_bytes(page)?
+                + (collisions.leaf_pages() + collisions.branch_pages()) * page
+                + runs.bytes()
+        };
         txn.abort()?;
         Ok(StorageFigures {
             stored_bytes: stats.stored_bytes(),
             tree_height: stats.tree_height(),
-            key_table_bytes: key_pages * page,
+            key_table_bytes,
             log_bytes: self.log.len()?,
+            key_runs: runs.len() as u64,
+            compactions: self.runs.compactions(),
         })
     }
 
@@ -536,16 +614,15 @@ impl Index {
         f: impl FnOnce(&mut Writer<'_>) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
         let txn = self.db.begin_write()?;
+        // No compaction commits while this transaction holds redb's writer: these runs are
+        // the ones its snapshot goes with.
+        let runs = self.runs.current();
+        let froze = keys::maybe_freeze(&txn, &self.runs)?;
         let out = {
             // The records before any change: what a genesis entry records (read only then).
-            let ledger = ledger::Chain::open(&txn, || {
-                keys::count(
-                    &txn.open_table(keys::KEYS)?,
-                    &txn.open_table(keys::COLLISIONS)?,
-                )
-            })?;
+            let ledger = ledger::Chain::open(&txn, || keys::count(&txn.open_table(keys::META)?))?;
             let mut w = Writer {
-                records: keys::Records::open(&txn, &self.log, self.hash)?,
+                records: keys::Records::open(&txn, &self.log, self.hash, runs)?,
                 ledger,
                 uidls: txn.open_table(UIDLS)?,
                 pending: txn.open_table(PENDING)?,
@@ -563,7 +640,76 @@ impl Index {
         };
         self.before_commit()?;
         txn.commit()?;
+        if froze {
+            self.wake_compactor();
+        }
         Ok(out)
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        if let Some(c) = self.compactor.take() {
+            self.runs.stopping.store(true, Ordering::Relaxed);
+            c.stop();
+        }
+    }
+}
+
+/// The key table's background compactor: one thread, woken after a commit that froze a
+/// memtable (and at open); a failed compaction is logged and retried a little later.
+struct Compactor {
+    wake: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How long a failed compaction waits before it is tried again.
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Compactor {
+    fn start(db: Arc<Database>, state: Arc<runs::KeyRuns>) -> Result<Compactor, IndexError> {
+        let (wake, woken) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("index-compactor".into())
+            .spawn(move || {
+                let mut retry = false;
+                loop {
+                    let got = if retry {
+                        woken.recv_timeout(COMPACTION_RETRY)
+                    } else {
+                        woken.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    };
+                    if got == Err(mpsc::RecvTimeoutError::Disconnected) {
+                        return;
+                    }
+                    if state.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    retry = false;
+                    loop {
+                        match runs::compact(&db, &state) {
+                            Ok(true) if !state.stopping.load(Ordering::Relaxed) => {}
+                            Ok(_) => break,
+                            Err(_) if state.stopping.load(Ordering::Relaxed) => return,
+                            Err(e) => {
+                                tracing::error!(error = %e, "index key table compaction failed; retrying later");
+                                retry = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| IndexError::Unavailable(format!("index compactor thread: {e}")))?;
+        Ok(Compactor { wake, thread })
+    }
+
+    /// Stops the thread (after the compaction it is running, if any) and joins it.
+    fn stop(self) {
+        drop(self.wake);
+        if self.thread.join().is_err() {
+            tracing::error!("the index compactor thread panicked");
+        }
     }
 }
 

@@ -408,12 +408,14 @@ impl OutboundStore {
             }
             let mut stats = txn.open_table(STATS)?;
             let mut seq = stats.get(SEQ)?.map_or(0, |v| v.value());
-            let key_table = txn.open_table(keys::KEYS)?;
+            // The key table as this transaction sees it: memtables and runs, merged.
+            let key_table = keys::Layers::write(&txn, self.index.runs.current())?;
             let collisions = txn.open_table(keys::COLLISIONS)?;
-            let offsets = key_table
-                .iter()?
-                .map(|e| e.map(|(_, v)| v.value()))
-                .chain(collisions.iter()?.map(|e| e.map(|(_, v)| v.value())));
+            let offsets = key_table.scan(None)?.map(|e| e.map(|(_, v)| v)).chain(
+                collisions
+                    .iter()?
+                    .map(|e| e.map(|(_, v)| v.value()).map_err(IndexError::from)),
+            );
             for offset in offsets {
                 let (key, rec) = self.index.log.entry_at(offset?)?;
                 if queued.contains(&key) {

@@ -489,3 +489,437 @@ fn an_interrupted_migration_resumes_on_the_next_open() {
     .unwrap();
     assert_migrated(&index, 95);
 }
+
+// ---- Format 3: the key table as memtables and runs ----
+
+/// A small deterministic generator (`SplitMix64`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Only 4,096 slots: of a few hundred keys, dozens collide, and the runs hold many slots.
+fn few_slots(key: &str) -> u128 {
+    key_hash(key) % 4096
+}
+
+/// Record `i` in version `v` (an update changes it).
+fn versioned(i: u64, v: u64) -> Record {
+    let mut r = record(i);
+    r.duplicates = v;
+    r
+}
+
+fn run_files(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("index.keys."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Everything the index answers equals the model: each key's record, the count, the ordered
+/// scan and a chunked scan (each record exactly once).
+fn assert_matches_model(index: &Index, model: &std::collections::BTreeMap<u64, u64>, pool: u64) {
+    for i in 0..pool {
+        assert_eq!(
+            index.get(&key(i)).unwrap(),
+            model.get(&i).map(|v| versioned(i, *v)),
+            "key {i}"
+        );
+    }
+    assert_eq!(index.count().unwrap(), model.len() as u64);
+    assert_eq!(index.stats().unwrap().messages, model.len() as u64);
+    let mut expected: Vec<String> = model.keys().map(|i| key(*i)).collect();
+    expected.sort();
+    let mut scanned = Vec::new();
+    index
+        .for_each(|k, rec| -> Result<(), IndexError> {
+            let i: u64 = k[1..k.len() - 2].parse().unwrap();
+            assert_eq!(rec, versioned(i, model[&i]), "for_each {k}");
+            scanned.push(k.to_string());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(scanned, expected, "for_each: every key once, in key order");
+    let mut chunked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (chunk, next) = index.records_after(cursor.as_ref(), 7).unwrap();
+        for (k, rec) in chunk {
+            let i: u64 = k[1..k.len() - 2].parse().unwrap();
+            assert_eq!(rec.unwrap(), versioned(i, model[&i]), "records_after {k}");
+            chunked.push(k);
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    chunked.sort();
+    assert_eq!(chunked, expected, "records_after: every key exactly once");
+}
+
+/// Random puts, updates and removals with a tiny memtable, compactions forced at random
+/// points (and the background compactor running), compared after each step with a model.
+fn model_test(hash: super::keys::KeyHash, seed: u64, collide: bool) {
+    let (_dir, path) = paths();
+    let index = Index::open_with(&path, 1 << 20, hash, Migration::default()).unwrap();
+    index.set_memtable_keys(16);
+    let pool = 600;
+    let mut rng = Rng(seed);
+    let mut model = std::collections::BTreeMap::new();
+    // A base large enough that small compactions go to L1 (below 1/16 of all keys).
+    index
+        .write(|w| {
+            for i in 0..400 {
+                w.put_record(&key(i), &versioned(i, 0))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    for i in 0..400 {
+        model.insert(i, 0);
+    }
+    let (mut most_runs, mut compactions) = (0, 0);
+    for step in 0..300u64 {
+        let mut ops = Vec::new();
+        for _ in 0..=rng.below(8) {
+            let i = rng.below(pool);
+            ops.push((i, rng.below(4) == 0));
+        }
+        index
+            .write(|w| {
+                for &(i, remove) in &ops {
+                    if remove {
+                        w.remove_record(&key(i))?;
+                    } else {
+                        w.put_record(&key(i), &versioned(i, step + 1))?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        for &(i, remove) in &ops {
+            if remove {
+                model.remove(&i);
+            } else {
+                model.insert(i, step + 1);
+            }
+        }
+        if rng.below(5) == 0 {
+            index.compact_now().unwrap();
+        }
+        let figures = index.storage_figures().unwrap();
+        most_runs = most_runs.max(figures.key_runs);
+        compactions = figures.compactions;
+        if step % 10 == 0 || step == 299 {
+            assert_matches_model(&index, &model, pool);
+        } else {
+            for &(i, _) in &ops {
+                assert_eq!(
+                    index.get(&key(i)).unwrap(),
+                    model.get(&i).map(|v| versioned(i, *v)),
+                    "step {step}, key {i}"
+                );
+            }
+        }
+    }
+    assert!(compactions > 5, "compactions ran: {compactions}");
+    assert_eq!(most_runs, 2, "an L1 and an L2 run existed at some point");
+    index.wait_compacted().unwrap();
+    assert_matches_model(&index, &model, pool);
+    let collided = {
+        let txn = index.db.begin_read().unwrap();
+        txn.open_table(COLLISIONS).unwrap().len().unwrap()
+    };
+    assert_eq!(
+        collided > 0,
+        collide,
+        "{collided} keys in the collision table"
+    );
+    // Reopened: the runs and memtables read back the same.
+    drop(index);
+    let index = Index::open_with(&path, 1 << 20, hash, Migration::default()).unwrap();
+    assert_matches_model(&index, &model, pool);
+}
+
+#[test]
+fn the_key_table_lsm_matches_a_model_under_random_operations() {
+    model_test(key_hash, 7, false);
+}
+
+#[test]
+fn the_key_table_lsm_matches_a_model_with_forced_collisions() {
+    model_test(few_slots, 11, true);
+}
+
+/// Writes 100 keys and freezes them (the next write), with compactions failing.
+fn frozen_index(path: &Path) -> Index {
+    let index = Index::open(path, 1 << 20).unwrap();
+    index.set_memtable_keys(64);
+    index
+        .write(|w| {
+            for i in 0..100 {
+                w.put_record(&key(i), &record(i))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    index
+}
+
+/// A compaction that fails after its run file is written, before its commit, changes
+/// nothing; a file a crash left there (not listed) is deleted on open.
+#[test]
+fn a_failed_compaction_changes_nothing_and_a_reopen_removes_unlisted_runs() {
+    let (_dir, path) = paths();
+    let index = frozen_index(&path);
+    index.runs.fail_compactions.store(true, Ordering::Relaxed);
+    // This write freezes the memtable of 100 keys (>= 64).
+    index
+        .write(|w| w.put_record(&key(100), &record(100)))
+        .unwrap();
+    assert!(matches!(index.compact_now(), Err(IndexError::Corrupt(_))));
+    assert!(run_files(&path).is_empty(), "{:?}", run_files(&path));
+    assert_eq!(index.storage_figures().unwrap().key_runs, 0);
+    for i in 0..=100 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)));
+    }
+    assert_eq!(index.count().unwrap(), 101);
+    index.runs.fail_compactions.store(false, Ordering::Relaxed);
+    index.wait_compacted().unwrap();
+    assert_eq!(index.storage_figures().unwrap().key_runs, 1);
+    let listed = run_files(&path);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    drop(index);
+    // What a crash between a run's rename (or its write) and its commit leaves behind.
+    let dir = path.parent().unwrap();
+    std::fs::write(dir.join("index.keys.77"), b"half a run").unwrap();
+    std::fs::write(dir.join("index.keys.78.tmp"), b"a run being written").unwrap();
+    std::fs::write(dir.join("index.keys.notes"), b"not a run").unwrap();
+    let index = Index::open(&path, 1 << 20).unwrap();
+    let mut expected = listed.clone();
+    expected.push("index.keys.notes".into());
+    expected.sort();
+    assert_eq!(run_files(&path), expected);
+    for i in 0..=100 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)));
+    }
+}
+
+/// A listed run file cut or lost: the open fails naming it (never an empty archive). A
+/// flipped byte in a block: the lookup fails, it is never answered with a wrong record.
+#[test]
+fn a_damaged_or_lost_run_is_an_error_not_a_wrong_answer() {
+    let (_dir, path) = paths();
+    let index = frozen_index(&path);
+    index
+        .write(|w| w.put_record(&key(100), &record(100)))
+        .unwrap();
+    index.wait_compacted().unwrap();
+    let files = run_files(&path);
+    assert_eq!(files.len(), 1);
+    let run = path.parent().unwrap().join(&files[0]);
+    {
+        let runs = index.runs.current();
+        let only = runs.iter().next().unwrap();
+        assert_eq!(only.count(), 100);
+    }
+    drop(index);
+    let whole = std::fs::read(&run).unwrap();
+    let names_it = |r: Result<Index, IndexError>| match r {
+        Err(IndexError::KeyRun { path, .. }) => assert_eq!(path, run),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("opened without its run"),
+    };
+    std::fs::write(&run, &whole[..whole.len() - 1]).unwrap();
+    names_it(Index::open(&path, 1 << 20));
+    std::fs::remove_file(&run).unwrap();
+    names_it(Index::open(&path, 1 << 20));
+    // A flipped byte inside the first block (the entries of all 100 keys).
+    let mut flipped = whole.clone();
+    flipped[4096 + 30] ^= 0x40;
+    std::fs::write(&run, &flipped).unwrap();
+    let index = Index::open(&path, 1 << 20).unwrap();
+    for i in 0..100 {
+        assert!(
+            matches!(index.get(&key(i)), Err(IndexError::Corrupt(_))),
+            "key {i}"
+        );
+    }
+    assert_eq!(index.get(&key(100)).unwrap(), Some(record(100)));
+    drop(index);
+    std::fs::write(&run, &whole).unwrap();
+    let index = Index::open(&path, 1 << 20).unwrap();
+    for i in 0..=100 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)));
+    }
+}
+
+/// A format 2 index (every key in `message_keys`, no key count, no runs) opens as format 3:
+/// every record readable, the count right, before and after its key table is compacted out.
+/// A format 3 index is refused by the check of a gateway that writes format 2.
+#[test]
+fn a_format_2_index_is_upgraded_in_place_and_an_older_gateway_refuses_format_3() {
+    let (_dir, path) = paths();
+    let colliding = Index::open_with(&path, 1 << 20, few_slots, Migration::default()).unwrap();
+    colliding
+        .write(|w| {
+            for i in 0..300 {
+                w.put_record(&key(i), &record(i))?;
+            }
+            w.remove_record(&key(5))
+        })
+        .unwrap();
+    drop(colliding);
+    {
+        // What format 2 left: no key count, no active marker, version 2.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(FORMAT_KEY, 2).unwrap();
+            meta.remove(super::keys::KEY_COUNT).unwrap();
+            meta.remove(super::keys::ACTIVE).unwrap();
+            // Format 2 removed keys from the table (no tombstones).
+            let mut keys = txn.open_table(KEYS).unwrap();
+            let before = keys.len().unwrap();
+            keys.retain(|_, offset| offset != super::keys::TOMBSTONE)
+                .unwrap();
+            assert!(keys.len().unwrap() < before + 1);
+        }
+        txn.commit().unwrap();
+    }
+    let check = |index: &Index| {
+        for i in 0..300 {
+            let expected = (i != 5).then(|| record(i));
+            assert_eq!(index.get(&key(i)).unwrap(), expected, "key {i}");
+        }
+        assert_eq!(index.count().unwrap(), 299);
+        assert_eq!(keys_in_order(index).len(), 299);
+    };
+    let index = Index::open_with(&path, 1 << 20, few_slots, Migration::default()).unwrap();
+    {
+        let txn = index.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), FORMAT);
+        assert_eq!(FORMAT, 3);
+    }
+    check(&index);
+    index.set_memtable_keys(16);
+    index.write(|w| w.put_record(&key(5), &record(5))).unwrap();
+    index.wait_compacted().unwrap();
+    assert_eq!(index.storage_figures().unwrap().key_runs, 1);
+    index.write(|w| w.remove_record(&key(5))).unwrap();
+    check(&index);
+    drop(index);
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    assert!(matches!(
+        super::format::check_as(&txn, 2),
+        Err(IndexError::Format(3))
+    ));
+}
+
+/// Readers looping over lookups while writes, removals and compactions run on another thread:
+/// never a missing or a wrong record (bounded: the writer's work is fixed, the readers stop
+/// when it is done or after a fixed number of lookups).
+#[test]
+fn lookups_during_writes_and_compactions_never_miss_or_mismatch() {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    let (_dir, path) = paths();
+    let index = std::sync::Arc::new(Index::open(&path, 1 << 20).unwrap());
+    index.set_memtable_keys(32);
+    let committed = std::sync::Arc::new(AtomicU64::new(0));
+    let removed_below = std::sync::Arc::new(AtomicU64::new(0));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let total = 1500u64;
+    let writer = {
+        let (index, committed, removed_below) =
+            (index.clone(), committed.clone(), removed_below.clone());
+        std::thread::spawn(move || {
+            let mut at = 0;
+            while at < total {
+                let end = (at + 25).min(total);
+                index
+                    .write(|w| {
+                        for i in at..end {
+                            w.put_record(&key(i), &record(i))?;
+                        }
+                        // Every tenth key of the first half goes again.
+                        let gone = end / 2;
+                        for i in removed_below.load(Ordering::SeqCst)..gone {
+                            if i.is_multiple_of(10) {
+                                w.remove_record(&key(i))?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                removed_below.fetch_max(end / 2, Ordering::SeqCst);
+                committed.store(end, Ordering::SeqCst);
+                if (end / 25).is_multiple_of(4) {
+                    index.compact_now().unwrap();
+                }
+                at = end;
+            }
+        })
+    };
+    let readers: Vec<_> = (0..2u64)
+        .map(|r| {
+            let (index, committed, removed_below, done) = (
+                index.clone(),
+                committed.clone(),
+                removed_below.clone(),
+                done.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut rng = Rng(r + 100);
+                let mut lookups = 0u64;
+                while !done.load(Ordering::SeqCst) && lookups < 2_000_000 {
+                    let (upto, removed) = (
+                        committed.load(Ordering::SeqCst),
+                        removed_below.load(Ordering::SeqCst),
+                    );
+                    if upto == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    let i = rng.below(upto);
+                    let got = index.get(&key(i)).unwrap();
+                    if i.is_multiple_of(10) && i < removed {
+                        assert_eq!(got, None, "key {i} was removed");
+                    } else if !i.is_multiple_of(10) {
+                        assert_eq!(got, Some(record(i)), "key {i}");
+                    } else if let Some(rec) = got {
+                        assert_eq!(rec, record(i));
+                    }
+                    lookups += 1;
+                }
+                lookups
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert!(index.storage_figures().unwrap().compactions > 3);
+    let expected = total - (0..total / 2).filter(|i| i.is_multiple_of(10)).count() as u64;
+    assert_eq!(index.count().unwrap(), expected);
+}
