@@ -1,6 +1,8 @@
 //! Index scale: does the ingest path slow down as the redb index grows?
 //!
-//! For each scale (keys already in the index) it measures, in this process:
+//! One archive per scale (keys already in the index), all open in this process; after every
+//! archive is prefilled, `INDEX_REPEAT` interleaved rounds each measure every scale in turn (the
+//! order rotated from round to round), and the medians are compared:
 //! - **ingest**: `INDEX_INGEST` distinct ~9 KB Exchange 2007 journal reports pushed through the one
 //!   ingest path (parse, file write + fsync, group-committed index transaction, rename) by
 //!   `INDEX_TASKS` concurrent callers, as SMTP sessions and collectors do; messages/s and the
@@ -11,7 +13,7 @@
 //!   memtables' pages in redb and its run files `index.keys.<n>`), `index.redb` (key table, UIDLs, counters, ... with free pages), the record log
 //!   `index.records` (every version of every record), and the two files together.
 //!
-//! The index is grown between scales with index entries only (no message files) by the index's
+//! Each scale's index is prefilled with index entries only (no message files) by the index's
 //! bulk loader (`Index::bulk_load`, `INDEX_PREFILL_CHUNK` per transaction, default 500,000):
 //! realistic records (three
 //! recipients, one sighting) under random Message-ID-like keys. After the prefill the bench
@@ -21,7 +23,7 @@
 //! Ingested messages get random keys too, so they land all over the B-tree as real ones do.
 //!
 //! Environment: `INDEX_SCALES` (default `0,1000000,10000000`), `INDEX_INGEST` (5000),
-//! `INDEX_TASKS` (64), `INDEX_REPEAT` (3 ingest rounds per scale, the median shown),
+//! `INDEX_TASKS` (64), `INDEX_REPEAT` (3 interleaved rounds, the medians shown),
 //! `INDEX_LOOKUPS` (200000), `INDEX_CACHE_MB` (the index page cache; default the gateway's),
 //! `INDEX_PREFILL_CHUNK` (500000 keys per prefill transaction), `INDEX_MEMTABLE_KEYS` (the
 //! key table's memtable size at which it is frozen and compacted; default the index's own rule,
@@ -213,6 +215,32 @@ fn lookups(archive: &Archive, filled: u64, n: u64, fallback: &[String]) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// One scale's archive and what was measured on it.
+struct Scale {
+    /// Keys prefilled.
+    filled: u64,
+    dir: tempfile::TempDir,
+    archive: Arc<Archive>,
+    ingest: Ingest,
+    prefill_rate: Option<f64>,
+    compactions_before: u64,
+    rates: Vec<f64>,
+    lookup_rates: Vec<f64>,
+    /// The keys of the first round (what a 0-key scale looks up).
+    ingested_keys: Vec<String>,
+}
+
+/// The median of `v`, and all of them in the order measured.
+fn median(v: &mut [f64]) -> (f64, String) {
+    let all = v
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], all)
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (scales, n, tasks, n_lookups, repeat) = if full {
@@ -236,104 +264,118 @@ fn main() {
     );
     let base =
         std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
-    let dir = tempfile::tempdir_in(base).expect("bench dir");
     let cache_mb = env_num("INDEX_CACHE_MB", (DEFAULT_CACHE_BYTES >> 20) as u64);
     let chunk = env_num("INDEX_PREFILL_CHUNK", 500_000).max(1);
-    let archive = Arc::new(
-        Archive::open_with_cache(
-            dir.path(),
-            usize::try_from(cache_mb).expect("cache size fits usize") << 20,
-        )
-        .expect("open archive"),
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let ingest = runtime.block_on(async { Ingest::new(archive.clone(), Metrics::new()) });
     let memtable = env_num("INDEX_MEMTABLE_KEYS", if full { 0 } else { 4_096 });
-    archive.index().set_memtable_keys(memtable);
 
     println!("## Index scale ({})\n", machine::description());
     println!(
-        "{repeat} rounds of {n} fresh ~9 KB journal reports per scale (median shown) from {tasks} \
-         concurrent callers (durable ingest); {n_lookups} random lookups of existing keys; \
-         index page cache {cache_mb} MiB; key memtable {}.\n",
+        "One archive per scale, all open at once; {repeat} interleaved rounds (each round: every \
+         scale in turn, the order rotated from round to round), each of {n} fresh ~9 KB journal \
+         reports from {tasks} concurrent callers (durable ingest) and then {n_lookups} random \
+         lookups of existing keys; medians shown (all rounds in brackets); index page cache \
+         {cache_mb} MiB; key memtable {}.\n",
         if memtable == 0 {
             "max(65,536, keys / 256)".to_string()
         } else {
             memtable.to_string()
         }
     );
+
+    // Every scale's archive is prefilled first, so the measured rounds can alternate between them.
+    let mut scales_state: Vec<Scale> = scales
+        .iter()
+        .map(|&scale| {
+            let dir = tempfile::tempdir_in(&base).expect("bench dir");
+            let archive = Arc::new(
+                Archive::open_with_cache(
+                    dir.path(),
+                    usize::try_from(cache_mb).expect("cache size fits usize") << 20,
+                )
+                .expect("open archive"),
+            );
+            archive.index().set_memtable_keys(memtable);
+            let prefill_rate = (scale > 0).then(|| prefill(&archive, 0, scale, chunk));
+            let ingest = runtime.block_on(async { Ingest::new(archive.clone(), Metrics::new()) });
+            let compactions_before = archive
+                .index()
+                .storage_figures()
+                .expect("index stats")
+                .compactions;
+            Scale {
+                filled: scale,
+                dir,
+                archive,
+                ingest,
+                prefill_rate,
+                compactions_before,
+                rates: Vec::new(),
+                lookup_rates: Vec::new(),
+                ingested_keys: Vec::new(),
+            }
+        })
+        .collect();
+    for r in 0..repeat {
+        let count = scales_state.len();
+        for k in 0..count {
+            let i = (k + usize::try_from(r).expect("few rounds")) % count;
+            let s = &mut scales_state[i];
+            let id = (i as u64) * repeat + r;
+            s.rates
+                .push(runtime.block_on(ingest_round(&s.ingest, id, n, tasks)));
+            if s.ingested_keys.is_empty() {
+                let first = 1_000_000_000 * (id + 1);
+                s.ingested_keys = (first..first + n)
+                    .map(|i| format!("{:016X}.{i}@EXCH02.corp.example", mix(i)))
+                    .collect();
+            }
+            s.lookup_rates
+                .push(lookups(&s.archive, s.filled, n_lookups, &s.ingested_keys));
+        }
+    }
+
     println!(
         "| keys in index | ingest msg/s | vs 0 keys | lookups/s | vs 0 keys | key table bytes/key | index.redb bytes/key | index.records bytes/key | both bytes/key | tree height | prefill keys/s | compactions in rounds | key runs |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut filled = 0u64;
-    let mut ingested = 0u64;
-    let mut first_rate = None;
-    let mut first_lookup_rate = None;
-    let mut ingested_keys = Vec::new();
-    for (round, &scale) in scales.iter().enumerate() {
-        let prefill_rate = if scale > filled {
-            let r = prefill(&archive, filled, scale, chunk);
-            filled = scale;
-            format!("{r:.0}")
-        } else {
-            "-".into()
-        };
-        let in_index = filled + ingested;
-        // Several rounds, the median reported: one round is at the mercy of whatever else the
-        // machine does for those few seconds.
-        let mut rates = Vec::new();
-        let compactions_before = archive
-            .index()
-            .storage_figures()
-            .expect("index stats")
-            .compactions;
-        for r in 0..repeat {
-            let id = (round as u64) * repeat + r;
-            rates.push(runtime.block_on(ingest_round(&ingest, id, n, tasks)));
-            ingested += n;
-            if ingested_keys.is_empty() {
-                let i = 1_000_000_000 * (id + 1);
-                ingested_keys = (i..i + n)
-                    .map(|i| format!("{:016X}.{i}@EXCH02.corp.example", mix(i)))
-                    .collect();
-            }
-        }
-        let compactions = archive
-            .index()
-            .storage_figures()
-            .expect("index stats")
-            .compactions
-            - compactions_before;
-        rates.sort_by(f64::total_cmp);
-        let rate = rates[rates.len() / 2];
-        let lookup_rate = lookups(&archive, filled, n_lookups, &ingested_keys);
-        let keys = archive.count().expect("count");
-        assert_eq!(keys, filled + ingested, "index holds every key");
-        let size = std::fs::metadata(dir.path().join("index.redb"))
+    let mut first: Option<(f64, f64)> = None;
+    for s in &mut scales_state {
+        let ingested = n * repeat;
+        let keys = s.archive.count().expect("count");
+        assert_eq!(keys, s.filled + ingested, "index holds every key");
+        let size = std::fs::metadata(s.dir.path().join("index.redb"))
             .expect("index size")
             .len();
-        let stats = archive.index().storage_figures().expect("index stats");
-        let ratio = rate / *first_rate.get_or_insert(rate);
-        let lookup_ratio = lookup_rate / *first_lookup_rate.get_or_insert(lookup_rate);
+        let stats = s.archive.index().storage_figures().expect("index stats");
+        let (rate, rates) = median(&mut s.rates);
+        let (lookup_rate, lookup_rates) = median(&mut s.lookup_rates);
+        let (rate0, lookup0) = *first.get_or_insert((rate, lookup_rate));
         let per_key = |bytes: u64| bytes as f64 / keys as f64;
         println!(
-            "| {in_index} | {rate:.0} | {ratio:.2}x | {lookup_rate:.0} | {lookup_ratio:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {} | {prefill_rate} | {compactions} | {} |",
+            "| {} | {rate:.0} ({rates}) | {:.2}x | {lookup_rate:.0} ({lookup_rates}) | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            s.filled + ingested,
+            rate / rate0,
+            lookup_rate / lookup0,
             per_key(stats.key_table_bytes),
             per_key(size),
             per_key(stats.log_bytes),
             per_key(size + stats.log_bytes),
             stats.tree_height,
+            s.prefill_rate.map_or("-".into(), |r| format!("{r:.0}")),
+            stats.compactions - s.compactions_before,
             stats.key_runs,
         );
     }
-    runtime.block_on(ingest.close());
+    for s in &scales_state {
+        runtime.block_on(s.ingest.close());
+    }
     println!(
         "\nIngest rates include parsing, the message file's fsync and the index commit; the ratio \
-         compares each scale with the first one in this run. Key table bytes/key: the memtables' pages \
+         compares each scale with the first one (medians of the same interleaved rounds). Key table bytes/key: the memtables' pages \
          and the run files of the key -> record table (the dedupe path); index.redb: the file (free pages included); \
          index.records: the record log (every version of every record, length and checksum)."
     );

@@ -33,6 +33,7 @@ use redb::{
 };
 
 use super::keys::{self, META};
+use super::log::crc32c as crc;
 use super::IndexError;
 
 /// The offset of a removed key (in a memtable or a run): newer than whatever it hides.
@@ -57,13 +58,6 @@ pub(super) const L1: u64 = 1;
 /// The big, oldest run level.
 pub(super) const L2: u64 = 2;
 
-/// CRC-32C (SSE4.2 / PCLMUL where the CPU has them).
-fn crc(bytes: &[u8]) -> u32 {
-    #[allow(clippy::cast_possible_truncation)]
-    let c = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32;
-    c
-}
-
 /// The file of run `generation` of the index at `index_path`.
 pub(super) fn run_path(index_path: &Path, generation: u64) -> PathBuf {
     index_path.with_extension(format!("keys.{generation}"))
@@ -85,6 +79,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> IndexError + '_ {
 
 fn file_len(blocks: u64) -> u64 {
     BLOCK_U64 + blocks * BLOCK_U64 + blocks * 16 + 4
+}
+
+/// Entry `i` of a block: (hash, offset).
+fn entry(block: &[u8; BLOCK], i: usize) -> (u128, u64) {
+    let at = i * ENTRY;
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&block[at..at + 16]);
+    let mut o = [0u8; 8];
+    o.copy_from_slice(&block[at + 16..at + ENTRY]);
+    (u128::from_be_bytes(h), u64::from_be_bytes(o))
 }
 
 /// One open run file.
@@ -170,8 +174,8 @@ impl Run {
         file_len(self.fences.len() as u64)
     }
 
-    /// The entries of block `b`, its checksum verified.
-    fn block(&self, b: usize) -> Result<Vec<(u128, u64)>, IndexError> {
+    /// Block `b` as stored, its checksum verified.
+    fn raw_block(&self, b: usize) -> Result<[u8; BLOCK], IndexError> {
         let mut buf = [0u8; BLOCK];
         self.file
             .read_exact_at(&mut buf, BLOCK_U64 + b as u64 * BLOCK_U64)
@@ -180,33 +184,40 @@ impl Run {
         if crc(body) != u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]) {
             return Err(IndexError::Corrupt("key run block checksum mismatch"));
         }
-        let before = (b * PER_BLOCK) as u64;
-        let n = usize::try_from(self.count.saturating_sub(before))
-            .map_or(PER_BLOCK, |n| n.min(PER_BLOCK));
-        Ok(body[..n * ENTRY]
-            .chunks_exact(ENTRY)
-            .map(|e| {
-                let (h, o) = e.split_at(16);
-                let mut hb = [0u8; 16];
-                hb.copy_from_slice(h);
-                let mut ob = [0u8; 8];
-                ob.copy_from_slice(o);
-                (u128::from_be_bytes(hb), u64::from_be_bytes(ob))
-            })
-            .collect())
+        Ok(buf)
     }
 
-    /// The offset (or [`TOMBSTONE`]) this run holds for `hash`.
+    /// Entries in block `b`.
+    fn block_len(&self, b: usize) -> usize {
+        let before = (b * PER_BLOCK) as u64;
+        usize::try_from(self.count.saturating_sub(before)).map_or(PER_BLOCK, |n| n.min(PER_BLOCK))
+    }
+
+    /// The entries of block `b`, its checksum verified.
+    fn block(&self, b: usize) -> Result<Vec<(u128, u64)>, IndexError> {
+        let buf = self.raw_block(b)?;
+        Ok((0..self.block_len(b)).map(|i| entry(&buf, i)).collect())
+    }
+
+    /// The offset (or [`TOMBSTONE`]) this run holds for `hash`: one block read, searched in
+    /// place.
     pub(super) fn get(&self, hash: u128) -> Result<Option<u64>, IndexError> {
         let after = self.fences.partition_point(|f| *f <= hash);
         if after == 0 {
             return Ok(None);
         }
-        let entries = self.block(after - 1)?;
-        Ok(entries
-            .binary_search_by(|(h, _)| h.cmp(&hash))
-            .ok()
-            .map(|i| entries[i].1))
+        let buf = self.raw_block(after - 1)?;
+        let (mut lo, mut hi) = (0, self.block_len(after - 1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (h, offset) = entry(&buf, mid);
+            match h.cmp(&hash) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(offset)),
+            }
+        }
+        Ok(None)
     }
 
     /// The entries after `after` (all without it), in hash order.
