@@ -380,13 +380,13 @@ fn main() {
         let stats = s.archive.index().storage_figures().expect("index stats");
         let (rate, rates) = median(&mut s.rates);
         let (lookup_rate, lookup_rates) = median(&mut s.lookup_rates);
-        let (rate0, lookup0) = *first.get_or_insert((rate, lookup_rate));
+        let (base_rate, base_lookups) = *first.get_or_insert((rate, lookup_rate));
         let per_key = |bytes: u64| bytes as f64 / keys as f64;
         println!(
             "| {} | {rate:.0} ({rates}) | {:.2}x | {lookup_rate:.0} ({lookup_rates}) | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
             s.filled + ingested,
-            rate / rate0,
-            lookup_rate / lookup0,
+            rate / base_rate,
+            lookup_rate / base_lookups,
             per_key(stats.key_table_bytes),
             per_key(size),
             per_key(stats.log_bytes),
