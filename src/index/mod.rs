@@ -687,7 +687,7 @@ impl Compactor {
                     }
                     retry = false;
                     loop {
-                        match runs::compact(&db, &state) {
+                        match runs::compact_as(&db, &state, true) {
                             Ok(true) if !state.stopping.load(Ordering::Relaxed) => {}
                             Ok(_) => break,
                             Err(_) if state.stopping.load(Ordering::Relaxed) => return,

@@ -433,6 +433,9 @@ pub(super) struct KeyRuns {
     memtable_keys: AtomicU64,
     /// Tests: fail compactions after their run file is in place, before their commit.
     pub(super) fail_compactions: AtomicBool,
+    /// Tests: the background compactor does nothing (a test runs each compaction itself).
+    #[cfg(test)]
+    pub(super) background_paused: AtomicBool,
     /// The index is being dropped: the compactor stops after the compaction it is running.
     pub(super) stopping: AtomicBool,
 }
@@ -459,6 +462,8 @@ impl KeyRuns {
             compactions: AtomicU64::new(0),
             memtable_keys: AtomicU64::new(0),
             fail_compactions: AtomicBool::new(false),
+            #[cfg(test)]
+            background_paused: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         })
     }
@@ -644,10 +649,25 @@ pub(super) fn scan<'a, T: ReadableTable<u128, u64>>(
 /// frozen memtable in one commit. Returns whether there was anything to do. A failure before
 /// the commit removes the new file and changes nothing.
 pub(super) fn compact(db: &Database, state: &KeyRuns) -> Result<bool, IndexError> {
+    compact_as(db, state, false)
+}
+
+/// [`compact`], for the background compactor when `background` (tests can pause it).
+pub(super) fn compact_as(
+    db: &Database,
+    state: &KeyRuns,
+    background: bool,
+) -> Result<bool, IndexError> {
     let _one = state
         .compacting
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    #[cfg(test)]
+    if background && state.background_paused.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    #[cfg(not(test))]
+    let _ = background;
     let (txn, runs) = state.snapshot(db)?;
     let meta = txn.open_table(META)?;
     let active = meta.get(keys::ACTIVE)?.map_or(0, |v| v.value());
