@@ -1,6 +1,7 @@
 //! Crash safety: a child process ingests in a loop and is `SIGKILL`ed at random moments. After each
 //! kill, every ingest that had returned must be archived and readable, and the index and the
-//! Maildir must agree (nothing left in tmp/ counts as archived).
+//! Maildir must agree (nothing left in tmp/ counts as archived). The child's index compacts its
+//! key table every 32 keys, so kills land in compactions too; the key runs must then be whole.
 //!
 //! The child is this test binary run again on [`ingest_loop_child`] alone, with
 //! [`CHILD_ENV`] naming its data directory and first message number: the shipped binary has no
@@ -104,6 +105,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             );
         }
         let indexed = archive.indexed_files();
+        assert_eq!(
+            indexed.len() as u64,
+            archive.count(),
+            "round {round}: the key count agrees with a scan of the key table"
+        );
         let on_disk = archive.maildir_files("new");
         assert_eq!(indexed, on_disk, "round {round}: index and Maildir agree");
         assert_eq!(
@@ -127,4 +133,12 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         "the child made progress ({} acknowledged)",
         acked_total.len()
     );
+    let runs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("index.keys."))
+        })
+        .count();
+    assert!(runs > 0, "the key table was compacted into run files");
 }

@@ -21,6 +21,9 @@ pub async fn ingest_loop(
     limit: Option<u64>,
 ) -> anyhow::Result<Vec<String>> {
     let gw = std::sync::Arc::new(TestGateway::builder().data_dir(data_dir).start().await);
+    // The index's key table freezes and compacts every 32 keys, so the kills also land in
+    // compactions (a run file written, renamed, committed, the replaced ones unlinked).
+    gw.archive().set_index_memtable_keys(32);
     if limit.is_none() {
         // Run as a test, the harness has printed `test <name> ... ` without a newline: the
         // first `acked` line must start a line of its own.

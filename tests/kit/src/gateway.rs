@@ -605,6 +605,12 @@ pub struct ArchiveView {
 }
 
 impl ArchiveView {
+    /// Sets the size at which the index's key memtable is frozen and compacted (small: the
+    /// key table's compactions run all the time, for crash tests).
+    pub fn set_index_memtable_keys(&self, keys: u64) {
+        self.archive.index().set_memtable_keys(keys);
+    }
+
     /// Opens the archive in `data_dir` (recovering an interrupted run, as start-up does).
     pub fn open(data_dir: &Path) -> anyhow::Result<ArchiveView> {
         Ok(ArchiveView {
