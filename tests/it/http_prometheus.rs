@@ -3,7 +3,6 @@
 //! shipped alert rules and Grafana dashboard (valid, and naming only metrics the gateway exports).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -110,30 +109,9 @@ async fn promtool_accepts_the_live_metrics() {
         openssl_not_after(gw.cert())
     );
     assert!(text.contains(&expiry), "{expiry} missing:\n{text}");
-    let mut child = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, report) = journal_gateway_testkit::peers::promtool_check_metrics(&text);
     println!("promtool check metrics: {report}");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{report}\n{text}"
-    );
+    assert!(ok, "promtool check metrics failed:\n{report}\n{text}");
     assert!(
         report.trim().is_empty(),
         "promtool lint findings:\n{report}"

@@ -17,7 +17,7 @@ use journal_gateway::journal::Format;
 use journal_gateway_testkit::dovecot::{Dovecot, Options};
 use journal_gateway_testkit::garage::Garage;
 use journal_gateway_testkit::http::{request, Method};
-use journal_gateway_testkit::peers::{free_port, require};
+use journal_gateway_testkit::peers::free_port;
 use journal_gateway_testkit::postgres::Postgres;
 use journal_gateway_testkit::{shared_backends, JOURNAL};
 
@@ -344,29 +344,9 @@ async fn wait_lease_held(port: u16, want: i64) {
 
 /// `promtool check metrics` (Debian `prometheus`) accepts `text` without a finding.
 fn promtool_check_metrics(text: &str) {
-    use std::io::Write;
-    let promtool = require("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, report) = journal_gateway_testkit::peers::promtool_check_metrics(text);
     assert!(
-        out.status.success() && report.trim().is_empty(),
+        ok && report.trim().is_empty(),
         "promtool check metrics:\n{report}\n{text}"
     );
     assert!(

@@ -3,6 +3,34 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
+/// `promtool check metrics` (Debian `prometheus`) on an exposition `text`: whether it exited
+/// successfully, and what it reported (stdout and stderr; empty when it found nothing to lint).
+#[must_use]
+pub fn promtool_check_metrics(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let promtool = require("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool's output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
 /// Fails (never skips) when a peer program is missing, naming the Debian package. `program` is a
 /// path (`/usr/sbin/smtp-source`) or a name looked up in `PATH`.
 #[allow(clippy::must_use_candidate)] // called for the check; the path is a convenience
