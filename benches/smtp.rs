@@ -1,12 +1,15 @@
 //! SMTP benchmark: durable ingest against peers, and memory with large messages in flight.
 //!
-//! Three servers on loopback, in the same run, with the same load:
+//! Three servers on loopback and a floor, in the same run, with the same load:
 //! - **gateway**: the real `journal-gateway serve` binary in a child process (release build under
 //!   `cargo bench`), archiving into a temp `data_dir`; 250 only after the file and the index commit
 //!   are fsynced;
 //! - **smtp-sink**: Postfix's test server, which discards (the protocol ceiling on this machine);
 //! - **Postfix**: a private instance delivering into a virtual Maildir (the kit's `postfix`), timed
-//!   until every message is *delivered* into `new/`, not just queued.
+//!   until every message is *delivered* into `new/`, not just queued;
+//! - and no server: the **durable-file floor** (`smtp/floor.rs`), the same messages written by
+//!   the bench itself as one fdatasynced file each, one thread per connection: what any server
+//!   keeping one durable file per message must do at least.
 //!
 //! Two load generators: Postfix's `smtp-source` (plain messages with unique Message-IDs) and our
 //! own (`smtp/loadgen.rs`, one thread like smtp-source, pipelined MAIL/RCPT/DATA) sending Exchange
@@ -40,6 +43,8 @@
 //!   first connection count) against the gateway under `perf record -e cpu-clock -g`, written there
 
 // Shared with the scale-out benchmark (which uses all of it).
+#[path = "smtp/floor.rs"]
+mod floor;
 #[allow(dead_code)]
 #[path = "smtp/gateway.rs"]
 mod gateway;
@@ -130,6 +135,8 @@ enum Server {
     Baseline,
     Sink,
     Postfix,
+    /// No server: the durable-file floor (`smtp/floor.rs`), the same messages written as files.
+    Floor,
 }
 
 impl Server {
@@ -139,6 +146,7 @@ impl Server {
             Server::Baseline => "journal-gateway baseline build",
             Server::Sink => "smtp-sink (discards)",
             Server::Postfix => "Postfix → virtual Maildir (delivered)",
+            Server::Floor => "durable-file floor (no SMTP: create, write, fdatasync)",
         }
     }
 }
@@ -148,6 +156,9 @@ struct Servers {
     baseline: Option<GatewayProc>,
     sink: SmtpSink,
     postfix: Postfix,
+    /// Where the floor runs write (one new directory per run, deleted at the end only).
+    floor: tempfile::TempDir,
+    floor_runs: std::cell::Cell<usize>,
 }
 
 impl Servers {
@@ -157,6 +168,7 @@ impl Servers {
             Server::Baseline => self.baseline().port,
             Server::Sink => self.sink.port,
             Server::Postfix => self.postfix.port,
+            Server::Floor => unreachable!("the floor is not a server"),
         }
     }
 
@@ -166,6 +178,7 @@ impl Servers {
             Server::Baseline => self.baseline().pid(),
             Server::Sink => self.sink.pid(),
             Server::Postfix => self.postfix.master_pid(),
+            Server::Floor => std::process::id(),
         }
     }
 
@@ -178,7 +191,7 @@ impl Servers {
         match s {
             Server::Gateway => Some(&self.gateway),
             Server::Baseline => self.baseline.as_ref(),
-            Server::Sink | Server::Postfix => None,
+            Server::Sink | Server::Postfix | Server::Floor => None,
         }
     }
 }
@@ -285,6 +298,9 @@ fn measure_n(
     connections: usize,
     count: usize,
 ) -> Measured {
+    if server == Server::Floor {
+        return measure_floor(servers, client, connections, count);
+    }
     let port = servers.port(server);
     let pid = servers.pid(server);
     let archived_before = servers.gateway_of(server).map_or(0, GatewayProc::archived);
@@ -347,7 +363,7 @@ fn measure_n(
             count,
             "every message delivered by Postfix"
         ),
-        Server::Sink => {}
+        Server::Sink | Server::Floor => {}
     }
     Measured {
         server,
@@ -356,6 +372,41 @@ fn measure_n(
         client_wall: done.elapsed,
         server_cpu,
         client_cpu: done.cpu,
+        busy,
+        iowait,
+    }
+}
+
+/// The durable-file floor with the same messages and as many writers as connections.
+fn measure_floor(servers: &Servers, client: &Client, connections: usize, count: usize) -> Measured {
+    let n = servers.floor_runs.get();
+    servers.floor_runs.set(n + 1);
+    let dir = servers.floor.path().join(n.to_string());
+    let plain = match client {
+        Client::Source { size } => vec![b'x'; *size],
+        Client::Journal(_) => Vec::new(),
+    };
+    let message = |i: usize| -> &[u8] {
+        match client {
+            Client::Source { .. } => &plain,
+            Client::Journal(m) => &m[i],
+        }
+    };
+    std::thread::sleep(Duration::from_millis(if cfg!(debug_assertions) {
+        50
+    } else {
+        300
+    }));
+    let m0 = sys::Machine::now();
+    let done = floor::run(&dir, count, connections, &message);
+    let (busy, iowait) = sys::Machine::now().since(&m0);
+    Measured {
+        server: Server::Floor,
+        count,
+        wall: done.elapsed,
+        client_wall: done.elapsed,
+        server_cpu: done.cpu,
+        client_cpu: Duration::ZERO,
         busy,
         iowait,
     }
@@ -411,8 +462,18 @@ fn ingest(sizes: &Sizes, out: &mut String) {
             .map(|bin| GatewayProc::start(bin, "baseline", RCPT, "")),
         sink: SmtpSink::start(1024),
         postfix: Postfix::start(free_port()),
+        floor: tempfile::Builder::new()
+            .prefix("jg-bench-floor-")
+            .tempdir()
+            .expect("temp dir"),
+        floor_runs: std::cell::Cell::new(0),
     };
-    let mut order = vec![Server::Gateway, Server::Sink, Server::Postfix];
+    let mut order = vec![
+        Server::Gateway,
+        Server::Sink,
+        Server::Postfix,
+        Server::Floor,
+    ];
     if servers.baseline.is_some() {
         order.insert(1, Server::Baseline);
     }
@@ -469,9 +530,9 @@ fn ingest(sizes: &Sizes, out: &mut String) {
     let _ = writeln!(out, "\n### SMTP ingest (messages/s, higher is better)\n");
     let _ = writeln!(
         out,
-        "| workload | client | journal-gateway | smtp-sink | Postfix (delivered) | gateway / smtp-sink | gateway / smtp-sink per round | gateway / Postfix |"
+        "| workload | client | journal-gateway | smtp-sink | Postfix (delivered) | durable-file floor | gateway / smtp-sink | gateway / smtp-sink per round | gateway / Postfix | floor / smtp-sink | gateway / floor |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     let ratios = |w: &Workload, a, b| {
         w.round_ratios(a, b)
             .iter()
@@ -480,19 +541,22 @@ fn ingest(sizes: &Sizes, out: &mut String) {
             .join(", ")
     };
     for w in &workloads {
-        let (g, s, p) = (
+        let (g, s, p, f) = (
             w.get(Server::Gateway).rate(),
             w.get(Server::Sink).rate(),
             w.get(Server::Postfix).rate(),
+            w.get(Server::Floor).rate(),
         );
         let _ = writeln!(
             out,
-            "| {} | {} | {g:.0} | {s:.0} | {p:.0} | {:.2}x | {} | {:.1}x |",
+            "| {} | {} | {g:.0} | {s:.0} | {p:.0} | {f:.0} | {:.2}x | {} | {:.1}x | {:.2}x | {:.2}x |",
             w.name,
             w.client,
             g / s,
             ratios(w, Server::Gateway, Server::Sink),
-            g / p
+            g / p,
+            f / s,
+            g / f
         );
     }
     if let Some(bin) = &sizes.baseline {
@@ -564,6 +628,23 @@ fn ingest(sizes: &Sizes, out: &mut String) {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         sys::fs_type(servers.gateway.dir.path())
     );
+    let _ = writeln!(out, "- Durable-file floor: no server and no SMTP: the bench itself writes the same messages as files in the same file system, one thread per connection, each file created under its final name, written and fdatasynced, one directory fsync per that many files (`benches/smtp/floor.rs`). Any server that keeps one durable file per message does at least this; floor / smtp-sink is the most such a server could reach here even if its protocol work cost nothing.");
+    for w in &workloads {
+        let per_message = |s: Server| {
+            let r = w.get(s);
+            r.server_cpu.as_secs_f64() * 1000.0 / r.count.max(1) as f64
+        };
+        let _ = writeln!(
+            out,
+            "- CPU per message, {} ({}): journal-gateway {:.3} ms, smtp-sink {:.3} ms, Postfix {:.3} ms, durable-file floor {:.3} ms.",
+            w.name,
+            w.client,
+            per_message(Server::Gateway),
+            per_message(Server::Sink),
+            per_message(Server::Postfix),
+            per_message(Server::Floor)
+        );
+    }
     let _ = writeln!(out, "- Each figure is the median of {} round(s) (all rounds in brackets), servers interleaved within a round; ratios are of the medians (and per round where shown).", sizes.rounds);
     let _ = writeln!(out, "- Server CPU counts the whole process tree (Postfix: master and every daemon, reaped ones included); client CPU is smtp-source's (rusage) or the generator thread's; other load is what else the machine ran meanwhile (busy CPUs minus both).");
     // Is a client the bottleneck? Compare the clients against smtp-sink.
