@@ -20,7 +20,7 @@ pub struct Floor {
     pub cpu: Duration,
 }
 
-/// CPU time of this process's threads (RUSAGE_SELF: ended threads included, children not).
+/// CPU time of this process's threads (`RUSAGE_SELF`: ended threads included, children not).
 fn self_cpu() -> Duration {
     // SAFETY: getrusage writes into the struct we pass.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
