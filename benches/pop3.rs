@@ -105,6 +105,7 @@ fn main() {
     println!("machine: {}\n", machine::description());
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let startup = startup_cpu(&tools, size, if full { 3 } else { 1 });
     for &count in &counts {
         let repeat: usize = env_or(
             "POP3_BENCH_REPEAT",
@@ -131,7 +132,7 @@ fn main() {
                 runs[k].push(bench.run(tool, perf_dir.as_deref()));
             }
         }
-        let mut gateway: Option<(f64, f64)> = None;
+        let mut gateway: Option<(f64, f64, Option<f64>)> = None;
         for (tool, mut ms) in run_tools.into_iter().zip(runs) {
             ms.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
             let rates: Vec<f64> = ms.iter().map(|m| count as f64 / m.seconds).collect();
@@ -147,15 +148,27 @@ fn main() {
                 per_message(|m| m.user),
                 per_message(|m| m.sys),
             );
+            // The same, less the tool's start-up cost (measured with an empty mailbox).
+            let net_ms = startup.get(tool.as_str()).map(|fixed| {
+                let mut v: Vec<f64> = ms
+                    .iter()
+                    .map(|m| (m.cpu - fixed).max(0.0) * 1000.0 / count as f64)
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            });
             let m = ms.swap_remove(ms.len() / 2);
             let rate = count as f64 / m.seconds;
             if tool == "gateway" {
-                gateway = Some((rate, cpu_ms.0));
+                gateway = Some((rate, cpu_ms.0, net_ms));
             }
             let peer = gateway.filter(|_| tool != "gateway");
             rows.push(Row {
                 cpu_ms,
-                cpu_ratio: peer.map(|(_, g)| g / cpu_ms.0),
+                net_ms,
+                startup: startup.get(tool.as_str()).copied(),
+                net_ratio: peer.and_then(|(_, _, g)| Some(g? / net_ms?)),
+                cpu_ratio: peer.map(|(_, g, _)| g / cpu_ms.0),
                 workload: format!("drain + delete {count} × {} KB", size / 1000),
                 tool: tool.clone(),
                 m,
@@ -163,7 +176,7 @@ fn main() {
                 range: (rates[rates.len() - 1], rates[0]),
                 runs: rates.len(),
                 peak_kib,
-                ratio: peer.map(|(g, _)| g / rate),
+                ratio: peer.map(|(g, _, _)| g / rate),
             });
         }
     }
@@ -191,16 +204,25 @@ struct Row {
     cpu_ms: (f64, f64, f64),
     /// The gateway's CPU per message over this tool's.
     cpu_ratio: Option<f64>,
+    /// The tool's CPU seconds with an empty mailbox (start-up, login, QUIT), when measured.
+    startup: Option<f64>,
+    /// CPU ms per message less that start-up cost (median over the runs).
+    net_ms: Option<f64>,
+    /// The gateway's net CPU per message over this tool's.
+    net_ratio: Option<f64>,
 }
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| workload | peer | delivery | messages/s (median) | gateway / peer | runs: min–max msg/s | wall s | tool CPU s | CPU ms/msg (user + sys) | gateway CPU / peer CPU | Dovecot CPU s | peak RSS MiB |"
+        "| workload | peer | delivery | messages/s (median) | gateway / peer | runs: min–max msg/s | wall s | tool CPU s | CPU ms/msg (user + sys) | gateway CPU / peer CPU | start-up CPU s | CPU ms/msg less start-up | gateway / peer, less start-up | Dovecot CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let opt = |x: Option<f64>, digits: usize, suffix: &str| {
+        x.map_or("—".into(), |x| format!("{x:.digits$}{suffix}"))
+    };
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.0} | {} | {}: {:.0}–{:.0} | {:.2} | {:.2} | {:.3} ({:.3} + {:.3}) | {} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.0} | {} | {}: {:.0}–{:.0} | {:.2} | {:.2} | {:.3} ({:.3} + {:.3}) | {} | {} | {} | {} | {:.2} | {:.1} |",
             r.workload,
             r.tool,
             delivery(&r.tool),
@@ -215,10 +237,45 @@ fn print_table(rows: &[Row]) {
             r.cpu_ms.1,
             r.cpu_ms.2,
             r.cpu_ratio.map_or("—".into(), |x| format!("{x:.2}x")),
+            opt(r.startup, 3, ""),
+            opt(r.net_ms, 3, ""),
+            opt(r.net_ratio, 2, "x"),
             r.m.dovecot_cpu,
             r.peak_kib as f64 / 1024.0,
         );
     }
+}
+
+/// Each tool's CPU seconds for a drain of an empty mailbox (process start, TLS, login, UIDL,
+/// QUIT: what a run costs whatever its size), median of `repeat` runs; the gateway and mpop only
+/// (the CPU comparison of issue 16 part 3).
+fn startup_cpu(
+    tools: &[String],
+    size: usize,
+    repeat: usize,
+) -> std::collections::HashMap<&'static str, f64> {
+    let measured: Vec<&'static str> = ["gateway", "mpop"]
+        .into_iter()
+        .filter(|t| tools.iter().any(|x| x == t))
+        .collect();
+    let mut cpu: Vec<Vec<f64>> = measured.iter().map(|_| Vec::new()).collect();
+    if measured.is_empty() {
+        return std::collections::HashMap::new();
+    }
+    let empty = Bench::new(0, size);
+    for _ in 0..repeat.max(1) {
+        for (k, tool) in measured.iter().enumerate() {
+            cpu[k].push(empty.run(tool, None).cpu);
+        }
+    }
+    measured
+        .into_iter()
+        .zip(cpu)
+        .map(|(tool, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (tool, v[v.len() / 2])
+        })
+        .collect()
 }
 
 fn delivery(tool: &str) -> &'static str {
@@ -262,6 +319,14 @@ fn print_notes() {
          (`--bsmtp`: one fsync at the end; `--mda`: `cat` does not fsync). So the gateway does \
          more durable work per message than either peer: file fsync, plus per group commit the \
          tmp/ and new/ directory fsyncs and the redb commit."
+    );
+    println!(
+        "- Start-up CPU: the tool's CPU for a drain of an empty mailbox (process start, TLS \
+         handshake, login, UIDL, QUIT; for the gateway also opening the archive and aws-lc's \
+         random generator seeding itself once per process), median of three runs. The gateway \
+         pays it once per process: in `serve`, collectors run inside the long-lived server, so \
+         the CPU per message less start-up is what each collected message costs there; mpop \
+         pays it on every run from cron. Both columns are printed."
     );
     println!(
         "- Dovecot runs on the same 2 cores as the client: its CPU (the pop3 and pop3-login \
