@@ -201,7 +201,7 @@ enum ForwardCommand {
         remote: RemoteArgs,
     },
     /// Queue already-archived messages for the target (bringing a new downstream online);
-    /// messages queued for it already are skipped.
+    /// messages it already had (queued now, forwarded live, or backfilled before) are skipped.
     Backfill {
         name: String,
         /// Only messages first seen at or after this date (2026-01-31, UTC) or RFC 3339 time.

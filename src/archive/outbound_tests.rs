@@ -32,11 +32,16 @@ fn report(rcpts: &[&str]) -> Vec<u8> {
 
 /// The arrival `bytes` make (over SMTP), without a file.
 fn arrival(bytes: &[u8]) -> Arrival {
+    arrival_at(bytes, UnixMs::now())
+}
+
+/// The arrival `bytes` make (over SMTP) at `at_ms`, without a file.
+fn arrival_at(bytes: &[u8], at_ms: UnixMs) -> Arrival {
     let report = journal::parse(bytes);
     let key = report.key.clone();
     let sighting = Sighting {
         source: Source::Smtp,
-        at_ms: UnixMs::now(),
+        at_ms,
         mail_from: Some("exchange@corp.test".into()),
         rcpt_to: vec!["journal@gw.test".into()],
         uidl: None,
@@ -385,4 +390,95 @@ fn verify_and_reindex_do_not_take_the_kept_reports_for_messages() {
     // file nothing refers to any more.
     let archive = Archive::open(dir.path()).unwrap();
     assert!(outbound_names(&archive).is_empty());
+}
+
+/// Archives the original `<id>` (a report to A) first seen at `at_ms`.
+fn archive_original(archive: &Archive, id: &str, at_ms: u64) {
+    let bytes = String::from_utf8(report(&["a@corp.test"]))
+        .unwrap()
+        .replace("orig@example.com", id)
+        .into_bytes();
+    let mut a = arrival_at(&bytes, UnixMs(at_ms));
+    a.tmp_file = Some(in_tmp(archive, &bytes));
+    assert!(matches!(apply_one(archive, &a), Applied::Archived { .. }));
+}
+
+/// Every entry of `target` waiting is delivered; returns their keys, sorted.
+fn deliver_all(store: &OutboundStore, target: &str) -> Vec<String> {
+    let waiting = store.waiting(target, 100).unwrap();
+    let outcomes: Vec<(u64, Attempt)> = waiting
+        .iter()
+        .map(|(seq, _)| (*seq, Attempt::Delivered))
+        .collect();
+    store.finish(target, &outcomes).unwrap();
+    let mut keys: Vec<String> = waiting.into_iter().map(|(_, e)| e.key).collect();
+    keys.sort();
+    keys
+}
+
+/// A backfill queues only what the target has not had: an original forwarded live, or queued
+/// by an earlier backfill, is skipped even after it was delivered (and left the queue); what
+/// was archived while the target was not configured is queued, once.
+#[test]
+fn a_backfill_skips_what_the_target_had_live_or_backfilled_delivered_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(dir.path()).unwrap();
+    let store = OutboundStore::new(archive.index().clone());
+    archive_original(&archive, "before@example.com", 1000);
+    // The target is added at 2000: the archive queues for it, then its coverage opens.
+    archive.set_forward_targets(vec!["t".into()], Vec::new());
+    store.set_live(&["t".into()], UnixMs(2000)).unwrap();
+    assert!(store.coverage("t").unwrap().is_live());
+    archive_original(&archive, "live@example.com", 3000);
+    assert_eq!(
+        deliver_all(&store, "t"),
+        ["live@example.com"],
+        "queued live"
+    );
+
+    // The first backfill sends only what came before the target.
+    assert_eq!(store.backfill("t", None, UnixMs(4000)).unwrap(), 1);
+    assert_eq!(deliver_all(&store, "t"), ["before@example.com"]);
+    // Delivered (no longer queued), yet a second backfill sends nothing again.
+    assert_eq!(store.backfill("t", None, UnixMs(4500)).unwrap(), 0);
+    assert_eq!(
+        store.backfill("t", Some(UnixMs(0)), UnixMs(4600)).unwrap(),
+        0
+    );
+
+    // Removed from the configuration at 5000, added again at 7000: what was archived meanwhile
+    // is the one thing a backfill queues.
+    archive.set_forward_targets(Vec::new(), Vec::new());
+    store.set_live(&[], UnixMs(5000)).unwrap();
+    assert!(!store.coverage("t").unwrap().is_live());
+    archive_original(&archive, "gap@example.com", 6000);
+    archive.set_forward_targets(vec!["t".into()], Vec::new());
+    store.set_live(&["t".into()], UnixMs(7000)).unwrap();
+    archive_original(&archive, "again@example.com", 8000);
+    assert_eq!(deliver_all(&store, "t"), ["again@example.com"]);
+    assert_eq!(
+        store.coverage("t").unwrap().spans(),
+        [(0, 5000), (7000, u64::MAX)]
+    );
+    // `--since` after the gap: nothing; without it: the gap, once.
+    assert_eq!(
+        store
+            .backfill("t", Some(UnixMs(6500)), UnixMs(9000))
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.backfill("t", None, UnixMs(9100)).unwrap(), 1);
+    assert_eq!(deliver_all(&store, "t"), ["gap@example.com"]);
+    assert_eq!(store.backfill("t", None, UnixMs(9200)).unwrap(), 0);
+    assert_eq!(store.coverage("t").unwrap().spans(), [(0, u64::MAX)]);
+
+    // A target never configured has no coverage: a backfill for it queues everything.
+    assert_eq!(store.backfill("other", None, UnixMs(9300)).unwrap(), 4);
+    // The coverage survives a restart.
+    drop(store);
+    drop(archive);
+    let archive = Archive::open(dir.path()).unwrap();
+    let store = OutboundStore::new(archive.index().clone());
+    assert_eq!(store.coverage("t").unwrap().spans(), [(0, u64::MAX)]);
+    assert_eq!(store.backfill("t", None, UnixMs(9400)).unwrap(), 0);
 }

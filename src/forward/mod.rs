@@ -258,6 +258,12 @@ impl Forwarders {
             metrics,
         };
         forwarders.tell_archive();
+        // After the archive queues for them: from now on each target has every new original.
+        let names: Vec<String> = forwarders.targets.keys().cloned().collect();
+        forwarders
+            .store
+            .set_live(&names, UnixMs::now())
+            .context("recording the forward targets in the index")?;
         for t in forwarders.targets.values() {
             forwarders.refresh_gauges(t.name())?;
         }
@@ -365,10 +371,11 @@ impl Forwarders {
         Ok(n)
     }
 
-    /// Queues every archived message first seen at or after `since` that is not queued for
-    /// `target` yet, and wakes its task (blocking). Returns how many were queued.
+    /// Queues every archived message first seen at or after `since` that `target` has not had
+    /// (not queued for it now, not forwarded live, not backfilled before:
+    /// [`OutboundStore::backfill`]), and wakes its task (blocking). Returns how many were queued.
     pub fn backfill(&self, target: &Target, since: Option<UnixMs>) -> Result<u64, IndexError> {
-        let n = self.store.backfill(target.name(), since)?;
+        let n = self.store.backfill(target.name(), since, UnixMs::now())?;
         self.refresh_gauges(target.name())?;
         target.wake.notify_one();
         Ok(n)

@@ -549,7 +549,7 @@ struct BackfillQuery {
 }
 
 /// `POST /api/v1/forward/{name}/backfill[?since=DATE]`: queues the archived messages (first
-/// seen since DATE) not queued for the target yet.
+/// seen since DATE) the target has not had (`OutboundStore::backfill`).
 async fn forward_backfill(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -46,7 +46,7 @@ use redb::{
 
 pub use collectors::{CollectorState, CollectorStore, Poll, Run, RunKind, POLLS_KEPT};
 pub use ledger::{Entry, EntryHash, Kind, LedgerFile, LedgerHead, LedgerStatus, Stored};
-pub use outbound::{Attempt, EntryKind, OutboundEntry, OutboundStore, QueueSummary};
+pub use outbound::{Attempt, Coverage, EntryKind, OutboundEntry, OutboundStore, QueueSummary};
 pub use record::{ClientCert, Provenance, Record, Sighting, Source, TlsSession};
 
 use crate::clock::UnixMs;
@@ -275,6 +275,7 @@ impl Index {
         txn.open_table(collectors::STATE)?;
         txn.open_table(outbound::OUTBOUND)?;
         txn.open_table(outbound::OUTBOUND_FILES)?;
+        txn.open_table(outbound::COVERAGE)?;
         txn.open_table(ledger::LEDGER)?;
         txn.open_table(ledger::LEDGER_META)?;
         let log_path = path.with_extension("records");

@@ -27,6 +27,9 @@ pub(super) const OUTBOUND: TableDefinition<(&str, u64), &[u8]> = TableDefinition
 /// A file of the archive's `outbound/` directory -> the number of entries referring to it.
 pub(super) const OUTBOUND_FILES: TableDefinition<&str, u64> =
     TableDefinition::new("outbound_files");
+/// Per target, the spans of first-seen time whose originals the target has had ([`Coverage`]):
+/// queued live while it was configured, or queued by a backfill.
+pub(super) const COVERAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("forward_coverage");
 /// The last sequence number given to an entry (in `stats`).
 const SEQ: &str = "outbound_seq";
 
@@ -41,6 +44,89 @@ pub enum EntryKind {
     /// A duplicate's journal report, as received, that added envelope recipients to the record
     /// (`forward_new_recipients`); its file is in the archive's `outbound/` directory.
     RecipientsUpdate,
+}
+
+/// The spans of first-seen time (Unix ms, `[from, to)`, sorted, disjoint) whose originals a
+/// target has had: every original first seen inside one was queued for it, live (the span that
+/// is open, `to == u64::MAX`, while the target is configured) or by a backfill. A backfill skips
+/// them, so it never sends a target what it was sent before, delivered or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage(Vec<(u64, u64)>);
+
+impl Coverage {
+    fn decode(bytes: &[u8]) -> Result<Coverage, IndexError> {
+        let corrupt = || IndexError::Corrupt("a forward target's coverage");
+        if !bytes.len().is_multiple_of(16) {
+            return Err(corrupt());
+        }
+        let spans: Vec<(u64, u64)> = bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let (a, b) = c.split_at(8);
+                let n = |x: &[u8]| u64::from_le_bytes(x.try_into().unwrap_or([0; 8]));
+                (n(a), n(b))
+            })
+            .collect();
+        let ordered =
+            spans.iter().all(|&(from, to)| from < to) && spans.windows(2).all(|w| w[0].1 < w[1].0);
+        if ordered {
+            Ok(Coverage(spans))
+        } else {
+            Err(corrupt())
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.0
+            .iter()
+            .flat_map(|&(from, to)| from.to_le_bytes().into_iter().chain(to.to_le_bytes()))
+            .collect()
+    }
+
+    /// Whether an original first seen at `t` was queued for the target.
+    #[must_use]
+    pub fn contains(&self, t: UnixMs) -> bool {
+        self.0.iter().any(|&(from, to)| from <= t.0 && t.0 < to)
+    }
+
+    /// Whether the target is live (the last span is open).
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.0.last().is_some_and(|&(_, to)| to == u64::MAX)
+    }
+
+    /// Adds `[from, to)`, merged with the spans it touches.
+    fn add(&mut self, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let (mut from, mut to) = (from, to);
+        let mut spans = Vec::with_capacity(self.0.len() + 1);
+        for &(a, b) in &self.0 {
+            if b < from || to < a {
+                spans.push((a, b));
+            } else {
+                from = from.min(a);
+                to = to.max(b);
+            }
+        }
+        spans.push((from, to));
+        spans.sort_unstable();
+        self.0 = spans;
+    }
+
+    /// Ends the open span at `at` (the target is no longer configured).
+    fn close(&mut self, at: u64) {
+        if let Some(last) = self.0.last_mut().filter(|(_, to)| *to == u64::MAX) {
+            last.1 = at.max(last.0 + 1);
+        }
+    }
+
+    /// The spans, `[from, to)` in Unix ms (`to == u64::MAX`: open).
+    #[must_use]
+    pub fn spans(&self) -> &[(u64, u64)] {
+        &self.0
+    }
 }
 
 /// One queued delivery of one archived message to one target.
@@ -390,13 +476,70 @@ impl OutboundStore {
         Ok(n)
     }
 
-    /// Queues for `target` every archived message first seen at or after `since` that is not
-    /// queued for it already (bringing a new downstream online). Returns how many were queued.
-    pub fn backfill(&self, target: &str, since: Option<UnixMs>) -> Result<u64, IndexError> {
-        let now = UnixMs::now();
+    /// Records which targets are configured from `now` on: a target without an open span of
+    /// [`Coverage`] gets one (new originals are queued for it live from now on: the caller has
+    /// told the archive so before taking `now`); an open span of a target no longer configured
+    /// ends at `now`. One transaction, at start.
+    pub fn set_live(&self, targets: &[String], now: UnixMs) -> Result<(), IndexError> {
+        let txn = self.index.db.begin_write()?;
+        {
+            let mut table = txn.open_table(COVERAGE)?;
+            let mut changed = Vec::new();
+            for item in table.iter()? {
+                let (name, bytes) = item?;
+                let name = name.value().to_string();
+                let mut coverage = Coverage::decode(bytes.value())?;
+                if coverage.is_live() && !targets.contains(&name) {
+                    coverage.close(now.0);
+                    changed.push((name, coverage));
+                }
+            }
+            for name in targets {
+                let mut coverage = match table.get(name.as_str())? {
+                    Some(bytes) => Coverage::decode(bytes.value())?,
+                    None => Coverage::default(),
+                };
+                if !coverage.is_live() {
+                    coverage.add(now.0, u64::MAX);
+                    changed.push((name.clone(), coverage));
+                }
+            }
+            for (name, coverage) in changed {
+                table.insert(name.as_str(), coverage.encode().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// What `target` has had ([`Coverage`]; empty for a target never configured).
+    pub fn coverage(&self, target: &str) -> Result<Coverage, IndexError> {
+        let txn = self.index.db.begin_read()?;
+        let table = txn.open_table(COVERAGE)?;
+        table
+            .get(target)?
+            .map_or(Ok(Coverage::default()), |v| Coverage::decode(v.value()))
+    }
+
+    /// Queues for `target` every archived message first seen at or after `since` (and not
+    /// after `now`) that it has not had: not queued for it now, and first seen outside its
+    /// [`Coverage`] (not queued live while it was configured, nor by an earlier backfill,
+    /// delivered since or not). The span backfilled joins the coverage, so a second backfill
+    /// queues nothing again. Returns how many were queued.
+    pub fn backfill(
+        &self,
+        target: &str,
+        since: Option<UnixMs>,
+        now: UnixMs,
+    ) -> Result<u64, IndexError> {
         let txn = self.index.db.begin_write()?;
         let mut n = 0;
         {
+            let mut coverage_table = txn.open_table(COVERAGE)?;
+            let mut coverage = match coverage_table.get(target)? {
+                Some(bytes) => Coverage::decode(bytes.value())?,
+                None => Coverage::default(),
+            };
             let mut outbound = txn.open_table(OUTBOUND)?;
             let mut queued = HashSet::new();
             for item in outbound.range((target, 0)..=(target, u64::MAX))? {
@@ -421,7 +564,8 @@ impl OutboundStore {
                 if queued.contains(&key) {
                     continue;
                 }
-                if since.is_some_and(|s| rec.first_seen_ms() < s) {
+                let first_seen = rec.first_seen_ms();
+                if since.is_some_and(|s| first_seen < s) || coverage.contains(first_seen) {
                     continue;
                 }
                 seq += 1;
@@ -430,6 +574,8 @@ impl OutboundStore {
                 n += 1;
             }
             stats.insert(SEQ, seq)?;
+            coverage.add(since.map_or(0, |s| s.0), now.0.saturating_add(1));
+            coverage_table.insert(target, coverage.encode().as_slice())?;
         }
         txn.commit()?;
         Ok(n)
@@ -474,6 +620,30 @@ mod tests {
 
     fn keys(v: &[(u64, OutboundEntry)]) -> Vec<&str> {
         v.iter().map(|(_, e)| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn coverage_merges_spans_and_refuses_a_corrupt_encoding() {
+        let mut c = Coverage::default();
+        c.add(10, 20);
+        c.add(30, 40);
+        c.add(5, 5); // empty: nothing
+        assert_eq!(c.spans(), [(10, 20), (30, 40)]);
+        assert!(c.contains(UnixMs(10)) && !c.contains(UnixMs(20)) && !c.contains(UnixMs(25)));
+        c.add(20, 30); // touches both: one span
+        assert_eq!(c.spans(), [(10, 40)]);
+        c.add(50, u64::MAX);
+        assert!(c.is_live());
+        c.close(60);
+        assert_eq!(c.spans(), [(10, 40), (50, 60)]);
+        assert!(!c.is_live());
+        assert_eq!(Coverage::decode(&c.encode()).unwrap(), c);
+        let bytes = c.encode();
+        assert!(Coverage::decode(&bytes[..15]).is_err(), "cut");
+        let mut swapped = bytes[16..].to_vec();
+        swapped.extend_from_slice(&bytes[..16]);
+        assert!(Coverage::decode(&swapped).is_err(), "out of order");
+        assert!(Coverage::decode(&[0; 16]).is_err(), "empty span");
     }
 
     #[test]

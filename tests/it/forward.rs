@@ -534,8 +534,7 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pf.delivered(), 0, "a new target gets nothing by itself");
-    // Held in the queue while both backfills run (a delivered entry is no longer queued, and
-    // a second backfill would queue it again).
+    // Held in the queue while both backfills run.
     pf.stop();
     let (ok, out, err) = gw.cli(
         crate::gateway_bin(),
@@ -556,17 +555,85 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
     );
     assert!(!ok && err.contains("--since"), "{err}");
     pf.start_again();
-    wait_for("5 delivered", Duration::from_secs(30), || {
-        let n = pf.delivered();
+    let delivered = |want: usize| {
+        let pf = &pf;
         async move {
-            if n == 5 {
-                Ok(())
-            } else {
-                Err(format!("{n} delivered"))
-            }
+            wait_for(
+                &format!("{want} delivered"),
+                Duration::from_secs(30),
+                || {
+                    let n = pf.delivered();
+                    async move {
+                        if n == want {
+                            Ok(())
+                        } else {
+                            Err(format!("{n} delivered"))
+                        }
+                    }
+                },
+            )
+            .await;
         }
-    })
-    .await;
+    };
+    delivered(5).await;
+    // Delivered, no longer queued, and still not sent again by a second backfill.
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
+    assert!(
+        ok && out.contains("0 archived"),
+        "delivered ones are skipped: {out}{err}"
+    );
+    // Forwarded live: a backfill skips those too.
+    for i in 5..8 {
+        gw.ingest(
+            Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
+            &sample::report_2007(&sample::numbered(i, 2000), &[]),
+        )
+        .await
+        .expect("archived");
+    }
+    delivered(8).await;
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
+    assert!(
+        ok && out.contains("0 archived"),
+        "live ones are skipped: {out}{err}"
+    );
+    gw.stop().await;
+
+    // Two archived while the target was not configured: the next backfill sends those, once.
+    let gw = TestGateway::builder().data_dir(&data).start().await;
+    for i in 8..10 {
+        gw.ingest(
+            Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
+            &sample::report_2007(&sample::numbered(i, 2000), &[]),
+        )
+        .await
+        .expect("archived");
+    }
+    gw.stop().await;
+    let gw = TestGateway::builder()
+        .data_dir(&data)
+        .http()
+        .config(&plain("pf", pf.port))
+        .start()
+        .await;
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
+    assert!(
+        ok && out.contains("2 archived message(s) queued"),
+        "the gap: {out}{err}"
+    );
+    delivered(10).await;
+    let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
+    assert!(ok && out.contains("0 archived"), "{out}{err}");
+    let by_id = delivered_by_id(&pf);
+    assert_eq!(by_id.len(), 10, "{:?}", by_id.keys().collect::<Vec<_>>());
+    assert!(
+        by_id.values().all(|copies| copies.len() == 1),
+        "each message delivered once: {:?}",
+        by_id
+            .iter()
+            .map(|(id, c)| (id, c.len()))
+            .collect::<Vec<_>>()
+    );
     gw.stop().await;
 }
 
