@@ -854,3 +854,68 @@ async fn object_store_down_is_451_and_ingest_resumes() {
     }
     node.stop().await;
 }
+
+/// The object store over https with a certificate of a private CA (an on-premises S3 server
+/// behind the company's CA): the node's `[store] ca_file` makes it trusted, and a report
+/// is stored and read back through it; a node without `ca_file` (the system roots) refuses the
+/// certificate, answers 451 and records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_over_https_with_a_private_ca_needs_ca_file() {
+    use journal_gateway_testkit::pki::{tls_front, TestCa};
+    let pg = Postgres::shared();
+    let garage = Garage::start("nodes-tls");
+    let plain_port: u16 = garage
+        .endpoint
+        .trim_start_matches("http://")
+        .parse::<SocketAddr>()
+        .unwrap()
+        .port();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(pki.path(), "corp-storage");
+    let leaf = ca.client_cert(pki.path(), "s3", "localhost");
+    let front = tls_front(&leaf.cert, &leaf.key, plain_port).await;
+    let https = |db: &str, node: &str, extra: &str| {
+        let url = pg.create_database(db);
+        format!(
+            "{}{extra}",
+            shared_backends(&url, &garage, node)
+                .replace(&garage.endpoint, &format!("https://localhost:{front}"))
+        )
+    };
+
+    let trusted = TestNode::start(&https(
+        "nodes_tls",
+        "node-tls",
+        &format!("ca_file = {:?}\n", ca.cert_path),
+    ))
+    .await;
+    let report = sample::report_2007(&sample::numbered(41, 4000), &[]);
+    let mut smtp = Smtp::connect(trusted.smtp_addr()).await.unwrap();
+    assert_eq!(smtp.send(JOURNAL, &report).await.unwrap(), 250);
+    let _ = smtp.command("QUIT").await;
+    let rec = check_stored(trusted.shared(), &key(41)).await;
+    let bytes = trusted.shared().read_object(&rec.file).await.unwrap();
+    assert!(
+        bytes == report,
+        "stored and read back over https, byte-exact"
+    );
+    trusted.stop().await;
+
+    // The system roots do not know the private CA: 451, nothing recorded.
+    let untrusted = TestNode::start(&https("nodes_tls_roots", "node-roots", "")).await;
+    let mut smtp = Smtp::connect(untrusted.smtp_addr()).await.unwrap();
+    let other = sample::report_2007(&sample::numbered(42, 4000), &[]);
+    assert_eq!(smtp.send(JOURNAL, &other).await.unwrap(), 451);
+    let _ = smtp.command("QUIT").await;
+    assert!(
+        untrusted
+            .shared()
+            .index()
+            .get(&key(42))
+            .await
+            .unwrap()
+            .is_none(),
+        "answered 451 but recorded"
+    );
+    untrusted.stop().await;
+}
