@@ -6,8 +6,6 @@
 
 use journal_gateway::config::{CollectorConfig, Config};
 use journal_gateway::pop3::{ErrorKind, RunKind};
-use std::path::Path;
-use std::sync::Arc;
 
 use journal_gateway_testkit::dovecot::{self, Dovecot, Options, Tuning};
 use journal_gateway_testkit::pki::TestCa;
@@ -262,47 +260,6 @@ async fn a_token_that_dies_mid_drain_is_replaced_and_the_drain_completes() {
     }
 }
 
-/// An https front for the token service on `port`: TLS (tokio-rustls, `cert` and `key`) on a
-/// loopback port of its own, each connection relayed to the plain service after the handshake
-/// (a failed handshake is dropped). Gives its port; it serves until the test's runtime ends.
-async fn https_front(cert: &Path, key: &Path, port: u16) -> u16 {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls::{self, ServerConfig};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    front
-}
-
 /// `token_ca_file`: a token endpoint on https whose certificate a private CA issued (rcgen) is
 /// refused with the system roots (a TLS error naming the certificate, no grant asked for) and
 /// trusted with the CA's file, and only that CA's; `check-config` shows the file.
@@ -316,7 +273,7 @@ async fn an_https_token_endpoint_of_a_private_ca_needs_token_ca_file() {
     // A leaf for `localhost` (server authentication among its uses), issued by the private CA.
     let leaf = ca.client_cert(pki.path(), "idp", "localhost");
     let other = TestCa::new(pki.path(), "someone-else");
-    let port = https_front(&leaf.cert, &leaf.key, tokens.port).await;
+    let port = journal_gateway_testkit::pki::tls_front(&leaf.cert, &leaf.key, tokens.port).await;
     let url = format!("https://localhost:{port}/token");
     let login = |extra: &str| {
         format!(
