@@ -510,14 +510,9 @@ async fn a_wrong_pin_is_refused_and_retried_never_sent_in_clear() {
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_queues_archived_messages_for_a_new_target() {
-    let mut pf = Postfix::downstream(free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // Archived before the target existed.
-    let gw = TestGateway::builder().data_dir(&data).start().await;
-    for i in 0..5 {
+/// Ingests the numbered sample reports `range` into `gw` (over SMTP, as Exchange sends them).
+async fn ingest_numbered(gw: &TestGateway, range: std::ops::Range<u64>) {
+    for i in range {
         gw.ingest(
             Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
             &sample::report_2007(&sample::numbered(i, 2000), &[]),
@@ -525,13 +520,33 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
         .await
         .expect("archived");
     }
+}
+
+/// A gateway on `data` without a forward target archives the reports `range`, then stops.
+async fn archive_without_targets(data: &Path, range: std::ops::Range<u64>) {
+    let gw = TestGateway::builder().data_dir(data).start().await;
+    ingest_numbered(&gw, range).await;
     gw.stop().await;
-    let gw = TestGateway::builder()
-        .data_dir(&data)
+}
+
+/// A gateway on `data` forwarding to the Postfix downstream on `port` (HTTP on, for the CLI).
+async fn forwarding_to(data: &Path, port: u16) -> TestGateway {
+    TestGateway::builder()
+        .data_dir(data)
         .http()
-        .config(&plain("pf", pf.port))
+        .config(&plain("pf", port))
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_queues_archived_messages_for_a_new_target() {
+    let mut pf = Postfix::downstream(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Archived before the target existed.
+    archive_without_targets(&data, 0..5).await;
+    let gw = forwarding_to(&data, pf.port).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pf.delivered(), 0, "a new target gets nothing by itself");
     // Held in the queue while both backfills run.
@@ -583,14 +598,7 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
         "delivered ones are skipped: {out}{err}"
     );
     // Forwarded live: a backfill skips those too.
-    for i in 5..8 {
-        gw.ingest(
-            Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
-            &sample::report_2007(&sample::numbered(i, 2000), &[]),
-        )
-        .await
-        .expect("archived");
-    }
+    ingest_numbered(&gw, 5..8).await;
     delivered(8).await;
     let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
     assert!(
@@ -600,22 +608,8 @@ async fn backfill_queues_archived_messages_for_a_new_target() {
     gw.stop().await;
 
     // Two archived while the target was not configured: the next backfill sends those, once.
-    let gw = TestGateway::builder().data_dir(&data).start().await;
-    for i in 8..10 {
-        gw.ingest(
-            Delivery::smtp("exchange@corp.test".into(), vec![JOURNAL.into()]),
-            &sample::report_2007(&sample::numbered(i, 2000), &[]),
-        )
-        .await
-        .expect("archived");
-    }
-    gw.stop().await;
-    let gw = TestGateway::builder()
-        .data_dir(&data)
-        .http()
-        .config(&plain("pf", pf.port))
-        .start()
-        .await;
+    archive_without_targets(&data, 8..10).await;
+    let gw = forwarding_to(&data, pf.port).await;
     let (ok, out, err) = gw.cli(crate::gateway_bin(), &["forward", "backfill", "pf"]);
     assert!(
         ok && out.contains("2 archived message(s) queued"),
