@@ -306,7 +306,42 @@ biff = no
                 unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
             }
         }
+        // Its daemons leave when the master has gone; one that has not yet (a loaded machine)
+        // could still accept on the port (smtpd shares the master's listening socket) and take
+        // a message a test meant to find queued. They all work in this instance's directory.
+        let root = self.dir.path().to_path_buf();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_in(&root);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Postfix daemons of {} still running 10 s after stop: {left:?}",
+                root.display()
+            );
+            for pid in left {
+                // SAFETY: plain kill(2) of a daemon of the instance we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+}
+
+/// The processes whose working directory is under `root`.
+fn processes_in(root: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root))
+        })
+        .collect()
 }
 
 impl Drop for Postfix {
