@@ -665,7 +665,11 @@ struct Compactor {
 }
 
 /// How long a failed compaction waits before it is tried again.
+#[cfg(not(test))]
 const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Tests: a retry without 10 s of waiting.
+#[cfg(test)]
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Compactor {
     fn start(db: Arc<Database>, state: Arc<runs::KeyRuns>) -> Result<Compactor, IndexError> {
@@ -683,12 +687,19 @@ impl Compactor {
                     if got == Err(mpsc::RecvTimeoutError::Disconnected) {
                         return;
                     }
+                    #[cfg(test)]
+                    if got == Err(mpsc::RecvTimeoutError::Timeout) {
+                        state.retries.fetch_add(1, Ordering::Relaxed);
+                    }
                     if state.stopping.load(Ordering::Relaxed) {
                         return;
                     }
                     retry = false;
                     loop {
-                        match runs::compact_as(&db, &state, true) {
+                        let result = runs::compact_as(&db, &state, true);
+                        #[cfg(test)]
+                        state.background_passes.fetch_add(1, Ordering::Relaxed);
+                        match result {
                             Ok(true) if !state.stopping.load(Ordering::Relaxed) => {}
                             Ok(_) => break,
                             Err(_) if state.stopping.load(Ordering::Relaxed) => return,

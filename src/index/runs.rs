@@ -436,6 +436,23 @@ pub(super) struct KeyRuns {
     /// Tests: the background compactor does nothing (a test runs each compaction itself).
     #[cfg(test)]
     pub(super) background_paused: AtomicBool,
+    /// Tests: background compactions returned (each call by the compactor, whatever it found
+    /// or returned).
+    #[cfg(test)]
+    pub(super) background_passes: AtomicU64,
+    /// Tests: the next this many background compactions with something to do fail where
+    /// [`KeyRuns::fail_compactions`] fails them (their run file in place, before the commit).
+    #[cfg(test)]
+    pub(super) fail_background: AtomicU64,
+    /// Tests: background compactions the compactor ran because its retry delay after a failed
+    /// one ran out (not because it was woken).
+    #[cfg(test)]
+    pub(super) retries: AtomicU64,
+    /// Tests: called once, by the next compaction with something to do, between its merge (its
+    /// run file written) and its write transaction.
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    pub(super) between_merge_and_commit: Mutex<Option<Box<dyn FnOnce(&Database) + Send>>>,
     /// The index is being dropped: the compactor stops after the compaction it is running.
     pub(super) stopping: AtomicBool,
 }
@@ -464,6 +481,14 @@ impl KeyRuns {
             fail_compactions: AtomicBool::new(false),
             #[cfg(test)]
             background_paused: AtomicBool::new(false),
+            #[cfg(test)]
+            background_passes: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_background: AtomicU64::new(0),
+            #[cfg(test)]
+            retries: AtomicU64::new(0),
+            #[cfg(test)]
+            between_merge_and_commit: Mutex::new(None),
             stopping: AtomicBool::new(false),
         })
     }
@@ -729,6 +754,17 @@ pub(super) fn compact_as(
     drop(frozen);
     drop(meta);
     drop(txn);
+    #[cfg(test)]
+    {
+        let hook = state
+            .between_merge_and_commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(hook) = hook {
+            hook(db);
+        }
+    }
     let mut commit_tried = false;
     let committed = (|| {
         let new_run = if count == 0 {
@@ -758,6 +794,17 @@ pub(super) fn compact_as(
         write.open_table(frozen_def)?;
         if state.fail_compactions.load(Ordering::Relaxed) {
             return Err(IndexError::Corrupt("compaction failure injected by a test"));
+        }
+        #[cfg(test)]
+        if background
+            && state
+                .fail_background
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(IndexError::Corrupt(
+                "background compaction failure injected by a test",
+            ));
         }
         let mut list: Vec<Arc<Run>> = runs
             .iter()

@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 
 use super::format::{Migration, FORMAT, FORMAT_KEY, LEGACY_MESSAGES, MIGRATED};
 use super::keys::{key_hash, COLLISIONS, KEYS, LOG_END, META};
@@ -721,6 +722,178 @@ fn a_failed_compaction_changes_nothing_and_a_reopen_removes_unlisted_runs() {
     assert_eq!(run_files(&path), expected);
     for i in 0..=100 {
         assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)));
+    }
+}
+
+/// Waits (at most 30 s) until `done` holds; fails the test saying `what` and `state()` if not.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 30 s ({})",
+            state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A background compaction that fails is retried by the compactor on its own (after its retry
+/// delay, shortened in tests; no write wakes it): the retry compacts, and leaves the index
+/// whole (every key, the exact count, one run file and nothing else beside it).
+#[test]
+fn a_failed_background_compaction_is_retried_after_its_delay() {
+    let (_dir, path) = paths();
+    let index = frozen_index(&path);
+    let runs = Arc::clone(&index.runs);
+    // The compactor has handled the wake-up of the open: the only one left is the freeze's.
+    wait_until(
+        "the compactor's pass after the open",
+        || runs.background_passes.load(Ordering::Relaxed) >= 1,
+        String::new,
+    );
+    runs.fail_background.store(1, Ordering::Relaxed);
+    // This write freezes the memtable of 100 keys (>= 64) and wakes the compactor.
+    index
+        .write(|w| w.put_record(&key(100), &record(100)))
+        .unwrap();
+    let state = || {
+        format!(
+            "compactions {}, failures left {}, retries {}, passes {}, files {:?}",
+            runs.compactions(),
+            runs.fail_background.load(Ordering::Relaxed),
+            runs.retries.load(Ordering::Relaxed),
+            runs.background_passes.load(Ordering::Relaxed),
+            run_files(&path)
+        )
+    };
+    wait_until(
+        "the retried background compaction",
+        || runs.compactions() == 1,
+        state,
+    );
+    assert_eq!(
+        runs.fail_background.load(Ordering::Relaxed),
+        0,
+        "the first attempt failed: {}",
+        state()
+    );
+    assert_eq!(
+        runs.retries.load(Ordering::Relaxed),
+        1,
+        "one retry, by the delay: {}",
+        state()
+    );
+    assert_eq!(index.storage_figures().unwrap().key_runs, 1);
+    let files = run_files(&path);
+    assert_eq!(files.len(), 1, "one run file, no leftover: {files:?}");
+    assert_eq!(runs.current().iter().next().unwrap().count(), 100);
+    assert_eq!(index.count().unwrap(), 101);
+    for i in 0..=100 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)), "key {i}");
+    }
+    assert_eq!(index.get(&key(101)).unwrap(), None);
+    // Reopened: the same (the manifest lists the retried run).
+    drop(runs);
+    drop(index);
+    let index = Index::open(&path, 1 << 20).unwrap();
+    assert_eq!(run_files(&path), files);
+    assert_eq!(index.count().unwrap(), 101);
+    for i in 0..=100 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)), "key {i}");
+    }
+}
+
+/// A compaction whose frozen memtable changed between its merge and its commit (the guard in
+/// the commit) fails and changes nothing: the same runs and run files, count and lookups; a
+/// later compaction then compacts the frozen memtable as it is.
+#[test]
+fn a_compaction_refuses_a_frozen_memtable_changed_under_it() {
+    use super::keys::{memtable, ACTIVE};
+    let (_dir, path) = paths();
+    let index = frozen_index(&path);
+    index.runs.background_paused.store(true, Ordering::Relaxed);
+    index
+        .write(|w| w.put_record(&key(100), &record(100)))
+        .unwrap();
+    assert!(index.compact_now().unwrap());
+    // 100 keys more, then a write that freezes them with key 100 (101 >= 64).
+    index
+        .write(|w| {
+            for i in 101..=200 {
+                w.put_record(&key(i), &record(i))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    index
+        .write(|w| w.put_record(&key(201), &record(201)))
+        .unwrap();
+    let files = run_files(&path);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let before = index.storage_figures().unwrap();
+    assert_eq!((before.key_runs, before.compactions), (1, 1));
+    // Between the merge and the commit: key 201's slot (in the active memtable) is copied into
+    // the frozen one. What the key table answers is the same (the active memtable hides it),
+    // but the frozen memtable is not the one merged.
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook_ran = Arc::clone(&ran);
+    *index.runs.between_merge_and_commit.lock().unwrap() = Some(Box::new(move |db| {
+        let txn = db.begin_write().unwrap();
+        {
+            let active = txn
+                .open_table(META)
+                .unwrap()
+                .get(ACTIVE)
+                .unwrap()
+                .map_or(0, |v| v.value());
+            let hash = key_hash(&key(201));
+            let slot = txn
+                .open_table(memtable(active))
+                .unwrap()
+                .get(hash)
+                .unwrap()
+                .expect("key 201 in the active memtable")
+                .value();
+            let mut frozen = txn.open_table(memtable(1 - active)).unwrap();
+            assert!(frozen.insert(hash, slot).unwrap().is_none());
+        }
+        txn.commit().unwrap();
+        hook_ran.store(true, Ordering::Relaxed);
+    }));
+    match index.compact_now() {
+        Err(IndexError::Corrupt(why)) => assert!(why.contains("changed during"), "{why}"),
+        other => panic!("not refused: {other:?}"),
+    }
+    assert!(ran.load(Ordering::Relaxed), "the hook ran");
+    assert_eq!(run_files(&path), files, "no new run file, none removed");
+    let after = index.storage_figures().unwrap();
+    assert_eq!((after.key_runs, after.compactions), (1, 1));
+    assert_eq!(index.count().unwrap(), 202);
+    for i in 0..=201 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)), "key {i}");
+    }
+    // The next compaction takes the frozen memtable as it is now (102 entries).
+    assert!(index.compact_now().unwrap());
+    let done = index.storage_figures().unwrap();
+    assert_eq!(done.compactions, 2);
+    assert_eq!(
+        u64::try_from(run_files(&path).len()).unwrap(),
+        done.key_runs,
+        "{:?}",
+        run_files(&path)
+    );
+    assert_ne!(run_files(&path), files);
+    assert_eq!(index.count().unwrap(), 202);
+    for i in 0..=201 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)), "key {i}");
+    }
+    index.wait_compacted().unwrap();
+    drop(index);
+    let index = Index::open(&path, 1 << 20).unwrap();
+    assert_eq!(index.count().unwrap(), 202);
+    for i in 0..=201 {
+        assert_eq!(index.get(&key(i)).unwrap(), Some(record(i)), "key {i}");
     }
 }
 

@@ -104,19 +104,11 @@ async fn backup_while_smtp_traffic_flows_then_restore_into_a_fresh_data_dir() {
     let data_dir = restored_dir.path().join("data");
     let config = restored_dir.path().join("restore.toml");
     std::fs::write(&config, format!("data_dir = {data_dir:?}\n")).unwrap();
-    let out = std::process::Command::new(crate::gateway_bin())
+    let stdout = crate::cli()
         .args(["restore", "--from"])
         .arg(&target)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .config(&config)
+        .run();
     assert!(
         stdout.contains(&format!("restored {} messages", manifest.messages)),
         "{stdout}"
@@ -132,19 +124,12 @@ async fn backup_while_smtp_traffic_flows_then_restore_into_a_fresh_data_dir() {
         );
     }
     // Into a data directory that holds something: refused, nothing touched.
-    let out = std::process::Command::new(crate::gateway_bin())
+    let out = crate::cli()
         .args(["restore", "--from"])
         .arg(&target)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not empty"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .config(&config)
+        .fail();
+    assert!(out.stderr.contains("is not empty"), "{}", out.stderr);
 
     // A gateway on the restored directory: the snapshot, every message byte-exact.
     let restored = TestGateway::builder()

@@ -742,20 +742,10 @@ async fn saved_collector_survives_a_restart() {
     log_in(&b, &gw).await;
     let table = b.text("#collectors").await.unwrap();
     assert!(table.contains("saved"), "{table}");
-    let (ok, out, err) = {
-        let out = std::process::Command::new(crate::gateway_bin())
-            .arg("check-config")
-            .arg("--config")
-            .arg(config_dir.join("gateway.toml"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert!(ok, "{out}{err}");
+    let out = crate::cli()
+        .arg("check-config")
+        .config(config_dir.join("gateway.toml"))
+        .run();
     assert!(
         out.contains("POP3 collector saved:")
             && out.contains("inactive")

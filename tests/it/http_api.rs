@@ -389,10 +389,8 @@ async fn cli_verbs_print_tables_and_json() {
     );
     gw.stop().await;
     // The server is gone: a clear error.
-    let out = std::process::Command::new(crate::gateway_bin())
+    let out = crate::cli()
         .args(["status", "--server", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is the gateway running"));
+        .fail();
+    assert!(out.stderr.contains("is the gateway running"));
 }

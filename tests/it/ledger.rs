@@ -3,7 +3,6 @@
 //! against a recorded head), and `reindex` keeping it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use journal_gateway::ingest::Delivery;
@@ -28,17 +27,7 @@ fn report(i: u64) -> Vec<u8> {
 fn cli(args: &[&str], data_dir: &Path) -> (bool, String, String) {
     let config = data_dir.with_file_name("ledger.toml");
     std::fs::write(&config, format!("data_dir = \"{}\"\n", data_dir.display())).unwrap();
-    let out = Command::new(crate::gateway_bin())
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::cli().args(args).config(&config).output().parts()
 }
 
 /// `ledger head --offline`: the head's `SEQ:HASH` and the rest of the output.
@@ -341,19 +330,11 @@ async fn the_head_is_served_by_the_api_the_metrics_and_the_cli_and_checked_by_th
     );
 
     // The CLI asks the running server.
-    let out = Command::new(crate::gateway_bin())
+    let text = crate::cli()
         .args(["ledger", "head", "--server"])
         .arg(format!("http://{}", gw.http_addr()))
-        .arg("--config")
-        .arg(gw.config_file())
-        .output()
-        .expect("run the CLI");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .config(gw.config_file())
+        .run();
     assert_eq!(text.lines().next(), Some(head.as_str()), "{text}");
     assert!(
         text.contains("6 ledger entries; the index holds 5 records"),

@@ -147,13 +147,7 @@ fn a_bad_log_format_is_a_readable_error() {
         ),
     )
     .unwrap();
-    let out = Command::new(crate::gateway_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = crate::cli().arg("serve").config(&config).fail().stderr;
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains("log_format"), "{stderr}");
     assert!(stderr.contains("xml"), "{stderr}");

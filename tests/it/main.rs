@@ -41,6 +41,11 @@ pub fn gateway_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_journal-gateway"))
 }
 
+/// A CLI run of the product binary (`journal-gateway VERB ...`), with the kit's bounded wait.
+pub fn cli() -> journal_gateway_testkit::cli::Cli {
+    journal_gateway_testkit::cli::Cli::new(gateway_bin())
+}
+
 /// `journal-gateway serve --config <config>` as a child process (log level warn, stdout
 /// discarded), for the tests that kill and restart it.
 ///

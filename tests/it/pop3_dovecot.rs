@@ -465,7 +465,6 @@ async fn messages_already_archived_over_smtp_are_duplicates_with_recipients_unio
 /// (several sessions), records the run, exits; a second run finds nothing; refused when retired.
 #[test]
 fn offline_collect_through_the_cli_drains_and_records_the_run() {
-    use std::process::Command;
     const N: u64 = 300;
     let mut server = Dovecot::new(Options::default());
     server.seed(0, N, 9_000);
@@ -485,17 +484,12 @@ fn offline_collect_through_the_cli_drains_and_records_the_run() {
     )
     .unwrap();
     let collect = |name: &str| {
-        let out = Command::new(crate::gateway_bin())
-            .args(["collector", "collect", name, "--offline", "--config"])
-            .arg(&config)
+        crate::cli()
+            .args(["collector", "collect", name, "--offline"])
+            .config(&config)
             .env("JOURNAL_GATEWAY_LOG", "warn")
             .output()
-            .expect("run journal-gateway");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .parts()
     };
 
     let (ok, stdout, stderr) = collect("cli");

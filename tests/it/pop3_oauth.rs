@@ -342,18 +342,7 @@ async fn an_https_token_endpoint_of_a_private_ca_needs_token_ca_file() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(crate::gateway_bin())
-        .arg("check-config")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::cli().arg("check-config").config(&file).run();
     assert!(
         stdout.contains(&format!(
             "OAuth2 token endpoint {url}, certificate checked against token_ca_file {}",

@@ -7,7 +7,6 @@
 use crate::{serve, wait_ready};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -694,20 +693,8 @@ fn check_config_shows_the_engines_and_refuses_what_a_node_cannot_serve() {
             ),
         )
         .unwrap();
-        let out = Command::new(crate::gateway_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let out = crate::cli().args(args).config(&config).output();
+        (out.ok(), format!("{}{}", out.stdout, out.stderr))
     };
     let (ok, out) = run("plain", "", &["check-config"]);
     assert!(ok, "{out}");

@@ -31,28 +31,13 @@ fn smtp_user(gw: &TestGateway, args: &[&str], stdin: &str) -> (bool, String, Str
         format!("data_dir = \"{}\"\n", gw.data_dir().display()),
     )
     .unwrap();
-    let mut child = Command::new(crate::gateway_bin())
+    crate::cli()
         .arg("smtp-user")
         .args(args)
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .config(&config)
+        .stdin(stdin)
+        .output()
+        .parts()
 }
 
 /// Adds `name` with `password` through the CLI.
@@ -587,19 +572,11 @@ fn passwords_never_reach_the_log() {
         ),
     )
     .unwrap();
-    let mut add = Command::new(crate::gateway_bin())
-        .args(["smtp-user", "add", "logged-user", "--config"])
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .take()
-        .unwrap()
-        .write_all(b"Good-Secret-4711\n")
-        .unwrap();
-    assert!(add.wait().unwrap().success());
+    crate::cli()
+        .args(["smtp-user", "add", "logged-user"])
+        .config(&config)
+        .stdin("Good-Secret-4711\n")
+        .run();
     let child = Command::new(crate::gateway_bin())
         .args(["serve", "--config"])
         .arg(&config)

@@ -298,16 +298,7 @@ fn serve_fails(data_dir: &std::path::Path) -> String {
 fn cli(verb: &str, data_dir: &std::path::Path) -> (bool, String, String) {
     let config = data_dir.with_file_name("cli.toml");
     std::fs::write(&config, format!("data_dir = \"{}\"\n", data_dir.display())).unwrap();
-    let out = std::process::Command::new(crate::gateway_bin())
-        .args([verb, "--config"])
-        .arg(&config)
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::cli().arg(verb).config(&config).output().parts()
 }
 
 /// An archive of 12 messages: journal reports, a reused Message-ID (a variant), a spooled large

@@ -134,15 +134,7 @@ fn local_config(dir: &Path, name: &str, data_dir: &Path) -> PathBuf {
 
 /// Runs the binary with `args`: (success, stdout, stderr).
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(crate::gateway_bin())
-        .args(args)
-        .output()
-        .expect("run journal-gateway");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::cli().args(args).output().parts()
 }
 
 fn copy_cli(from: &Path, to: &Path) -> (bool, String, String) {

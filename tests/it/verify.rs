@@ -3,7 +3,6 @@
 //! index entry (also found through the ledger; its own damage: `ledger.rs`).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,16 +49,7 @@ fn flip_byte(path: &Path) {
 fn verify_cli(data_dir: &Path) -> (bool, String, String) {
     let config = data_dir.with_file_name("verify.toml");
     std::fs::write(&config, format!("data_dir = \"{}\"\n", data_dir.display())).unwrap();
-    let out = Command::new(crate::gateway_bin())
-        .args(["verify", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run verify");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::cli().arg("verify").config(&config).output().parts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

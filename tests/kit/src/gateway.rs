@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use journal_gateway::archive::{Archive, Record, Stats};
@@ -528,23 +527,17 @@ impl TestGateway {
         r.json().expect("JSON")
     }
 
-    /// Runs the CLI binary `bin` with `args` plus `--server` and `--config`; returns (success,
-    /// stdout, stderr). (The binary's path is known to the test crate only:
+    /// Runs the CLI binary `bin` with `args` plus `--server` and `--config` (a bounded wait,
+    /// see [`crate::cli`]); returns (success, stdout, stderr). (The binary's path is known to the test crate only:
     /// `env!("CARGO_BIN_EXE_journal-gateway")`.)
     pub fn cli(&self, bin: &Path, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin)
+        crate::cli::Cli::new(bin)
             .args(args)
             .arg("--server")
             .arg(self.base())
-            .arg("--config")
-            .arg(self.config_path.as_ref().expect("HTTP config"))
+            .config(self.config_path.as_ref().expect("HTTP config"))
             .output()
-            .expect("run the CLI");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .parts()
     }
 
     /// Signals shutdown (listeners and collector loops stop) without waiting for it.

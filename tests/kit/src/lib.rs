@@ -11,6 +11,7 @@
 //! - [`token_service`]: a local `OAuth2` token endpoint and RFC 7662 introspection service.
 //! - [`mta`]: a private Postfix instance delivering into a Maildir (forwarding downstream, benchmark peer).
 //! - [`proxy`]: a TCP proxy that cuts a connection mid-answer.
+//! - [`cli`]: running the gateway binary as a CLI, with a bounded wait.
 //! - [`peers`]: finding peer programs, running them, free ports.
 //! - [`pki`]: a test CA issuing TLS client certificates.
 //! - [`postfix`]: a private Postfix relaying into the gateway (SASL, client certificate).
@@ -26,6 +27,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod browser;
+pub mod cli;
 pub mod crash;
 pub mod dovecot;
 pub mod garage;
