@@ -51,7 +51,7 @@
 //! # async fn example(config: journal_gateway::config::Config) -> anyhow::Result<()> {
 //! use journal_gateway::server::{self, Start};
 //! let running = server::start(config, Start { http: true, ..Start::OFFLINE }).await?;
-//! let addr = running.http_addr; // bound (port 0 in tests)
+//! let addr = running.bound.http; // bound (port 0 in tests)
 //! let archived = running.archive.count()?; // the index, read (blocking)
 //! let runs = running.collector_store.runs("exchange", 10)?; // collector history (blocking)
 //! running.stop().await?;

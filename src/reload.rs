@@ -105,16 +105,30 @@ impl fmt::Display for ReloadReport {
     }
 }
 
-/// Where the gateway is bound (a listen key of the file equal to its bound address, as with
-/// port 0, is unchanged).
+/// Where a gateway (or a node) is bound: its listeners and the SMTP certificate it serves. For
+/// a reload, a listen key of the file equal to its bound address (as with port 0) is unchanged.
 #[derive(Debug, Clone, Default)]
 pub struct Bound {
-    /// The plain SMTP listeners.
+    /// The plain (STARTTLS) SMTP listeners (empty without SMTP).
     pub smtp: Vec<SocketAddr>,
     /// The implicit-TLS SMTP listeners.
     pub smtp_tls: Vec<SocketAddr>,
-    /// The HTTP listener.
+    /// The SMTP certificate in use (None without SMTP).
+    pub smtp_cert: Option<std::path::PathBuf>,
+    /// The HTTP listener (None without HTTP).
     pub http: Option<SocketAddr>,
+}
+
+impl Bound {
+    /// Logs the SMTP listeners (at start).
+    pub fn log_smtp(&self) {
+        for addr in &self.smtp {
+            tracing::info!("SMTP (STARTTLS) listening on {addr}");
+        }
+        for addr in &self.smtp_tls {
+            tracing::info!("SMTP (implicit TLS) listening on {addr}");
+        }
+    }
 }
 
 /// Reloads a running gateway's configuration. Cheap to clone; reloads run one at a time.
@@ -536,6 +550,7 @@ mod tests {
         let bound = Bound {
             smtp: vec!["127.0.0.1:2500".parse().unwrap()],
             smtp_tls: Vec::new(),
+            smtp_cert: None,
             http: Some("127.0.0.1:9000".parse().unwrap()),
         };
         // The bound addresses written in the file (as the test kit does) are no change.

@@ -5,8 +5,6 @@
 //! Shutdown (SIGTERM or Ctrl-C): listeners stop accepting, sessions finish their in-flight ingest,
 //! collectors stop after their current message, then the index is closed.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -58,14 +56,8 @@ impl Start {
 
 /// A started gateway: where it listens, and the parts it was wired from.
 pub struct Running {
-    /// Bound plain (STARTTLS) SMTP addresses (empty without SMTP).
-    pub smtp_addrs: Vec<SocketAddr>,
-    /// Bound implicit-TLS SMTP addresses.
-    pub smtp_tls_addrs: Vec<SocketAddr>,
-    /// The SMTP certificate in use (None without SMTP).
-    pub smtp_cert: Option<PathBuf>,
-    /// The bound HTTP address (None without HTTP).
-    pub http_addr: Option<SocketAddr>,
+    /// The listeners' addresses and the SMTP certificate.
+    pub bound: Bound,
     /// The archive (store and index).
     pub archive: Arc<Archive>,
     /// The one ingest path.
@@ -83,6 +75,26 @@ pub struct Running {
     /// Cancel to shut the gateway down (what SIGTERM does); see [`Running::stop`].
     pub shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// Binds the SMTP listeners; notes their addresses and the certificate in `bound`, and the
+/// certificate's expiry in the metrics.
+async fn bind_smtp(
+    config: &Config,
+    ingest: &Ingest,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    bound: &mut Bound,
+) -> anyhow::Result<SmtpServer> {
+    let smtp = SmtpServer::bind(config, ingest.clone(), metrics.clone(), shutdown.clone()).await?;
+    bound.smtp = smtp.plain_addrs();
+    bound.smtp_tls = smtp.tls_addrs();
+    bound.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
+    metrics
+        .tls_cert_expiry
+        .with_label_values(&["smtp"])
+        .set(smtp.tls_identity().not_after);
+    Ok(smtp)
 }
 
 /// Opens the archive (recovering an interrupted previous run), the ingest path and the
@@ -108,10 +120,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
             .context("opening the archive: blocking task failed")??
     };
     let mut running = Running {
-        smtp_addrs: Vec::new(),
-        smtp_tls_addrs: Vec::new(),
-        smtp_cert: None,
-        http_addr: None,
+        bound: Bound::default(),
         archive,
         ingest,
         metrics: metrics.clone(),
@@ -131,21 +140,16 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     };
     // Subsystems are bound here, before anything is served.
     let smtp = if what.smtp {
-        let smtp = SmtpServer::bind(
-            &config,
-            running.ingest.clone(),
-            running.metrics.clone(),
-            running.shutdown.clone(),
+        Some(
+            bind_smtp(
+                &config,
+                &running.ingest,
+                &running.metrics,
+                &running.shutdown,
+                &mut running.bound,
+            )
+            .await?,
         )
-        .await?;
-        running.smtp_addrs = smtp.plain_addrs();
-        running.smtp_tls_addrs = smtp.tls_addrs();
-        running.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
-        let expiry = &running.metrics.tls_cert_expiry;
-        expiry
-            .with_label_values(&["smtp"])
-            .set(smtp.tls_identity().not_after);
-        Some(smtp)
     } else {
         None
     };
@@ -162,7 +166,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
             },
         )
         .await?;
-        running.http_addr = Some(http.local_addr()?);
+        running.bound.http = Some(http.local_addr()?);
         http.set_reloader(running.reloader.clone());
         if let Some(cert) = &config.http.tls_cert {
             let expiry = crate::tls::not_after_of_file(cert)?;
@@ -181,11 +185,7 @@ pub async fn start(config: Config, what: Start) -> anyhow::Result<Running> {
     running.reloader.attach(
         smtp.as_ref().map(SmtpServer::live),
         http.as_ref().and_then(HttpServer::https),
-        Bound {
-            smtp: running.smtp_addrs.clone(),
-            smtp_tls: running.smtp_tls_addrs.clone(),
-            http: running.http_addr,
-        },
+        running.bound.clone(),
     );
     if let Some(smtp) = smtp {
         running.tasks.spawn(smtp.run());
@@ -315,14 +315,8 @@ fn refused(refusals: &[String]) -> anyhow::Error {
 /// A started node of a shared archive (PostgreSQL + S3): SMTP ingest and HTTP (metrics, health,
 /// archive-wide status); see [`start_node`].
 pub struct Node {
-    /// Bound plain (STARTTLS) SMTP addresses (empty without SMTP).
-    pub smtp_addrs: Vec<SocketAddr>,
-    /// Bound implicit-TLS SMTP addresses.
-    pub smtp_tls_addrs: Vec<SocketAddr>,
-    /// The SMTP certificate in use (None without SMTP).
-    pub smtp_cert: Option<PathBuf>,
-    /// The bound HTTP address (None without HTTP).
-    pub http_addr: Option<SocketAddr>,
+    /// The listeners' addresses and the SMTP certificate.
+    pub bound: Bound,
     /// The shared archive (PostgreSQL, S3, this node's committer).
     pub shared: Arc<SharedArchive>,
     /// The one ingest path.
@@ -381,10 +375,7 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
         },
     )?;
     let mut node = Node {
-        smtp_addrs: Vec::new(),
-        smtp_tls_addrs: Vec::new(),
-        smtp_cert: None,
-        http_addr: None,
+        bound: Bound::default(),
         shared,
         ingest,
         collector_store,
@@ -394,21 +385,16 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
         tasks: JoinSet::new(),
     };
     let smtp = if what.smtp {
-        let smtp = SmtpServer::bind(
-            &config,
-            node.ingest.clone(),
-            node.metrics.clone(),
-            node.shutdown.clone(),
+        Some(
+            bind_smtp(
+                &config,
+                &node.ingest,
+                &node.metrics,
+                &node.shutdown,
+                &mut node.bound,
+            )
+            .await?,
         )
-        .await?;
-        node.smtp_addrs = smtp.plain_addrs();
-        node.smtp_tls_addrs = smtp.tls_addrs();
-        node.smtp_cert = Some(smtp.tls_identity().cert_path.clone());
-        node.metrics
-            .tls_cert_expiry
-            .with_label_values(&["smtp"])
-            .set(smtp.tls_identity().not_after);
-        Some(smtp)
     } else {
         None
     };
@@ -424,7 +410,7 @@ pub async fn start_node(config: Config, what: Start) -> anyhow::Result<Node> {
             },
         )
         .await?;
-        node.http_addr = Some(http.local_addr()?);
+        node.bound.http = Some(http.local_addr()?);
         if let Some(cert) = &config.http.tls_cert {
             let expiry = crate::tls::not_after_of_file(cert)?;
             node.metrics
@@ -514,12 +500,7 @@ impl Node {
 /// `serve` for a node of a shared archive.
 async fn serve_node(config: Config, stop: StopSignals) -> anyhow::Result<()> {
     let node = start_node(config, Start::ALL).await?;
-    for addr in &node.smtp_addrs {
-        tracing::info!("SMTP (STARTTLS) listening on {addr}");
-    }
-    for addr in &node.smtp_tls_addrs {
-        tracing::info!("SMTP (implicit TLS) listening on {addr}");
-    }
+    node.bound.log_smtp();
     crate::systemd::ready(
         "listening (node of a shared archive)",
         node.shutdown.clone(),
@@ -553,12 +534,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         return serve_node(config, stop).await;
     }
     let running = start(config, Start::ALL).await?;
-    for addr in &running.smtp_addrs {
-        tracing::info!("SMTP (STARTTLS) listening on {addr}");
-    }
-    for addr in &running.smtp_tls_addrs {
-        tracing::info!("SMTP (implicit TLS) listening on {addr}");
-    }
+    running.bound.log_smtp();
     let reloader = running.reloader.clone();
     crate::systemd::ready(
         "listening; collectors started",

@@ -187,16 +187,16 @@ impl Builder {
         let mut tasks = Vec::new();
 
         let smtp = self.smtp.as_ref().map(|_| SmtpAddrs {
-            plain: gateway.smtp_addrs[0],
-            tls: gateway.smtp_tls_addrs[0],
-            cert: gateway.smtp_cert.clone().expect("SMTP certificate"),
+            plain: gateway.bound.smtp[0],
+            tls: gateway.bound.smtp_tls[0],
+            cert: gateway.bound.smtp_cert.clone().expect("SMTP certificate"),
         });
 
         let mut http = None;
         let mut config_path = None;
         if self.http {
             let (addr, readiness) = if self.announce_ready {
-                (gateway.http_addr.expect("HTTP bound"), None)
+                (gateway.bound.http.expect("HTTP bound"), None)
             } else {
                 let server = HttpServer::bind(
                     &config,
@@ -901,13 +901,13 @@ impl TestNode {
     /// Its plain (STARTTLS) SMTP address.
     #[must_use]
     pub fn smtp_addr(&self) -> SocketAddr {
-        self.node().smtp_addrs[0]
+        self.node().bound.smtp[0]
     }
 
     /// Its HTTP address.
     #[must_use]
     pub fn http_addr(&self) -> SocketAddr {
-        self.node().http_addr.expect("HTTP bound")
+        self.node().bound.http.expect("HTTP bound")
     }
 
     /// A GET of its HTTP listener.
