@@ -4,9 +4,9 @@
 //!
 //! A file's life: written to `tmp/` ([`Maildir::stage_tmp`], unsynced; [`Maildir::write_tmp`],
 //! fsynced; or spooled there by the ingest path), made durable with its name by the sync of its
-//! batch ([`Maildir::start_sync`]: the batch's files and `tmp/` fsynced together), moved into
-//! `new/` ([`Maildir::publish`]) and, with the next batch's sync, durably there. A second
-//! implementation (an object store) would offer the same steps.
+//! batch ([`Maildir::start_sync`]: the batch's files and `tmp/` fsynced together), linked into
+//! `new/` ([`Maildir::publish`]) and, with the next batch's sync, durably there, when its `tmp/`
+//! name goes. A second implementation (an object store) would offer the same steps.
 
 mod outbound;
 // Message objects in S3 (issue 13): not wired in yet, see its module doc.
@@ -178,9 +178,13 @@ impl Maildir {
         self.published_list().extend(published);
     }
 
-    /// Moves `tmp/<name>` into `new/` (durable with the next [`Maildir::sync`]).
+    /// Links `tmp/<name>` into `new/`; the next [`Maildir::sync`] makes the name in `new/`
+    /// durable and only then removes the one in `tmp/`. A link, not a rename: on a file system
+    /// that writes each directory of a rename on its own (ext2, ext4 without a journal), a power
+    /// cut between the two directories' writes could keep the removal from `tmp/` and lose the
+    /// addition to `new/`, and the file with both (docs/reliability.md, "Power cut").
     pub fn publish(&self, name: &str) -> io::Result<()> {
-        fs::rename(self.tmp.join(name), self.new.join(name))?;
+        fs::hard_link(self.tmp.join(name), self.new.join(name))?;
         self.published_list().push(name.to_string());
         Ok(())
     }
@@ -239,7 +243,16 @@ impl Maildir {
         let mut recovery = Recovery::default();
         for (file, key) in pending {
             let (from, to) = (self.tmp.join(file), self.new.join(file));
-            if from.exists() {
+            if from.exists() && to.exists() {
+                // Published (linked) before the crash: the `tmp/` name is the second link.
+                fs::remove_file(&from).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("finishing {} for {key}: {e}", from.display()),
+                    )
+                })?;
+                recovery.finished += 1;
+            } else if from.exists() {
                 fs::rename(&from, &to).map_err(|e| {
                     io::Error::new(
                         e.kind(),
@@ -292,7 +305,15 @@ impl Syncing<'_> {
         let result = self.in_flight.take().map_or(Ok(()), sync::InFlight::wait);
         let published = std::mem::take(&mut self.published);
         match result {
-            Ok(()) => Ok(published),
+            Ok(()) => {
+                // Durable in `new/`: the `tmp/` names can go (whenever their removal becomes
+                // durable; one left after a crash is another link to the same file, and the
+                // recovery's discard of `tmp/` removes it).
+                for name in &published {
+                    let _ = fs::remove_file(self.maildir.tmp.join(name));
+                }
+                Ok(published)
+            }
             Err(e) => {
                 self.maildir.unsync(published);
                 Err(e)
