@@ -7,6 +7,15 @@
 //! `smtp_sigkill.rs` (the kernel keeps what the process wrote), this catches a durability step
 //! left out or done in the wrong order, e.g. a rename or a new directory whose parent was never
 //! fsynced.
+//!
+//! Renames are atomic here ([`Renames::Atomic`]: both directories' halves durable with the fsync
+//! of either, as on ext4, XFS and btrfs), not strict POSIX: the gateway relies on that. A batch
+//! fsyncs `tmp/` (its new files) and `new/` (the previous batch's renames out of `tmp/`) at the
+//! same time; with each half of a rename durable only with its own directory
+//! ([`Renames::Independent`]), a power cut after the `tmp/` fsync and before the `new/` one loses
+//! an acknowledged message under both names (recovery: "dropping an index entry whose commit
+//! failed and whose file is gone"; this test with `POWER_CUT_RENAMES=independent` fails in about
+//! one run out of two). See docs/reliability.md, "Power cut".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use journal_gateway_testkit::lossyfs::LossyFs;
+use journal_gateway_testkit::lossyfs::{LossyFs, Renames};
 use journal_gateway_testkit::peers::free_port;
 use journal_gateway_testkit::{sample, ArchiveView, JOURNAL};
 use sha2::{Digest, Sha256};
@@ -123,21 +132,48 @@ fn verify_cli(config: &Path) -> (bool, String) {
     )
 }
 
-/// Stops the gateway with SIGTERM and waits (bounded) for its clean exit.
-fn stop(mut gateway: std::process::Child, why: &str) {
-    unsafe { libc::kill(gateway.id().cast_signed(), libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = gateway.try_wait().unwrap() {
-            assert!(status.success(), "{why}: graceful stop: {status}");
-            return;
+/// A `journal-gateway serve` child, killed (SIGKILL) and reaped when dropped: a failing round never
+/// leaves a gateway running on the mount (which could then not be unmounted).
+struct Gateway(std::process::Child);
+
+impl Gateway {
+    /// Starts `journal-gateway serve` and waits until it greets on `port`.
+    fn start(config: &Path, port: u16) -> Gateway {
+        let mut gateway = Gateway(serve(config));
+        wait_ready(port, &mut gateway.0);
+        gateway
+    }
+
+    /// SIGKILL, and the exit reaped.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// Stops it with SIGTERM and waits (bounded) for its clean exit.
+    fn stop(&mut self, why: &str) {
+        unsafe { libc::kill(self.0.id().cast_signed(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "{why}: graceful stop: {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{why}: the gateway did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if Instant::now() > deadline {
-            let _ = gateway.kill();
-            let _ = gateway.wait();
-            panic!("{why}: the gateway did not stop within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -147,7 +183,12 @@ fn power_cut_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("mnt");
     std::fs::create_dir(&mount).unwrap();
-    let mut fs = LossyFs::mount(&mount)
+    let renames = match std::env::var("POWER_CUT_RENAMES").as_deref() {
+        Ok("independent") => Renames::Independent,
+        Ok("atomic") | Err(_) => Renames::Atomic,
+        Ok(other) => panic!("POWER_CUT_RENAMES={other:?}: `atomic` (the default) or `independent`"),
+    };
+    let mut fs = LossyFs::mount_with(&mount, renames)
         .expect("mounting lossyfs (FUSE: needs /dev/fuse and root, as the tests run)");
     // The gateway creates its data directory on the mount at its first start.
     let data = mount.join("data");
@@ -172,8 +213,7 @@ fn power_cut_loses_no_acknowledged_message() {
         let at_least = 3 + seed % 40;
         let jitter = Duration::from_millis(seed % 37);
 
-        let mut gateway = serve(&config);
-        wait_ready(port, &mut gateway);
+        let mut gateway = Gateway::start(&config, port);
         let stop_sending = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let senders: Vec<_> = (0..CONNECTIONS)
@@ -200,8 +240,7 @@ fn power_cut_loses_no_acknowledged_message() {
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(jitter);
-        gateway.kill().unwrap(); // SIGKILL
-        gateway.wait().unwrap();
+        gateway.kill();
         stop_sending.store(true, Ordering::Relaxed);
         for s in senders {
             s.join().expect("sender thread");
@@ -210,12 +249,13 @@ fn power_cut_loses_no_acknowledged_message() {
         acked_total.extend(acked.iter().cloned());
 
         // The power cut: only what was made durable survives.
-        fs.crash().expect("lossyfs crash and remount");
+        let torn = fs.crash().expect("lossyfs crash and remount");
+        if !torn.is_empty() {
+            println!("round {round}: renames torn by the power cut, their files lost: {torn:?}");
+        }
 
         // Restart on the same data: recovery runs, the endpoint serves again.
-        let mut gateway = serve(&config);
-        wait_ready(port, &mut gateway);
-        stop(gateway, &format!("round {round}"));
+        Gateway::start(&config, port).stop(&format!("round {round}"));
 
         let (ok, out) = verify_cli(&config);
         assert!(
@@ -271,7 +311,7 @@ fn power_cut_loses_no_acknowledged_message() {
         acked_total.len()
     );
     println!(
-        "power cut: {ROUNDS} rounds, {} acknowledged, {:?}",
+        "power cut: {ROUNDS} rounds, renames {renames:?}, {} acknowledged, {:?}",
         acked_total.len(),
         started.elapsed()
     );

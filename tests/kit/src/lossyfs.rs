@@ -8,7 +8,9 @@
 //! - every directory has live entries and durable entries (name -> inode): `fsync` of the
 //!   directory makes its live entry list durable. A new file or directory, a rename (in both
 //!   directories), an unlink, a link: each is durable only once the directory (directories)
-//!   concerned were fsynced;
+//!   concerned were fsynced. A rename's two halves are durable each with its own directory's
+//!   fsync ([`Renames::Independent`], the default) or, as journaling file systems do, both with
+//!   either fsync ([`Renames::Atomic`]);
 //! - [`LossyFs::crash`]: unmounts (the kernel's page cache and dentries go with the mount), makes
 //!   the durable state the live state (a file reachable from no durable entry vanishes; a file
 //!   whose name is durable but whose data was never synced is empty) and mounts again.
@@ -66,10 +68,27 @@ struct Inode {
 struct State {
     inodes: HashMap<u64, Inode>,
     next: u64,
+    /// The renames whose directories were not both synced yet.
+    renames: Vec<Rename>,
+    atomic_renames: bool,
+}
+
+/// A rename not yet durable in both its directories.
+#[derive(Debug)]
+struct Rename {
+    from: u64,
+    name: OsString,
+    to: u64,
+    new: OsString,
+    ino: u64,
+    /// The source directory was synced since (the old name is durably gone).
+    from_synced: bool,
+    /// The destination directory was synced since (the new name is durable).
+    to_synced: bool,
 }
 
 impl State {
-    fn new() -> State {
+    fn new(renames: Renames) -> State {
         let root = Inode {
             body: Body::Dir {
                 live: BTreeMap::new(),
@@ -81,12 +100,15 @@ impl State {
         State {
             inodes: HashMap::from([(ROOT, root)]),
             next: ROOT + 1,
+            renames: Vec::new(),
+            atomic_renames: renames == Renames::Atomic,
         }
     }
 
     /// The power cut: every inode's durable state becomes its live state; what no durable entry
-    /// reaches from the root is gone.
-    fn crash(&mut self) {
+    /// reaches from the root is gone. Returns the torn renames that lost their file (`old ->
+    /// new`: the source directory synced, the destination not).
+    fn crash(&mut self) -> Vec<String> {
         let mut reachable = std::collections::HashSet::from([ROOT]);
         let mut todo = vec![ROOT];
         while let Some(ino) = todo.pop() {
@@ -102,6 +124,17 @@ impl State {
                 }
             }
         }
+        let torn = std::mem::take(&mut self.renames)
+            .into_iter()
+            .filter(|r| r.from_synced && !r.to_synced && !reachable.contains(&r.ino))
+            .map(|r| {
+                format!(
+                    "{} -> {}",
+                    r.name.to_string_lossy(),
+                    r.new.to_string_lossy()
+                )
+            })
+            .collect();
         self.inodes.retain(|ino, _| reachable.contains(ino));
         for inode in self.inodes.values_mut() {
             match &mut inode.body {
@@ -109,6 +142,7 @@ impl State {
                 Body::Dir { live, durable } => live.clone_from(durable),
             }
         }
+        torn
     }
 
     /// Live links to `ino` (a file's `nlink`).
@@ -219,6 +253,15 @@ impl State {
         self.dir(to)?;
         self.dir(from)?.remove(name);
         self.dir(to)?.insert(new.to_owned(), ino);
+        self.renames.push(Rename {
+            from,
+            name: name.to_owned(),
+            to,
+            new: new.to_owned(),
+            ino,
+            from_synced: false,
+            to_synced: false,
+        });
         Ok(())
     }
 
@@ -228,7 +271,35 @@ impl State {
             Body::File { live, durable } => durable.clone_from(live),
             Body::Dir { live, durable } => durable.clone_from(live),
         }
+        let mut renames = std::mem::take(&mut self.renames);
+        for r in renames.iter_mut().filter(|r| r.from == ino || r.to == ino) {
+            r.from_synced |= r.from == ino;
+            r.to_synced |= r.to == ino;
+            if self.atomic_renames {
+                // Both halves durable at once (as one journal transaction of ext4 or XFS
+                // holds both).
+                if let Some(durable) = self.durable(r.to) {
+                    durable.insert(r.new.clone(), r.ino);
+                }
+                if let Some(durable) = self.durable(r.from) {
+                    if durable.get(&r.name) == Some(&r.ino) {
+                        durable.remove(&r.name);
+                    }
+                }
+                (r.from_synced, r.to_synced) = (true, true);
+            }
+        }
+        renames.retain(|r| !(r.from_synced && r.to_synced));
+        self.renames = renames;
         Ok(())
+    }
+
+    /// A directory's durable entries.
+    fn durable(&mut self, ino: u64) -> Option<&mut BTreeMap<OsString, u64>> {
+        match &mut self.inodes.get_mut(&ino)?.body {
+            Body::Dir { durable, .. } => Some(durable),
+            Body::File { .. } => None,
+        }
     }
 }
 
@@ -526,6 +597,17 @@ impl Filesystem for Fs {
     }
 }
 
+/// How a rename between two directories becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renames {
+    /// Strict POSIX: each directory's half on its own, with that directory's fsync. Syncing
+    /// only the source loses the file under both names.
+    Independent,
+    /// As on journaling file systems (ext4, XFS, btrfs): both halves at once, with the fsync of
+    /// either directory. The file is never lost, under the old name or the new one.
+    Atomic,
+}
+
 /// A mounted lossyfs (unmounted on drop).
 pub struct LossyFs {
     state: Arc<Mutex<State>>,
@@ -534,10 +616,17 @@ pub struct LossyFs {
 }
 
 impl LossyFs {
-    /// Mounts an empty lossyfs on the existing directory `mountpoint`.
+    /// Mounts an empty lossyfs on the existing directory `mountpoint`, with strict semantics
+    /// ([`Renames::Independent`]).
     pub fn mount(mountpoint: &Path) -> std::io::Result<LossyFs> {
+        LossyFs::mount_with(mountpoint, Renames::Independent)
+    }
+
+    /// Mounts an empty lossyfs on the existing directory `mountpoint`, renames made durable as
+    /// `renames` says.
+    pub fn mount_with(mountpoint: &Path, renames: Renames) -> std::io::Result<LossyFs> {
         let mut fs = LossyFs {
-            state: Arc::new(Mutex::new(State::new())),
+            state: Arc::new(Mutex::new(State::new(renames))),
             mountpoint: mountpoint.to_owned(),
             session: None,
         };
@@ -573,21 +662,35 @@ impl LossyFs {
     }
 
     /// The power cut: unmounts (no process may use the mount any more), keeps only the durable
-    /// state and mounts it again on the same directory.
-    pub fn crash(&mut self) -> std::io::Result<()> {
+    /// state and mounts it again on the same directory. Returns the renames torn by the crash
+    /// that lost their file (`old -> new`: the source directory was synced after the rename, the
+    /// destination not; only with [`Renames::Independent`]), for the test's diagnostics.
+    pub fn crash(&mut self) -> std::io::Result<Vec<String>> {
         self.unmount()?;
-        self.state
+        let torn = self
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .crash();
-        self.remount()
+        self.remount()?;
+        Ok(torn)
     }
 }
 
 impl Drop for LossyFs {
     fn drop(&mut self) {
         if let Err(e) = self.unmount() {
-            eprintln!("lossyfs: unmounting {}: {e}", self.mountpoint.display());
+            // Still in use (a test failed with a process inside): detach it lazily, so no mount
+            // outlives the test.
+            eprintln!(
+                "lossyfs: unmounting {}: {e}; detaching it",
+                self.mountpoint.display()
+            );
+            if let Ok(path) = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+            {
+                // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
         }
     }
 }
@@ -649,7 +752,8 @@ mod tests {
         write(&m.join("nodir/f"), b"f", true);
         sync_dir(&m.join("nodir"));
 
-        fs.crash().unwrap();
+        // The torn rename (source synced, destination not) is reported.
+        assert_eq!(fs.crash().unwrap(), ["moved -> moved"]);
         assert_eq!(fs::read(m.join("d/unsynced")).unwrap(), b"");
         assert!(!m.join("d/nameless").exists());
         assert!(!m.join("d/never").exists());
@@ -669,6 +773,30 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["both", "unsynced"]);
+    }
+
+    #[test]
+    fn an_atomic_rename_is_durable_with_either_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fs = LossyFs::mount_with(dir.path(), super::Renames::Atomic)
+            .expect("mounting lossyfs (needs /dev/fuse, root)");
+        let m = fs.path().to_owned();
+        fs::create_dir(m.join("tmp")).unwrap();
+        fs::create_dir(m.join("new")).unwrap();
+        sync_dir(&m);
+        write(&m.join("tmp/a"), b"a", true);
+        write(&m.join("tmp/b"), b"b", true);
+        sync_dir(&m.join("tmp"));
+        fs::rename(m.join("tmp/a"), m.join("new/a")).unwrap();
+        // Only the source synced: the new name (the strict file system loses the file).
+        sync_dir(&m.join("tmp"));
+        fs::rename(m.join("tmp/b"), m.join("new/b")).unwrap();
+        fs.crash().unwrap();
+        assert_eq!(fs::read(m.join("new/a")).unwrap(), b"a");
+        assert!(!m.join("tmp/a").exists());
+        // Neither synced: the old name.
+        assert_eq!(fs::read(m.join("tmp/b")).unwrap(), b"b");
+        assert!(!m.join("new/b").exists());
     }
 
     #[test]
