@@ -14,8 +14,8 @@
 //! same time; with each half of a rename durable only with its own directory
 //! ([`Renames::Independent`]), a power cut after the `tmp/` fsync and before the `new/` one loses
 //! an acknowledged message under both names (recovery: "dropping an index entry whose commit
-//! failed and whose file is gone"; this test with `POWER_CUT_RENAMES=independent` fails in about
-//! one run out of two). See docs/reliability.md, "Power cut".
+//! failed and whose file is gone"; this test with `POWER_CUT_RENAMES=independent` shows it when
+//! a kill lands in that window). See docs/reliability.md, "Power cut".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
