@@ -30,8 +30,7 @@ pub struct OutboundCheck {
 impl OutboundFiles {
     /// Opens (creating if needed) the directory `dir`.
     pub fn open(dir: &Path) -> io::Result<OutboundFiles> {
-        fs::create_dir_all(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+        super::create_dir_all_durable(dir)?;
         Ok(OutboundFiles {
             dir: dir.to_path_buf(),
         })

@@ -19,6 +19,7 @@ mod ndr;
 mod pop3_dovecot;
 mod pop3_limits;
 mod pop3_oauth;
+mod power_cut;
 mod reload;
 mod scaleout_collect;
 mod scaleout_nodes;

@@ -20,6 +20,8 @@
 //! - [`http`]: a small HTTP/1.1 client for the admin API and Prometheus.
 //! - [`browser`]: a headless Chromium over `WebDriver` (the console's browser tests).
 //! - [`crash`]: the ingest loop a crash test runs in a child process and SIGKILLs.
+//! - [`lossyfs`]: an in-memory FUSE file system that loses, on a simulated power cut, what was
+//!   not made durable (fsync of the file, of the directories holding its names).
 //! - [`machine`]: the machine description printed with benchmark figures.
 
 // The kit fails a test by panicking (a missing peer, a server that does not start): nearly every
@@ -33,6 +35,7 @@ pub mod dovecot;
 pub mod garage;
 mod gateway;
 pub mod http;
+pub mod lossyfs;
 pub mod machine;
 pub mod mta;
 pub mod peers;
