@@ -21,13 +21,15 @@
 //!    a ledger entry per arrival (`index::Kind`), and an outbound entry per forward target for
 //!    each new original ([`Archive::set_forward_targets`]) and per `forward_new_recipients`
 //!    target for a duplicate whose report added recipients, committed with fsync,
-//! 3. rename each new file `tmp/` -> `new/`; `new/` is fsynced with the next batch (or at
-//!    shutdown, [`Archive::sync`]), whose transaction then drops those `pending` entries,
+//! 3. link each new file `tmp/` -> `new/` ([`Maildir::publish`]); `new/` is fsynced with the
+//!    next batch (or at shutdown, [`Archive::sync`]), which then removes the `tmp/` names, and
+//!    whose transaction drops those `pending` entries,
 //! 4. answer the callers.
 //!
 //! A crash before 2 leaves only `tmp/` files that no record names: [`Archive::open`] deletes them
 //! (nobody was told they were archived). A crash after 2 leaves `pending` entries whose file may still
-//! be in `tmp/`: `open` finishes the rename. So the index and `new/` always agree after `open`.
+//! be in `tmp/` only, or in both: `open` finishes the publish. So the index and `new/` always
+//! agree after `open`.
 //!
 //! A duplicate's report kept for `forward_new_recipients` goes to `outbound/` (beside the
 //! Maildir) and is made durable there, file and directory, before the transaction that queues

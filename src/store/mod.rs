@@ -414,15 +414,29 @@ mod tests {
         assert!(maildir.sync(&[&a, &b, &c]).unwrap().is_empty());
         maildir.publish(&a).unwrap();
         assert_eq!(maildir.read(&a).unwrap(), b"x");
+        // Linked: the `tmp/` name stays until the name in `new/` is durable.
+        let (tmp, new) = (dir.path().join("tmp"), dir.path().join("new"));
+        assert!(tmp.join(&a).exists() && new.join(&a).exists());
         assert_eq!(maildir.sync(&[]).unwrap(), vec![a.clone()]);
-        // `b` was committed (pending), `c` never was, `gone` vanished.
-        let pending = vec![(b.clone(), "kb".into()), ("gone".into(), "kg".into())];
+        assert!(!tmp.join(&a).exists() && new.join(&a).exists());
+        // `b` was committed (pending), `c` never was, `gone` vanished; `linked` was published (both
+        // names) when the crash came.
+        let linked = maildir.new_file_name();
+        maildir.write_tmp(&linked, b"d").unwrap();
+        std::fs::hard_link(tmp.join(&linked), new.join(&linked)).unwrap();
+        let pending = vec![
+            (b.clone(), "kb".into()),
+            ("gone".into(), "kg".into()),
+            (linked.clone(), "kd".into()),
+        ];
         let r = maildir.finish_pending(&pending).unwrap();
-        assert_eq!(r.finished, 1);
+        assert_eq!(r.finished, 2);
         assert_eq!(r.missing, vec!["kg".to_string()]);
+        assert!(!tmp.join(&linked).exists());
+        assert_eq!(std::fs::read(new.join(&linked)).unwrap(), b"d");
         assert_eq!(maildir.discard_unacknowledged().unwrap(), 1);
-        assert!(dir.path().join("new").join(&b).exists());
-        assert!(!dir.path().join("tmp").join(&c).exists());
+        assert!(new.join(&b).exists());
+        assert!(!tmp.join(&c).exists());
     }
 
     /// A batch's sync fails when one of its files cannot be synced (here: it is gone), and the
