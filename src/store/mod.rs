@@ -331,12 +331,16 @@ impl Syncing<'_> {
         let published = std::mem::take(&mut self.published);
         match result {
             Ok(()) => {
-                // Durable in `new/`: the `tmp/` names can go (whenever their removal becomes
-                // durable; one left after a crash is another link to the same file, and the
-                // recovery's discard of `tmp/` removes it).
-                for name in &published {
-                    let _ = fs::remove_file(self.maildir.tmp.join(name));
-                }
+                // Durable in `new/`: the `tmp/` names can go, off the committer's path and
+                // whenever their removal becomes durable (one left after a crash is another link
+                // to the same file: the recovery's discard of `tmp/` removes it).
+                let tmp = &self.maildir.tmp;
+                self.maildir.syncer.detach(
+                    published
+                        .iter()
+                        .map(|name| sync::Target::Remove(tmp.join(name)))
+                        .collect(),
+                );
                 Ok(published)
             }
             Err(e) => {
@@ -418,7 +422,16 @@ mod tests {
         let (tmp, new) = (dir.path().join("tmp"), dir.path().join("new"));
         assert!(tmp.join(&a).exists() && new.join(&a).exists());
         assert_eq!(maildir.sync(&[]).unwrap(), vec![a.clone()]);
-        assert!(!tmp.join(&a).exists() && new.join(&a).exists());
+        assert!(new.join(&a).exists());
+        // The `tmp/` name goes in the background, soon.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tmp.join(&a).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tmp/ name of a synced file was not removed within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         // `b` was committed (pending), `c` never was, `gone` vanished; `linked` was published (both
         // names) when the crash came.
         let linked = maildir.new_file_name();

@@ -17,6 +17,8 @@ pub(super) enum Target {
     File(PathBuf),
     /// A directory's entries (`fsync` of the directory).
     Dir(PathBuf),
+    /// Not a sync: a name to remove, off the caller's path ([`SyncPool::detach`]).
+    Remove(PathBuf),
 }
 
 impl Target {
@@ -24,12 +26,17 @@ impl Target {
         let result = match self {
             Target::File(path) => File::open(path).and_then(|f| f.sync_data()),
             Target::Dir(path) => File::open(path).and_then(|f| f.sync_all()),
+            Target::Remove(path) => match std::fs::remove_file(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
         };
         result.map_err(|e| {
-            let path = match self {
-                Target::File(p) | Target::Dir(p) => p,
+            let (what, path) = match self {
+                Target::File(p) | Target::Dir(p) => ("syncing", p),
+                Target::Remove(p) => ("removing", p),
             };
-            io::Error::new(e.kind(), format!("syncing {}: {e}", path.display()))
+            io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
         })
     }
 }
@@ -114,6 +121,21 @@ impl SyncPool {
         InFlight { latch }
     }
 
+    /// Runs `targets` in the pool without anyone waiting for them (a failure is logged).
+    pub(super) fn detach(&self, targets: Vec<Target>) {
+        for target in targets {
+            let ticket = Ticket { latch: None };
+            match self.sender() {
+                Some(jobs) => {
+                    if let Err(mpsc::SendError((target, _))) = jobs.send((target, ticket)) {
+                        log_detached(target.sync());
+                    }
+                }
+                None => log_detached(target.sync()),
+            }
+        }
+    }
+
     /// The pool's queue, its workers started on first use; None when no thread could be started
     /// (then the caller syncs in its own thread).
     fn sender(&self) -> Option<&mpsc::Sender<Job>> {
@@ -129,7 +151,12 @@ impl SyncPool {
                         .spawn(move || loop {
                             let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                             let Ok((target, ticket)) = job else { break };
-                            ticket.answer(target.sync());
+                            let result = target.sync();
+                            if ticket.latch.is_none() {
+                                log_detached(result);
+                            } else {
+                                ticket.answer(result);
+                            }
                         });
                     if spawned.is_ok() {
                         started += 1;
@@ -138,6 +165,14 @@ impl SyncPool {
                 (started > 0).then_some(tx)
             })
             .as_ref()
+    }
+}
+
+/// What became of a detached job: nothing waits for it, so a failure is only logged (a `tmp/`
+/// name left behind is removed at the next start).
+fn log_detached(result: io::Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!("{e} (left for the next start)");
     }
 }
 
