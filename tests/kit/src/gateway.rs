@@ -681,6 +681,23 @@ impl ArchiveView {
             .collect()
     }
 
+    /// The names in `archive/tmp` that are not archived files: everything there but the second
+    /// names of files published into `new/` (a link to the same inode, removed once `new/` was
+    /// synced). Empty when nothing is half-written.
+    #[must_use]
+    pub fn half_written(&self) -> BTreeSet<String> {
+        use std::os::unix::fs::MetadataExt;
+        let archive = self.data_dir.join("archive");
+        let inode = |p: std::path::PathBuf| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        self.maildir_files("tmp")
+            .into_iter()
+            .filter(|name| {
+                let tmp = inode(archive.join("tmp").join(name));
+                tmp.is_none() || tmp != inode(archive.join("new").join(name))
+            })
+            .collect()
+    }
+
     /// Removes the index entry under `key` (and nothing else): the damage `verify` must find.
     pub fn forget(&self, key: &str) {
         self.archive
