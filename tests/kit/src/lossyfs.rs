@@ -775,10 +775,12 @@ mod tests {
         assert_eq!(names, ["both", "unsynced"]);
     }
 
-    #[test]
-    fn an_atomic_rename_is_durable_with_either_directory() {
+    /// A mount with durable `tmp/` and `new/`, and durable files `tmp/a` and `tmp/b`.
+    fn two_files_in_tmp(
+        renames: super::Renames,
+    ) -> (tempfile::TempDir, LossyFs, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let mut fs = LossyFs::mount_with(dir.path(), super::Renames::Atomic)
+        let fs = LossyFs::mount_with(dir.path(), renames)
             .expect("mounting lossyfs (needs /dev/fuse, root)");
         let m = fs.path().to_owned();
         fs::create_dir(m.join("tmp")).unwrap();
@@ -787,6 +789,12 @@ mod tests {
         write(&m.join("tmp/a"), b"a", true);
         write(&m.join("tmp/b"), b"b", true);
         sync_dir(&m.join("tmp"));
+        (dir, fs, m)
+    }
+
+    #[test]
+    fn an_atomic_rename_is_durable_with_either_directory() {
+        let (_dir, mut fs, m) = two_files_in_tmp(super::Renames::Atomic);
         fs::rename(m.join("tmp/a"), m.join("new/a")).unwrap();
         // Only the source synced: the new name (the strict file system loses the file).
         sync_dir(&m.join("tmp"));
@@ -801,15 +809,7 @@ mod tests {
 
     #[test]
     fn a_rename_is_durable_only_once_its_directories_are_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut fs = LossyFs::mount(dir.path()).expect("mounting lossyfs (needs /dev/fuse, root)");
-        let m = fs.path().to_owned();
-        fs::create_dir(m.join("tmp")).unwrap();
-        fs::create_dir(m.join("new")).unwrap();
-        sync_dir(&m);
-        write(&m.join("tmp/a"), b"a", true);
-        write(&m.join("tmp/b"), b"b", true);
-        sync_dir(&m.join("tmp"));
+        let (_dir, mut fs, m) = two_files_in_tmp(super::Renames::Independent);
         fs::rename(m.join("tmp/a"), m.join("new/a")).unwrap();
         fs::rename(m.join("tmp/b"), m.join("new/b")).unwrap();
         fs.crash().unwrap();
