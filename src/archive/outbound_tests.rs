@@ -429,6 +429,9 @@ fn a_backfill_skips_what_the_target_had_live_or_backfilled_delivered_or_not() {
     archive.set_forward_targets(vec!["t".into()], Vec::new());
     store.set_live(&["t".into()], UnixMs(2000)).unwrap();
     assert!(store.coverage("t").unwrap().is_live());
+    // Started again with the same target: nothing changes (nothing committed).
+    store.set_live(&["t".into()], UnixMs(2500)).unwrap();
+    assert_eq!(store.coverage("t").unwrap().spans(), [(2000, u64::MAX)]);
     archive_original(&archive, "live@example.com", 3000);
     assert_eq!(
         deliver_all(&store, "t"),

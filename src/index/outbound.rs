@@ -479,10 +479,10 @@ impl OutboundStore {
     /// Records which targets are configured from `now` on: a target without an open span of
     /// [`Coverage`] gets one (new originals are queued for it live from now on: the caller has
     /// told the archive so before taking `now`); an open span of a target no longer configured
-    /// ends at `now`. One transaction, at start.
+    /// ends at `now`. One transaction at start, committed only when something changed.
     pub fn set_live(&self, targets: &[String], now: UnixMs) -> Result<(), IndexError> {
         let txn = self.index.db.begin_write()?;
-        {
+        let unchanged = {
             let mut table = txn.open_table(COVERAGE)?;
             let mut changed = Vec::new();
             for item in table.iter()? {
@@ -504,11 +504,18 @@ impl OutboundStore {
                     changed.push((name.clone(), coverage));
                 }
             }
+            let unchanged = changed.is_empty();
             for (name, coverage) in changed {
                 table.insert(name.as_str(), coverage.encode().as_slice())?;
             }
+            unchanged
+        };
+        if unchanged {
+            // The usual start: nothing to record, no commit (and no fsync) for it.
+            txn.abort()?;
+        } else {
+            txn.commit()?;
         }
-        txn.commit()?;
         Ok(())
     }
 

@@ -224,7 +224,7 @@ impl Maildir {
         self.new.join(name)
     }
 
-    /// Path of an archived file (in `new/`, or still in `tmp/` for a moment after its commit).
+    /// Path of an archived file (in `new/`, or only in `tmp/` for a moment after its commit).
     pub fn file_path(&self, name: &str) -> PathBuf {
         let p = self.new.join(name);
         if p.exists() {
@@ -234,7 +234,7 @@ impl Maildir {
         }
     }
 
-    /// Where an archived file is now: `new/`, or `tmp/` between its commit and its rename;
+    /// Where an archived file is now: `new/`, or `tmp/` between its commit and its publish;
     /// `new/` is looked at again after `tmp/`, so a rename between the two looks is not missed.
     /// None: in neither place.
     pub fn locate(&self, name: &str) -> Option<PathBuf> {
